@@ -1,0 +1,93 @@
+//! The traits an adapter implements: its ingress, its egress targets, and the
+//! factory that makes both.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{AckHandle, AdapterError, Destination, Endpoint, Message, SendError};
+
+/// One message taken from the ingress, with the promise to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message as published.
+    pub message: Message,
+    /// The service and topic it is addressed to.
+    pub destination: Destination,
+    /// The ingress address it arrived on (e.g. `baker.orders.get`).
+    pub origin: String,
+    /// Settles the original message once the core is done with it.
+    pub ack: AckHandle,
+}
+
+/// What an ingress subscribes to.
+#[derive(Debug, Clone)]
+pub struct IngressOptions {
+    /// Address prefix under which apps publish (`baker` by default).
+    pub prefix: String,
+    /// Name shared by every router consuming the same ingress, so they split
+    /// the messages instead of each getting a copy.
+    pub queue_group: String,
+    /// How many deliveries the adapter may buffer ahead of the core.
+    pub buffer: usize,
+}
+
+/// A stream of deliveries from one broker.
+#[async_trait]
+pub trait Ingress: Send {
+    /// The next delivery, waiting for one if needed. `None` once the ingress
+    /// is closed for good.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// A bound egress: sends to one instance's endpoint.
+///
+/// Bound once when the routing view changes, so the per-message path does no
+/// lookup or connection setup.
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Sends `message` for `destination` to the instance, resolving only when
+    /// the broker has taken responsibility for it (for at-most-once
+    /// protocols, when it is written).
+    async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError>;
+}
+
+/// Connection state of one broker an adapter talks to.
+#[derive(Debug, Clone)]
+pub struct BrokerHealth {
+    /// Adapter name.
+    pub adapter: &'static str,
+    /// Broker URL.
+    pub broker: String,
+    /// Whether the connection is currently up.
+    pub connected: bool,
+}
+
+/// A broker protocol: makes ingresses and egress targets for its URLs.
+#[async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// Name used in config and instance records, e.g. `nats`.
+    fn name(&self) -> &'static str;
+
+    /// Broker URL used when none is configured.
+    fn default_broker(&self) -> &'static str;
+
+    /// The conventional inbox address of an instance.
+    fn default_inbox(&self, service: &str, instance: &str) -> String;
+
+    /// Checks that `inbox` is a usable inbox address for this adapter.
+    fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError>;
+
+    /// Starts consuming the ingress on `broker`.
+    async fn ingress(
+        &self,
+        broker: &str,
+        options: &IngressOptions,
+    ) -> Result<Box<dyn Ingress>, AdapterError>;
+
+    /// Binds a target for `endpoint`, connecting to its broker if needed.
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;
+
+    /// Connection state of every broker this adapter has opened.
+    fn health(&self) -> Vec<BrokerHealth>;
+}

@@ -1,0 +1,35 @@
+//! The small interface every Baker broker adapter implements.
+//!
+//! The routing core sees only these types. An adapter turns what its broker
+//! delivers into [`Delivery`] values (an [`Ingress`]), and sends messages to an
+//! instance's inbox (a [`Target`], bound from an [`Endpoint`]). Each delivery
+//! carries an [`AckHandle`]: the adapter's promise to settle the original
+//! message exactly once, which counts as a failure if it is dropped unsettled,
+//! so no code path can acknowledge a message by forgetting it.
+
+mod ack;
+mod adapter;
+mod error;
+mod message;
+
+pub use ack::{AckHandle, Settle, Settlement};
+pub use adapter::{Adapter, BrokerHealth, Delivery, Ingress, IngressOptions, Target};
+pub use error::{AdapterError, SendError};
+pub use message::{Destination, Endpoint, Headers, Message};
+
+/// Names of the headers Baker adds to, or reads from, every message it routes.
+pub mod header {
+    /// Unique id of the message, kept across retries and hops.
+    pub const MSG_ID: &str = "baker-msg-id";
+    /// 1 for the first delivery attempt, 2 for the first retry, and so on.
+    pub const ATTEMPT: &str = "baker-attempt";
+    /// The ingress address the publisher sent the message to.
+    pub const ORIGIN: &str = "baker-origin";
+    /// Routing key for the `consistent_hash` policy.
+    pub const KEY: &str = "baker-key";
+    /// Why a message was dead-lettered or answered with an error.
+    pub const ERROR: &str = "baker-error";
+    /// The topic the publisher addressed, for inboxes that cannot carry it in
+    /// the address itself.
+    pub const TOPIC: &str = "baker-topic";
+}

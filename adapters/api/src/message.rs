@@ -1,0 +1,116 @@
+//! A message as the core sees it, and the addresses it travels between.
+
+use bytes::Bytes;
+
+/// An ordered list of header name/value pairs.
+///
+/// Kept as a small vector rather than a map: messages carry a handful of
+/// headers, and a linear scan over them is cheaper than hashing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// An empty header list with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
+    /// The first value of `name`, compared ASCII case-insensitively.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` to `value`, replacing every earlier value of it.
+    pub fn insert(&mut self, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        let mut existing = self
+            .0
+            .iter_mut()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        if let Some(first) = existing.next() {
+            first.1 = value;
+            if existing.next().is_some() {
+                let mut seen = false;
+                self.0.retain(|(n, _)| {
+                    let matches = n.eq_ignore_ascii_case(name);
+                    let keep = !matches || !seen;
+                    seen |= matches;
+                    keep
+                });
+            }
+        } else {
+            self.0.push((name.to_owned(), value));
+        }
+    }
+
+    /// Adds a value for `name`, keeping earlier ones.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// Every name/value pair, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Number of name/value pairs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A message travelling through Baker: opaque payload plus metadata.
+#[derive(Clone, Debug, Default)]
+pub struct Message {
+    /// The payload, never inspected by Baker.
+    pub payload: Bytes,
+    /// Protocol headers (NATS headers, AMQP headers, MQTT 5 user properties).
+    pub headers: Headers,
+    /// Where the receiver should send its reply, if the publisher expects one.
+    pub reply_to: Option<String>,
+}
+
+/// The service a message is addressed to, and the topic within it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// Service name, the first token after the ingress prefix.
+    pub service: String,
+    /// The remaining tokens, joined by `.` (may be empty).
+    pub topic: String,
+}
+
+/// Where an instance consumes its messages: which adapter, which broker, and
+/// the inbox address on that broker.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Adapter name, e.g. `nats`.
+    pub adapter: String,
+    /// Broker URL, e.g. `nats://127.0.0.1:4222`.
+    pub broker: String,
+    /// Inbox address; the adapter appends the topic as its protocol allows.
+    pub inbox: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_replaces_all_earlier_values_case_insensitively() {
+        let mut headers = Headers::default();
+        headers.append("Baker-Attempt", "1");
+        headers.append("x", "y");
+        headers.append("baker-attempt", "2");
+        headers.insert("baker-attempt", "3");
+        assert_eq!(headers.get("BAKER-ATTEMPT"), Some("3"));
+        assert_eq!(headers.len(), 2);
+    }
+}

@@ -1,0 +1,309 @@
+//! An in-process broker with NATS-like subjects, for unit tests and the demo.
+//!
+//! Brokers are named: `memory://demo` in an endpoint refers to the broker
+//! returned by [`broker("demo")`](broker), shared by everything in the process.
+//! Subscriptions have bounded buffers and publishing waits for room, so a slow
+//! subscriber slows the publisher down instead of losing messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use async_trait::async_trait;
+use baker_adapter_api::{
+    AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint, Ingress,
+    IngressOptions, Message, SendError, Target,
+};
+use tokio::sync::mpsc;
+
+/// URL scheme of memory brokers.
+pub const SCHEME: &str = "memory://";
+
+/// A message as a memory subscriber receives it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Subject it was published to.
+    pub subject: String,
+    /// The message.
+    pub message: Message,
+}
+
+struct Subscription {
+    id: u64,
+    pattern: Vec<String>,
+    group: Option<String>,
+    sender: mpsc::Sender<Envelope>,
+}
+
+/// One in-process broker.
+#[derive(Default)]
+pub struct MemoryBroker {
+    subscriptions: RwLock<Vec<Subscription>>,
+    next_id: AtomicU64,
+    group_cursor: AtomicUsize,
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscriber {
+    broker: Arc<MemoryBroker>,
+    id: u64,
+    receiver: mpsc::Receiver<Envelope>,
+}
+
+impl Subscriber {
+    /// The next message, or `None` if the broker is gone.
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let mut subs = self
+            .broker
+            .subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| s.id != self.id);
+    }
+}
+
+/// The memory broker named `name`, created on first use.
+pub fn broker(name: &str) -> Arc<MemoryBroker> {
+    static BROKERS: OnceLock<Mutex<HashMap<String, Arc<MemoryBroker>>>> = OnceLock::new();
+    let mut brokers = BROKERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    brokers.entry(name.to_owned()).or_default().clone()
+}
+
+fn broker_for_url(url: &str) -> Result<Arc<MemoryBroker>, AdapterError> {
+    match url.strip_prefix(SCHEME) {
+        Some(name) if !name.is_empty() => Ok(broker(name)),
+        _ => Err(AdapterError::InvalidBroker {
+            url: url.to_owned(),
+            reason: format!("expected {SCHEME}NAME"),
+        }),
+    }
+}
+
+fn matches(pattern: &[String], subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for (i, p) in pattern.iter().enumerate() {
+        if p == ">" {
+            return i < pattern.len() && tokens.next().is_some();
+        }
+        match tokens.next() {
+            Some(t) if p == "*" || p == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
+impl MemoryBroker {
+    /// Subscribes to `pattern` (`*` matches one token, `>` the rest). Members
+    /// of the same `group` share messages: each goes to one of them.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        pattern: &str,
+        group: Option<&str>,
+        capacity: usize,
+    ) -> Subscriber {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscription {
+                id,
+                pattern: pattern.split('.').map(str::to_owned).collect(),
+                group: group.map(str::to_owned),
+                sender,
+            });
+        Subscriber {
+            broker: self.clone(),
+            id,
+            receiver,
+        }
+    }
+
+    /// Publishes to every matching plain subscription and to one member of
+    /// each matching group, waiting for buffer room. Returns how many
+    /// subscribers received it.
+    pub async fn publish(&self, subject: &str, message: Message) -> usize {
+        let recipients = self.recipients(subject);
+        let mut delivered = 0;
+        for sender in recipients {
+            let envelope = Envelope {
+                subject: subject.to_owned(),
+                message: message.clone(),
+            };
+            if sender.send(envelope).await.is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    fn recipients(&self, subject: &str) -> Vec<mpsc::Sender<Envelope>> {
+        let subs = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        let mut plain = Vec::new();
+        let mut groups: Vec<(&str, Vec<&mpsc::Sender<Envelope>>)> = Vec::new();
+        for sub in subs.iter().filter(|s| matches(&s.pattern, subject)) {
+            match &sub.group {
+                None => plain.push(sub.sender.clone()),
+                Some(group) => match groups.iter_mut().find(|(g, _)| g == group) {
+                    Some((_, members)) => members.push(&sub.sender),
+                    None => groups.push((group, vec![&sub.sender])),
+                },
+            }
+        }
+        let cursor = self.group_cursor.fetch_add(1, Ordering::Relaxed);
+        for (_, members) in groups {
+            plain.push(members[cursor % members.len()].clone());
+        }
+        plain
+    }
+}
+
+/// The memory adapter.
+#[derive(Default)]
+pub struct MemoryAdapter;
+
+struct MemoryIngress {
+    subscriber: Subscriber,
+    prefix_len: usize,
+}
+
+#[async_trait]
+impl Ingress for MemoryIngress {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let envelope = self.subscriber.recv().await?;
+            let Some(rest) = envelope.subject.get(self.prefix_len..) else {
+                continue;
+            };
+            let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
+            return Some(Delivery {
+                destination: Destination {
+                    service: service.to_owned(),
+                    topic: topic.to_owned(),
+                },
+                message: envelope.message,
+                origin: envelope.subject,
+                ack: AckHandle::noop(),
+            });
+        }
+    }
+}
+
+struct MemoryTarget {
+    broker: Arc<MemoryBroker>,
+    inbox: String,
+}
+
+#[async_trait]
+impl Target for MemoryTarget {
+    async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
+        let subject = if destination.topic.is_empty() {
+            self.inbox.clone()
+        } else {
+            format!("{}.{}", self.inbox, destination.topic)
+        };
+        match self.broker.publish(&subject, message.clone()).await {
+            0 => Err(SendError::Unavailable(format!(
+                "no subscriber on {subject}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Adapter for MemoryAdapter {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn default_broker(&self) -> &'static str {
+        "memory://default"
+    }
+
+    fn default_inbox(&self, service: &str, instance: &str) -> String {
+        format!("_baker.{service}.{instance}")
+    }
+
+    fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
+        if inbox.is_empty()
+            || inbox
+                .split('.')
+                .any(|t| t.is_empty() || t == "*" || t == ">")
+        {
+            return Err(AdapterError::InvalidInbox {
+                inbox: inbox.to_owned(),
+                reason: "must be dot-separated non-empty tokens without wildcards".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn ingress(
+        &self,
+        broker: &str,
+        options: &IngressOptions,
+    ) -> Result<Box<dyn Ingress>, AdapterError> {
+        let broker = broker_for_url(broker)?;
+        let pattern = format!("{}.>", options.prefix);
+        Ok(Box::new(MemoryIngress {
+            subscriber: broker.subscribe(&pattern, Some(&options.queue_group), options.buffer),
+            prefix_len: options.prefix.len() + 1,
+        }))
+    }
+
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
+        self.validate_inbox(&endpoint.inbox)?;
+        Ok(Arc::new(MemoryTarget {
+            broker: broker_for_url(&endpoint.broker)?,
+            inbox: endpoint.inbox.clone(),
+        }))
+    }
+
+    fn health(&self) -> Vec<BrokerHealth> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_patterns_match_like_nats() {
+        let p = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+        assert!(matches(&p("baker.>"), "baker.orders.get"));
+        assert!(!matches(&p("baker.>"), "baker"));
+        assert!(matches(&p("a.*.c"), "a.b.c"));
+        assert!(!matches(&p("a.*"), "a.b.c"));
+        assert!(matches(&p("a.b"), "a.b"));
+    }
+
+    #[tokio::test]
+    async fn group_members_share_messages() {
+        let broker = broker("group-test");
+        let mut a = broker.subscribe("x.>", Some("g"), 100);
+        let mut b = broker.subscribe("x.>", Some("g"), 100);
+        for _ in 0..10 {
+            assert_eq!(broker.publish("x.y", Message::default()).await, 1);
+        }
+        let (mut na, mut nb) = (0, 0);
+        while a.receiver.try_recv().is_ok() {
+            na += 1;
+        }
+        while b.receiver.try_recv().is_ok() {
+            nb += 1;
+        }
+        assert_eq!((na, nb), (5, 5));
+    }
+}

@@ -1,0 +1,278 @@
+//! NATS adapter (async-nats): core NATS ingress and egress.
+//!
+//! Ingress subscribes to `<prefix>.>` in a queue group, so routers sharing a
+//! group split the messages. Egress publishes to the instance's inbox subject
+//! with the topic appended (`_baker.<service>.<instance>.<topic>`), keeping
+//! the publisher's headers and reply subject, so a request is answered by the
+//! instance directly. Core NATS is at most once: a publish resolves once it
+//! is handed to the connection, and the ack handle only matters for requests,
+//! which get an error reply when they cannot be delivered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::{Client, HeaderMap, Subject};
+use async_trait::async_trait;
+use baker_adapter_api::{
+    header, AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint,
+    Headers, Ingress, IngressOptions, Message, SendError, Settle, Settlement, Target,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+
+/// Default broker URL.
+pub const DEFAULT_BROKER: &str = "nats://127.0.0.1:4222";
+
+/// The NATS adapter. Keeps one connection per broker URL, opened on first use
+/// and reconnected by async-nats itself.
+#[derive(Default)]
+pub struct NatsAdapter {
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl NatsAdapter {
+    async fn client(&self, url: &str) -> Result<Client, AdapterError> {
+        if let Some(client) = self.lock_clients().get(url) {
+            return Ok(client.clone());
+        }
+        if !url.starts_with("nats://") && !url.starts_with("tls://") && url.contains("://") {
+            return Err(AdapterError::InvalidBroker {
+                url: url.to_owned(),
+                reason: "expected nats://HOST:PORT".to_owned(),
+            });
+        }
+        let broker = url.to_owned();
+        // retry_on_initial_connect: an unreachable broker must not stall the
+        // router; async-nats keeps reconnecting with backoff and buffers
+        // publishes meanwhile (bounded by its client capacity).
+        let client = async_nats::ConnectOptions::new()
+            .name("baker-mq")
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                let broker = broker.clone();
+                async move { tracing::info!(%broker, %event, "nats connection event") }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| AdapterError::Broker {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(self
+            .lock_clients()
+            .entry(url.to_owned())
+            .or_insert(client)
+            .clone())
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn valid_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace))
+}
+
+/// Converts NATS headers to Baker's.
+pub fn headers_from_nats(map: Option<&HeaderMap>) -> Headers {
+    let Some(map) = map else {
+        return Headers::default();
+    };
+    let mut headers = Headers::with_capacity(map.len() + 3);
+    for (name, values) in map.iter() {
+        for value in values {
+            headers.append(AsRef::<str>::as_ref(name), value.as_str());
+        }
+    }
+    headers
+}
+
+/// Converts Baker's headers to NATS headers.
+pub fn headers_to_nats(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        map.append(name, value);
+    }
+    map
+}
+
+struct NatsIngress {
+    subscriber: async_nats::Subscriber,
+    client: Client,
+    prefix_len: usize,
+}
+
+/// Answers a request that could not be delivered, so the requester learns why
+/// instead of waiting for its timeout.
+struct ErrorReply {
+    client: Client,
+    reply: Subject,
+}
+
+impl Settle for ErrorReply {
+    fn settle(self: Box<Self>, outcome: Settlement) {
+        let reason = match outcome {
+            Settlement::Delivered => return,
+            Settlement::DeadLetter { reason } | Settlement::Requeue { reason } => reason,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ERROR, reason.as_str());
+        tokio::spawn(async move {
+            if let Err(error) = self
+                .client
+                .publish_with_headers(self.reply, headers, Bytes::new())
+                .await
+            {
+                tracing::debug!(%error, "could not send error reply");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Ingress for NatsIngress {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let msg = self.subscriber.next().await?;
+            let Some(rest) = msg.subject.get(self.prefix_len..) else {
+                continue;
+            };
+            let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
+            let destination = Destination {
+                service: service.to_owned(),
+                topic: topic.to_owned(),
+            };
+            let ack = match &msg.reply {
+                Some(reply) => AckHandle::new(ErrorReply {
+                    client: self.client.clone(),
+                    reply: reply.clone(),
+                }),
+                None => AckHandle::noop(),
+            };
+            return Some(Delivery {
+                message: Message {
+                    headers: headers_from_nats(msg.headers.as_ref()),
+                    reply_to: msg.reply.map(|r| r.to_string()),
+                    payload: msg.payload,
+                },
+                destination,
+                origin: msg.subject.to_string(),
+                ack,
+            });
+        }
+    }
+}
+
+struct NatsTarget {
+    client: Client,
+    inbox: String,
+}
+
+#[async_trait]
+impl Target for NatsTarget {
+    async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
+        let subject = if destination.topic.is_empty() {
+            self.inbox.clone()
+        } else {
+            let mut s = String::with_capacity(self.inbox.len() + 1 + destination.topic.len());
+            s.push_str(&self.inbox);
+            s.push('.');
+            s.push_str(&destination.topic);
+            s
+        };
+        let headers = headers_to_nats(&message.headers);
+        let result = match &message.reply_to {
+            Some(reply) => {
+                self.client
+                    .publish_with_reply_and_headers(
+                        subject,
+                        reply.clone(),
+                        headers,
+                        message.payload.clone(),
+                    )
+                    .await
+            }
+            None => {
+                self.client
+                    .publish_with_headers(subject, headers, message.payload.clone())
+                    .await
+            }
+        };
+        result.map_err(|e| match e.kind() {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded
+            | async_nats::client::PublishErrorKind::InvalidSubject => {
+                SendError::Rejected(e.to_string())
+            }
+            _ => SendError::Unavailable(e.to_string()),
+        })
+    }
+}
+
+#[async_trait]
+impl Adapter for NatsAdapter {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn default_broker(&self) -> &'static str {
+        DEFAULT_BROKER
+    }
+
+    fn default_inbox(&self, service: &str, instance: &str) -> String {
+        format!("_baker.{service}.{instance}")
+    }
+
+    fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
+        if valid_subject(inbox) {
+            Ok(())
+        } else {
+            Err(AdapterError::InvalidInbox {
+                inbox: inbox.to_owned(),
+                reason: "must be a NATS subject of non-empty tokens without wildcards".to_owned(),
+            })
+        }
+    }
+
+    async fn ingress(
+        &self,
+        broker: &str,
+        options: &IngressOptions,
+    ) -> Result<Box<dyn Ingress>, AdapterError> {
+        let client = self.client(broker).await?;
+        let subscriber = client
+            .queue_subscribe(format!("{}.>", options.prefix), options.queue_group.clone())
+            .await
+            .map_err(|e| AdapterError::Broker {
+                url: broker.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Box::new(NatsIngress {
+            subscriber,
+            client,
+            prefix_len: options.prefix.len() + 1,
+        }))
+    }
+
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
+        self.validate_inbox(&endpoint.inbox)?;
+        Ok(Arc::new(NatsTarget {
+            client: self.client(&endpoint.broker).await?,
+            inbox: endpoint.inbox.clone(),
+        }))
+    }
+
+    fn health(&self) -> Vec<BrokerHealth> {
+        self.lock_clients()
+            .iter()
+            .map(|(url, client)| BrokerHealth {
+                adapter: "nats",
+                broker: url.clone(),
+                connected: client.connection_state() == async_nats::connection::State::Connected,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,222 @@
+//! The admin HTTP API (loopback by default): `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus text) and `/v1/status` (the routing table as JSON,
+//! read by `baker-mq status`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::adapters::AdapterRegistry;
+use crate::directory::{DirectoryHealth, DirectoryStatus};
+use crate::router::{PolicyKind, RoutingTable};
+use crate::shutdown::Shutdown;
+
+/// What the admin API reads.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The router's table, when this process routes.
+    pub table: Option<Arc<ArcSwap<RoutingTable>>>,
+    /// Policies per service, for services with no routable instance.
+    pub policies: HashMap<String, PolicyKind>,
+    /// The directory watcher's health.
+    pub directory: Arc<DirectoryHealth>,
+    /// Adapters, for broker connection state.
+    pub adapters: AdapterRegistry,
+    /// Renders `/metrics`; `None` when no recorder is installed.
+    pub prometheus: Option<PrometheusHandle>,
+    /// Whether the router's ingress subscription is up.
+    pub ingress_up: Arc<AtomicBool>,
+    /// Registration state of each instance this process registers.
+    pub registered: Arc<Vec<AtomicBool>>,
+}
+
+/// One instance in `/v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// Instance id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Directory status.
+    pub status: String,
+    /// `adapter broker inbox`.
+    pub endpoint: String,
+    /// Weight.
+    pub weight: u32,
+    /// Whether this router sends to it.
+    pub routed: bool,
+    /// Messages delivered by this router.
+    pub delivered: u64,
+    /// Failed sends by this router.
+    pub errors: u64,
+    /// Sends in flight.
+    pub in_flight: usize,
+}
+
+/// One service in `/v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Policy in force.
+    pub policy: String,
+    /// Its instances.
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// The `/v1/status` document.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusDocument {
+    /// Directory reachability and view age.
+    pub directory: serde_json::Value,
+    /// Broker connections.
+    pub brokers: Vec<serde_json::Value>,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceStatus>,
+}
+
+impl AdminState {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.table.is_some() {
+            if !self.ingress_up.load(Ordering::Relaxed) {
+                problems.push("ingress not subscribed".to_owned());
+            }
+            if !self.directory.has_view() {
+                problems.push("no directory view yet".to_owned());
+            }
+        }
+        if self.registered.iter().any(|r| !r.load(Ordering::Relaxed)) {
+            problems.push("instances not yet registered".to_owned());
+        }
+        problems
+    }
+
+    fn directory_json(&self) -> serde_json::Value {
+        let DirectoryStatus {
+            url,
+            reachable,
+            view_age_secs,
+            serving,
+        } = self.directory.status();
+        serde_json::json!({ "url": url, "reachable": reachable, "view_age_secs": view_age_secs, "serving": serving })
+    }
+
+    fn brokers_json(&self) -> Vec<serde_json::Value> {
+        self.adapters
+            .health()
+            .into_iter()
+            .map(|b| serde_json::json!({ "adapter": b.adapter, "broker": b.broker, "connected": b.connected }))
+            .collect()
+    }
+
+    /// The routing table as the status document.
+    pub fn status(&self) -> StatusDocument {
+        let mut services = BTreeMap::new();
+        if let Some(table) = &self.table {
+            let table = table.load();
+            for record in &table.catalog.instances {
+                let service =
+                    services
+                        .entry(record.service.clone())
+                        .or_insert_with(|| ServiceStatus {
+                            policy: table
+                                .service(&record.service)
+                                .map(|s| s.kind)
+                                .or_else(|| self.policies.get(&record.service).copied())
+                                .unwrap_or_default()
+                                .to_string(),
+                            instances: Vec::new(),
+                        });
+                let stats = table.stats(&record.service, &record.id);
+                service.instances.push(InstanceStatus {
+                    id: record.id.clone(),
+                    version: record.version.clone(),
+                    status: record.status.as_str().to_owned(),
+                    endpoint: format!(
+                        "{} {} {}",
+                        record.endpoint.adapter, record.endpoint.broker, record.endpoint.inbox
+                    ),
+                    weight: record.weight,
+                    routed: stats.is_some(),
+                    delivered: stats.map_or(0, |s| s.delivered.load(Ordering::Relaxed)),
+                    errors: stats.map_or(0, |s| s.errors.load(Ordering::Relaxed)),
+                    in_flight: stats.map_or(0, |s| s.outstanding.load(Ordering::Relaxed)),
+                });
+            }
+        }
+        StatusDocument {
+            directory: self.directory_json(),
+            brokers: self.brokers_json(),
+            services,
+        }
+    }
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    Json(serde_json::json!({
+        "status": "alive",
+        "directory": state.directory_json(),
+        "brokers": state.brokers_json(),
+    }))
+    .into_response()
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let problems = state.problems();
+    let code = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({ "ready": problems.is_empty(), "problems": problems })),
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Response {
+    let directory = state.directory.status();
+    metrics::gauge!("baker_directory_reachable").set(if directory.reachable { 1.0 } else { 0.0 });
+    if let Some(age) = directory.view_age_secs {
+        metrics::gauge!("baker_directory_view_age_seconds").set(age);
+    }
+    for broker in state.adapters.health() {
+        metrics::gauge!("baker_broker_connected", "adapter" => broker.adapter, "broker" => broker.broker)
+            .set(if broker.connected { 1.0 } else { 0.0 });
+    }
+    match &state.prometheus {
+        Some(handle) => handle.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    Json(state.status()).into_response()
+}
+
+/// Serves the admin API on `listener` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/status", get(status))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

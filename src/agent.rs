@@ -1,0 +1,144 @@
+//! The agent role: keeps this host's instances registered in the directory.
+//!
+//! Each instance has a lease that the agent renews every third of its TTL.
+//! A renewal that finds the lease unknown (expired, or the directory was
+//! restarted and lost its soft state) registers the instance again, so a new
+//! directory rebuilds itself within one TTL. At shutdown the agent
+//! deregisters its instances before the process exits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::directory::{ClientError, DirectoryClient, InstanceRecord};
+use crate::shutdown::Shutdown;
+
+/// Keeps a set of instances registered.
+pub struct Agent {
+    client: DirectoryClient,
+    records: Vec<InstanceRecord>,
+    registered: Arc<Vec<AtomicBool>>,
+}
+
+/// How long deregistration may take at shutdown.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Agent {
+    /// An agent registering `records` in `client`'s directory.
+    pub fn new(client: DirectoryClient, records: Vec<InstanceRecord>) -> Self {
+        let registered = Arc::new(records.iter().map(|_| AtomicBool::new(false)).collect());
+        Self {
+            client,
+            records,
+            registered,
+        }
+    }
+
+    /// True when every instance is currently registered.
+    pub fn ready_flag(&self) -> Arc<Vec<AtomicBool>> {
+        self.registered.clone()
+    }
+
+    /// Registers and renews until shutdown, then deregisters.
+    pub async fn run(self, shutdown: Shutdown) {
+        let tasks: Vec<_> = self
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let client = self.client.clone();
+                let record = record.clone();
+                let registered = self.registered.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown
+                        .run_until(keep_registered(&client, &record, &registered[i]))
+                        .await;
+                })
+            })
+            .collect();
+        shutdown.cancelled().await;
+        for task in tasks {
+            let _ = task.await;
+        }
+        for record in &self.records {
+            let result = tokio::time::timeout(
+                DEREGISTER_TIMEOUT,
+                self.client.deregister(&record.service, &record.id),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    tracing::info!(service = %record.service, id = %record.id, "deregistered")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(service = %record.service, id = %record.id, %error,
+                    "could not deregister; the lease will expire")
+                }
+                Err(_) => tracing::warn!(service = %record.service, id = %record.id,
+                    "deregistration timed out; the lease will expire"),
+            }
+        }
+    }
+}
+
+async fn register_until_done(
+    client: &DirectoryClient,
+    record: &InstanceRecord,
+    registered: &AtomicBool,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut reported = false;
+    loop {
+        match client.register(record).await {
+            Ok(()) => {
+                registered.store(true, Ordering::Relaxed);
+                tracing::info!(service = %record.service, id = %record.id, "registered");
+                return;
+            }
+            Err(error) => {
+                if !reported {
+                    tracing::warn!(service = %record.service, id = %record.id, %error, "registration failed; retrying");
+                    reported = true;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn keep_registered(
+    client: &DirectoryClient,
+    record: &InstanceRecord,
+    registered: &AtomicBool,
+) {
+    register_until_done(client, record, registered).await;
+    let period = Duration::from_secs(record.ttl_secs) / 3;
+    let mut outage_reported = false;
+    loop {
+        // Jitter spreads the renewals of many agents started together.
+        let jitter = period.mul_f64(fastrand::f64() * 0.1);
+        tokio::time::sleep(period - jitter).await;
+        match client.renew(&record.service, &record.id).await {
+            Ok(()) => {
+                if outage_reported {
+                    tracing::info!(service = %record.service, id = %record.id, "renewal succeeded again");
+                    outage_reported = false;
+                }
+                registered.store(true, Ordering::Relaxed);
+            }
+            Err(ClientError::LeaseUnknown) => {
+                tracing::info!(service = %record.service, id = %record.id, "lease unknown to the directory; registering again");
+                registered.store(false, Ordering::Relaxed);
+                register_until_done(client, record, registered).await;
+            }
+            Err(error) => {
+                if !outage_reported {
+                    tracing::warn!(service = %record.service, id = %record.id, %error, "lease renewal failed; retrying");
+                    outage_reported = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Command-line interface. Every option of the sidecar can also be set by a
+//! `BAKER_*` environment variable or a key of the config file; the flag wins
+//! over the variable, the variable over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Service discovery and routing sidecar for asynchronous messaging.
+///
+/// Run with no subcommand, baker-mq is a sidecar: it routes what local apps
+/// publish to `baker.<service>.<topic>` to a healthy instance of the service,
+/// registers the instances given with --register, and joins (or serves) the
+/// directory.
+#[derive(Debug, Parser)]
+#[command(name = "baker-mq", version, propagate_version = true)]
+pub struct Cli {
+    /// TOML config file; its keys mirror the long flags (see README).
+    #[arg(
+        long,
+        short = 'c',
+        env = "BAKER_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `baker_mq=debug` [default: info]
+    #[arg(long, env = "BAKER_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Log format [default: text]
+    #[arg(long, env = "BAKER_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Log output format.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of the sidecar (router and agent).
+#[derive(Debug, Args, Default)]
+pub struct SidecarArgs {
+    /// Broker adapter for the ingress and for registered instances [default: nats]
+    #[arg(long, env = "BAKER_ADAPTER", value_name = "NAME")]
+    pub adapter: Option<String>,
+
+    /// Broker URL [default: the adapter's local default, e.g. nats://127.0.0.1:4222]
+    #[arg(long, env = "BAKER_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Directory URL. Without it, baker-mq uses the directory at
+    /// http://127.0.0.1:7070 and serves it there itself when nothing answers.
+    #[arg(long, env = "BAKER_DIRECTORY", value_name = "URL")]
+    pub directory: Option<String>,
+
+    /// Admin HTTP address (/healthz, /readyz, /metrics, /v1/status)
+    /// [default: 127.0.0.1:7071, or a free port if that is taken]
+    #[arg(long, env = "BAKER_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Register a local instance:
+    /// service=NAME,id=ID[,version=V][,weight=W][,zone=Z][,ttl=SECS][,adapter=A][,broker=URL][,inbox=ADDR].
+    /// Repeatable; in BAKER_REGISTER separate several with ';'.
+    #[arg(
+        long = "register",
+        env = "BAKER_REGISTER",
+        value_delimiter = ';',
+        value_name = "SPEC"
+    )]
+    pub register: Vec<String>,
+
+    /// Routing policy of a service: SERVICE=POLICY, POLICY one of round_robin,
+    /// random, least_outstanding, weighted, consistent_hash, broadcast.
+    /// Repeatable; in BAKER_POLICY separate several with ';'.
+    #[arg(
+        long = "policy",
+        env = "BAKER_POLICY",
+        value_delimiter = ';',
+        value_name = "SERVICE=POLICY"
+    )]
+    pub policy: Vec<String>,
+
+    /// Do not route: only register instances (agent only).
+    #[arg(long, env = "BAKER_NO_ROUTER")]
+    pub no_router: bool,
+
+    /// Lease TTL of registered instances, in seconds [default: 10]
+    #[arg(long, env = "BAKER_TTL", value_name = "SECS")]
+    pub ttl: Option<u64>,
+
+    /// Most messages between ingress and settlement at once [default: 1024]
+    #[arg(long, env = "BAKER_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+
+    /// Send attempts per message before it is dead-lettered [default: 3]
+    #[arg(long, env = "BAKER_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+
+    /// Largest payload routed, in bytes; larger ones are dead-lettered [default: 1048576]
+    #[arg(long, env = "BAKER_MAX_PAYLOAD", value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+
+    /// Address prefix apps publish under [default: baker]
+    #[arg(long, env = "BAKER_INGRESS_PREFIX", value_name = "PREFIX")]
+    pub ingress_prefix: Option<String>,
+
+    /// Queue group shared by routers splitting one ingress [default: baker]
+    #[arg(long, env = "BAKER_QUEUE_GROUP", value_name = "NAME")]
+    pub queue_group: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the embedded directory (HTTP/JSON) and nothing else.
+    Directory {
+        /// Address to listen on [default: 127.0.0.1:7070]
+        #[arg(long, env = "BAKER_LISTEN", value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the routing table of a running baker-mq.
+    Status {
+        /// Admin address of the baker-mq to ask [default: 127.0.0.1:7071]
+        #[arg(long, env = "BAKER_ADMIN", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show discovery and load balancing in one process, with no broker.
+    Demo {
+        /// Messages to publish.
+        #[arg(long, default_value_t = 6000)]
+        messages: u64,
+        /// Instances of the demo service.
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+    },
+    /// Write the JSON Schemas of the instance record, config file and
+    /// baker-* headers into a directory.
+    Schemas {
+        /// Output directory.
+        #[arg(default_value = "schemas")]
+        dir: PathBuf,
+    },
+}

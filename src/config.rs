@@ -1,0 +1,545 @@
+//! Configuration: the TOML file, merged with flags and `BAKER_*` variables
+//! into the settings the process runs with.
+//!
+//! The file's keys mirror the long flags. A key that is unknown or malformed
+//! is an error naming the key and the file; nothing is silently ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use baker_adapter_api::IngressOptions;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::adapters::AdapterRegistry;
+use crate::cli::{Cli, LogFormat};
+use crate::directory::record::{valid_name, DEFAULT_TTL_SECS, DEFAULT_WEIGHT};
+use crate::directory::{EndpointRecord, InstanceRecord, Status, DEFAULT_LISTEN};
+use crate::router::{JourneyConfig, PolicyKind};
+
+/// Default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
+const DEFAULT_ADAPTER: &str = "nats";
+const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+const DEFAULT_PREFIX: &str = "baker";
+const DEFAULT_QUEUE_GROUP: &str = "baker";
+
+/// The config file. Every key is optional; flags and `BAKER_*` variables
+/// override it.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Broker adapter for the ingress and registered instances (`nats`, `memory`).
+    pub adapter: Option<String>,
+    /// Broker URL, e.g. `nats://127.0.0.1:4222`.
+    pub broker: Option<String>,
+    /// Directory URL, e.g. `http://10.0.0.5:7070`. Unset: use
+    /// `http://127.0.0.1:7070`, serving it locally when nothing answers.
+    pub directory: Option<String>,
+    /// Admin HTTP address.
+    pub admin: Option<SocketAddr>,
+    /// Instances to register.
+    #[serde(default)]
+    pub register: Vec<Registration>,
+    /// Routing policy per service, e.g. `orders = "consistent_hash"`.
+    #[serde(default)]
+    pub policy: BTreeMap<String, PolicyKind>,
+    /// Only register instances; do not route.
+    pub no_router: Option<bool>,
+    /// Default lease TTL of registered instances, in seconds.
+    pub ttl: Option<u64>,
+    /// Most messages between ingress and settlement at once.
+    pub max_in_flight: Option<usize>,
+    /// Send attempts per message before it is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// Largest payload routed, in bytes.
+    pub max_payload: Option<usize>,
+    /// Address prefix apps publish under.
+    pub ingress_prefix: Option<String>,
+    /// Queue group shared by routers splitting one ingress.
+    pub queue_group: Option<String>,
+    /// Log filter.
+    pub log: Option<String>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// Listen address of `baker-mq directory`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// One instance to register (a `[[register]]` table, or a `--register` spec).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Service name.
+    pub service: String,
+    /// Instance id, unique within the service.
+    pub id: String,
+    /// Software version.
+    pub version: Option<String>,
+    /// Relative share of traffic under the `weighted` policy (default 100).
+    pub weight: Option<u32>,
+    /// Zone label.
+    pub zone: Option<String>,
+    /// Lease TTL in seconds (default: the `ttl` setting).
+    pub ttl: Option<u64>,
+    /// Adapter of the instance's inbox (default: the `adapter` setting).
+    pub adapter: Option<String>,
+    /// Broker of the instance's inbox (default: the `broker` setting).
+    pub broker: Option<String>,
+    /// Inbox address (default: the adapter's convention, `_baker.<service>.<id>`).
+    pub inbox: Option<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file at this path.
+    File(PathBuf),
+    /// A flag or `BAKER_*` variable.
+    CommandLine,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::CommandLine => f.write_str("command line or environment"),
+        }
+    }
+}
+
+/// A configuration error; says which key, where, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown or mistyped key.
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range or inconsistent.
+    #[error("{origin}: key `{key}`: {reason}")]
+    Invalid {
+        origin: Origin,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Where the directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryTarget {
+    /// None configured: the local default, served here when nothing answers.
+    Auto(SocketAddr),
+    /// An explicit directory URL.
+    Url(String),
+}
+
+impl DirectoryTarget {
+    /// The directory's base URL.
+    pub fn url(&self) -> String {
+        match self {
+            DirectoryTarget::Auto(addr) => format!("http://{addr}"),
+            DirectoryTarget::Url(url) => url.clone(),
+        }
+    }
+}
+
+/// Resolved settings of the sidecar.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Ingress adapter.
+    pub adapter: String,
+    /// Ingress broker URL.
+    pub broker: String,
+    /// The directory.
+    pub directory: DirectoryTarget,
+    /// Admin address, and whether it was chosen explicitly.
+    pub admin: (SocketAddr, bool),
+    /// Instances to register.
+    pub registrations: Vec<InstanceRecord>,
+    /// Policy per service.
+    pub policies: HashMap<String, PolicyKind>,
+    /// Whether to route.
+    pub router: bool,
+    /// Journey tunables.
+    pub journey: JourneyConfig,
+    /// In-flight window.
+    pub max_in_flight: usize,
+    /// Ingress subscription.
+    pub ingress: IngressOptions,
+    /// Listen address of `baker-mq directory`.
+    pub listen: SocketAddr,
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+impl Registration {
+    /// Parses a `--register` spec: `service=NAME,id=ID[,key=value...]`.
+    pub fn parse_spec(spec: &str) -> Result<Self, String> {
+        let mut r = Registration::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let value = value.to_owned();
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{key}={v:?} is not a whole number"))
+            };
+            match key {
+                "service" => r.service = value,
+                "id" => r.id = value,
+                "version" => r.version = Some(value),
+                "weight" => {
+                    r.weight = Some(
+                        u32::try_from(number(&value)?).map_err(|_| format!("weight {value} is too large"))?,
+                    )
+                }
+                "zone" => r.zone = Some(value),
+                "ttl" => r.ttl = Some(number(&value)?),
+                "adapter" => r.adapter = Some(value),
+                "broker" => r.broker = Some(value),
+                "inbox" => r.inbox = Some(value),
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} (expected service, id, version, weight, zone, ttl, adapter, broker, inbox)"
+                    ))
+                }
+            }
+        }
+        if r.service.is_empty() || r.id.is_empty() {
+            return Err("service= and id= are required".to_owned());
+        }
+        Ok(r)
+    }
+}
+
+fn parse_policy(spec: &str) -> Result<(String, PolicyKind), String> {
+    let (service, policy) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?} is not SERVICE=POLICY"))?;
+    Ok((service.to_owned(), policy.parse()?))
+}
+
+/// Merges the command line (flags and variables) with the file.
+pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, ConfigError> {
+    let (file, file_origin) = match &cli.config {
+        Some(path) => (read_file(path)?, Origin::File(path.clone())),
+        None => (FileConfig::default(), Origin::CommandLine),
+    };
+    let args = &cli.sidecar;
+    // The origin of a value: the command line when it set it, else the file.
+    let origin_of = |from_cli: bool| {
+        if from_cli {
+            Origin::CommandLine
+        } else {
+            file_origin.clone()
+        }
+    };
+    let invalid = |from_cli: bool, key: &str, reason: String| ConfigError::Invalid {
+        origin: origin_of(from_cli),
+        key: key.to_owned(),
+        reason,
+    };
+
+    let adapter = args.adapter.clone().or(file.adapter.clone());
+    let adapter_from_cli = args.adapter.is_some();
+    let adapter = adapter.unwrap_or_else(|| DEFAULT_ADAPTER.to_owned());
+    let Some(ingress_adapter) = adapters.get(&adapter) else {
+        return Err(invalid(
+            adapter_from_cli,
+            "adapter",
+            format!(
+                "unknown adapter {adapter:?}; this build has: {}",
+                adapters.names().join(", ")
+            ),
+        ));
+    };
+    let broker = args
+        .broker
+        .clone()
+        .or(file.broker.clone())
+        .unwrap_or_else(|| ingress_adapter.default_broker().to_owned());
+
+    let directory = match args.directory.clone().or(file.directory.clone()) {
+        None => DirectoryTarget::Auto(DEFAULT_LISTEN.parse().expect("valid default")),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            DirectoryTarget::Url(url.trim_end_matches('/').to_owned())
+        }
+        Some(url) => {
+            return Err(invalid(
+                args.directory.is_some(),
+                "directory",
+                format!("{url:?} is not a directory URL; expected http://HOST:PORT"),
+            ))
+        }
+    };
+
+    let admin = match args.admin.or(file.admin) {
+        Some(addr) => (addr, true),
+        None => (DEFAULT_ADMIN.parse().expect("valid default"), false),
+    };
+
+    let mut policies = HashMap::new();
+    for (service, kind) in &file.policy {
+        if !valid_name(service) {
+            return Err(invalid(
+                false,
+                &format!("policy.{service}"),
+                "not a valid service name".into(),
+            ));
+        }
+        policies.insert(service.clone(), *kind);
+    }
+    for spec in &args.policy {
+        let (service, kind) = parse_policy(spec).map_err(|r| invalid(true, "policy", r))?;
+        policies.insert(service, kind);
+    }
+
+    let ttl = args.ttl.or(file.ttl).unwrap_or(DEFAULT_TTL_SECS);
+    if !(1..=3600).contains(&ttl) {
+        return Err(invalid(
+            args.ttl.is_some(),
+            "ttl",
+            format!("{ttl} is not between 1 and 3600 seconds"),
+        ));
+    }
+
+    let mut registrations = Vec::new();
+    let from_file = file
+        .register
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, r)| (format!("register[{i}]"), false, r));
+    let mut from_cli = Vec::new();
+    for spec in &args.register {
+        let r = Registration::parse_spec(spec)
+            .map_err(|reason| invalid(true, "register", format!("{spec:?}: {reason}")))?;
+        from_cli.push(("register".to_owned(), true, r));
+    }
+    for (key, cli_set, r) in from_file.chain(from_cli) {
+        let adapter_name = r.adapter.clone().unwrap_or_else(|| adapter.clone());
+        let Some(instance_adapter) = adapters.get(&adapter_name) else {
+            return Err(invalid(
+                cli_set,
+                &format!("{key}.adapter"),
+                format!("unknown adapter {adapter_name:?}"),
+            ));
+        };
+        let inbox = r
+            .inbox
+            .clone()
+            .unwrap_or_else(|| instance_adapter.default_inbox(&r.service, &r.id));
+        instance_adapter
+            .validate_inbox(&inbox)
+            .map_err(|e| invalid(cli_set, &format!("{key}.inbox"), e.to_string()))?;
+        let record = InstanceRecord {
+            service: r.service.clone(),
+            id: r.id.clone(),
+            version: r.version.clone().unwrap_or_default(),
+            endpoint: EndpointRecord {
+                adapter: adapter_name,
+                broker: r.broker.clone().unwrap_or_else(|| broker.clone()),
+                inbox,
+            },
+            weight: r.weight.unwrap_or(DEFAULT_WEIGHT),
+            zone: r.zone.clone(),
+            metadata: r.metadata.clone(),
+            status: Status::Passing,
+            ttl_secs: r.ttl.unwrap_or(ttl),
+        };
+        record
+            .validate()
+            .map_err(|e| invalid(cli_set, &key, e.to_string()))?;
+        registrations.push(record);
+    }
+
+    let max_in_flight = args
+        .max_in_flight
+        .or(file.max_in_flight)
+        .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if max_in_flight == 0 {
+        return Err(invalid(
+            args.max_in_flight.is_some(),
+            "max_in_flight",
+            "must be at least 1".into(),
+        ));
+    }
+    let max_attempts = args
+        .max_attempts
+        .or(file.max_attempts)
+        .unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if max_attempts == 0 {
+        return Err(invalid(
+            args.max_attempts.is_some(),
+            "max_attempts",
+            "must be at least 1".into(),
+        ));
+    }
+    let max_payload = args
+        .max_payload
+        .or(file.max_payload)
+        .unwrap_or(DEFAULT_MAX_PAYLOAD);
+    let prefix = args
+        .ingress_prefix
+        .clone()
+        .or(file.ingress_prefix.clone())
+        .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+    if prefix.is_empty() || prefix.starts_with('_') || prefix.contains(['*', '>', '#', '+', ' ']) {
+        return Err(invalid(
+            args.ingress_prefix.is_some(),
+            "ingress_prefix",
+            format!("{prefix:?} must be non-empty, without wildcards, and not start with '_' (inboxes live there)"),
+        ));
+    }
+    let queue_group = args
+        .queue_group
+        .clone()
+        .or(file.queue_group.clone())
+        .unwrap_or_else(|| DEFAULT_QUEUE_GROUP.to_owned());
+
+    let listen = match &cli.command {
+        Some(crate::cli::Command::Directory { listen: Some(addr) }) => *addr,
+        _ => file
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+    };
+
+    Ok(Settings {
+        adapter,
+        broker,
+        directory,
+        admin,
+        registrations,
+        policies,
+        router: !(args.no_router || file.no_router.unwrap_or(false)),
+        journey: JourneyConfig {
+            max_attempts,
+            max_payload,
+        },
+        max_in_flight,
+        ingress: IngressOptions {
+            prefix,
+            queue_group,
+            buffer: max_in_flight,
+        },
+        listen,
+    })
+}
+
+/// The log filter and format: flag or variable, else file, else defaults.
+pub fn logging(cli: &Cli) -> Result<(String, LogFormat), ConfigError> {
+    let file = match &cli.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    Ok((
+        cli.log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".to_owned()),
+        cli.log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Write;
+
+    fn resolve_with(file: &str, args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(file.as_bytes()).unwrap();
+        let path = tmp.path().to_str().unwrap().to_owned();
+        let mut argv = vec!["baker-mq", "--config", &path];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        resolve(&cli, &AdapterRegistry::builtin())
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = resolve_with("adapter = \"nats\"\nmax_inflight = 5\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config file"), "{err}");
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn malformed_value_names_key_and_file() {
+        let err = resolve_with("max_attempts = \"three\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_attempts") && err.contains("config file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_policy_is_refused() {
+        let err = resolve_with("[policy]\norders = \"fastest\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fastest"), "{err}");
+    }
+
+    #[test]
+    fn flag_overrides_file_and_registration_defaults_follow_adapter() {
+        let s = resolve_with(
+            "adapter = \"memory\"\nbroker = \"memory://x\"\nmax_in_flight = 10\n[[register]]\nservice = \"orders\"\nid = \"o1\"\n",
+            &["--max-in-flight", "20", "--register", "service=orders,id=o2,weight=5,version=2"],
+        )
+        .unwrap();
+        assert_eq!(s.max_in_flight, 20);
+        assert_eq!(s.registrations.len(), 2);
+        assert_eq!(s.registrations[0].endpoint.inbox, "_baker.orders.o1");
+        assert_eq!(s.registrations[0].endpoint.broker, "memory://x");
+        assert_eq!(s.registrations[1].weight, 5);
+        assert_eq!(s.registrations[1].version, "2");
+        assert_eq!(
+            s.directory,
+            DirectoryTarget::Auto(DEFAULT_LISTEN.parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn invalid_registration_names_key() {
+        let err = resolve_with("[[register]]\nservice = \"orders.eu\"\nid = \"o1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("register[0]") && err.contains("orders.eu"),
+            "{err}"
+        );
+        let spec = Registration::parse_spec("service=a,id=b,colour=red").unwrap_err();
+        assert!(spec.contains("colour"), "{spec}");
+    }
+}

@@ -1,0 +1,142 @@
+//! The instance record: what the directory knows about one service instance.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Health status of an instance, as registered by its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Healthy: routers send to it.
+    #[default]
+    Passing,
+    /// Failing its health checks: routers skip it.
+    Critical,
+    /// Leaving: routers send it nothing new while its in-flight work finishes.
+    Draining,
+}
+
+impl Status {
+    /// The lowercase name used in the API and in `baker-mq status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Critical => "critical",
+            Status::Draining => "draining",
+        }
+    }
+}
+
+/// Where an instance consumes its messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRecord {
+    /// Adapter name: `nats`, `memory`, ...
+    pub adapter: String,
+    /// Broker URL, e.g. `nats://127.0.0.1:4222`.
+    pub broker: String,
+    /// Inbox address on that broker, e.g. `_baker.orders.orders-1`.
+    pub inbox: String,
+}
+
+/// One registered instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRecord {
+    /// Service name: letters, digits, `-` and `_`.
+    pub service: String,
+    /// Instance id, unique within the service: letters, digits, `-` and `_`.
+    pub id: String,
+    /// Version of the software the instance runs (free-form).
+    #[serde(default)]
+    pub version: String,
+    /// Where the instance consumes its messages.
+    pub endpoint: EndpointRecord,
+    /// Relative share of traffic under the `weighted` policy.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Availability zone or other locality label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Health status.
+    #[serde(default)]
+    pub status: Status,
+    /// Lease length in seconds: the record expires unless renewed within it.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+}
+
+/// Default weight of an instance.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Default lease length.
+pub const DEFAULT_TTL_SECS: u64 = 10;
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+fn default_ttl_secs() -> u64 {
+    DEFAULT_TTL_SECS
+}
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// A name field holds characters that cannot appear in every protocol's
+    /// addresses.
+    #[error("{field} {value:?} must be 1-128 characters of letters, digits, '-' or '_'")]
+    InvalidName { field: &'static str, value: String },
+    /// The lease length is out of range.
+    #[error("ttl_secs must be between 1 and 3600, got {0}")]
+    InvalidTtl(u64),
+}
+
+/// True for a name usable as a token in every protocol's addresses (a NATS
+/// subject token, an MQTT topic level, an AMQP routing-key word).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl InstanceRecord {
+    /// Checks names and lease length.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        for (field, value) in [("service", &self.service), ("id", &self.id)] {
+            if !valid_name(value) {
+                return Err(RecordError::InvalidName {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        if !(1..=3600).contains(&self.ttl_secs) {
+            return Err(RecordError::InvalidTtl(self.ttl_secs));
+        }
+        Ok(())
+    }
+
+    /// True when routers may send to this instance.
+    pub fn routable(&self) -> bool {
+        self.status == Status::Passing
+    }
+}
+
+/// Everything the directory holds at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Random id of the directory process: changes when it restarts, so a
+    /// watcher knows its index no longer means anything.
+    pub epoch: u64,
+    /// Incremented on every change.
+    pub index: u64,
+    /// Every live instance, ordered by service then id.
+    pub instances: Vec<InstanceRecord>,
+}

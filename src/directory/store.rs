@@ -1,0 +1,223 @@
+//! The directory's state: instance records with leases, and a change index
+//! that watchers wait on.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::record::{Catalog, InstanceRecord, RecordError};
+
+struct Lease {
+    record: InstanceRecord,
+    expires_at: Instant,
+}
+
+struct Inner {
+    leases: BTreeMap<(String, String), Lease>,
+    index: u64,
+}
+
+/// Instance records with leases. Soft state: everything in it is rebuilt by
+/// agents re-registering, so it is never persisted.
+pub struct Store {
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+    epoch: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// An empty store with a fresh epoch.
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                leases: BTreeMap::new(),
+                index: 1,
+            }),
+            changes: watch::Sender::new(1),
+            epoch: fastrand::u64(1..u64::MAX),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self, inner: &mut Inner) {
+        inner.index += 1;
+        self.changes.send_replace(inner.index);
+    }
+
+    /// This store's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Registers or re-registers an instance, starting a fresh lease.
+    pub fn register(&self, record: InstanceRecord, now: Instant) -> Result<u64, RecordError> {
+        record.validate()?;
+        let mut inner = self.lock();
+        let key = (record.service.clone(), record.id.clone());
+        let expires_at = now + Duration::from_secs(record.ttl_secs);
+        let changed = inner
+            .leases
+            .get(&key)
+            .is_none_or(|lease| lease.record != record);
+        inner.leases.insert(key, Lease { record, expires_at });
+        if changed {
+            self.bump(&mut inner);
+        }
+        Ok(inner.index)
+    }
+
+    /// Extends a lease by its TTL. False when the lease is unknown (expired,
+    /// never registered, or lost in a directory restart): the agent must
+    /// register again.
+    pub fn renew(&self, service: &str, id: &str, now: Instant) -> bool {
+        let mut inner = self.lock();
+        match inner.leases.get_mut(&(service.to_owned(), id.to_owned())) {
+            Some(lease) => {
+                lease.expires_at = now + Duration::from_secs(lease.record.ttl_secs);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes an instance. False when it was not registered.
+    pub fn deregister(&self, service: &str, id: &str) -> bool {
+        let mut inner = self.lock();
+        let removed = inner
+            .leases
+            .remove(&(service.to_owned(), id.to_owned()))
+            .is_some();
+        if removed {
+            self.bump(&mut inner);
+        }
+        removed
+    }
+
+    /// Removes every lease that expired before `now`; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut inner = self.lock();
+        let before = inner.leases.len();
+        inner.leases.retain(|_, lease| lease.expires_at > now);
+        let removed = before - inner.leases.len();
+        if removed > 0 {
+            tracing::info!(removed, "expired instance leases");
+            self.bump(&mut inner);
+        }
+        removed
+    }
+
+    /// Every live record.
+    pub fn catalog(&self) -> Catalog {
+        let inner = self.lock();
+        Catalog {
+            epoch: self.epoch,
+            index: inner.index,
+            instances: inner.leases.values().map(|l| l.record.clone()).collect(),
+        }
+    }
+
+    /// The records of one service.
+    pub fn service(&self, service: &str) -> Vec<InstanceRecord> {
+        let inner = self.lock();
+        inner
+            .leases
+            .values()
+            .filter(|l| l.record.service == service)
+            .map(|l| l.record.clone())
+            .collect()
+    }
+
+    /// Waits until the index differs from `index` or `wait` passes.
+    pub async fn wait_for_change(&self, index: u64, wait: Duration) {
+        let mut changes = self.changes.subscribe();
+        let _ = tokio::time::timeout(wait, changes.wait_for(|current| *current != index)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::record::{EndpointRecord, Status};
+
+    pub(crate) fn record(service: &str, id: &str, ttl_secs: u64) -> InstanceRecord {
+        InstanceRecord {
+            service: service.into(),
+            id: id.into(),
+            version: "1".into(),
+            endpoint: EndpointRecord {
+                adapter: "memory".into(),
+                broker: "memory://t".into(),
+                inbox: format!("_baker.{service}.{id}"),
+            },
+            weight: 100,
+            zone: None,
+            metadata: Default::default(),
+            status: Status::Passing,
+            ttl_secs,
+        }
+    }
+
+    #[test]
+    fn lease_expires_unless_renewed() {
+        let store = Store::new();
+        let t0 = Instant::now();
+        store.register(record("s", "a", 2), t0).unwrap();
+        store.register(record("s", "b", 2), t0).unwrap();
+        assert!(store.renew("s", "a", t0 + Duration::from_millis(1500)));
+        assert_eq!(store.expire(t0 + Duration::from_millis(2100)), 1);
+        let ids: Vec<_> = store
+            .catalog()
+            .instances
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a"]);
+        assert!(!store.renew("s", "b", t0 + Duration::from_millis(2200)));
+    }
+
+    #[test]
+    fn reregistering_the_same_record_does_not_bump_the_index() {
+        let store = Store::new();
+        let now = Instant::now();
+        let first = store.register(record("s", "a", 5), now).unwrap();
+        assert_eq!(store.register(record("s", "a", 5), now).unwrap(), first);
+        let mut changed = record("s", "a", 5);
+        changed.status = Status::Draining;
+        assert!(store.register(changed, now).unwrap() > first);
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        let store = Store::new();
+        let err = store
+            .register(record("orders.v2", "a", 5), Instant::now())
+            .unwrap_err();
+        assert!(err.to_string().contains("service \"orders.v2\""));
+    }
+
+    #[tokio::test]
+    async fn watchers_wake_on_change() {
+        let store = std::sync::Arc::new(Store::new());
+        let index = store.catalog().index;
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.wait_for_change(index, Duration::from_secs(5)).await })
+        };
+        store.register(record("s", "a", 5), Instant::now()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("watcher woke")
+            .unwrap();
+    }
+}

@@ -1,0 +1,116 @@
+//! The `baker-mq` binary: parses the command line and runs the chosen role.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use baker_mq::cli::{Cli, Command, LogFormat};
+use baker_mq::{adapters::AdapterRegistry, config, demo, directory, shutdown, sidecar, status};
+use clap::Parser;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .context("metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (filter, format) = config::logging(&cli)?;
+    let quiet_demo = matches!(cli.command, Some(Command::Demo { .. })) && cli.log.is_none();
+    init_logging(if quiet_demo { "warn" } else { &filter }, format)?;
+    match &cli.command {
+        None => {
+            let settings = config::resolve(&cli, &AdapterRegistry::builtin())?;
+            let prometheus = install_metrics()?;
+            sidecar::run(settings, Some(prometheus)).await?;
+        }
+        Some(Command::Directory { .. }) => {
+            let settings = config::resolve(&cli, &AdapterRegistry::builtin())?;
+            let shutdown = shutdown::Shutdown::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown::signal().await;
+                stop.trigger();
+            });
+            directory::server::bind_and_serve(settings.listen, shutdown)
+                .await
+                .with_context(|| format!("serving the directory on {}", settings.listen))?;
+        }
+        Some(Command::Status { admin, json }) => {
+            let addr = match admin {
+                Some(addr) => *addr,
+                None => {
+                    let file = match &cli.config {
+                        Some(path) => config::read_file(path)?,
+                        None => Default::default(),
+                    };
+                    file.admin.unwrap_or(config::DEFAULT_ADMIN.parse()?)
+                }
+            };
+            let doc = status::fetch(addr).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", status::render(&doc));
+            }
+        }
+        Some(Command::Demo {
+            messages,
+            instances,
+        }) => {
+            install_metrics()?;
+            demo::run(*messages, *instances).await?;
+        }
+        Some(Command::Schemas { dir }) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, text) in baker_mq::schemas::all() {
+                let path = dir.join(name);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("baker-mq: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

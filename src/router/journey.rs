@@ -1,0 +1,279 @@
+//! One message's journey: ingress → resolve → pick → egress → settle.
+//!
+//! The ingress delivery's ack handle is settled only after the egress has
+//! resolved: acked once an instance's broker took the message, dead-lettered
+//! when no instance can take it. Retries move to the next instance and are
+//! bounded by `max_attempts`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use baker_adapter_api::{header, Delivery, Destination, Message, SendError};
+
+use super::policy::Pick;
+use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
+use super::undelivered::UndeliveredReporter;
+
+/// Tunables of the journey.
+#[derive(Debug, Clone)]
+pub struct JourneyConfig {
+    /// Sends tried per message (across instances) before dead-lettering.
+    pub max_attempts: u32,
+    /// Largest payload routed; larger ones are dead-lettered.
+    pub max_payload: usize,
+}
+
+/// Unique message ids: a random per-process prefix and a counter.
+struct MessageIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl MessageIds {
+    fn new() -> Self {
+        Self {
+            prefix: format!("{:016x}", fastrand::u64(..)),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{:x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Why a message could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The service has no routable instance.
+    NoRoute,
+    /// The payload exceeds `max_payload`.
+    TooLarge,
+    /// An instance's broker refused the message itself.
+    Rejected,
+    /// Every attempt failed on an unavailable instance.
+    Unavailable,
+}
+
+impl Cause {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NoRoute => "no_route",
+            Cause::TooLarge => "too_large",
+            Cause::Rejected => "rejected",
+            Cause::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// How one delivery ended, for the caller's accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by every instance it was sent to.
+    Delivered,
+    /// Dead-lettered: why, and the reason given to the ingress.
+    Undeliverable(Cause, String),
+}
+
+type Failure = (Cause, String);
+
+/// Carries deliveries from ingress to instances.
+pub struct Journey {
+    table: Arc<ArcSwap<RoutingTable>>,
+    config: JourneyConfig,
+    ids: MessageIds,
+    undelivered: Arc<UndeliveredReporter>,
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+impl Journey {
+    /// A journey over `table`.
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        config: JourneyConfig,
+        undelivered: Arc<UndeliveredReporter>,
+    ) -> Self {
+        Self {
+            table,
+            config,
+            ids: MessageIds::new(),
+            undelivered,
+        }
+    }
+
+    /// Routes one delivery and settles it.
+    pub async fn carry(&self, delivery: Delivery) -> Outcome {
+        let started = Instant::now();
+        let Delivery {
+            mut message,
+            destination,
+            origin,
+            ack,
+        } = delivery;
+        let outcome = self
+            .route(&mut message, &destination, origin, started)
+            .await;
+        match &outcome {
+            Outcome::Delivered => ack.ack(),
+            Outcome::Undeliverable(cause, reason) => {
+                self.undelivered
+                    .record(&destination.service, *cause, reason);
+                ack.dead_letter(reason.clone());
+            }
+        }
+        outcome
+    }
+
+    async fn route(
+        &self,
+        message: &mut Message,
+        destination: &Destination,
+        origin: String,
+        started: Instant,
+    ) -> Outcome {
+        if message.payload.len() > self.config.max_payload {
+            return Outcome::Undeliverable(
+                Cause::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds max_payload {}",
+                    message.payload.len(),
+                    self.config.max_payload
+                ),
+            );
+        }
+        let table = self.table.load_full();
+        let Some(service) = table.service(&destination.service) else {
+            return Outcome::Undeliverable(Cause::NoRoute, no_route(destination));
+        };
+        if message.headers.get(header::MSG_ID).is_none() {
+            message.headers.insert(header::MSG_ID, self.ids.next());
+        }
+        message.headers.insert(header::ORIGIN, origin);
+        let outcome = match service.policy.pick(&service.instances, message) {
+            Pick::One(first) => self.deliver_one(service, first, destination, message).await,
+            Pick::All => self.broadcast(service, destination, message).await,
+            Pick::Nobody => Err((Cause::NoRoute, no_route(destination))),
+        };
+        match outcome {
+            Ok(()) => {
+                service.latency.record(started.elapsed().as_secs_f64());
+                Outcome::Delivered
+            }
+            Err((cause, reason)) => Outcome::Undeliverable(cause, reason),
+        }
+    }
+
+    /// Sends to `first`, then to the following instances on failure.
+    async fn deliver_one(
+        &self,
+        service: &ServiceRoute,
+        first: usize,
+        destination: &Destination,
+        message: &mut Message,
+    ) -> Result<(), Failure> {
+        let n = service.instances.len();
+        let mut last_error = String::new();
+        for attempt in 1..=self.config.max_attempts {
+            let instance = &service.instances[(first + attempt as usize - 1) % n];
+            message.headers.insert(header::ATTEMPT, attempt.to_string());
+            match send(instance, destination, message).await {
+                Ok(()) => return Ok(()),
+                Err(SendError::Rejected(reason)) => {
+                    return Err((
+                        Cause::Rejected,
+                        format!("rejected by {}: {reason}", instance.record.id),
+                    ))
+                }
+                Err(SendError::Unavailable(reason)) => {
+                    last_error = format!("{}: {reason}", instance.record.id);
+                }
+            }
+            if attempt < self.config.max_attempts {
+                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+            }
+        }
+        Err((
+            Cause::Unavailable,
+            format!(
+                "undeliverable after {} attempts; last error from {last_error}",
+                self.config.max_attempts
+            ),
+        ))
+    }
+
+    /// Sends a copy to every instance; fails if any copy fails after its
+    /// retries (the worst outcome of the copies wins).
+    async fn broadcast(
+        &self,
+        service: &ServiceRoute,
+        destination: &Destination,
+        message: &mut Message,
+    ) -> Result<(), Failure> {
+        message.headers.insert(header::ATTEMPT, "1");
+        let message = &*message;
+        let copies = service.instances.iter().map(|instance| async move {
+            let mut last = None;
+            for attempt in 1..=self.config.max_attempts {
+                match send(instance, destination, message).await {
+                    Ok(()) => return Ok(()),
+                    Err(SendError::Rejected(reason)) => {
+                        return Err((
+                            Cause::Rejected,
+                            format!("rejected by {}: {reason}", instance.record.id),
+                        ))
+                    }
+                    Err(SendError::Unavailable(reason)) => last = Some(reason),
+                }
+                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+            }
+            Err((
+                Cause::Unavailable,
+                format!(
+                    "copy to {} undeliverable: {}",
+                    instance.record.id,
+                    last.unwrap_or_default()
+                ),
+            ))
+        });
+        let failures: Vec<Failure> = futures::future::join_all(copies)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        match failures.first() {
+            None => Ok(()),
+            Some(&(cause, _)) => {
+                let reasons: Vec<_> = failures.into_iter().map(|(_, r)| r).collect();
+                Err((cause, reasons.join("; ")))
+            }
+        }
+    }
+}
+
+fn no_route(destination: &Destination) -> String {
+    format!("no routable instance of service {:?}", destination.service)
+}
+
+async fn send(
+    instance: &InstanceRoute,
+    destination: &Destination,
+    message: &Message,
+) -> Result<(), SendError> {
+    let stats = &instance.stats;
+    stats.outstanding.fetch_add(1, Ordering::Relaxed);
+    let result = instance.target.send(destination, message).await;
+    stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+    match &result {
+        Ok(()) => stats.delivered(),
+        Err(_) => stats.failed(),
+    }
+    result
+}

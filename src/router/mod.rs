@@ -1,0 +1,90 @@
+//! The router role: consumes the ingress, routes each message by its
+//! service's policy to a routable instance, and settles the ingress message
+//! once the instance's broker has it.
+//!
+//! Concurrency is a bounded window: at most `max_in_flight` messages are
+//! between ingress and settlement, and a full window stops pulling from the
+//! ingress, so memory stays bounded and the broker holds the backlog.
+
+pub mod journey;
+pub mod policy;
+pub mod table;
+pub mod undelivered;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use baker_adapter_api::Ingress;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+
+pub use journey::{Journey, JourneyConfig, Outcome};
+pub use policy::PolicyKind;
+pub use table::{RoutingTable, TableBuilder};
+
+use crate::directory::Catalog;
+use crate::shutdown::Shutdown;
+
+/// How long in-flight messages may take to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rebuilds the routing table whenever a new catalog arrives, and swaps it
+/// in. Returns at shutdown.
+pub async fn follow_catalog(
+    mut catalogs: watch::Receiver<Arc<Catalog>>,
+    mut builder: TableBuilder,
+    table: Arc<ArcSwap<RoutingTable>>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let catalog = catalogs.borrow_and_update().clone();
+        let next = builder.build(catalog.clone()).await;
+        let routable: usize = catalog.instances.iter().filter(|r| r.routable()).count();
+        tracing::debug!(index = catalog.index, routable, "routing table updated");
+        table.store(Arc::new(next));
+        if shutdown
+            .run_until(catalogs.changed())
+            .await
+            .is_none_or(|r| r.is_err())
+        {
+            return;
+        }
+    }
+}
+
+/// Pulls deliveries from `ingress` and carries each through `journey`, with at
+/// most `max_in_flight` at once, until shutdown; then lets in-flight ones
+/// finish (up to a timeout).
+pub async fn run(
+    journey: Arc<Journey>,
+    mut ingress: Box<dyn Ingress>,
+    max_in_flight: usize,
+    shutdown: Shutdown,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
+            delivery = ingress.next(), if in_flight.len() < max_in_flight => match delivery {
+                Some(delivery) => in_flight.push(journey.carry(delivery)),
+                None => {
+                    tracing::warn!("ingress closed");
+                    break;
+                }
+            },
+        }
+    }
+    let pending = in_flight.len();
+    if pending > 0 {
+        tracing::info!(pending, "finishing in-flight messages");
+        let finish = async { while in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN_TIMEOUT, finish).await.is_err() {
+            tracing::warn!(
+                "in-flight messages did not finish in time; the broker redelivers what it can"
+            );
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The routing table: per service, the routable instances with their bound
+//! egress targets and the service's built policy.
+//!
+//! A table is immutable once built. A new one is built off the message path
+//! whenever the directory's catalog changes, then swapped in atomically; the
+//! per-instance counters carry over from one table to the next.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use baker_adapter_api::{Endpoint, Target};
+
+use super::policy::{Candidate, Policy, PolicyKind};
+use crate::adapters::AdapterRegistry;
+use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
+
+/// Running counts for one instance, kept across table rebuilds.
+pub struct InstanceStats {
+    /// Messages the instance's broker accepted.
+    pub delivered: AtomicU64,
+    /// Failed sends.
+    pub errors: AtomicU64,
+    /// Sends in flight.
+    pub outstanding: AtomicUsize,
+    routed_metric: metrics::Counter,
+    error_metric: metrics::Counter,
+}
+
+impl InstanceStats {
+    fn new(service: &str, id: &str) -> Self {
+        let labels = [("service", service.to_owned()), ("instance", id.to_owned())];
+        Self {
+            delivered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+            routed_metric: metrics::counter!("baker_messages_routed_total", &labels),
+            error_metric: metrics::counter!("baker_egress_errors_total", &labels),
+        }
+    }
+
+    /// Counts a delivery accepted by the instance's broker.
+    pub fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.routed_metric.increment(1);
+    }
+
+    /// Counts a failed send.
+    pub fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.error_metric.increment(1);
+    }
+}
+
+/// One routable instance.
+pub struct InstanceRoute {
+    /// Its directory record.
+    pub record: InstanceRecord,
+    /// Where its messages go.
+    pub target: Arc<dyn Target>,
+    /// Its counters.
+    pub stats: Arc<InstanceStats>,
+}
+
+impl Candidate for InstanceRoute {
+    fn id(&self) -> &str {
+        &self.record.id
+    }
+    fn weight(&self) -> u32 {
+        self.record.weight
+    }
+    fn outstanding(&self) -> usize {
+        self.stats.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// One service's routing state.
+pub struct ServiceRoute {
+    /// The policy kind in force.
+    pub kind: PolicyKind,
+    /// The built policy.
+    pub policy: Policy,
+    /// Routable instances, ordered by id.
+    pub instances: Vec<InstanceRoute>,
+    /// Time from ingress to delivered, per message.
+    pub latency: metrics::Histogram,
+}
+
+/// Every service's routing state, plus the catalog it was built from.
+#[derive(Default)]
+pub struct RoutingTable {
+    services: HashMap<String, ServiceRoute>,
+    /// The catalog this table reflects (every record, routable or not).
+    pub catalog: Arc<Catalog>,
+}
+
+impl RoutingTable {
+    /// The routing state of `service`, if it has any routable instance.
+    pub fn service(&self, service: &str) -> Option<&ServiceRoute> {
+        self.services.get(service)
+    }
+
+    /// Counters of every instance that has routing state.
+    pub fn stats(&self, service: &str, id: &str) -> Option<&InstanceStats> {
+        self.services
+            .get(service)?
+            .instances
+            .iter()
+            .find(|i| i.record.id == id)
+            .map(|i| &*i.stats)
+    }
+}
+
+/// Builds tables from catalogs, reusing bound targets and counters.
+pub struct TableBuilder {
+    adapters: Arc<AdapterRegistry>,
+    policies: HashMap<String, PolicyKind>,
+    targets: HashMap<EndpointRecord, Arc<dyn Target>>,
+    stats: HashMap<(String, String), Arc<InstanceStats>>,
+    unbindable: HashSet<EndpointRecord>,
+}
+
+impl TableBuilder {
+    /// A builder using `adapters` to bind targets and `policies` per service
+    /// (round robin where none is given).
+    pub fn new(adapters: Arc<AdapterRegistry>, policies: HashMap<String, PolicyKind>) -> Self {
+        Self {
+            adapters,
+            policies,
+            targets: HashMap::new(),
+            stats: HashMap::new(),
+            unbindable: HashSet::new(),
+        }
+    }
+
+    /// The policy `service` uses.
+    pub fn policy_of(&self, service: &str) -> PolicyKind {
+        self.policies.get(service).copied().unwrap_or_default()
+    }
+
+    async fn bind(&mut self, endpoint: &EndpointRecord) -> Option<Arc<dyn Target>> {
+        if let Some(target) = self.targets.get(endpoint) {
+            return Some(target.clone());
+        }
+        let result = match self.adapters.get(&endpoint.adapter) {
+            Some(adapter) => adapter
+                .target(&Endpoint {
+                    adapter: endpoint.adapter.clone(),
+                    broker: endpoint.broker.clone(),
+                    inbox: endpoint.inbox.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err(format!(
+                "adapter {:?} is not built into this baker-mq (available: {})",
+                endpoint.adapter,
+                self.adapters.names().join(", ")
+            )),
+        };
+        match result {
+            Ok(target) => {
+                self.targets.insert(endpoint.clone(), target.clone());
+                Some(target)
+            }
+            Err(reason) => {
+                if self.unbindable.insert(endpoint.clone()) {
+                    tracing::warn!(adapter = %endpoint.adapter, broker = %endpoint.broker,
+                        inbox = %endpoint.inbox, %reason, "cannot route to endpoint; skipping its instances");
+                }
+                None
+            }
+        }
+    }
+
+    /// A table for `catalog`.
+    pub async fn build(&mut self, catalog: Arc<Catalog>) -> RoutingTable {
+        let mut grouped: HashMap<String, Vec<InstanceRoute>> = HashMap::new();
+        let mut live_endpoints = HashSet::new();
+        let mut live_stats = HashSet::new();
+        for record in catalog.instances.iter().filter(|r| r.routable()) {
+            let Some(target) = self.bind(&record.endpoint).await else {
+                continue;
+            };
+            live_endpoints.insert(record.endpoint.clone());
+            let key = (record.service.clone(), record.id.clone());
+            let stats = self
+                .stats
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(InstanceStats::new(&record.service, &record.id)))
+                .clone();
+            live_stats.insert(key);
+            grouped
+                .entry(record.service.clone())
+                .or_default()
+                .push(InstanceRoute {
+                    record: record.clone(),
+                    target,
+                    stats,
+                });
+        }
+        self.targets.retain(|e, _| live_endpoints.contains(e));
+        self.stats.retain(|k, _| live_stats.contains(k));
+        let services = grouped
+            .into_iter()
+            .map(|(service, instances)| {
+                let kind = self.policy_of(&service);
+                let route = ServiceRoute {
+                    kind,
+                    policy: Policy::build(kind, &instances),
+                    latency: metrics::histogram!("baker_routing_seconds", "service" => service.clone()),
+                    instances,
+                };
+                (service, route)
+            })
+            .collect();
+        RoutingTable { services, catalog }
+    }
+}

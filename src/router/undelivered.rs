@@ -1,0 +1,67 @@
+//! Counts messages that could not be delivered (no routable instance, too
+//! large, refused, every attempt failed) and reports them once per interval,
+//! never once per message.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::journey::Cause;
+use crate::shutdown::Shutdown;
+
+/// Most distinct services tracked between reports; the rest are summed under
+/// [`OTHER`] so that publishers addressing random names cannot grow memory.
+const MAX_TRACKED: usize = 1024;
+/// Label for services beyond [`MAX_TRACKED`].
+const OTHER: &str = "_other";
+/// How often the summary is logged.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Tally of undeliverable messages by service, with the latest reason.
+#[derive(Default)]
+pub struct UndeliveredReporter {
+    // Taken only on the failure path, never for a routed message.
+    pending: Mutex<HashMap<String, (u64, String)>>,
+}
+
+impl UndeliveredReporter {
+    /// Counts one message for `service` that could not be delivered.
+    pub fn record(&self, service: &str, cause: Cause, reason: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if pending.contains_key(service) || pending.len() < MAX_TRACKED {
+            service
+        } else {
+            OTHER
+        };
+        if cause == Cause::NoRoute {
+            metrics::counter!("baker_no_route_total", "service" => key.to_owned()).increment(1);
+        }
+        metrics::counter!("baker_undelivered_total", "service" => key.to_owned(), "cause" => cause.as_str())
+            .increment(1);
+        let entry = pending
+            .entry(key.to_owned())
+            .or_insert_with(|| (0, String::new()));
+        entry.0 += 1;
+        if entry.1 != reason {
+            entry.1 = reason.to_owned();
+        }
+    }
+
+    /// Logs and clears the tally.
+    pub fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (service, (count, reason)) in pending {
+            tracing::warn!(%service, count, %reason, "messages not delivered in the last interval");
+        }
+    }
+
+    /// Flushes every [`REPORT_INTERVAL`] until shutdown.
+    pub async fn run(&self, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(REPORT_INTERVAL);
+        tick.tick().await;
+        while shutdown.run_until(tick.tick()).await.is_some() {
+            self.flush();
+        }
+        self.flush();
+    }
+}

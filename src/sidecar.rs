@@ -1,0 +1,239 @@
+//! The sidecar process: wires the roles (directory watcher, router, agent,
+//! admin) together from the settings, and runs them until a signal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use baker_adapter_api::IngressOptions;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::adapters::AdapterRegistry;
+use crate::admin::{self, AdminState};
+use crate::agent::Agent;
+use crate::backoff::Backoff;
+use crate::config::{DirectoryTarget, Settings};
+use crate::directory::{Catalog, DirectoryClient, Watcher};
+use crate::router::undelivered::UndeliveredReporter;
+use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
+use crate::shutdown::{self, Shutdown};
+
+/// Errors that stop the sidecar from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The admin address cannot be bound.
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ingress adapter is not in this build.
+    #[error("adapter {0:?} is not built into this baker-mq")]
+    UnknownAdapter(String),
+}
+
+/// What a running router exposes.
+pub struct RouterParts {
+    /// The live routing table.
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// Set once the ingress subscription is up.
+    pub ingress_up: Arc<AtomicBool>,
+    /// The router's tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a router needs to know.
+pub struct RouterSpec {
+    /// Ingress adapter.
+    pub adapter: String,
+    /// Ingress broker URL.
+    pub broker: String,
+    /// Ingress subscription.
+    pub ingress: IngressOptions,
+    /// Journey tunables.
+    pub journey: JourneyConfig,
+    /// In-flight window.
+    pub max_in_flight: usize,
+    /// Policy per service.
+    pub policies: HashMap<String, PolicyKind>,
+}
+
+/// Starts a router following `catalogs`: the table follower, the ingress
+/// (retried with backoff until the broker takes the subscription) and the
+/// undelivered-message reporter.
+pub fn start_router(
+    spec: RouterSpec,
+    adapters: AdapterRegistry,
+    catalogs: watch::Receiver<Arc<Catalog>>,
+    shutdown: Shutdown,
+) -> Result<RouterParts, SidecarError> {
+    let Some(adapter) = adapters.get(&spec.adapter).cloned() else {
+        return Err(SidecarError::UnknownAdapter(spec.adapter));
+    };
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    let builder = TableBuilder::new(Arc::new(adapters), spec.policies);
+    let undelivered = Arc::new(UndeliveredReporter::default());
+    let journey = Arc::new(Journey::new(
+        table.clone(),
+        spec.journey,
+        undelivered.clone(),
+    ));
+    let ingress_up = Arc::new(AtomicBool::new(false));
+    let mut tasks = vec![tokio::spawn(router::follow_catalog(
+        catalogs,
+        builder,
+        table.clone(),
+        shutdown.clone(),
+    ))];
+    {
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move { undelivered.run(shutdown).await }));
+    }
+    {
+        let ingress_up = ingress_up.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            let ingress = loop {
+                match shutdown
+                    .run_until(adapter.ingress(&spec.broker, &spec.ingress))
+                    .await
+                {
+                    None => return,
+                    Some(Ok(ingress)) => break ingress,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "cannot subscribe to the ingress; retrying");
+                        if shutdown
+                            .run_until(tokio::time::sleep(backoff.next_delay()))
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                    }
+                }
+            };
+            tracing::info!(adapter = adapter.name(), broker = %spec.broker,
+                prefix = %spec.ingress.prefix, group = %spec.ingress.queue_group, "routing");
+            ingress_up.store(true, Ordering::Relaxed);
+            router::run(journey, ingress, spec.max_in_flight, shutdown).await;
+            ingress_up.store(false, Ordering::Relaxed);
+        }));
+    }
+    Ok(RouterParts {
+        table,
+        ingress_up,
+        tasks,
+    })
+}
+
+async fn bind_admin((addr, explicit): (SocketAddr, bool)) -> Result<TcpListener, SidecarError> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(source) if explicit => Err(SidecarError::Admin { addr, source }),
+        Err(error) => {
+            // The default port is taken, most likely by another sidecar of
+            // this host: take any free loopback port and say which.
+            let fallback = SocketAddr::new(addr.ip(), 0);
+            let listener =
+                TcpListener::bind(fallback)
+                    .await
+                    .map_err(|source| SidecarError::Admin {
+                        addr: fallback,
+                        source,
+                    })?;
+            tracing::warn!(%addr, %error, actual = %listener.local_addr().map_err(|source| SidecarError::Admin { addr: fallback, source })?,
+                "default admin address taken; serving admin elsewhere");
+            Ok(listener)
+        }
+    }
+}
+
+/// Runs the sidecar until SIGINT/SIGTERM.
+pub async fn run(
+    settings: Settings,
+    prometheus: Option<PrometheusHandle>,
+) -> Result<(), SidecarError> {
+    let shutdown = Shutdown::new();
+    let adapters = AdapterRegistry::builtin();
+    let client = DirectoryClient::new(&settings.directory.url());
+    let takeover = match settings.directory {
+        DirectoryTarget::Auto(addr) => Some(addr),
+        DirectoryTarget::Url(_) => None,
+    };
+    let watcher = Watcher::new(client.clone(), takeover);
+    if takeover.is_some() && !client.ping().await {
+        watcher.try_takeover(&shutdown).await;
+    }
+    let directory_health = watcher.health();
+    let catalogs = watcher.subscribe();
+    let admin_listener = bind_admin(settings.admin).await?;
+    if let Ok(addr) = admin_listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
+
+    let mut tasks = Vec::new();
+    {
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(watcher.run(shutdown)));
+    }
+
+    let (table, ingress_up) = if settings.router {
+        let parts = start_router(
+            RouterSpec {
+                adapter: settings.adapter.clone(),
+                broker: settings.broker.clone(),
+                ingress: settings.ingress.clone(),
+                journey: settings.journey.clone(),
+                max_in_flight: settings.max_in_flight,
+                policies: settings.policies.clone(),
+            },
+            adapters.clone(),
+            catalogs,
+            shutdown.clone(),
+        )?;
+        tasks.extend(parts.tasks);
+        (Some(parts.table), parts.ingress_up)
+    } else {
+        (None, Arc::new(AtomicBool::new(false)))
+    };
+
+    let agent = Agent::new(client, settings.registrations.clone());
+    let registered = agent.ready_flag();
+    {
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(agent.run(shutdown)));
+    }
+
+    let state = AdminState {
+        table,
+        policies: settings.policies.clone(),
+        directory: directory_health,
+        adapters,
+        prometheus,
+        ingress_up,
+        registered,
+    };
+    {
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = admin::serve(admin_listener, state, shutdown).await {
+                tracing::error!(%error, "admin API stopped");
+            }
+        }));
+    }
+
+    shutdown::signal().await;
+    tracing::info!("shutting down");
+    shutdown.trigger();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
