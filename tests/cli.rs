@@ -1,0 +1,84 @@
+//! The binary's command line: clear errors for bad input, and the demo.
+
+mod common;
+
+use std::process::Command;
+
+use common::BIN;
+
+#[test]
+fn bad_config_file_names_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baker.toml");
+    std::fs::write(&path, "adapter = \"nats\"\nmax_in_flihgt = 10\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_in_flihgt"), "{stderr}");
+    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+}
+
+#[test]
+fn malformed_config_value_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baker.toml");
+    std::fs::write(&path, "[policy]\norders = \"fastest\"\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fastest") && stderr.contains("orders"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_flag_fails_with_usage() {
+    let out = Command::new(BIN).arg("--frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--frobnicate") && stderr.contains("Usage"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_environment_variable_is_reported() {
+    let out = Command::new(BIN)
+        .env("BAKER_MAX_IN_FLIGHT", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lots") && stderr.contains("max-in-flight"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_delivers_everything_without_a_broker() {
+    let out = Command::new(BIN)
+        .args(["demo", "--messages", "3000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sent 3000, delivered 3000, lost 0"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,389 @@
+//! Test harness: real `baker-mq` processes and a real NATS server.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_baker-mq");
+
+pub fn nats_url() -> String {
+    std::env::var("BAKER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:x}", fastrand::u64(..) & 0xffff_ffff)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("baker-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let log = log_dir().join(format!("{}.log", unique(&format!("{name}-"))));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env(
+                "BAKER_LOG",
+                std::env::var("BAKER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn baker-mq");
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for exit (SIGKILL after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("-TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn http_ok(url: &str) -> bool {
+    matches!(reqwest::get(url).await, Ok(r) if r.status().is_success())
+}
+
+/// A `baker-mq directory` on a free port.
+pub struct Directory {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Directory {
+    pub async fn start() -> Directory {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Directory {
+        let listen = format!("127.0.0.1:{port}");
+        let proc = Proc::spawn("directory", &["directory", "--listen", &listen]);
+        let dir = Directory { port, proc };
+        let health = format!("{}/healthz", dir.url());
+        wait_until("directory up", Duration::from_secs(10), || http_ok(&health)).await;
+        dir
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn instances(&self, service: &str) -> Vec<String> {
+        let url = format!("{}/v1/services/{service}", self.url());
+        let Ok(resp) = reqwest::get(&url).await else {
+            return vec![];
+        };
+        let Ok(doc) = resp.json::<serde_json::Value>().await else {
+            return vec![];
+        };
+        doc["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One test's isolated ingress: a unique prefix and queue group.
+#[derive(Clone)]
+pub struct Ingress {
+    pub prefix: String,
+    pub group: String,
+}
+
+impl Ingress {
+    pub fn new() -> Self {
+        Ingress {
+            prefix: unique("t"),
+            group: unique("g"),
+        }
+    }
+
+    pub fn subject(&self, service: &str, topic: &str) -> String {
+        format!("{}.{service}.{topic}", self.prefix)
+    }
+}
+
+/// A `baker-mq` router process.
+pub struct Router {
+    pub admin: String,
+    pub proc: Proc,
+}
+
+impl Router {
+    pub async fn start(directory: &str, ingress: &Ingress, extra: &[&str]) -> Router {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let url = nats_url();
+        let mut args = vec![
+            "--adapter",
+            "nats",
+            "--broker",
+            &url,
+            "--directory",
+            directory,
+            "--admin",
+            &admin,
+            "--ingress-prefix",
+            &ingress.prefix,
+            "--queue-group",
+            &ingress.group,
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("router", &args);
+        let router = Router { admin, proc };
+        let ready = format!("http://{}/readyz", router.admin);
+        wait_until("router ready", Duration::from_secs(15), || http_ok(&ready)).await;
+        router
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let url = format!("http://{}/v1/status", self.admin);
+        match reqwest::get(&url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// Ids of the instances of `service` this router sends to.
+    pub async fn routed(&self, service: &str) -> Vec<String> {
+        let status = self.status().await;
+        let mut ids: Vec<String> = status["services"][service]["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|i| i["routed"].as_bool() == Some(true))
+                    .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    pub async fn wait_routed(&self, service: &str, ids: &[&str], timeout: Duration) {
+        let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until(
+            &format!("router to route {service} to {want:?}"),
+            timeout,
+            || {
+                let want = want.clone();
+                async move { self.routed(service).await == want }
+            },
+        )
+        .await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        reqwest::get(&url).await.unwrap().text().await.unwrap()
+    }
+}
+
+/// A `baker-mq --no-router` agent registering one instance.
+pub fn agent(directory: &str, service: &str, id: &str, extra: &[&str]) -> Proc {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let spec = format!("service={service},id={id}");
+    let url = nats_url();
+    let mut args = vec![
+        "--no-router",
+        "--adapter",
+        "nats",
+        "--broker",
+        &url,
+        "--directory",
+        directory,
+        "--admin",
+        &admin,
+        "--register",
+        &spec,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&format!("agent-{id}"), &args)
+}
+
+/// What one instance's inbox received: sequence numbers with arrival times.
+#[derive(Clone, Default)]
+pub struct Inbox {
+    pub received: Arc<Mutex<Vec<(u64, Instant)>>>,
+}
+
+impl Inbox {
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn last_arrival(&self) -> Option<Instant> {
+        self.received.lock().unwrap().last().map(|(_, t)| *t)
+    }
+
+    pub fn first_arrival_after(&self, t: Instant) -> Option<Instant> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, a)| *a)
+            .find(|a| *a >= t)
+    }
+
+    pub fn seqs(&self) -> Vec<u64> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+/// Consumes `_baker.<service>.<id>.>` on NATS, like an instance would.
+pub async fn consume_inbox(client: &async_nats::Client, service: &str, id: &str) -> Inbox {
+    let mut sub = client
+        .subscribe(format!("_baker.{service}.{id}.>"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let inbox = Inbox::default();
+    let received = inbox.received.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let seq = std::str::from_utf8(&msg.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            received.lock().unwrap().push((seq, Instant::now()));
+        }
+    });
+    inbox
+}
+
+pub async fn connect() -> async_nats::Client {
+    async_nats::connect(nats_url()).await.unwrap_or_else(|e| {
+        panic!(
+            "NATS must answer at {} (integration/run.sh starts it): {e}",
+            nats_url()
+        )
+    })
+}
+
+/// Publishes `count` messages with payloads `start..start+count`, `per_batch`
+/// then a pause of `pause`, so the rate stays below what NATS core drops.
+pub async fn publish_paced(
+    client: &async_nats::Client,
+    subject: &str,
+    start: u64,
+    count: u64,
+    per_batch: u64,
+    pause: Duration,
+) {
+    for seq in start..start + count {
+        client
+            .publish(subject.to_owned(), seq.to_string().into())
+            .await
+            .unwrap();
+        if (seq - start + 1) % per_batch == 0 {
+            client.flush().await.unwrap();
+            tokio::time::sleep(pause).await;
+        }
+    }
+    client.flush().await.unwrap();
+}
+
+/// Every sequence number received across inboxes, with duplicates counted.
+pub fn tally(inboxes: &[&Inbox]) -> (usize, HashMap<u64, usize>) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for inbox in inboxes {
+        for seq in inbox.seqs() {
+            *seen.entry(seq).or_default() += 1;
+        }
+    }
+    let duplicates = seen.values().map(|c| c - 1).sum();
+    (duplicates, seen)
+}

@@ -1,0 +1,394 @@
+//! End to end on a real NATS server, with real `baker-mq` processes: a
+//! directory, routers and agents, and the test as publisher and instances.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_split_30000_paced_messages_evenly_with_none_lost() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("split");
+        let client = connect().await;
+        let inboxes = [
+            consume_inbox(&client, &service, "a").await,
+            consume_inbox(&client, &service, "b").await,
+            consume_inbox(&client, &service, "c").await,
+        ];
+        let _agents: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| agent(&dir.url(), &service, id, &[]))
+            .collect();
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(10))
+            .await;
+
+        let total = 30_000u64;
+        publish_paced(
+            &client,
+            &ingress.subject(&service, "work"),
+            0,
+            total,
+            500,
+            Duration::from_millis(25),
+        )
+        .await;
+        wait_until(
+            "all messages delivered",
+            Duration::from_secs(20),
+            || async { inboxes.iter().map(Inbox::count).sum::<usize>() >= total as usize },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let (duplicates, seen) = tally(&inboxes.iter().collect::<Vec<_>>());
+        assert_eq!(seen.len(), total as usize, "every message delivered");
+        assert_eq!(duplicates, 0, "no message delivered twice");
+        for inbox in &inboxes {
+            let share = inbox.count() as f64 / total as f64;
+            assert!((share - 1.0 / 3.0).abs() <= 0.05 / 3.0, "share {share}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistered_instance_gets_nothing_and_new_instance_gets_traffic_within_a_second() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("churn");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let b = consume_inbox(&client, &service, "b").await;
+        let c = consume_inbox(&client, &service, "c").await;
+        let _agent_a = agent(&dir.url(), &service, "a", &[]);
+        let mut agent_b = agent(&dir.url(), &service, "b", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a", "b"], Duration::from_secs(10))
+            .await;
+
+        // Steady traffic for the whole test.
+        let publisher = {
+            let client = client.clone();
+            let subject = ingress.subject(&service, "tick");
+            tokio::spawn(async move {
+                publish_paced(&client, &subject, 0, 12_000, 10, Duration::from_millis(5)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(b.count() > 0, "b received before leaving");
+
+        // b leaves: SIGTERM deregisters it.
+        assert_eq!(
+            agent_b.terminate(Duration::from_secs(5)),
+            Some(0),
+            "agent exits 0 on SIGTERM"
+        );
+        wait_until(
+            "b gone from the directory",
+            Duration::from_secs(2),
+            || async { !dir.instances(&service).await.contains(&"b".to_owned()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b_after_propagation = b.count();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            b.count(),
+            b_after_propagation,
+            "a deregistered instance receives nothing"
+        );
+
+        // c joins: it receives within 1 s of being registered.
+        let _agent_c = agent(&dir.url(), &service, "c", &[]);
+        wait_until("c registered", Duration::from_secs(5), || async {
+            dir.instances(&service).await.contains(&"c".to_owned())
+        })
+        .await;
+        let registered_at = Instant::now();
+        wait_until("c receives", Duration::from_secs(3), || async {
+            c.count() > 0
+        })
+        .await;
+        let first = c
+            .first_arrival_after(registered_at - Duration::from_millis(100))
+            .unwrap();
+        let delay = first.saturating_duration_since(registered_at);
+        assert!(
+            delay <= Duration::from_secs(1),
+            "new instance first received after {delay:?}"
+        );
+        assert!(a.count() > 0);
+        publisher.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_stops_receiving_within_ttl_plus_one_second() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("lease");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let b = consume_inbox(&client, &service, "b").await;
+        let _agent_a = agent(&dir.url(), &service, "a", &[]);
+        let mut agent_b = agent(&dir.url(), &service, "b", &["--ttl", "2"]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a", "b"], Duration::from_secs(10))
+            .await;
+
+        let publisher = {
+            let client = client.clone();
+            let subject = ingress.subject(&service, "tick");
+            tokio::spawn(async move {
+                publish_paced(&client, &subject, 0, 10_000, 5, Duration::from_millis(5)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let killed_at = Instant::now();
+        agent_b.kill();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        publisher.abort();
+        let last = b.last_arrival().expect("b received before the kill");
+        let after_kill = last.saturating_duration_since(killed_at);
+        assert!(
+            after_kill <= Duration::from_secs(3),
+            "b still received {after_kill:?} after its agent died (ttl 2 s)"
+        );
+        assert!(
+            a.last_arrival().unwrap() > killed_at + Duration::from_secs(3),
+            "a keeps receiving"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_works_through_the_router_and_unknown_services_get_an_error_reply() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("rpc");
+        let client = connect().await;
+        let mut requests = client
+            .subscribe(format!("_baker.{service}.r1.>"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let responder = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                while let Some(msg) = requests.next().await {
+                    let origin = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("baker-origin"))
+                        .map(|v| v.to_string());
+                    let body = format!(
+                        "pong:{}:{}",
+                        String::from_utf8_lossy(&msg.payload),
+                        origin.unwrap_or_default()
+                    );
+                    if let Some(reply) = msg.reply {
+                        client.publish(reply, body.into()).await.unwrap();
+                    }
+                }
+            })
+        };
+        let _agent = agent(&dir.url(), &service, "r1", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["r1"], Duration::from_secs(10))
+            .await;
+
+        let subject = ingress.subject(&service, "get");
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request(subject.clone(), "42".into()),
+        )
+        .await
+        .expect("reply in time")
+        .expect("request answered");
+        assert_eq!(reply.payload, format!("pong:42:{subject}"));
+
+        let missing = ingress.subject(&unique("nosuch"), "get");
+        let reply =
+            tokio::time::timeout(Duration::from_secs(5), client.request(missing, "x".into()))
+                .await
+                .expect("error reply in time")
+                .expect("request answered");
+        let error = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("baker-error"))
+            .map(|v| v.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("no routable instance")),
+            "error reply says why: {error:?}"
+        );
+
+        // A plain message to an unknown service is counted, not dropped silently.
+        client
+            .publish(ingress.subject("ghost-service", "x"), "x".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        wait_until("no-route counted", Duration::from_secs(5), || async {
+            router
+                .metrics()
+                .await
+                .contains("baker_no_route_total{service=\"ghost-service\"}")
+        })
+        .await;
+        responder.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_on_one_ingress_deliver_each_message_once() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("pair");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let b = consume_inbox(&client, &service, "b").await;
+        let _agents = [
+            agent(&dir.url(), &service, "a", &[]),
+            agent(&dir.url(), &service, "b", &[]),
+        ];
+        let r1 = Router::start(&dir.url(), &ingress, &[]).await;
+        let r2 = Router::start(&dir.url(), &ingress, &[]).await;
+        r1.wait_routed(&service, &["a", "b"], Duration::from_secs(10))
+            .await;
+        r2.wait_routed(&service, &["a", "b"], Duration::from_secs(10))
+            .await;
+
+        let total = 10_000u64;
+        publish_paced(
+            &client,
+            &ingress.subject(&service, "once"),
+            0,
+            total,
+            500,
+            Duration::from_millis(25),
+        )
+        .await;
+        wait_until("all delivered", Duration::from_secs(20), || async {
+            a.count() + b.count() >= total as usize
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (duplicates, seen) = tally(&[&a, &b]);
+        assert_eq!(seen.len(), total as usize);
+        assert_eq!(duplicates, 0, "each message delivered once");
+
+        let delivered = |status: serde_json::Value| -> u64 {
+            status["services"][&service]["instances"]
+                .as_array()
+                .map(|a| a.iter().map(|i| i["delivered"].as_u64().unwrap_or(0)).sum())
+                .unwrap_or(0)
+        };
+        let (d1, d2) = (delivered(r1.status().await), delivered(r2.status().await));
+        assert_eq!(d1 + d2, total);
+        assert!(d1 > 0 && d2 > 0, "both routers share the load: {d1} / {d2}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_restart() {
+    bounded(async {
+        let port = free_port();
+        let mut dir = Directory::start_on(port).await;
+        let url = dir.url();
+        let ingress = Ingress::new();
+        let service = unique("outage");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let b = consume_inbox(&client, &service, "b").await;
+        let _agent_a = agent(&url, &service, "a", &["--ttl", "2"]);
+        let router = Router::start(&url, &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        let subject = ingress.subject(&service, "t");
+
+        // The directory dies: the router keeps routing from its last view.
+        dir.proc.kill();
+        wait_until(
+            "router notices the outage",
+            Duration::from_secs(15),
+            || async {
+                router.status().await["directory"]["reachable"] == serde_json::json!(false)
+            },
+        )
+        .await;
+        publish_paced(&client, &subject, 0, 1000, 100, Duration::from_millis(10)).await;
+        wait_until(
+            "routed during the outage",
+            Duration::from_secs(10),
+            || async { a.count() >= 1000 },
+        )
+        .await;
+        let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", router.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["directory"]["reachable"], serde_json::json!(false));
+        assert!(health["directory"]["view_age_secs"].as_f64().unwrap() > 0.0);
+
+        // A new directory on the same address: a re-registers on its own,
+        // and an instance registered after the restart is routed to.
+        let dir2 = Directory::start_on(port).await;
+        let _agent_b = agent(&url, &service, "b", &["--ttl", "2"]);
+        wait_until("a re-registered", Duration::from_secs(5), || async {
+            dir2.instances(&service).await.contains(&"a".to_owned())
+        })
+        .await;
+        router
+            .wait_routed(&service, &["a", "b"], Duration::from_secs(15))
+            .await;
+        publish_paced(
+            &client,
+            &subject,
+            1000,
+            1000,
+            100,
+            Duration::from_millis(10),
+        )
+        .await;
+        wait_until(
+            "both receive after the restart",
+            Duration::from_secs(10),
+            || async { a.count() + b.count() >= 2000 },
+        )
+        .await;
+        assert!(b.count() >= 400, "b got its share: {}", b.count());
+    })
+    .await;
+}
