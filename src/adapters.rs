@@ -33,6 +33,14 @@ impl AdapterRegistry {
         self.adapters.iter().map(|a| a.name()).collect()
     }
 
+    /// Flushes every adapter's connections, waiting at most `timeout`.
+    pub async fn flush(&self, timeout: std::time::Duration) {
+        let all = futures::future::join_all(self.adapters.iter().map(|a| a.flush()));
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!("brokers did not confirm the final flush in time");
+        }
+    }
+
     /// Connection state of every broker any adapter has opened.
     pub fn health(&self) -> Vec<BrokerHealth> {
         self.adapters.iter().flat_map(|a| a.health()).collect()

@@ -26,7 +26,7 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// Log filter, e.g. `info` or `baker_mq=debug` [default: info]
+    /// Log filter, e.g. `debug` or `baker_mq=debug` [default: Baker at info, libraries at warn]
     #[arg(long, env = "BAKER_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
 

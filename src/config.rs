@@ -27,6 +27,9 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 const DEFAULT_PREFIX: &str = "baker";
 const DEFAULT_QUEUE_GROUP: &str = "baker";
+/// Default log filter: Baker's own events, and only warnings from libraries.
+const DEFAULT_LOG: &str =
+    "warn,baker_mq=info,baker_adapter_api=info,baker_adapter_nats=info,baker_adapter_memory=info";
 
 /// The config file. Every key is optional; flags and `BAKER_*` variables
 /// override it.
@@ -460,7 +463,7 @@ pub fn logging(cli: &Cli) -> Result<(String, LogFormat), ConfigError> {
         cli.log
             .clone()
             .or(file.log)
-            .unwrap_or_else(|| "info".to_owned()),
+            .unwrap_or_else(|| DEFAULT_LOG.to_owned()),
         cli.log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),

@@ -1,5 +1,6 @@
 //! The `baker-mq` binary: parses the command line and runs the chosen role.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -14,6 +15,7 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

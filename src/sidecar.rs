@@ -215,7 +215,7 @@ pub async fn run(
         table,
         policies: settings.policies.clone(),
         directory: directory_health,
-        adapters,
+        adapters: adapters.clone(),
         prometheus,
         ingress_up,
         registered,
@@ -235,5 +235,6 @@ pub async fn run(
     for task in tasks {
         let _ = task.await;
     }
+    adapters.flush(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -392,3 +392,62 @@ async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_rest
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_with_sigterm_hands_over_without_losing_messages() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("handover");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let mut r1 = Router::start(&dir.url(), &ingress, &[]).await;
+        let r2 = Router::start(&dir.url(), &ingress, &[]).await;
+        r1.wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        r2.wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+
+        // Paced traffic, then a burst that leaves r1 with a backlog at the
+        // moment it is told to stop, then paced traffic again.
+        let subject = ingress.subject(&service, "t");
+        publish_paced(&client, &subject, 0, 2_000, 20, Duration::from_millis(5)).await;
+        publish_paced(&client, &subject, 2_000, 20_000, 20_000, Duration::ZERO).await;
+        let pid = r1.proc.pid();
+        let stopper = tokio::task::spawn_blocking(move || {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            assert!(status.unwrap().success());
+        });
+        publish_paced(
+            &client,
+            &subject,
+            22_000,
+            2_000,
+            20,
+            Duration::from_millis(5),
+        )
+        .await;
+        stopper.await.unwrap();
+        let total = 24_000u64;
+        assert_eq!(
+            r1.proc.terminate(Duration::from_secs(15)),
+            Some(0),
+            "router exits 0 on SIGTERM"
+        );
+        wait_until("all delivered", Duration::from_secs(15), || async {
+            a.count() >= total as usize
+        })
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(
+            seen.len(),
+            total as usize,
+            "no message lost in the handover"
+        );
+        assert_eq!(duplicates, 0);
+    })
+    .await;
+}

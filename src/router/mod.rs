@@ -54,8 +54,9 @@ pub async fn follow_catalog(
 }
 
 /// Pulls deliveries from `ingress` and carries each through `journey`, with at
-/// most `max_in_flight` at once, until shutdown; then lets in-flight ones
-/// finish (up to a timeout).
+/// most `max_in_flight` at once. At shutdown it closes the ingress, routes
+/// what the ingress had already received, and lets in-flight messages finish,
+/// all within [`DRAIN_TIMEOUT`].
 pub async fn run(
     journey: Arc<Journey>,
     mut ingress: Box<dyn Ingress>,
@@ -63,28 +64,38 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let mut in_flight = FuturesUnordered::new();
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(u32::MAX as u64));
+    tokio::pin!(drain_deadline);
+    let mut closing = false;
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                tracing::info!(in_flight = in_flight.len(), "closing the ingress and finishing received messages");
+                ingress.close().await;
+            }
+            _ = &mut drain_deadline => {
+                tracing::warn!(in_flight = in_flight.len(),
+                    "messages did not finish within the drain timeout; brokers with acknowledgements redeliver them");
+                return;
+            }
             Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
             delivery = ingress.next(), if in_flight.len() < max_in_flight => match delivery {
                 Some(delivery) => in_flight.push(journey.carry(delivery)),
-                None => {
-                    tracing::warn!("ingress closed");
-                    break;
-                }
+                None => break,
             },
         }
     }
-    let pending = in_flight.len();
-    if pending > 0 {
-        tracing::info!(pending, "finishing in-flight messages");
-        let finish = async { while in_flight.next().await.is_some() {} };
-        if tokio::time::timeout(DRAIN_TIMEOUT, finish).await.is_err() {
-            tracing::warn!(
-                "in-flight messages did not finish in time; the broker redelivers what it can"
-            );
+    if !closing {
+        tracing::warn!("ingress closed by the broker side");
+    }
+    let finish = async { while in_flight.next().await.is_some() {} };
+    tokio::select! {
+        _ = finish => {}
+        _ = &mut drain_deadline => {
+            tracing::warn!("in-flight messages did not finish within the drain timeout");
         }
     }
 }

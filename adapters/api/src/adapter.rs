@@ -36,8 +36,14 @@ pub struct IngressOptions {
 #[async_trait]
 pub trait Ingress: Send {
     /// The next delivery, waiting for one if needed. `None` once the ingress
-    /// is closed for good.
+    /// is closed and drained. Must be cancel-safe: the router polls it in a
+    /// `select!`, and a dropped call must not lose a message.
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// Stops taking new messages from the broker (they go to other routers
+    /// of the queue group, or stay in the broker); `next` still yields what
+    /// was already received, then `None`. Used for a graceful stop.
+    async fn close(&mut self);
 }
 
 /// A bound egress: sends to one instance's endpoint.
@@ -90,4 +96,9 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// Connection state of every broker this adapter has opened.
     fn health(&self) -> Vec<BrokerHealth>;
+
+    /// Waits until everything sent so far is written to the brokers. Called
+    /// before the process exits, so that a send that resolved is not lost in
+    /// a client-side buffer.
+    async fn flush(&self);
 }

@@ -51,20 +51,26 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// The next message, or `None` if the broker is gone.
+    /// The next message; `None` once unsubscribed and drained.
     pub async fn recv(&mut self) -> Option<Envelope> {
         self.receiver.recv().await
     }
-}
 
-impl Drop for Subscriber {
-    fn drop(&mut self) {
+    /// Stops receiving new messages; those already buffered are still
+    /// returned by [`recv`](Self::recv).
+    pub fn unsubscribe(&self) {
         let mut subs = self
             .broker
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| s.id != self.id);
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.unsubscribe();
     }
 }
 
@@ -197,6 +203,10 @@ impl Ingress for MemoryIngress {
             });
         }
     }
+
+    async fn close(&mut self) {
+        self.subscriber.unsubscribe();
+    }
 }
 
 struct MemoryTarget {
@@ -273,6 +283,8 @@ impl Adapter for MemoryAdapter {
     fn health(&self) -> Vec<BrokerHealth> {
         Vec::new()
     }
+
+    async fn flush(&self) {}
 }
 
 #[cfg(test)]

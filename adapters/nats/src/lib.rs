@@ -165,6 +165,14 @@ impl Ingress for NatsIngress {
             });
         }
     }
+
+    async fn close(&mut self) {
+        // Drain: the server stops sending to this member of the queue group,
+        // and the stream ends after the messages already on the wire.
+        if let Err(error) = self.subscriber.drain().await {
+            tracing::warn!(%error, "could not drain the ingress subscription");
+        }
+    }
 }
 
 struct NatsTarget {
@@ -263,6 +271,19 @@ impl Adapter for NatsAdapter {
             client: self.client(&endpoint.broker).await?,
             inbox: endpoint.inbox.clone(),
         }))
+    }
+
+    async fn flush(&self) {
+        let clients: Vec<(String, Client)> = self
+            .lock_clients()
+            .iter()
+            .map(|(url, client)| (url.clone(), client.clone()))
+            .collect();
+        for (url, client) in clients {
+            if let Err(error) = client.flush().await {
+                tracing::warn!(broker = %url, %error, "could not flush before exit");
+            }
+        }
     }
 
     fn health(&self) -> Vec<BrokerHealth> {
