@@ -204,12 +204,12 @@ pub async fn run(
         (None, Arc::new(AtomicBool::new(false)))
     };
 
+    // The agent stops first: its instances leave the directory (which this
+    // process may be serving) while the router still routes.
     let agent = Agent::new(client, settings.registrations.clone());
     let registered = agent.ready_flag();
-    {
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(agent.run(shutdown)));
-    }
+    let agent_shutdown = Shutdown::new();
+    let agent_task = tokio::spawn(agent.run(agent_shutdown.clone()));
 
     let state = AdminState {
         table,
@@ -231,6 +231,8 @@ pub async fn run(
 
     shutdown::signal().await;
     tracing::info!("shutting down");
+    agent_shutdown.trigger();
+    let _ = agent_task.await;
     shutdown.trigger();
     for task in tasks {
         let _ = task.await;
