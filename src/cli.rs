@@ -34,6 +34,11 @@ pub struct Cli {
     #[arg(long, env = "BAKER_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Runtime threads; 1 runs everything on one thread, which is the most
+    /// efficient for a sidecar routing one broker's ingress [default: 1]
+    #[arg(long, env = "BAKER_WORKER_THREADS", global = true, value_name = "N")]
+    pub worker_threads: Option<usize>,
+
     #[command(flatten)]
     pub sidecar: SidecarArgs,
 

@@ -71,6 +71,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Listen address of `baker-mq directory`.
     pub listen: Option<SocketAddr>,
+    /// Runtime threads (1: everything on one thread).
+    pub worker_threads: Option<usize>,
 }
 
 /// One instance to register (a `[[register]]` table, or a `--register` spec).
@@ -453,12 +455,35 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
     })
 }
 
+fn file_of(cli: &Cli) -> Result<FileConfig, ConfigError> {
+    match &cli.config {
+        Some(path) => read_file(path),
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// Runtime threads: flag or variable, else file, else 1.
+pub fn worker_threads(cli: &Cli) -> Result<usize, ConfigError> {
+    let threads = cli
+        .worker_threads
+        .or(file_of(cli)?.worker_threads)
+        .unwrap_or(1);
+    if threads == 0 {
+        return Err(ConfigError::Invalid {
+            origin: match cli.worker_threads {
+                Some(_) => Origin::CommandLine,
+                None => Origin::File(cli.config.clone().unwrap_or_default()),
+            },
+            key: "worker_threads".to_owned(),
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(threads)
+}
+
 /// The log filter and format: flag or variable, else file, else defaults.
 pub fn logging(cli: &Cli) -> Result<(String, LogFormat), ConfigError> {
-    let file = match &cli.config {
-        Some(path) => read_file(path)?,
-        None => FileConfig::default(),
-    };
+    let file = file_of(cli)?;
     Ok((
         cli.log
             .clone()

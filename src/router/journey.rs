@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use baker_adapter_api::{header, Delivery, Destination, Message, SendError};
+use baker_adapter_api::{header, Delivery, Destination, HeaderText, Message, SendError};
 
 use super::policy::Pick;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
@@ -183,7 +183,9 @@ impl Journey {
         let mut last_error = String::new();
         for attempt in 1..=self.config.max_attempts {
             let instance = &service.instances[(first + attempt as usize - 1) % n];
-            message.headers.insert(header::ATTEMPT, attempt.to_string());
+            message
+                .headers
+                .insert(header::ATTEMPT, attempt_text(attempt));
             match send(instance, destination, message).await {
                 Ok(()) => return Ok(()),
                 Err(SendError::Rejected(reason)) => {
@@ -255,6 +257,16 @@ impl Journey {
                 Err((cause, reasons.join("; ")))
             }
         }
+    }
+}
+
+/// The `baker-attempt` value; small numbers are constants, so the first
+/// attempt allocates nothing.
+fn attempt_text(attempt: u32) -> HeaderText {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(attempt as usize) {
+        Some(text) => HeaderText::Borrowed(text),
+        None => HeaderText::Owned(attempt.to_string()),
     }
 }
 

@@ -64,26 +64,40 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let mut in_flight = FuturesUnordered::new();
+    // Both made once, outside the loop: creating a cancellation future takes
+    // the token's lock, which must not happen once per message.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let drain_deadline = tokio::time::sleep(Duration::from_secs(u32::MAX as u64));
     tokio::pin!(drain_deadline);
     let mut closing = false;
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if !closing => {
+            _ = &mut cancelled, if !closing => {
                 closing = true;
                 drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 tracing::info!(in_flight = in_flight.len(), "closing the ingress and finishing received messages");
                 ingress.close().await;
             }
-            _ = &mut drain_deadline => {
+            _ = &mut drain_deadline, if closing => {
                 tracing::warn!(in_flight = in_flight.len(),
                     "messages did not finish within the drain timeout; brokers with acknowledgements redeliver them");
                 return;
             }
             Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
             delivery = ingress.next(), if in_flight.len() < max_in_flight => match delivery {
-                Some(delivery) => in_flight.push(journey.carry(delivery)),
+                Some(delivery) => {
+                    in_flight.push(journey.carry(delivery));
+                    // Take what has already arrived without a round through
+                    // the select for each.
+                    while in_flight.len() < max_in_flight {
+                        match ingress.try_next() {
+                            Some(delivery) => in_flight.push(journey.carry(delivery)),
+                            None => break,
+                        }
+                    }
+                }
                 None => break,
             },
         }

@@ -232,7 +232,7 @@ pub(crate) mod tests {
 
     fn keyed(key: &str) -> Message {
         let mut m = Message::default();
-        m.headers.insert(header::KEY, key);
+        m.headers.insert(header::KEY, key.to_owned());
         m
     }
 

@@ -40,6 +40,10 @@ pub trait Ingress: Send {
     /// `select!`, and a dropped call must not lose a message.
     async fn next(&mut self) -> Option<Delivery>;
 
+    /// A delivery that has already arrived, without waiting; `None` when
+    /// there is none right now.
+    fn try_next(&mut self) -> Option<Delivery>;
+
     /// Stops taking new messages from the broker (they go to other routers
     /// of the queue group, or stay in the broker); `next` still yields what
     /// was already received, then `None`. Used for a graceful stop.

@@ -15,7 +15,7 @@ mod message;
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{Adapter, BrokerHealth, Delivery, Ingress, IngressOptions, Target};
 pub use error::{AdapterError, SendError};
-pub use message::{Destination, Endpoint, Headers, Message};
+pub use message::{Destination, Endpoint, HeaderText, Headers, Message};
 
 /// Names of the headers Baker adds to, or reads from, every message it routes.
 pub mod header {

@@ -1,13 +1,19 @@
 //! A message as the core sees it, and the addresses it travels between.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
+
+/// A header name or value: borrowed when it is a constant (Baker's own
+/// names, small attempt numbers), so the common case allocates nothing.
+pub type HeaderText = Cow<'static, str>;
 
 /// An ordered list of header name/value pairs.
 ///
 /// Kept as a small vector rather than a map: messages carry a handful of
 /// headers, and a linear scan over them is cheaper than hashing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(HeaderText, HeaderText)>);
 
 impl Headers {
     /// An empty header list with room for `capacity` entries.
@@ -20,40 +26,37 @@ impl Headers {
         self.0
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Sets `name` to `value`, replacing every earlier value of it.
-    pub fn insert(&mut self, name: &str, value: impl Into<String>) {
+    pub fn insert(&mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) {
+        let name = name.into();
         let value = value.into();
-        let mut existing = self
+        let mut matching = self
             .0
-            .iter_mut()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
-        if let Some(first) = existing.next() {
-            first.1 = value;
-            if existing.next().is_some() {
-                let mut seen = false;
-                self.0.retain(|(n, _)| {
-                    let matches = n.eq_ignore_ascii_case(name);
-                    let keep = !matches || !seen;
-                    seen |= matches;
-                    keep
-                });
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| n.eq_ignore_ascii_case(&name))
+            .map(|(i, _)| i);
+        match (matching.next(), matching.next()) {
+            (Some(first), None) => self.0[first].1 = value,
+            (None, _) => self.0.push((name, value)),
+            (Some(_), Some(_)) => {
+                self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                self.0.push((name, value));
             }
-        } else {
-            self.0.push((name.to_owned(), value));
         }
     }
 
     /// Adds a value for `name`, keeping earlier ones.
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn append(&mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) {
         self.0.push((name.into(), value.into()));
     }
 
     /// Every name/value pair, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     /// Number of name/value pairs.
@@ -111,6 +114,9 @@ mod tests {
         headers.append("baker-attempt", "2");
         headers.insert("baker-attempt", "3");
         assert_eq!(headers.get("BAKER-ATTEMPT"), Some("3"));
+        assert_eq!(headers.len(), 2);
+        headers.insert("baker-attempt", "4");
+        assert_eq!(headers.get("baker-attempt"), Some("4"));
         assert_eq!(headers.len(), 2);
     }
 }

@@ -188,24 +188,39 @@ impl Ingress for MemoryIngress {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let envelope = self.subscriber.recv().await?;
-            let Some(rest) = envelope.subject.get(self.prefix_len..) else {
-                continue;
-            };
-            let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
-            return Some(Delivery {
-                destination: Destination {
-                    service: service.to_owned(),
-                    topic: topic.to_owned(),
-                },
-                message: envelope.message,
-                origin: envelope.subject,
-                ack: AckHandle::noop(),
-            });
+            if let Some(delivery) = self.delivery(envelope) {
+                return Some(delivery);
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            let envelope = self.subscriber.receiver.try_recv().ok()?;
+            if let Some(delivery) = self.delivery(envelope) {
+                return Some(delivery);
+            }
         }
     }
 
     async fn close(&mut self) {
         self.subscriber.unsubscribe();
+    }
+}
+
+impl MemoryIngress {
+    fn delivery(&self, envelope: Envelope) -> Option<Delivery> {
+        let rest = envelope.subject.get(self.prefix_len..)?;
+        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
+        Some(Delivery {
+            destination: Destination {
+                service: service.to_owned(),
+                topic: topic.to_owned(),
+            },
+            message: envelope.message,
+            origin: envelope.subject,
+            ack: AckHandle::noop(),
+        })
     }
 }
 

@@ -9,8 +9,10 @@
 //! which get an error reply when they cannot be delivered.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_nats::header::HeaderName;
 use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
@@ -18,7 +20,7 @@ use baker_adapter_api::{
     Headers, Ingress, IngressOptions, Message, SendError, Settle, Settlement, Target,
 };
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 /// Default broker URL.
 pub const DEFAULT_BROKER: &str = "nats://127.0.0.1:4222";
@@ -50,7 +52,7 @@ impl NatsAdapter {
             .retry_on_initial_connect()
             .event_callback(move |event| {
                 let broker = broker.clone();
-                async move { tracing::info!(%broker, %event, "nats connection event") }
+                async move { report_event(&broker, event) }
             })
             .connect(url)
             .await
@@ -70,6 +72,34 @@ impl NatsAdapter {
     }
 }
 
+/// Seconds (since the Unix epoch) of the last slow-consumer warning.
+static LAST_SLOW_CONSUMER_LOG: AtomicU64 = AtomicU64::new(0);
+
+/// Logs connection events. Slow-consumer events (one per message NATS
+/// dropped because this process fell behind) are counted in
+/// `baker_nats_slow_consumer_total` and logged at most every 10 s.
+fn report_event(broker: &str, event: async_nats::Event) {
+    match event {
+        async_nats::Event::SlowConsumer(_) => {
+            metrics::counter!("baker_nats_slow_consumer_total", "broker" => broker.to_owned())
+                .increment(1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = LAST_SLOW_CONSUMER_LOG.load(Ordering::Relaxed);
+            if now >= last + 10
+                && LAST_SLOW_CONSUMER_LOG
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(%broker, "NATS dropped messages for this slow consumer (see baker_nats_slow_consumer_total)");
+            }
+        }
+        async_nats::Event::Connected => tracing::info!(%broker, "connected to NATS"),
+        other => tracing::warn!(%broker, event = %other, "NATS connection event"),
+    }
+}
+
 fn valid_subject(subject: &str) -> bool {
     !subject.is_empty()
         && subject
@@ -85,19 +115,52 @@ pub fn headers_from_nats(map: Option<&HeaderMap>) -> Headers {
     let mut headers = Headers::with_capacity(map.len() + 3);
     for (name, values) in map.iter() {
         for value in values {
-            headers.append(AsRef::<str>::as_ref(name), value.as_str());
+            headers.append(
+                AsRef::<str>::as_ref(name).to_owned(),
+                value.as_str().to_owned(),
+            );
         }
     }
     headers
 }
 
-/// Converts Baker's headers to NATS headers.
-pub fn headers_to_nats(headers: &Headers) -> HeaderMap {
+/// Baker's own header names, made once: a custom NATS header name built from
+/// a `&str` is an allocation, and these are on every message.
+static BAKER_HEADER_NAMES: [(&str, HeaderName); 6] = [
+    (header::MSG_ID, HeaderName::from_static(header::MSG_ID)),
+    (header::ATTEMPT, HeaderName::from_static(header::ATTEMPT)),
+    (header::ORIGIN, HeaderName::from_static(header::ORIGIN)),
+    (header::KEY, HeaderName::from_static(header::KEY)),
+    (header::ERROR, HeaderName::from_static(header::ERROR)),
+    (header::TOPIC, HeaderName::from_static(header::TOPIC)),
+];
+
+/// What NATS accepts as a header name: printable ASCII without ':'.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// What NATS accepts as a header value: no line breaks.
+fn valid_header_value(value: &str) -> bool {
+    !value.contains(['\r', '\n'])
+}
+
+/// Converts Baker's headers to NATS headers. Headers NATS cannot carry (from
+/// another protocol's ingress) are left out and counted in the result.
+pub fn headers_to_nats(headers: &Headers) -> (HeaderMap, usize) {
     let mut map = HeaderMap::new();
+    let mut skipped = 0;
     for (name, value) in headers.iter() {
-        map.append(name, value);
+        if !valid_header_name(name) || !valid_header_value(value) {
+            skipped += 1;
+            continue;
+        }
+        match BAKER_HEADER_NAMES.iter().find(|(n, _)| *n == name) {
+            Some((_, known)) => map.append(known.clone(), value),
+            None => map.append(name, value),
+        }
     }
-    map
+    (map, skipped)
 }
 
 struct NatsIngress {
@@ -133,36 +196,51 @@ impl Settle for ErrorReply {
     }
 }
 
+impl NatsIngress {
+    fn delivery(&self, msg: async_nats::Message) -> Option<Delivery> {
+        let rest = msg.subject.get(self.prefix_len..)?;
+        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
+        let destination = Destination {
+            service: service.to_owned(),
+            topic: topic.to_owned(),
+        };
+        let ack = match &msg.reply {
+            Some(reply) => AckHandle::new(ErrorReply {
+                client: self.client.clone(),
+                reply: reply.clone(),
+            }),
+            None => AckHandle::noop(),
+        };
+        Some(Delivery {
+            message: Message {
+                headers: headers_from_nats(msg.headers.as_ref()),
+                reply_to: msg.reply.map(|r| r.to_string()),
+                payload: msg.payload,
+            },
+            destination,
+            origin: msg.subject.to_string(),
+            ack,
+        })
+    }
+}
+
 #[async_trait]
 impl Ingress for NatsIngress {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let msg = self.subscriber.next().await?;
-            let Some(rest) = msg.subject.get(self.prefix_len..) else {
-                continue;
-            };
-            let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
-            let destination = Destination {
-                service: service.to_owned(),
-                topic: topic.to_owned(),
-            };
-            let ack = match &msg.reply {
-                Some(reply) => AckHandle::new(ErrorReply {
-                    client: self.client.clone(),
-                    reply: reply.clone(),
-                }),
-                None => AckHandle::noop(),
-            };
-            return Some(Delivery {
-                message: Message {
-                    headers: headers_from_nats(msg.headers.as_ref()),
-                    reply_to: msg.reply.map(|r| r.to_string()),
-                    payload: msg.payload,
-                },
-                destination,
-                origin: msg.subject.to_string(),
-                ack,
-            });
+            if let Some(delivery) = self.delivery(msg) {
+                return Some(delivery);
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            let msg = self.subscriber.next().now_or_never()??;
+            if let Some(delivery) = self.delivery(msg) {
+                return Some(delivery);
+            }
         }
     }
 
@@ -178,6 +256,7 @@ impl Ingress for NatsIngress {
 struct NatsTarget {
     client: Client,
     inbox: String,
+    reported_skipped: AtomicBool,
 }
 
 #[async_trait]
@@ -192,7 +271,11 @@ impl Target for NatsTarget {
             s.push_str(&destination.topic);
             s
         };
-        let headers = headers_to_nats(&message.headers);
+        let (headers, skipped) = headers_to_nats(&message.headers);
+        if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
+            tracing::warn!(inbox = %self.inbox, skipped,
+                "headers that NATS cannot carry were left out (reported once per instance)");
+        }
         let result = match &message.reply_to {
             Some(reply) => {
                 self.client
@@ -270,6 +353,7 @@ impl Adapter for NatsAdapter {
         Ok(Arc::new(NatsTarget {
             client: self.client(&endpoint.broker).await?,
             inbox: endpoint.inbox.clone(),
+            reported_skipped: AtomicBool::new(false),
         }))
     }
 
