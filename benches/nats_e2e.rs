@@ -1,10 +1,13 @@
-//! End-to-end throughput and latency over a real NATS server, three paths on
+//! End-to-end throughput and latency over a real NATS server, four paths on
 //! the same broker, in one run:
 //!
 //! * `direct`:   publisher → subject → subscriber;
 //! * `relay`:    publisher → `<prefix>.<svc>.<topic>` → a minimal
 //!   subscribe-and-republish relay (this binary re-executed with
 //!   `BAKER_BENCH_RELAY=1`, a separate process) → `_baker.<svc>.i1.<topic>`;
+//! * `relay+hdr`: the same relay, also stamping the three headers baker-mq
+//!   adds to every message (`baker-msg-id`, `baker-origin`, `baker-attempt`):
+//!   the floor for a hop doing the same job;
 //! * `baker-mq`: publisher → `<prefix>.<svc>.<topic>` → a `baker-mq` sidecar
 //!   (with its own `baker-mq directory`) → `_baker.<svc>.i1.<topic>`.
 //!
@@ -22,8 +25,8 @@
 //! Each payload starts with its send time (ns since a process-wide `Instant`,
 //! u64 LE) and a sequence number (u64 LE). `BAKER_BENCH_PAYLOAD` sets the
 //! payload size, `BAKER_BENCH_TIMEOUT_SECS` the overall limit,
-//! `BAKER_BENCH_RELAY_RUNTIME` the relay's tokio runtime (`multi_thread`, the
-//! default and what baker-mq uses, or `current_thread`).
+//! `BAKER_BENCH_RELAY_RUNTIME` the relays' tokio runtime (`current_thread`,
+//! the default and what baker-mq uses, or `multi_thread`).
 //!
 //! Needs a NATS server (`BAKER_BENCH_NATS_URL`, default
 //! nats://127.0.0.1:4222). Run with `cargo bench --bench nats_e2e`; quick run:
@@ -875,7 +878,7 @@ fn print_report(config: &Config, results: &[PathResult]) {
         config.size,
         config.rounds,
         nats_url(),
-        std::env::var(RELAY_RUNTIME_ENV).unwrap_or_else(|_| "multi_thread".to_owned())
+        std::env::var(RELAY_RUNTIME_ENV).unwrap_or_else(|_| "current_thread".to_owned())
     );
 
     println!();
