@@ -146,7 +146,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::directory::record::{EndpointRecord, Status};
 

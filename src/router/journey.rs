@@ -289,3 +289,158 @@ async fn send(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use baker_adapter_api::{AckHandle, Settle, Settlement};
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::adapters::AdapterRegistry;
+    use crate::directory::store::tests::record;
+    use crate::directory::{Catalog, InstanceRecord};
+    use crate::router::{PolicyKind, TableBuilder};
+
+    struct Recorder(Arc<Mutex<Vec<Settlement>>>);
+
+    impl Settle for Recorder {
+        fn settle(self: Box<Self>, outcome: Settlement) {
+            self.0.lock().unwrap().push(outcome);
+        }
+    }
+
+    /// A journey over instances of service `s` on a fresh memory broker.
+    async fn journey(
+        broker: &str,
+        ids: &[&str],
+        policy: PolicyKind,
+        max_payload: usize,
+    ) -> Journey {
+        let instances: Vec<InstanceRecord> = ids
+            .iter()
+            .map(|id| {
+                let mut r = record("s", id, 5);
+                r.endpoint.broker = format!("memory://{broker}");
+                r
+            })
+            .collect();
+        let mut builder = TableBuilder::new(
+            Arc::new(AdapterRegistry::builtin()),
+            HashMap::from([("s".to_owned(), policy)]),
+        );
+        let table = builder
+            .build(Arc::new(Catalog {
+                epoch: 1,
+                index: 1,
+                instances,
+            }))
+            .await;
+        Journey::new(
+            Arc::new(ArcSwap::from_pointee(table)),
+            JourneyConfig {
+                max_attempts: 3,
+                max_payload,
+            },
+            Default::default(),
+        )
+    }
+
+    fn delivery(service: &str, payload: &'static [u8]) -> (Delivery, Arc<Mutex<Vec<Settlement>>>) {
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let delivery = Delivery {
+            message: Message {
+                payload: Bytes::from_static(payload),
+                ..Default::default()
+            },
+            destination: Destination {
+                service: service.to_owned(),
+                topic: "t".to_owned(),
+            },
+            origin: format!("baker.{service}.t"),
+            ack: AckHandle::new(Recorder(settled.clone())),
+        };
+        (delivery, settled)
+    }
+
+    fn dead_letter_reason(settled: &Mutex<Vec<Settlement>>) -> String {
+        match settled.lock().unwrap().as_slice() {
+            [Settlement::DeadLetter { reason }] => reason.clone(),
+            other => panic!("expected one dead letter, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_moves_to_the_next_instance_then_acks() {
+        let broker = baker_adapter_memory::broker("journey-retry");
+        // `a` has no consumer, so sends to it fail; `b` has one.
+        let mut b = broker.subscribe("_baker.s.b.>", None, 10);
+        let journey = journey("journey-retry", &["a", "b"], PolicyKind::RoundRobin, 1024).await;
+        let (d, settled) = delivery("s", b"x");
+        assert_eq!(journey.carry(d).await, Outcome::Delivered);
+        assert_eq!(*settled.lock().unwrap(), vec![Settlement::Delivered]);
+        let got = b.recv().await.unwrap();
+        assert_eq!(got.subject, "_baker.s.b.t");
+        assert_eq!(got.message.headers.get(header::ATTEMPT), Some("2"));
+        assert_eq!(got.message.headers.get(header::ORIGIN), Some("baker.s.t"));
+        assert!(got.message.headers.get(header::MSG_ID).is_some());
+    }
+
+    #[tokio::test]
+    async fn when_every_attempt_fails_the_message_is_dead_lettered_with_the_reason() {
+        let journey = journey("journey-none", &["a", "b"], PolicyKind::RoundRobin, 1024).await;
+        let (d, settled) = delivery("s", b"x");
+        assert!(matches!(
+            journey.carry(d).await,
+            Outcome::Undeliverable(Cause::Unavailable, _)
+        ));
+        assert!(dead_letter_reason(&settled).contains("after 3 attempts"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_service_is_dead_lettered_not_dropped() {
+        let journey = journey("journey-unknown", &["a"], PolicyKind::RoundRobin, 1024).await;
+        let (d, settled) = delivery("nosuch", b"x");
+        assert!(matches!(
+            journey.carry(d).await,
+            Outcome::Undeliverable(Cause::NoRoute, _)
+        ));
+        assert!(dead_letter_reason(&settled).contains("no routable instance of service \"nosuch\""));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_payload_is_dead_lettered() {
+        let broker = baker_adapter_memory::broker("journey-large");
+        let _a = broker.subscribe("_baker.s.a.>", None, 10);
+        let journey = journey("journey-large", &["a"], PolicyKind::RoundRobin, 4).await;
+        let (d, settled) = delivery("s", b"too large");
+        assert!(matches!(
+            journey.carry(d).await,
+            Outcome::Undeliverable(Cause::TooLarge, _)
+        ));
+        assert!(dead_letter_reason(&settled).contains("exceeds max_payload 4"));
+    }
+
+    #[tokio::test]
+    async fn broadcast_delivers_a_copy_to_every_instance_and_fails_if_one_copy_fails() {
+        let broker = baker_adapter_memory::broker("journey-broadcast");
+        let mut a = broker.subscribe("_baker.s.a.>", None, 10);
+        let mut b = broker.subscribe("_baker.s.b.>", None, 10);
+        let journey = journey(
+            "journey-broadcast",
+            &["a", "b"],
+            PolicyKind::Broadcast,
+            1024,
+        )
+        .await;
+        let (d, _) = delivery("s", b"x");
+        assert_eq!(journey.carry(d).await, Outcome::Delivered);
+        assert!(a.recv().await.is_some() && b.recv().await.is_some());
+        drop(b);
+        let (d, settled) = delivery("s", b"x");
+        assert!(matches!(journey.carry(d).await, Outcome::Undeliverable(..)));
+        assert!(dead_letter_reason(&settled).contains("copy to b"));
+    }
+}

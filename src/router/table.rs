@@ -216,3 +216,73 @@ impl TableBuilder {
         RoutingTable { services, catalog }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::store::tests::record;
+    use crate::directory::Status;
+
+    fn catalog(index: u64, records: Vec<InstanceRecord>) -> Arc<Catalog> {
+        Arc::new(Catalog {
+            epoch: 1,
+            index,
+            instances: records,
+        })
+    }
+
+    fn builder() -> TableBuilder {
+        TableBuilder::new(Arc::new(AdapterRegistry::builtin()), HashMap::new())
+    }
+
+    fn ids(table: &RoutingTable, service: &str) -> Vec<String> {
+        table
+            .service(service)
+            .map(|s| s.instances.iter().map(|i| i.record.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn only_passing_instances_are_routed() {
+        let mut draining = record("s", "b", 5);
+        draining.status = Status::Draining;
+        let mut critical = record("s", "c", 5);
+        critical.status = Status::Critical;
+        let table = builder()
+            .build(catalog(1, vec![record("s", "a", 5), draining, critical]))
+            .await;
+        assert_eq!(ids(&table, "s"), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn rebuilt_view_keeps_counters_and_drops_departed_instances() {
+        let mut builder = builder();
+        let first = builder
+            .build(catalog(1, vec![record("s", "a", 5), record("s", "b", 5)]))
+            .await;
+        first.stats("s", "a").unwrap().delivered();
+        let second = builder
+            .build(catalog(2, vec![record("s", "a", 5), record("s", "c", 5)]))
+            .await;
+        assert_eq!(ids(&second, "s"), ["a", "c"]);
+        let a = second.stats("s", "a").unwrap();
+        assert_eq!(
+            a.delivered.load(Ordering::Relaxed),
+            1,
+            "counters survive the swap"
+        );
+        assert!(second.stats("s", "b").is_none());
+        // The old view is untouched: a swap never mutates a view in use.
+        assert_eq!(ids(&first, "s"), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn endpoints_of_unknown_adapters_are_skipped() {
+        let mut odd = record("s", "b", 5);
+        odd.endpoint.adapter = "carrier-pigeon".to_owned();
+        let table = builder()
+            .build(catalog(1, vec![record("s", "a", 5), odd]))
+            .await;
+        assert_eq!(ids(&table, "s"), ["a"]);
+    }
+}
