@@ -83,13 +83,13 @@ async fn deregistered_instance_gets_nothing_and_new_instance_gets_traffic_within
             .await;
 
         // Steady traffic for the whole test.
-        let publisher = {
-            let client = client.clone();
-            let subject = ingress.subject(&service, "tick");
-            tokio::spawn(async move {
-                publish_paced(&client, &subject, 0, 12_000, 10, Duration::from_millis(5)).await
-            })
-        };
+        let publisher = spawn_publisher(
+            &client,
+            ingress.subject(&service, "tick"),
+            12_000,
+            10,
+            Duration::from_millis(5),
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(b.count() > 0, "b received before leaving");
 
@@ -155,13 +155,13 @@ async fn killed_agent_stops_receiving_within_ttl_plus_one_second() {
             .wait_routed(&service, &["a", "b"], Duration::from_secs(10))
             .await;
 
-        let publisher = {
-            let client = client.clone();
-            let subject = ingress.subject(&service, "tick");
-            tokio::spawn(async move {
-                publish_paced(&client, &subject, 0, 10_000, 5, Duration::from_millis(5)).await
-            })
-        };
+        let publisher = spawn_publisher(
+            &client,
+            ingress.subject(&service, "tick"),
+            10_000,
+            5,
+            Duration::from_millis(5),
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let killed_at = Instant::now();
         agent_b.kill();

@@ -387,3 +387,16 @@ pub fn tally(inboxes: &[&Inbox]) -> (usize, HashMap<u64, usize>) {
     let duplicates = seen.values().map(|c| c - 1).sum();
     (duplicates, seen)
 }
+
+/// [`publish_paced`] in the background, for traffic that runs while the test
+/// changes things.
+pub fn spawn_publisher(
+    client: &async_nats::Client,
+    subject: String,
+    count: u64,
+    per_batch: u64,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move { publish_paced(&client, &subject, 0, count, per_batch, pause).await })
+}
