@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use baker_adapter_api::Endpoint;
+
+use crate::adapters::AdapterRegistry;
 use crate::backoff::Backoff;
 use crate::directory::{ClientError, DirectoryClient, InstanceRecord};
 use crate::shutdown::Shutdown;
@@ -17,6 +20,7 @@ use crate::shutdown::Shutdown;
 /// Keeps a set of instances registered.
 pub struct Agent {
     client: DirectoryClient,
+    adapters: AdapterRegistry,
     records: Vec<InstanceRecord>,
     registered: Arc<Vec<AtomicBool>>,
 }
@@ -25,11 +29,17 @@ pub struct Agent {
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Agent {
-    /// An agent registering `records` in `client`'s directory.
-    pub fn new(client: DirectoryClient, records: Vec<InstanceRecord>) -> Self {
+    /// An agent registering `records` in `client`'s directory, preparing
+    /// their inboxes with `adapters` first.
+    pub fn new(
+        client: DirectoryClient,
+        adapters: AdapterRegistry,
+        records: Vec<InstanceRecord>,
+    ) -> Self {
         let registered = Arc::new(records.iter().map(|_| AtomicBool::new(false)).collect());
         Self {
             client,
+            adapters,
             records,
             registered,
         }
@@ -48,12 +58,16 @@ impl Agent {
             .enumerate()
             .map(|(i, record)| {
                 let client = self.client.clone();
+                let adapters = self.adapters.clone();
                 let record = record.clone();
                 let registered = self.registered.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     shutdown
-                        .run_until(keep_registered(&client, &record, &registered[i]))
+                        .run_until(async {
+                            prepare_inbox(&adapters, &record).await;
+                            keep_registered(&client, &record, &registered[i]).await
+                        })
                         .await;
                 })
             })
@@ -80,6 +94,31 @@ impl Agent {
                     "deregistration timed out; the lease will expire"),
             }
         }
+    }
+}
+
+/// Creates what the instance's inbox needs on its broker (an AMQP queue, for
+/// instance), retrying until it succeeds: registering an instance whose inbox
+/// does not exist would send its messages nowhere.
+async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord) {
+    let Some(adapter) = adapters.get(&record.endpoint.adapter) else {
+        // Config validation refuses unknown adapters; nothing to prepare.
+        return;
+    };
+    let endpoint = Endpoint {
+        adapter: record.endpoint.adapter.clone(),
+        broker: record.endpoint.broker.clone(),
+        inbox: record.endpoint.inbox.clone(),
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut reported = false;
+    while let Err(error) = adapter.prepare_inbox(&endpoint, &record.metadata).await {
+        if !reported {
+            tracing::warn!(service = %record.service, id = %record.id, %error,
+                "cannot prepare the instance's inbox; retrying before registering");
+            reported = true;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -206,7 +206,7 @@ pub async fn run(
 
     // The agent stops first: its instances leave the directory (which this
     // process may be serving) while the router still routes.
-    let agent = Agent::new(client, settings.registrations.clone());
+    let agent = Agent::new(client, adapters.clone(), settings.registrations.clone());
     let registered = agent.ready_flag();
     let agent_shutdown = Shutdown::new();
     let agent_task = tokio::spawn(agent.run(agent_shutdown.clone()));

@@ -73,16 +73,35 @@ impl Cause {
     }
 }
 
+/// Why a delivery failed for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The kind of failure.
+    pub cause: Cause,
+    /// The reason given to the ingress (the `baker-error` header).
+    pub reason: String,
+    /// Send attempts made.
+    pub attempts: u32,
+}
+
+impl Failure {
+    fn new(cause: Cause, reason: String, attempts: u32) -> Self {
+        Self {
+            cause,
+            reason,
+            attempts,
+        }
+    }
+}
+
 /// How one delivery ended, for the caller's accounting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Accepted by every instance it was sent to.
     Delivered,
-    /// Dead-lettered: why, and the reason given to the ingress.
-    Undeliverable(Cause, String),
+    /// Dead-lettered.
+    Undeliverable(Failure),
 }
-
-type Failure = (Cause, String);
 
 /// Carries deliveries from ingress to instances.
 pub struct Journey {
@@ -123,10 +142,10 @@ impl Journey {
             .await;
         match &outcome {
             Outcome::Delivered => ack.ack(),
-            Outcome::Undeliverable(cause, reason) => {
+            Outcome::Undeliverable(failure) => {
                 self.undelivered
-                    .record(&destination.service, *cause, reason);
-                ack.dead_letter(reason.clone());
+                    .record(&destination.service, failure.cause, &failure.reason);
+                ack.dead_letter(failure.reason.clone(), failure.attempts);
             }
         }
         outcome
@@ -140,18 +159,19 @@ impl Journey {
         started: Instant,
     ) -> Outcome {
         if message.payload.len() > self.config.max_payload {
-            return Outcome::Undeliverable(
+            return Outcome::Undeliverable(Failure::new(
                 Cause::TooLarge,
                 format!(
                     "payload of {} bytes exceeds max_payload {}",
                     message.payload.len(),
                     self.config.max_payload
                 ),
-            );
+                0,
+            ));
         }
         let table = self.table.load_full();
         let Some(service) = table.service(&destination.service) else {
-            return Outcome::Undeliverable(Cause::NoRoute, no_route(destination));
+            return Outcome::Undeliverable(no_route(destination));
         };
         if message.headers.get(header::MSG_ID).is_none() {
             message.headers.insert(header::MSG_ID, self.ids.next());
@@ -160,14 +180,14 @@ impl Journey {
         let outcome = match service.policy.pick(&service.instances, message) {
             Pick::One(first) => self.deliver_one(service, first, destination, message).await,
             Pick::All => self.broadcast(service, destination, message).await,
-            Pick::Nobody => Err((Cause::NoRoute, no_route(destination))),
+            Pick::Nobody => Err(no_route(destination)),
         };
         match outcome {
             Ok(()) => {
                 service.latency.record(started.elapsed().as_secs_f64());
                 Outcome::Delivered
             }
-            Err((cause, reason)) => Outcome::Undeliverable(cause, reason),
+            Err(failure) => Outcome::Undeliverable(failure),
         }
     }
 
@@ -189,9 +209,10 @@ impl Journey {
             match send(instance, destination, message).await {
                 Ok(()) => return Ok(()),
                 Err(SendError::Rejected(reason)) => {
-                    return Err((
+                    return Err(Failure::new(
                         Cause::Rejected,
                         format!("rejected by {}: {reason}", instance.record.id),
+                        attempt,
                     ))
                 }
                 Err(SendError::Unavailable(reason)) => {
@@ -202,12 +223,13 @@ impl Journey {
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
             }
         }
-        Err((
+        Err(Failure::new(
             Cause::Unavailable,
             format!(
                 "undeliverable after {} attempts; last error from {last_error}",
                 self.config.max_attempts
             ),
+            self.config.max_attempts,
         ))
     }
 
@@ -227,22 +249,24 @@ impl Journey {
                 match send(instance, destination, message).await {
                     Ok(()) => return Ok(()),
                     Err(SendError::Rejected(reason)) => {
-                        return Err((
+                        return Err(Failure::new(
                             Cause::Rejected,
                             format!("rejected by {}: {reason}", instance.record.id),
+                            attempt,
                         ))
                     }
                     Err(SendError::Unavailable(reason)) => last = Some(reason),
                 }
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
             }
-            Err((
+            Err(Failure::new(
                 Cause::Unavailable,
                 format!(
                     "copy to {} undeliverable: {}",
                     instance.record.id,
                     last.unwrap_or_default()
                 ),
+                self.config.max_attempts,
             ))
         });
         let failures: Vec<Failure> = futures::future::join_all(copies)
@@ -252,9 +276,10 @@ impl Journey {
             .collect();
         match failures.first() {
             None => Ok(()),
-            Some(&(cause, _)) => {
-                let reasons: Vec<_> = failures.into_iter().map(|(_, r)| r).collect();
-                Err((cause, reasons.join("; ")))
+            Some(first) => {
+                let (cause, attempts) = (first.cause, first.attempts);
+                let reasons: Vec<_> = failures.into_iter().map(|f| f.reason).collect();
+                Err(Failure::new(cause, reasons.join("; "), attempts))
             }
         }
     }
@@ -270,8 +295,12 @@ fn attempt_text(attempt: u32) -> HeaderText {
     }
 }
 
-fn no_route(destination: &Destination) -> String {
-    format!("no routable instance of service {:?}", destination.service)
+fn no_route(destination: &Destination) -> Failure {
+    Failure::new(
+        Cause::NoRoute,
+        format!("no routable instance of service {:?}", destination.service),
+        0,
+    )
 }
 
 async fn send(
@@ -367,7 +396,7 @@ mod tests {
 
     fn dead_letter_reason(settled: &Mutex<Vec<Settlement>>) -> String {
         match settled.lock().unwrap().as_slice() {
-            [Settlement::DeadLetter { reason }] => reason.clone(),
+            [Settlement::DeadLetter { reason, .. }] => reason.clone(),
             other => panic!("expected one dead letter, got {other:?}"),
         }
     }
@@ -394,7 +423,10 @@ mod tests {
         let (d, settled) = delivery("s", b"x");
         assert!(matches!(
             journey.carry(d).await,
-            Outcome::Undeliverable(Cause::Unavailable, _)
+            Outcome::Undeliverable(Failure {
+                cause: Cause::Unavailable,
+                ..
+            })
         ));
         assert!(dead_letter_reason(&settled).contains("after 3 attempts"));
     }
@@ -405,7 +437,10 @@ mod tests {
         let (d, settled) = delivery("nosuch", b"x");
         assert!(matches!(
             journey.carry(d).await,
-            Outcome::Undeliverable(Cause::NoRoute, _)
+            Outcome::Undeliverable(Failure {
+                cause: Cause::NoRoute,
+                ..
+            })
         ));
         assert!(dead_letter_reason(&settled).contains("no routable instance of service \"nosuch\""));
     }
@@ -418,7 +453,10 @@ mod tests {
         let (d, settled) = delivery("s", b"too large");
         assert!(matches!(
             journey.carry(d).await,
-            Outcome::Undeliverable(Cause::TooLarge, _)
+            Outcome::Undeliverable(Failure {
+                cause: Cause::TooLarge,
+                ..
+            })
         ));
         assert!(dead_letter_reason(&settled).contains("exceeds max_payload 4"));
     }

@@ -12,6 +12,8 @@ pub enum Settlement {
     DeadLetter {
         /// Human-readable reason, sent in the `baker-error` header.
         reason: String,
+        /// Delivery attempts made, sent in the `baker-attempts` header.
+        attempts: u32,
     },
     /// Not delivered, but another try may succeed: hand it back to the broker
     /// for redelivery where the protocol allows.
@@ -62,10 +64,12 @@ impl AckHandle {
         self.settle(Settlement::Delivered);
     }
 
-    /// The message cannot be delivered; `reason` says why.
-    pub fn dead_letter(self, reason: impl Into<String>) {
+    /// The message cannot be delivered after `attempts` tries; `reason`
+    /// says why.
+    pub fn dead_letter(self, reason: impl Into<String>, attempts: u32) {
         self.settle(Settlement::DeadLetter {
             reason: reason.into(),
+            attempts,
         });
     }
 }

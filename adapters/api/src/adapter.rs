@@ -1,6 +1,7 @@
 //! The traits an adapter implements: its ingress, its egress targets, and the
 //! factory that makes both.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -94,6 +95,15 @@ pub trait Adapter: Send + Sync + 'static {
         broker: &str,
         options: &IngressOptions,
     ) -> Result<Box<dyn Ingress>, AdapterError>;
+
+    /// Creates what an instance's inbox needs on its broker before the
+    /// instance is registered (an AMQP queue, say). `options` are the
+    /// instance's metadata; adapters document the keys they read.
+    async fn prepare_inbox(
+        &self,
+        endpoint: &Endpoint,
+        options: &BTreeMap<String, String>,
+    ) -> Result<(), AdapterError>;
 
     /// Binds a target for `endpoint`, connecting to its broker if needed.
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;

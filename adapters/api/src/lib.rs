@@ -15,7 +15,7 @@ mod message;
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{Adapter, BrokerHealth, Delivery, Ingress, IngressOptions, Target};
 pub use error::{AdapterError, SendError};
-pub use message::{Destination, Endpoint, HeaderText, Headers, Message};
+pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Properties};
 
 /// Names of the headers Baker adds to, or reads from, every message it routes.
 pub mod header {
@@ -29,6 +29,8 @@ pub mod header {
     pub const KEY: &str = "baker-key";
     /// Why a message was dead-lettered or answered with an error.
     pub const ERROR: &str = "baker-error";
+    /// On a dead-lettered message: how many delivery attempts were made.
+    pub const ATTEMPTS: &str = "baker-attempts";
     /// The topic the publisher addressed, for inboxes that cannot carry it in
     /// the address itself.
     pub const TOPIC: &str = "baker-topic";

@@ -79,6 +79,32 @@ pub struct Message {
     pub headers: Headers,
     /// Where the receiver should send its reply, if the publisher expects one.
     pub reply_to: Option<String>,
+    /// Standard properties, kept across hops and mapped between protocols.
+    pub properties: Properties,
+}
+
+/// Message properties most protocols have in some form. Each adapter maps
+/// them to its native fields and back; what a protocol cannot carry is
+/// dropped at its egress (and documented there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// MIME type of the payload.
+    pub content_type: Option<String>,
+    /// Encoding of the payload, e.g. `gzip`.
+    pub content_encoding: Option<String>,
+    /// Correlates a reply with its request.
+    pub correlation_id: Option<String>,
+    /// The publisher's own message id.
+    pub message_id: Option<String>,
+    /// Whether the broker should keep the message on disk (AMQP delivery
+    /// mode 2). `None` when the ingress protocol has no such notion.
+    pub persistent: Option<bool>,
+    /// Time to live, in milliseconds.
+    pub expiration_ms: Option<u64>,
+    /// Priority, 0-255.
+    pub priority: Option<u8>,
+    /// Seconds since the Unix epoch, as set by the publisher.
+    pub timestamp: Option<u64>,
 }
 
 /// The service a message is addressed to, and the topic within it.

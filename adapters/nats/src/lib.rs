@@ -180,7 +180,7 @@ impl Settle for ErrorReply {
     fn settle(self: Box<Self>, outcome: Settlement) {
         let reason = match outcome {
             Settlement::Delivered => return,
-            Settlement::DeadLetter { reason } | Settlement::Requeue { reason } => reason,
+            Settlement::DeadLetter { reason, .. } | Settlement::Requeue { reason } => reason,
         };
         let mut headers = HeaderMap::new();
         headers.insert(header::ERROR, reason.as_str());
@@ -216,6 +216,7 @@ impl NatsIngress {
                 headers: headers_from_nats(msg.headers.as_ref()),
                 reply_to: msg.reply.map(|r| r.to_string()),
                 payload: msg.payload,
+                properties: Default::default(),
             },
             destination,
             origin: msg.subject.to_string(),
@@ -346,6 +347,15 @@ impl Adapter for NatsAdapter {
             client,
             prefix_len: options.prefix.len() + 1,
         }))
+    }
+
+    async fn prepare_inbox(
+        &self,
+        _endpoint: &Endpoint,
+        _options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        // Subjects need no setup.
+        Ok(())
     }
 
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
