@@ -15,6 +15,8 @@ impl AdapterRegistry {
     /// The adapters enabled by cargo features.
     pub fn builtin() -> Self {
         let adapters: Vec<Arc<dyn Adapter>> = vec![
+            #[cfg(feature = "amqp")]
+            Arc::new(baker_adapter_amqp::AmqpAdapter::default()),
             #[cfg(feature = "nats")]
             Arc::new(baker_adapter_nats::NatsAdapter::default()),
             #[cfg(feature = "memory")]

@@ -119,7 +119,7 @@ pub fn start_router(
                     }
                 }
             };
-            tracing::info!(adapter = adapter.name(), broker = %spec.broker,
+            tracing::info!(adapter = adapter.name(), broker = %baker_adapter_api::redact_url(&spec.broker),
                 prefix = %spec.ingress.prefix, group = %spec.ingress.queue_group, "routing");
             ingress_up.store(true, Ordering::Relaxed);
             router::run(journey, ingress, spec.max_in_flight, shutdown).await;

@@ -400,3 +400,5 @@ pub fn spawn_publisher(
     let client = client.clone();
     tokio::spawn(async move { publish_paced(&client, &subject, 0, count, per_batch, pause).await })
 }
+
+pub mod amqp;

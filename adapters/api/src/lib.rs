@@ -15,7 +15,36 @@ mod message;
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{Adapter, BrokerHealth, Delivery, Ingress, IngressOptions, Target};
 pub use error::{AdapterError, SendError};
-pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Properties};
+pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
+
+/// `url` with any password replaced by `***`, for logs and health output.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            super::redact_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
+}
 
 /// Names of the headers Baker adds to, or reads from, every message it routes.
 pub mod header {

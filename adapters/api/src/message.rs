@@ -1,6 +1,9 @@
 //! A message as the core sees it, and the addresses it travels between.
 
+use std::any::Any;
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -70,8 +73,13 @@ impl Headers {
     }
 }
 
+/// The ingress adapter's own form of a message's metadata, for an egress of
+/// the same protocol to keep what the common fields cannot carry (typed AMQP
+/// headers, say). Other adapters ignore it.
+pub type Native = Arc<dyn Any + Send + Sync>;
+
 /// A message travelling through Baker: opaque payload plus metadata.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Message {
     /// The payload, never inspected by Baker.
     pub payload: Bytes,
@@ -81,6 +89,20 @@ pub struct Message {
     pub reply_to: Option<String>,
     /// Standard properties, kept across hops and mapped between protocols.
     pub properties: Properties,
+    /// The ingress protocol's own metadata, if its adapter keeps it.
+    pub native: Option<Native>,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("payload_len", &self.payload.len())
+            .field("headers", &self.headers)
+            .field("reply_to", &self.reply_to)
+            .field("properties", &self.properties)
+            .field("native", &self.native.is_some())
+            .finish()
+    }
 }
 
 /// Message properties most protocols have in some form. Each adapter maps

@@ -217,6 +217,7 @@ impl NatsIngress {
                 reply_to: msg.reply.map(|r| r.to_string()),
                 payload: msg.payload,
                 properties: Default::default(),
+                native: None,
             },
             destination,
             origin: msg.subject.to_string(),
@@ -385,7 +386,7 @@ impl Adapter for NatsAdapter {
             .iter()
             .map(|(url, client)| BrokerHealth {
                 adapter: "nats",
-                broker: url.clone(),
+                broker: baker_adapter_api::redact_url(url),
                 connected: client.connection_state() == async_nats::connection::State::Connected,
             })
             .collect()

@@ -1,0 +1,181 @@
+//! Mapping between AMQP 0.9.1 properties and Baker's message fields.
+//!
+//! String-valued AMQP headers become Baker headers; typed ones (numbers,
+//! tables, arrays) stay in the message's native properties, so an AMQP egress
+//! keeps them exactly while other protocols get the string headers only.
+
+use std::sync::Arc;
+
+use baker_adapter_api::{header, Destination, Headers, Message, Properties};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+/// AMQP delivery mode of a persistent message.
+const PERSISTENT: u8 = 2;
+const TRANSIENT: u8 = 1;
+
+/// Text of a header value that is a string, if it is one.
+fn as_text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Baker's view of an AMQP message's properties.
+pub fn from_amqp(properties: &BasicProperties) -> (Headers, Option<String>, Properties) {
+    let mut headers = Headers::default();
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            if let Some(text) = as_text(value) {
+                headers.append(name.as_str().to_owned(), text);
+            }
+        }
+    }
+    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    let props = Properties {
+        content_type: text(properties.content_type()),
+        content_encoding: text(properties.content_encoding()),
+        correlation_id: text(properties.correlation_id()),
+        message_id: text(properties.message_id()),
+        persistent: properties.delivery_mode().map(|m| m == PERSISTENT),
+        expiration_ms: properties
+            .expiration()
+            .as_ref()
+            .and_then(|e| e.as_str().parse().ok()),
+        priority: *properties.priority(),
+        timestamp: *properties.timestamp(),
+    };
+    (headers, text(properties.reply_to()), props)
+}
+
+/// AMQP properties for `message`, sent for `destination`: the ingress's own
+/// AMQP properties when it had some, with Baker's headers and fields laid
+/// over them.
+pub fn to_amqp(message: &Message, destination: &Destination) -> BasicProperties {
+    let native = message
+        .native
+        .as_ref()
+        .and_then(|n| n.clone().downcast::<BasicProperties>().ok());
+    let mut table = native
+        .as_deref()
+        .and_then(|p| p.headers().clone())
+        .unwrap_or_default();
+    for (name, value) in message.headers.iter() {
+        table.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    if !destination.topic.is_empty() {
+        table.insert(
+            header::TOPIC.into(),
+            AMQPValue::LongString(LongString::from(destination.topic.as_str())),
+        );
+    }
+    let mut out = native.map_or_else(BasicProperties::default, Arc::unwrap_or_clone);
+    out = out.with_headers(table);
+    let p = &message.properties;
+    if let Some(v) = &p.content_type {
+        out = out.with_content_type(v.as_str().into());
+    }
+    if let Some(v) = &p.content_encoding {
+        out = out.with_content_encoding(v.as_str().into());
+    }
+    if let Some(v) = &p.correlation_id {
+        out = out.with_correlation_id(v.as_str().into());
+    }
+    if let Some(v) = &p.message_id {
+        out = out.with_message_id(v.as_str().into());
+    }
+    // A protocol without a delivery mode (NATS, say) is published persistent:
+    // the inbox is durable, and the cost is the broker's, not the sender's.
+    out = out.with_delivery_mode(if p.persistent == Some(false) {
+        TRANSIENT
+    } else {
+        PERSISTENT
+    });
+    if let Some(v) = p.expiration_ms {
+        out = out.with_expiration(v.to_string().into());
+    }
+    if let Some(v) = p.priority {
+        out = out.with_priority(v);
+    }
+    if let Some(v) = p.timestamp {
+        out = out.with_timestamp(v);
+    }
+    if let Some(v) = &message.reply_to {
+        out = out.with_reply_to(v.as_str().into());
+    }
+    out
+}
+
+/// `properties` with the dead-letter headers added.
+pub fn dead_lettered(properties: &BasicProperties, reason: &str, attempts: u32) -> BasicProperties {
+    let mut table: FieldTable = properties.headers().clone().unwrap_or_default();
+    table.insert(
+        header::ERROR.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    table.insert(header::ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+    properties.clone().with_headers(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_properties_survive_a_round_trip_with_typed_headers() {
+        let mut table = FieldTable::default();
+        table.insert("trace".into(), AMQPValue::LongString("abc".into()));
+        table.insert("count".into(), AMQPValue::LongInt(7));
+        let original = BasicProperties::default()
+            .with_headers(table)
+            .with_content_type("application/json".into())
+            .with_correlation_id("c-1".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_priority(5)
+            .with_timestamp(1_700_000_000)
+            .with_expiration("60000".into());
+        let (headers, reply_to, properties) = from_amqp(&original);
+        assert_eq!(headers.get("trace"), Some("abc"));
+        assert_eq!(headers.get("count"), None, "typed headers stay native");
+        let message = Message {
+            headers,
+            reply_to,
+            properties,
+            native: Some(Arc::new(original.clone())),
+            ..Default::default()
+        };
+        let destination = Destination {
+            service: "s".into(),
+            topic: "created".into(),
+        };
+        let sent = to_amqp(&message, &destination);
+        let table = sent.headers().clone().unwrap();
+        assert_eq!(table.inner().get("count"), Some(&AMQPValue::LongInt(7)));
+        assert_eq!(
+            table.inner().get(header::TOPIC),
+            Some(&AMQPValue::LongString("created".into()))
+        );
+        assert_eq!(sent.content_type(), original.content_type());
+        assert_eq!(sent.correlation_id(), original.correlation_id());
+        assert_eq!(sent.reply_to(), original.reply_to());
+        assert_eq!(sent.delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(sent.priority(), &Some(5));
+        assert_eq!(sent.timestamp(), &Some(1_700_000_000));
+        assert_eq!(sent.expiration(), original.expiration());
+    }
+
+    #[test]
+    fn transient_stays_transient_and_foreign_messages_become_persistent() {
+        let mut message = Message::default();
+        let d = Destination {
+            service: "s".into(),
+            topic: String::new(),
+        };
+        assert_eq!(to_amqp(&message, &d).delivery_mode(), &Some(PERSISTENT));
+        message.properties.persistent = Some(false);
+        assert_eq!(to_amqp(&message, &d).delivery_mode(), &Some(TRANSIENT));
+    }
+}

@@ -1,0 +1,308 @@
+//! Consuming the shared ingress queue, with acknowledgements that wait for
+//! the egress.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, Message, Settle, Settlement};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::Acker;
+use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
+
+use crate::convert;
+use crate::link::{redact, Link};
+use crate::publisher::{Publish, Publisher};
+
+/// Pause before handing back a message whose dead-lettering failed, so a
+/// broker in trouble is not asked again at once.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The names of the ingress topology.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub exchange: ShortString,
+    pub queue: ShortString,
+    pub dlx: ShortString,
+    pub dead_letters: ShortString,
+}
+
+impl Names {
+    pub fn new(prefix: &str, group: &str) -> Self {
+        Self {
+            exchange: prefix.into(),
+            queue: format!("{group}.ingress").into(),
+            dlx: format!("{prefix}.dlx").into(),
+            dead_letters: format!("{prefix}.dead-letters").into(),
+        }
+    }
+}
+
+pub struct AmqpIngress {
+    link: Arc<Link>,
+    publisher: Publisher,
+    names: Names,
+    prefetch: u16,
+    consumer: Option<(Channel, Consumer)>,
+    consumer_tag: ShortString,
+    closing: bool,
+    outage_reported: bool,
+    retry: Duration,
+}
+
+async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let none = FieldTable::default;
+    for (exchange, queue) in [
+        (&names.exchange, &names.queue),
+        (&names.dlx, &names.dead_letters),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                none(),
+            )
+            .await?;
+        channel
+            .queue_declare(queue.clone(), durable_queue, none())
+            .await?;
+        channel
+            .queue_bind(
+                queue.clone(),
+                exchange.clone(),
+                "#".into(),
+                QueueBindOptions::default(),
+                none(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+impl AmqpIngress {
+    pub fn new(link: Arc<Link>, publisher: Publisher, names: Names, prefetch: u16) -> Self {
+        Self {
+            link,
+            publisher,
+            names,
+            prefetch: prefetch.max(1),
+            consumer: None,
+            consumer_tag: format!("baker-{:x}", std::process::id()).into(),
+            closing: false,
+            outage_reported: false,
+            retry: Duration::from_millis(200),
+        }
+    }
+
+    /// Declares the topology and starts consuming.
+    pub async fn connect(&mut self) -> Result<(), String> {
+        let channel = self.link.channel().await?;
+        let setup = async {
+            declare(&channel, &self.names).await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    self.names.queue.clone(),
+                    self.consumer_tag.clone(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        match setup.await {
+            Ok(consumer) => {
+                tracing::info!(broker = %redact(self.link.url()), queue = %self.names.queue, "consuming AMQP ingress");
+                self.consumer = Some((channel, consumer));
+                Ok(())
+            }
+            Err(error) => {
+                self.link.reset();
+                Err(format!(
+                    "setting up the ingress queue {}: {error}",
+                    self.names.queue
+                ))
+            }
+        }
+    }
+
+    fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let routing_key = delivery.routing_key.as_str();
+        let (service, topic) = routing_key.split_once('.').unwrap_or((routing_key, ""));
+        let destination = Destination {
+            service: service.to_owned(),
+            topic: topic.to_owned(),
+        };
+        let origin = format!("{}:{routing_key}", self.names.exchange);
+        let (headers, reply_to, properties) = convert::from_amqp(&delivery.properties);
+        let native = Arc::new(delivery.properties);
+        let payload = Bytes::from(delivery.data);
+        let ack = AckHandle::new(DeliverySettler {
+            acker: delivery.acker,
+            publisher: self.publisher.clone(),
+            dlx: self.names.dlx.clone(),
+            routing_key: delivery.routing_key,
+            payload: payload.clone(),
+            properties: native.clone(),
+        });
+        Delivery {
+            message: Message {
+                payload,
+                headers,
+                reply_to,
+                properties,
+                native: Some(native),
+            },
+            destination,
+            origin,
+            ack,
+        }
+    }
+}
+
+#[async_trait]
+impl Ingress for AmqpIngress {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let Some((_, consumer)) = self.consumer.as_mut() else {
+                if self.closing {
+                    return None;
+                }
+                match self.connect().await {
+                    Ok(()) => {
+                        if self.outage_reported {
+                            tracing::info!("AMQP ingress resumed; unacked messages were redelivered by the broker");
+                        }
+                        self.outage_reported = false;
+                        self.retry = Duration::from_millis(200);
+                    }
+                    Err(error) => {
+                        if !self.outage_reported {
+                            tracing::warn!(%error, "AMQP ingress unavailable; reconnecting with backoff");
+                            self.outage_reported = true;
+                        }
+                        tokio::time::sleep(self.retry).await;
+                        self.retry = (self.retry * 2).min(Duration::from_secs(10));
+                    }
+                }
+                continue;
+            };
+            match consumer.next().await {
+                Some(Ok(delivery)) => return Some(self.delivery(delivery)),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "AMQP ingress lost; reconnecting");
+                    self.outage_reported = true;
+                    self.consumer = None;
+                    self.link.reset();
+                }
+                None if self.closing => return None,
+                None => {
+                    tracing::warn!("AMQP ingress consumer cancelled by the broker; reconnecting");
+                    self.consumer = None;
+                }
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        let (_, consumer) = self.consumer.as_mut()?;
+        match consumer.next().now_or_never()?? {
+            Ok(delivery) => Some(self.delivery(delivery)),
+            // Handled (reconnection) by the next call to `next`.
+            Err(_) => None,
+        }
+    }
+
+    async fn close(&mut self) {
+        self.closing = true;
+        if let Some((channel, _)) = &self.consumer {
+            // Deliveries already received still come out of the consumer;
+            // the broker requeues whatever is left unacked when the channel
+            // closes.
+            if let Err(error) = channel
+                .basic_cancel(self.consumer_tag.clone(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(%error, "cancelling the AMQP consumer");
+                self.consumer = None;
+            }
+        }
+    }
+}
+
+/// Settles one AMQP delivery: ack, requeue, or republish to the
+/// dead-letter exchange and ack once that is confirmed.
+struct DeliverySettler {
+    acker: Acker,
+    publisher: Publisher,
+    dlx: ShortString,
+    routing_key: ShortString,
+    payload: Bytes,
+    properties: Arc<BasicProperties>,
+}
+
+impl DeliverySettler {
+    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), String> {
+        self.publisher
+            .publish(Publish {
+                exchange: self.dlx.clone(),
+                routing_key: self.routing_key.clone(),
+                mandatory: false,
+                payload: self.payload.clone(),
+                properties: convert::dead_lettered(&self.properties, reason, attempts),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Settle for DeliverySettler {
+    fn settle(self: Box<Self>, outcome: Settlement) {
+        tokio::spawn(async move {
+            let requeue = match outcome {
+                Settlement::Delivered => false,
+                Settlement::DeadLetter { reason, attempts } => {
+                    match self.dead_letter(&reason, attempts).await {
+                        Ok(()) => false,
+                        Err(error) => {
+                            tracing::warn!(%error, "could not dead-letter a message; it will be redelivered");
+                            tokio::time::sleep(REQUEUE_PAUSE).await;
+                            true
+                        }
+                    }
+                }
+                Settlement::Requeue { .. } => true,
+            };
+            let result = if requeue {
+                self.acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            } else {
+                self.acker.ack(BasicAckOptions::default()).await
+            };
+            if let Err(error) = result {
+                // The channel is gone; the broker redelivers the message.
+                tracing::debug!(%error, "could not settle an AMQP delivery");
+            }
+        });
+    }
+}

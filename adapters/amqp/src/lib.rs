@@ -1,0 +1,212 @@
+//! AMQP 0.9.1 adapter (lapin), at least once.
+//!
+//! Ingress: apps publish to the durable topic exchange `<prefix>` (`baker`)
+//! with routing key `<service>.<topic...>`; every router consumes the one
+//! durable queue `<group>.ingress` bound to it with `#` (competing consumers)
+//! with manual acks and a prefetch of the router's in-flight window. A
+//! delivery is acked only after its egress publish is confirmed; a message
+//! that cannot be delivered is republished to the dead-letter exchange
+//! `<prefix>.dlx` (kept in the queue `<prefix>.dead-letters`) with
+//! `baker-error` and `baker-attempts` headers, and acked once that publish
+//! is confirmed.
+//!
+//! Egress: publish to the instance's inbox queue (`_baker.<service>.<id>`)
+//! through the default exchange, with publisher confirms and `mandatory`, so
+//! a missing queue comes back and the core tries another instance. The
+//! topic travels in the `baker-topic` header; properties and headers
+//! (including typed ones, from an AMQP ingress) are kept.
+
+mod convert;
+mod egress;
+mod ingress;
+mod link;
+mod publisher;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use baker_adapter_api::{
+    Adapter, AdapterError, BrokerHealth, Endpoint, Ingress, IngressOptions, Target,
+};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use egress::AmqpTarget;
+use ingress::{AmqpIngress, Names};
+use link::{redact, Link};
+use publisher::Publisher;
+
+/// Default broker URL.
+pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The AMQP adapter: one publishing link per broker URL, shared by egress
+/// targets and dead-lettering; each ingress has its own connection.
+#[derive(Default)]
+pub struct AmqpAdapter {
+    links: Mutex<HashMap<String, (Arc<Link>, Publisher)>>,
+    ingress_links: Mutex<Vec<Arc<Link>>>,
+}
+
+impl AmqpAdapter {
+    fn link(&self, url: &str) -> (Arc<Link>, Publisher) {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(url.to_owned())
+            .or_insert_with(|| {
+                let link = Arc::new(Link::new(url));
+                let publisher = Publisher::start(link.clone());
+                (link, publisher)
+            })
+            .clone()
+    }
+}
+
+fn check_url(url: &str) -> Result<(), AdapterError> {
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        Ok(())
+    } else {
+        Err(AdapterError::InvalidBroker {
+            url: redact(url),
+            reason: "expected amqp://USER:PASSWORD@HOST:PORT/VHOST".to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl Adapter for AmqpAdapter {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn default_broker(&self) -> &'static str {
+        DEFAULT_BROKER
+    }
+
+    fn default_inbox(&self, service: &str, instance: &str) -> String {
+        format!("_baker.{service}.{instance}")
+    }
+
+    fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
+        let reason = if inbox.is_empty() || inbox.len() > 255 {
+            "a queue name must be 1-255 bytes"
+        } else if inbox.starts_with("amq.") {
+            "queue names starting with 'amq.' are reserved by the broker"
+        } else {
+            return Ok(());
+        };
+        Err(AdapterError::InvalidInbox {
+            inbox: inbox.to_owned(),
+            reason: reason.to_owned(),
+        })
+    }
+
+    async fn ingress(
+        &self,
+        broker: &str,
+        options: &IngressOptions,
+    ) -> Result<Box<dyn Ingress>, AdapterError> {
+        check_url(broker)?;
+        let link = Arc::new(Link::new(broker));
+        let mut ingress = AmqpIngress::new(
+            link.clone(),
+            self.link(broker).1,
+            Names::new(&options.prefix, &options.queue_group),
+            u16::try_from(options.buffer).unwrap_or(u16::MAX),
+        );
+        ingress
+            .connect()
+            .await
+            .map_err(|reason| AdapterError::Broker {
+                url: redact(broker),
+                reason,
+            })?;
+        self.ingress_links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(link);
+        Ok(Box::new(ingress))
+    }
+
+    /// Declares the inbox queue, durable. Metadata key `queue_type`:
+    /// `classic` (default) or `quorum`.
+    async fn prepare_inbox(
+        &self,
+        endpoint: &Endpoint,
+        options: &BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        check_url(&endpoint.broker)?;
+        self.validate_inbox(&endpoint.inbox)?;
+        let mut arguments = FieldTable::default();
+        match options.get("queue_type").map(String::as_str) {
+            None | Some("classic") => {}
+            Some("quorum") => {
+                arguments.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString(LongString::from("quorum")),
+                );
+            }
+            Some(other) => {
+                return Err(AdapterError::InvalidInbox {
+                    inbox: endpoint.inbox.clone(),
+                    reason: format!("queue_type {other:?}: expected classic or quorum"),
+                })
+            }
+        }
+        let broker_error = |reason: String| AdapterError::Broker {
+            url: redact(&endpoint.broker),
+            reason,
+        };
+        let (link, _) = self.link(&endpoint.broker);
+        let channel = link.channel().await.map_err(broker_error)?;
+        let declared = channel
+            .queue_declare(
+                endpoint.inbox.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await;
+        if let Err(error) = declared {
+            // A refused declaration (e.g. an existing queue of another type)
+            // closes the channel: start afresh next time.
+            link.reset();
+            return Err(broker_error(format!(
+                "declaring inbox queue {}: {error}",
+                endpoint.inbox
+            )));
+        }
+        Ok(())
+    }
+
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
+        check_url(&endpoint.broker)?;
+        self.validate_inbox(&endpoint.inbox)?;
+        Ok(Arc::new(AmqpTarget::new(
+            self.link(&endpoint.broker).1,
+            &endpoint.inbox,
+        )))
+    }
+
+    fn health(&self) -> Vec<BrokerHealth> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let ingress = self.ingress_links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .map(|(link, _)| link)
+            .chain(ingress.iter())
+            .map(|link| BrokerHealth {
+                adapter: "amqp",
+                broker: redact(link.url()),
+                connected: link.connected(),
+            })
+            .collect()
+    }
+
+    async fn flush(&self) {
+        // Every publish already waited for its confirm.
+    }
+}

@@ -1,0 +1,87 @@
+//! One connection and channel to a broker, re-established on demand.
+//!
+//! lapin reports a lost connection as errors on its channel; whoever finds
+//! the channel unusable asks for a new one, and the first such caller
+//! reconnects while the others wait for its result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A channel to one broker with publisher confirms on.
+pub struct Link {
+    url: String,
+    current: ArcSwapOption<(Connection, Channel)>,
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    /// A link to `url`, not yet connected.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            current: ArcSwapOption::empty(),
+            reconnecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The broker URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the channel is up.
+    pub fn connected(&self) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.1.status().connected())
+    }
+
+    fn usable(&self) -> Option<Channel> {
+        let current = self.current.load();
+        let (_, channel) = current.as_deref()?;
+        channel.status().connected().then(|| channel.clone())
+    }
+
+    /// A usable channel, connecting first if needed.
+    pub async fn channel(&self) -> Result<Channel, String> {
+        if let Some(channel) = self.usable() {
+            return Ok(channel);
+        }
+        let _one_at_a_time = self.reconnecting.lock().await;
+        if let Some(channel) = self.usable() {
+            return Ok(channel);
+        }
+        let connect = async {
+            let connection =
+                Connection::connect(&self.url, ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>((connection, channel))
+        };
+        let (connection, channel) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| format!("connecting to {} timed out", self.url))?
+            .map_err(|e| format!("connecting to {}: {e}", self.url))?;
+        tracing::info!(broker = %redact(&self.url), "connected to AMQP broker");
+        self.current
+            .store(Some(Arc::new((connection, channel.clone()))));
+        Ok(channel)
+    }
+
+    /// Forgets the channel after an error, so the next caller reconnects.
+    pub fn reset(&self) {
+        self.current.store(None);
+    }
+}
+
+pub use baker_adapter_api::redact_url as redact;

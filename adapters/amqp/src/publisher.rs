@@ -1,0 +1,157 @@
+//! Publishing with confirms through one task per broker link.
+//!
+//! Why a task: lapin pairs a returned (unroutable) message with whichever
+//! confirm it resolves next, and resolves the confirms of one
+//! `multiple` ack in no particular order, so under load the return of
+//! message A can arrive on the confirm of message B, which would then be
+//! retried while A counted as delivered and was lost. This task publishes
+//! every message itself, keeps the confirms in publish order, and on each
+//! ack takes all confirms that are already resolved, collects every returned
+//! message among them, and matches returns to messages by their
+//! `baker-msg-id` header, not by which confirm carried them. (RabbitMQ sends
+//! a message's return before its ack, so by the time a message's confirm
+//! resolves its return, if any, is on a resolved confirm.)
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use baker_adapter_api::{header, SendError};
+use bytes::Bytes;
+use futures::FutureExt;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, ShortString};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::link::Link;
+
+/// One message to publish.
+pub struct Publish {
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
+    /// Ask the broker to return the message when no queue takes it.
+    pub mandatory: bool,
+    pub payload: Bytes,
+    pub properties: BasicProperties,
+}
+
+struct Request {
+    publish: Publish,
+    reply: oneshot::Sender<Result<(), SendError>>,
+}
+
+struct InFlight {
+    confirm: PublisherConfirm,
+    id: Option<String>,
+    reply: oneshot::Sender<Result<(), SendError>>,
+}
+
+/// Handle to a link's publisher task.
+#[derive(Clone)]
+pub struct Publisher {
+    requests: mpsc::Sender<Request>,
+}
+
+/// Most requests waiting for the task; senders wait beyond it.
+const QUEUE: usize = 4096;
+
+fn message_id(properties: &BasicProperties) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(header::MSG_ID)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+impl Publisher {
+    /// Starts the publisher task of `link`.
+    pub fn start(link: Arc<Link>) -> Self {
+        let (requests, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(run(link, receiver));
+        Self { requests }
+    }
+
+    /// Publishes and waits for the broker's verdict.
+    pub async fn publish(&self, publish: Publish) -> Result<(), SendError> {
+        let (reply, verdict) = oneshot::channel();
+        self.requests
+            .send(Request { publish, reply })
+            .await
+            .map_err(|_| SendError::Unavailable("publisher stopped".to_owned()))?;
+        verdict
+            .await
+            .unwrap_or_else(|_| Err(SendError::Unavailable("publisher stopped".to_owned())))
+    }
+}
+
+async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut returned: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            first = async { (&mut in_flight.front_mut().expect("guarded").confirm).await }, if !in_flight.is_empty() => {
+                let mut batch = vec![(in_flight.pop_front().expect("guarded"), first)];
+                while let Some(next) = in_flight.front_mut() {
+                    match (&mut next.confirm).now_or_never() {
+                        Some(result) => batch.push((in_flight.pop_front().expect("checked"), result)),
+                        None => break,
+                    }
+                }
+                for (_, result) in &batch {
+                    if let Ok(Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message))) = result {
+                        if let Some(id) = message_id(&message.delivery.properties) {
+                            returned.insert(id);
+                        }
+                    }
+                }
+                for (entry, result) in batch {
+                    let was_returned = entry.id.as_ref().is_some_and(|id| returned.remove(id));
+                    let verdict = match result {
+                        Ok(_) if was_returned => Err(SendError::Unavailable(
+                            "no queue took the message (returned by the broker)".to_owned(),
+                        )),
+                        Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Ok(()),
+                        Ok(Confirmation::Nack(_)) => Err(SendError::Unavailable(
+                            "the broker did not take the message (nack)".to_owned(),
+                        )),
+                        Err(error) => {
+                            link.reset();
+                            Err(SendError::Unavailable(error.to_string()))
+                        }
+                    };
+                    let _ = entry.reply.send(verdict);
+                }
+            }
+            request = requests.recv() => {
+                let Some(Request { publish, reply }) = request else { return };
+                let channel = match link.channel().await {
+                    Ok(channel) => channel,
+                    Err(error) => {
+                        let _ = reply.send(Err(SendError::Unavailable(error)));
+                        continue;
+                    }
+                };
+                let id = message_id(&publish.properties);
+                let result = channel
+                    .basic_publish(
+                        publish.exchange,
+                        publish.routing_key,
+                        BasicPublishOptions { mandatory: publish.mandatory, ..Default::default() },
+                        &publish.payload,
+                        publish.properties,
+                    )
+                    .await;
+                match result {
+                    Ok(confirm) => in_flight.push_back(InFlight { confirm, id, reply }),
+                    Err(error) => {
+                        if !channel.status().connected() {
+                            link.reset();
+                        }
+                        let _ = reply.send(Err(SendError::Unavailable(error.to_string())));
+                    }
+                }
+            }
+        }
+    }
+}
