@@ -27,9 +27,10 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 const DEFAULT_PREFIX: &str = "baker";
 const DEFAULT_QUEUE_GROUP: &str = "baker";
-/// Default log filter: Baker's own events, and only warnings from libraries.
+/// Default log filter: Baker's own events, and only warnings from libraries
+/// (lapin warns once per returned message, which Baker handles and counts).
 const DEFAULT_LOG: &str =
-    "warn,baker_mq=info,baker_adapter_api=info,baker_adapter_nats=info,baker_adapter_memory=info";
+    "warn,lapin::returned_messages=error,baker_mq=info,baker_adapter_api=info,baker_adapter_amqp=info,baker_adapter_nats=info,baker_adapter_memory=info";
 
 /// The config file. Every key is optional; flags and `BAKER_*` variables
 /// override it.
