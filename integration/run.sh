@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash integration/brokers.sh
 export BAKER_TEST_NATS_URL="${BAKER_TEST_NATS_URL:-nats://127.0.0.1:4222}"
-export BAKER_TEST_AMQP_URL="${BAKER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export BAKER_TEST_AMQP_HOST="${BAKER_TEST_AMQP_HOST:-127.0.0.1:5672}"
 export BAKER_TEST_MQTT_URL="${BAKER_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
 cargo test --workspace --all-targets --locked "$@"
