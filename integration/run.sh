@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash integration/brokers.sh
+# rabbitmqctl (used by the AMQP tests to make a vhost each) lives in /usr/sbin.
+export PATH="$PATH:/usr/sbin"
 export BAKER_TEST_NATS_URL="${BAKER_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 export BAKER_TEST_AMQP_HOST="${BAKER_TEST_AMQP_HOST:-127.0.0.1:5672}"
 export BAKER_TEST_MQTT_URL="${BAKER_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
