@@ -278,3 +278,329 @@ async fn a_router_killed_mid_stream_loses_nothing_once_restarted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let (a, _) = amqp::consume(&channel, "_baker.cut.a").await;
+        let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
+        let _agent = amqp_agent(&dir.url(), &vhost, "cut", "a");
+        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        router
+            .wait_routed("cut", &["a"], Duration::from_secs(15))
+            .await;
+
+        let total = 10_000u64;
+        let publisher = {
+            let channel = channel.clone();
+            tokio::spawn(
+                async move { amqp::publish(&channel, "baker", "cut.t", 0, total, 200).await },
+            )
+        };
+        wait_until("some delivered", Duration::from_secs(30), || async {
+            a.count() >= 2000
+        })
+        .await;
+        let closed = amqp::close_baker_connections(&vhost);
+        assert!(
+            closed >= 2,
+            "closed the router's ingress and egress connections ({closed})"
+        );
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered after the reconnection",
+            Duration::from_secs(60),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize);
+        eprintln!("connection loss: {total} sent, {duplicates} duplicates delivered");
+        assert_eq!(
+            dead.count(),
+            0,
+            "a broker outage sends messages back for redelivery, not to the dead letters"
+        );
+        let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", router.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let brokers = health["brokers"].as_array().unwrap();
+        assert!(
+            brokers
+                .iter()
+                .all(|b| b["connected"] == serde_json::json!(true)),
+            "{health}"
+        );
+        assert!(
+            brokers
+                .iter()
+                .all(|b| !b["broker"].as_str().unwrap().contains("guest:guest")),
+            "password redacted"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let nats = connect().await;
+        let amqp_url = vhost.url();
+        let nats_url = nats_url();
+
+        // NATS → AMQP: a NATS router, an instance whose inbox is an AMQP queue.
+        let (to_amqp, received) = amqp::consume(&channel, "_baker.x2a.a").await;
+        let admin = format!("127.0.0.1:{}", free_port());
+        let spec = format!("service=x2a,id=a,adapter=amqp,broker={amqp_url}");
+        let _agent_a = Proc::spawn(
+            "agent-x2a",
+            &[
+                "--no-router",
+                "--directory",
+                &dir.url(),
+                "--admin",
+                &admin,
+                "--register",
+                &spec,
+            ],
+        );
+        let ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
+        nats_router
+            .wait_routed("x2a", &["a"], Duration::from_secs(15))
+            .await;
+        for seq in 0..100u64 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("trace", "t-1");
+            nats.publish_with_headers(
+                ingress.subject("x2a", "made"),
+                headers,
+                seq.to_string().into(),
+            )
+            .await
+            .unwrap();
+        }
+        nats.flush().await.unwrap();
+        wait_until(
+            "NATS messages in the AMQP inbox",
+            Duration::from_secs(20),
+            || async { to_amqp.count() >= 100 },
+        )
+        .await;
+        let first = received.lock().unwrap()[0].clone();
+        assert_eq!(
+            first.header("trace"),
+            Some("t-1"),
+            "headers mapped: {:?}",
+            first.headers
+        );
+        assert_eq!(first.header("baker-topic"), Some("made"));
+        assert_eq!(
+            first.properties.delivery_mode(),
+            &Some(2),
+            "published persistent"
+        );
+
+        // AMQP → NATS: an AMQP router, an instance whose inbox is a NATS subject.
+        let to_nats = consume_inbox(&nats, "a2n", "n").await;
+        let admin = format!("127.0.0.1:{}", free_port());
+        let spec = format!("service=a2n,id=n,adapter=nats,broker={nats_url}");
+        let _agent_n = Proc::spawn(
+            "agent-a2n",
+            &[
+                "--no-router",
+                "--directory",
+                &dir.url(),
+                "--admin",
+                &admin,
+                "--register",
+                &spec,
+            ],
+        );
+        let amqp_router = amqp_router(&dir.url(), &vhost, &[]).await;
+        amqp_router
+            .wait_routed("a2n", &["n"], Duration::from_secs(15))
+            .await;
+        let mut sub = nats.subscribe("_baker.a2n.n.>").await.unwrap();
+        nats.flush().await.unwrap();
+        let mut table = lapin::types::FieldTable::default();
+        table.insert(
+            "trace".into(),
+            lapin::types::AMQPValue::LongString("t-2".into()),
+        );
+        for seq in 0..100u64 {
+            channel
+                .basic_publish(
+                    "baker".into(),
+                    "a2n.made".into(),
+                    Default::default(),
+                    seq.to_string().as_bytes(),
+                    lapin::BasicProperties::default().with_headers(table.clone()),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        wait_until(
+            "AMQP messages on the NATS inbox",
+            Duration::from_secs(20),
+            || async { to_nats.count() >= 100 },
+        )
+        .await;
+        let msg = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.subject.as_str(), "_baker.a2n.n.made");
+        assert_eq!(
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get("trace"))
+                .map(|v| v.as_str()),
+            Some("t-2")
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply_queue() {
+    bounded(async {
+        use futures::StreamExt;
+        use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+        use lapin::types::FieldTable;
+
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        amqp::declare_queue(&channel, "_baker.rpc.r").await;
+        // The responder: answers each request on its reply_to, same correlation id.
+        let (_rconn, responder) = vhost.channel().await;
+        let mut requests = responder
+            .basic_consume(
+                "_baker.rpc.r".into(),
+                "responder".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = requests.next().await {
+                let reply_to = request
+                    .properties
+                    .reply_to()
+                    .clone()
+                    .expect("reply_to kept");
+                let mut props = lapin::BasicProperties::default();
+                if let Some(id) = request.properties.correlation_id() {
+                    props = props.with_correlation_id(id.clone());
+                }
+                let body = format!("pong:{}", String::from_utf8_lossy(&request.data));
+                responder
+                    .basic_publish(
+                        "".into(),
+                        reply_to,
+                        BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        props,
+                    )
+                    .await
+                    .unwrap();
+                request.ack(Default::default()).await.unwrap();
+            }
+        });
+        let _agent = amqp_agent(&dir.url(), &vhost, "rpc", "r");
+        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        router
+            .wait_routed("rpc", &["r"], Duration::from_secs(15))
+            .await;
+
+        // Direct reply-to: consume the pseudo-queue on the publishing channel.
+        let (_qconn, requester) = vhost.channel().await;
+        let mut replies = requester
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                "requester".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        requester
+            .basic_publish(
+                "baker".into(),
+                "rpc.get".into(),
+                BasicPublishOptions::default(),
+                b"1",
+                lapin::BasicProperties::default()
+                    .with_reply_to("amq.rabbitmq.reply-to".into())
+                    .with_correlation_id("c-1".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("direct reply in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.data, b"pong:1");
+        assert_eq!(
+            reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("c-1")
+        );
+
+        // An ordinary reply queue.
+        let (reply_queue, replies) = amqp::consume(&channel, "rpc-replies").await;
+        channel
+            .basic_publish(
+                "baker".into(),
+                "rpc.get".into(),
+                BasicPublishOptions::default(),
+                b"2",
+                lapin::BasicProperties::default()
+                    .with_reply_to("rpc-replies".into())
+                    .with_correlation_id("c-2".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        wait_until(
+            "reply on the reply queue",
+            Duration::from_secs(10),
+            || async { reply_queue.count() >= 1 },
+        )
+        .await;
+        let reply = replies.lock().unwrap()[0].clone();
+        assert_eq!(reply.payload, b"pong:2");
+        assert_eq!(
+            reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("c-2")
+        );
+    })
+    .await;
+}

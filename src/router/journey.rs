@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use baker_adapter_api::{header, Delivery, Destination, HeaderText, Message, SendError};
+use baker_adapter_api::{
+    header, Delivery, Destination, HeaderText, Message, SendError, Settlement,
+};
 
 use super::policy::Pick;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
@@ -59,6 +61,9 @@ pub enum Cause {
     Rejected,
     /// Every attempt failed on an unavailable instance.
     Unavailable,
+    /// Every attempt failed because the instances' brokers were unreachable:
+    /// the message goes back to the ingress for redelivery.
+    Unreachable,
 }
 
 impl Cause {
@@ -69,6 +74,7 @@ impl Cause {
             Cause::TooLarge => "too_large",
             Cause::Rejected => "rejected",
             Cause::Unavailable => "unavailable",
+            Cause::Unreachable => "unreachable",
         }
     }
 }
@@ -145,7 +151,13 @@ impl Journey {
             Outcome::Undeliverable(failure) => {
                 self.undelivered
                     .record(&destination.service, failure.cause, &failure.reason);
-                ack.dead_letter(failure.reason.clone(), failure.attempts);
+                if failure.cause == Cause::Unreachable {
+                    ack.settle(Settlement::Requeue {
+                        reason: failure.reason.clone(),
+                    });
+                } else {
+                    ack.dead_letter(failure.reason.clone(), failure.attempts);
+                }
             }
         }
         outcome
@@ -201,6 +213,7 @@ impl Journey {
     ) -> Result<(), Failure> {
         let n = service.instances.len();
         let mut last_error = String::new();
+        let mut only_unreachable = true;
         for attempt in 1..=self.config.max_attempts {
             let instance = &service.instances[(first + attempt as usize - 1) % n];
             message
@@ -216,6 +229,10 @@ impl Journey {
                     ))
                 }
                 Err(SendError::Unavailable(reason)) => {
+                    only_unreachable = false;
+                    last_error = format!("{}: {reason}", instance.record.id);
+                }
+                Err(SendError::Unreachable(reason)) => {
                     last_error = format!("{}: {reason}", instance.record.id);
                 }
             }
@@ -224,7 +241,11 @@ impl Journey {
             }
         }
         Err(Failure::new(
-            Cause::Unavailable,
+            if only_unreachable {
+                Cause::Unreachable
+            } else {
+                Cause::Unavailable
+            },
             format!(
                 "undeliverable after {} attempts; last error from {last_error}",
                 self.config.max_attempts
@@ -245,6 +266,7 @@ impl Journey {
         let message = &*message;
         let copies = service.instances.iter().map(|instance| async move {
             let mut last = None;
+            let mut only_unreachable = true;
             for attempt in 1..=self.config.max_attempts {
                 match send(instance, destination, message).await {
                     Ok(()) => return Ok(()),
@@ -255,12 +277,20 @@ impl Journey {
                             attempt,
                         ))
                     }
-                    Err(SendError::Unavailable(reason)) => last = Some(reason),
+                    Err(SendError::Unavailable(reason)) => {
+                        only_unreachable = false;
+                        last = Some(reason);
+                    }
+                    Err(SendError::Unreachable(reason)) => last = Some(reason),
                 }
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
             }
             Err(Failure::new(
-                Cause::Unavailable,
+                if only_unreachable {
+                    Cause::Unreachable
+                } else {
+                    Cause::Unavailable
+                },
                 format!(
                     "copy to {} undeliverable: {}",
                     instance.record.id,
@@ -277,7 +307,14 @@ impl Journey {
         match failures.first() {
             None => Ok(()),
             Some(first) => {
-                let (cause, attempts) = (first.cause, first.attempts);
+                // The worst copy decides: any copy that could be dead-lettered
+                // makes the message dead-lettered; only all-unreachable
+                // copies send it back for redelivery.
+                let worst = failures
+                    .iter()
+                    .find(|f| f.cause != Cause::Unreachable)
+                    .unwrap_or(first);
+                let (cause, attempts) = (worst.cause, worst.attempts);
                 let reasons: Vec<_> = failures.into_iter().map(|f| f.reason).collect();
                 Err(Failure::new(cause, reasons.join("; "), attempts))
             }

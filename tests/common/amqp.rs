@@ -189,3 +189,37 @@ pub async fn consume(channel: &Channel, queue: &str) -> (Inbox, Arc<Mutex<Vec<Re
 }
 
 pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// Closes every connection baker-mq processes hold in `vhost`, as a broker
+/// restart or a network cut would, without touching other tests' vhosts.
+pub fn close_baker_connections(vhost: &Vhost) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "--no-table-headers",
+            "list_connections",
+            "pid",
+            "vhost",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if let [pid, vhost_name, client_properties] = fields.as_slice() {
+            // baker-mq names its connections "baker-mq ingress" / "baker-mq egress".
+            if *vhost_name == vhost.name && client_properties.contains("baker-mq") {
+                let status = std::process::Command::new("rabbitmqctl")
+                    .args(["close_connection", pid, "test: simulated connection loss"])
+                    .output()
+                    .expect("rabbitmqctl");
+                if status.status.success() {
+                    closed += 1;
+                }
+            }
+        }
+    }
+    closed
+}

@@ -40,7 +40,7 @@ impl Target for AmqpTarget {
                 SendError::Unavailable(reason) => {
                     SendError::Unavailable(format!("inbox queue {}: {reason}", self.inbox))
                 }
-                rejected => rejected,
+                other => other,
             })
     }
 }

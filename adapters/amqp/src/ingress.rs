@@ -20,8 +20,8 @@ use crate::convert;
 use crate::link::{redact, Link};
 use crate::publisher::{Publish, Publisher};
 
-/// Pause before handing back a message whose dead-lettering failed, so a
-/// broker in trouble is not asked again at once.
+/// Pause before handing a message back to the broker, so a message whose
+/// instance's broker is down does not come straight back, over and over.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The names of the ingress topology.
@@ -287,7 +287,10 @@ impl Settle for DeliverySettler {
                         }
                     }
                 }
-                Settlement::Requeue { .. } => true,
+                Settlement::Requeue { .. } => {
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    true
+                }
             };
             let result = if requeue {
                 self.acker

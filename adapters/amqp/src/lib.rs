@@ -55,7 +55,7 @@ impl AmqpAdapter {
             .unwrap_or_else(|e| e.into_inner())
             .entry(url.to_owned())
             .or_insert_with(|| {
-                let link = Arc::new(Link::new(url));
+                let link = Arc::new(Link::new(url, "baker-mq egress"));
                 let publisher = Publisher::start(link.clone());
                 (link, publisher)
             })
@@ -108,7 +108,7 @@ impl Adapter for AmqpAdapter {
         options: &IngressOptions,
     ) -> Result<Box<dyn Ingress>, AdapterError> {
         check_url(broker)?;
-        let link = Arc::new(Link::new(broker));
+        let link = Arc::new(Link::new(broker, "baker-mq ingress"));
         let mut ingress = AmqpIngress::new(
             link.clone(),
             self.link(broker).1,

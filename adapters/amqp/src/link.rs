@@ -16,6 +16,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A channel to one broker with publisher confirms on.
 pub struct Link {
+    /// Connection name shown by the broker (`rabbitmqctl list_connections name`).
+    name: &'static str,
     url: String,
     current: ArcSwapOption<(Connection, Channel)>,
     reconnecting: tokio::sync::Mutex<()>,
@@ -23,8 +25,9 @@ pub struct Link {
 
 impl Link {
     /// A link to `url`, not yet connected.
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &str, name: &'static str) -> Self {
         Self {
+            name,
             url: url.to_owned(),
             current: ArcSwapOption::empty(),
             reconnecting: tokio::sync::Mutex::new(()),
@@ -60,8 +63,11 @@ impl Link {
             return Ok(channel);
         }
         let connect = async {
-            let connection =
-                Connection::connect(&self.url, ConnectionProperties::default()).await?;
+            let connection = Connection::connect(
+                &self.url,
+                ConnectionProperties::default().with_connection_name(self.name.into()),
+            )
+            .await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())

@@ -77,10 +77,10 @@ impl Publisher {
         self.requests
             .send(Request { publish, reply })
             .await
-            .map_err(|_| SendError::Unavailable("publisher stopped".to_owned()))?;
+            .map_err(|_| SendError::Unreachable("publisher stopped".to_owned()))?;
         verdict
             .await
-            .unwrap_or_else(|_| Err(SendError::Unavailable("publisher stopped".to_owned())))
+            .unwrap_or_else(|_| Err(SendError::Unreachable("publisher stopped".to_owned())))
     }
 }
 
@@ -117,7 +117,7 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                         )),
                         Err(error) => {
                             link.reset();
-                            Err(SendError::Unavailable(error.to_string()))
+                            Err(SendError::Unreachable(error.to_string()))
                         }
                     };
                     let _ = entry.reply.send(verdict);
@@ -128,7 +128,7 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                 let channel = match link.channel().await {
                     Ok(channel) => channel,
                     Err(error) => {
-                        let _ = reply.send(Err(SendError::Unavailable(error)));
+                        let _ = reply.send(Err(SendError::Unreachable(error)));
                         continue;
                     }
                 };
@@ -148,7 +148,7 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                         if !channel.status().connected() {
                             link.reset();
                         }
-                        let _ = reply.send(Err(SendError::Unavailable(error.to_string())));
+                        let _ = reply.send(Err(SendError::Unreachable(error.to_string())));
                     }
                 }
             }

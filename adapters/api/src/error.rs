@@ -7,6 +7,12 @@ pub enum SendError {
     /// instance.
     #[error("instance unavailable: {0}")]
     Unavailable(String),
+    /// The instance's broker cannot be reached at all (connection down):
+    /// try another instance, and if none takes the message, hand it back to
+    /// the ingress for redelivery rather than dead-lettering it, since the
+    /// message itself is fine.
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
     /// The message itself is unacceptable (too large, malformed): retrying
     /// elsewhere would fail the same way, so it is dead-lettered.
     #[error("message rejected: {0}")]

@@ -300,7 +300,7 @@ impl Target for NatsTarget {
             | async_nats::client::PublishErrorKind::InvalidSubject => {
                 SendError::Rejected(e.to_string())
             }
-            _ => SendError::Unavailable(e.to_string()),
+            _ => SendError::Unreachable(e.to_string()),
         })
     }
 }
