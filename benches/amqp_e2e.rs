@@ -180,6 +180,17 @@ fn delete_vhosts() {
     }
 }
 
+/// Set once the bench is being aborted (timeout, signal): the main thread's
+/// panics that follow (its connections die with the vhosts) are not news.
+static ABORTING: AtomicBool = AtomicBool::new(false);
+
+/// Cleans up and exits with `code`, from the watchdog or the signal thread.
+fn abort(code: i32) -> ! {
+    ABORTING.store(true, Ordering::Release);
+    cleanup();
+    std::process::exit(code);
+}
+
 /// Stops every child, then deletes every vhost this run created. Safe to call
 /// more than once, from any thread.
 fn cleanup() {
@@ -1176,8 +1187,9 @@ async fn start_baker(run: &str, vhost: &str, logs: &Path) -> Result<Baker, Strin
             } else {
                 "it exited early"
             };
+            stop_child(pid);
             return Err(format!(
-                "`baker-mq --adapter amqp` did not start: {why} ({status}); its stderr:\n{log}"
+                "`baker-mq --adapter amqp` did not start: {why} ({status})\nits stderr:\n{log}"
             ));
         }
         let ready = matches!(
@@ -1482,13 +1494,18 @@ fn bench_main() -> bool {
         "message counts, rate, rounds, window and prefetch must be positive"
     );
     let timeout = Duration::from_secs(env_or("BAKER_BENCH_TIMEOUT_SECS", 1_200));
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !ABORTING.load(Ordering::Acquire) {
+            default_hook(info);
+        }
+    }));
     // Watchdog: whatever happens, the bench ends, its children die and its
     // vhosts go.
     std::thread::spawn(move || {
         std::thread::sleep(timeout);
         eprintln!("amqp_e2e: overall timeout of {timeout:?} reached; aborting");
-        cleanup();
-        std::process::exit(2);
+        abort(2);
     });
     // The same on Ctrl-C or SIGTERM.
     std::thread::spawn(|| {
@@ -1506,8 +1523,7 @@ fn bench_main() -> bool {
             }
         });
         eprintln!("amqp_e2e: interrupted; cleaning up");
-        cleanup();
-        std::process::exit(130);
+        abort(130);
     });
     epoch();
     let run = format!("{:x}{:06x}", std::process::id(), fastrand::u32(..1 << 24));
