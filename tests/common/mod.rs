@@ -198,28 +198,32 @@ pub struct Router {
 }
 
 impl Router {
+    /// A NATS router on `ingress`.
     pub async fn start(directory: &str, ingress: &Ingress, extra: &[&str]) -> Router {
-        let admin = format!("127.0.0.1:{}", free_port());
         let url = nats_url();
         let mut args = vec![
             "--adapter",
             "nats",
             "--broker",
             &url,
-            "--directory",
-            directory,
-            "--admin",
-            &admin,
             "--ingress-prefix",
             &ingress.prefix,
             "--queue-group",
             &ingress.group,
         ];
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("router", &args);
+        Self::spawn(directory, &args).await
+    }
+
+    /// A router with `args`, on its own admin port, once it is ready.
+    pub async fn spawn(directory: &str, args: &[&str]) -> Router {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut all = vec!["--directory", directory, "--admin", &admin];
+        all.extend_from_slice(args);
+        let proc = Proc::spawn("router", &all);
         let router = Router { admin, proc };
         let ready = format!("http://{}/readyz", router.admin);
-        wait_until("router ready", Duration::from_secs(15), || http_ok(&ready)).await;
+        wait_until("router ready", Duration::from_secs(20), || http_ok(&ready)).await;
         router
     }
 
@@ -267,17 +271,29 @@ impl Router {
     }
 }
 
-/// A `baker-mq --no-router` agent registering one instance.
+/// A `baker-mq --no-router` agent registering one instance on NATS.
 pub fn agent(directory: &str, service: &str, id: &str, extra: &[&str]) -> Proc {
+    agent_on("nats", &nats_url(), directory, service, id, extra)
+}
+
+/// A `baker-mq --no-router` agent registering one instance whose inbox is on
+/// `broker`, through `adapter`.
+pub fn agent_on(
+    adapter: &str,
+    broker: &str,
+    directory: &str,
+    service: &str,
+    id: &str,
+    extra: &[&str],
+) -> Proc {
     let admin = format!("127.0.0.1:{}", free_port());
     let spec = format!("service={service},id={id}");
-    let url = nats_url();
     let mut args = vec![
         "--no-router",
         "--adapter",
-        "nats",
+        adapter,
         "--broker",
-        &url,
+        broker,
         "--directory",
         directory,
         "--admin",
@@ -286,7 +302,7 @@ pub fn agent(directory: &str, service: &str, id: &str, extra: &[&str]) -> Proc {
         &spec,
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(&format!("agent-{id}"), &args)
+    Proc::spawn(&format!("agent-{adapter}-{id}"), &args)
 }
 
 /// What one instance's inbox received: sequence numbers with arrival times.

@@ -4,6 +4,7 @@
 //! the channel unusable asks for a new one, and the first such caller
 //! reconnects while the others wait for its result.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub struct Link {
     url: String,
     current: ArcSwapOption<(Connection, Channel)>,
     reconnecting: tokio::sync::Mutex<()>,
+    was_connected: AtomicBool,
 }
 
 impl Link {
@@ -31,12 +33,18 @@ impl Link {
             url: url.to_owned(),
             current: ArcSwapOption::empty(),
             reconnecting: tokio::sync::Mutex::new(()),
+            was_connected: AtomicBool::new(false),
         }
     }
 
     /// The broker URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether the link has ever been connected (and so should be kept up).
+    pub fn was_connected(&self) -> bool {
+        self.was_connected.load(Ordering::Relaxed)
     }
 
     /// Whether the channel is up.
@@ -81,12 +89,18 @@ impl Link {
         tracing::info!(broker = %redact(&self.url), "connected to AMQP broker");
         self.current
             .store(Some(Arc::new((connection, channel.clone()))));
+        self.was_connected.store(true, Ordering::Relaxed);
         Ok(channel)
     }
 
-    /// Forgets the channel after an error, so the next caller reconnects.
+    /// Forgets the channel after an error, so the next caller reconnects;
+    /// unless the current channel is up, in which case the error came from an
+    /// older one (a confirm that failed with the connection it was sent on)
+    /// and the new channel must not be torn down for it.
     pub fn reset(&self) {
-        self.current.store(None);
+        if self.usable().is_none() {
+            self.current.store(None);
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use baker_adapter_api::{header, SendError};
 use bytes::Bytes;
@@ -84,12 +85,29 @@ impl Publisher {
     }
 }
 
+/// How often a lost connection is re-established while nothing is sent,
+/// so that health shows the truth and the first message after an outage
+/// does not pay for the reconnection.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
 async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut returned: HashSet<String> = HashSet::new();
+    let mut reconnect = tokio::time::interval(RECONNECT_EVERY);
+    reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
+            // Checked on a timer, not as a select! precondition: a condition
+            // is only evaluated when the select! starts, and an idle link
+            // loses its connection while the task waits.
+            _ = reconnect.tick() => {
+                if link.was_connected() && !link.connected() {
+                    if let Err(error) = link.channel().await {
+                        tracing::debug!(%error, "AMQP reconnection attempt failed");
+                    }
+                }
+            }
             first = async { (&mut in_flight.front_mut().expect("guarded").confirm).await }, if !in_flight.is_empty() => {
                 let mut batch = vec![(in_flight.pop_front().expect("guarded"), first)];
                 while let Some(next) = in_flight.front_mut() {
