@@ -901,6 +901,9 @@ struct CpuUse {
     bench: Option<Duration>,
     hop: Option<Duration>,
     broker: Option<Duration>,
+    /// Every other process on the machine (busy time in /proc/stat less the
+    /// three above): how much else competed for the CPU.
+    other: Option<Duration>,
 }
 
 impl CpuUse {
@@ -910,8 +913,30 @@ impl CpuUse {
             bench: sum(self.bench, other.bench),
             hop: sum(self.hop, other.hop),
             broker: sum(self.broker, other.broker),
+            other: sum(self.other, other.other),
         }
     }
+}
+
+/// CPU time the whole machine spent busy (all CPUs, everything but idle and
+/// iowait), from /proc/stat (in USER_HZ ticks of 1/100 s).
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is within user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Some(Duration::from_millis(busy * 10))
 }
 
 /// User + system CPU time of process `pid` ("self" for this one), from
@@ -959,21 +984,29 @@ struct CpuProbe {
 }
 
 impl CpuProbe {
-    fn sample(&self) -> [Option<Duration>; 3] {
+    fn sample(&self) -> [Option<Duration>; 4] {
         [
             cpu_time("self"),
             self.hop.as_deref().and_then(cpu_time),
             self.broker.as_deref().and_then(cpu_time),
+            machine_busy(),
         ]
     }
 
-    fn since(&self, before: [Option<Duration>; 3]) -> CpuUse {
+    fn since(&self, before: [Option<Duration>; 4]) -> CpuUse {
         let after = self.sample();
         let delta = |i: usize| Some(after[i]?.saturating_sub(before[i]?));
+        let (bench, hop, broker) = (delta(0), delta(1), delta(2));
+        let other = delta(3).map(|all| {
+            all.saturating_sub(bench.unwrap_or_default())
+                .saturating_sub(hop.unwrap_or_default())
+                .saturating_sub(broker.unwrap_or_default())
+        });
         CpuUse {
-            bench: delta(0),
-            hop: delta(1),
-            broker: delta(2),
+            bench,
+            hop,
+            broker,
+            other,
         }
     }
 }
@@ -1317,7 +1350,23 @@ async fn run_all(paths: &[Route], config: &Config) -> Vec<PathResult> {
     results
 }
 
-fn print_report(config: &Config, version: &str, results: &[PathResult], skipped: &[String]) {
+/// The 1-minute load average (Linux /proc), to judge how much else ran.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn print_report(
+    config: &Config,
+    version: &str,
+    results: &[PathResult],
+    skipped: &[String],
+    load: [Option<f64>; 2],
+) {
     let flag = |outcomes: &mut dyn Iterator<Item = &Outcome>| {
         let problems: Vec<String> = outcomes
             .filter(|o| o.failed())
@@ -1338,6 +1387,18 @@ fn print_report(config: &Config, version: &str, results: &[PathResult], skipped:
         config.prefetch,
         config.rounds,
     );
+    let shown = |l: Option<f64>| l.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "machine: {cores} cores; 1-min load average {} at the start, {} at the end{}",
+        shown(load[0]),
+        shown(load[1]),
+        if load[0].is_some_and(|l| l > 1.0) {
+            " (other work was running before the start: figures may be noisy)"
+        } else {
+            ""
+        }
+    );
     for s in skipped {
         println!("SKIPPED {s}");
     }
@@ -1348,7 +1409,7 @@ fn print_report(config: &Config, version: &str, results: &[PathResult], skipped:
         config.messages
     );
     println!(
-        "{:<9} | {:>11} | {:>11} {:>19} | {:>6} {:>6} | {:>16} {:>16} {:>16}",
+        "{:<9} | {:>11} | {:>11} {:>19} | {:>6} {:>6} | {:>16} {:>16} {:>16} | {:>16}",
         "path",
         "confirmed/s",
         "received/s",
@@ -1357,9 +1418,10 @@ fn print_report(config: &Config, version: &str, results: &[PathResult], skipped:
         "dup",
         "CPU bench",
         "CPU hop",
-        "CPU broker"
+        "CPU broker",
+        "CPU other procs"
     );
-    println!("{}", "-".repeat(127));
+    println!("{}", "-".repeat(146));
     for r in results {
         let rates = r.rates();
         let (lo, hi) = range(&rates);
@@ -1376,7 +1438,7 @@ fn print_report(config: &Config, version: &str, results: &[PathResult], skipped:
         };
         let usage = r.cpu.unwrap_or_default();
         println!(
-            "{:<9} | {:>11.0} | {:>11.0} {:>19} | {:>6} {:>6} | {:>16} {:>16} {:>16}{}",
+            "{:<9} | {:>11.0} | {:>11.0} {:>19} | {:>6} {:>6} | {:>16} {:>16} {:>16} | {:>16}{}",
             r.name,
             median(&publish),
             median(&rates),
@@ -1386,6 +1448,7 @@ fn print_report(config: &Config, version: &str, results: &[PathResult], skipped:
             cpu(usage.bench),
             cpu(usage.hop),
             cpu(usage.broker),
+            cpu(usage.other),
             flag(&mut r.throughput.iter()),
         );
     }
@@ -1395,7 +1458,8 @@ fn print_report(config: &Config, version: &str, results: &[PathResult], skipped:
         println!("     {:<9} {}", r.name, rounds.join(", "));
     }
     println!("   CPU = user+system time of the process over the throughput runs / messages received (10 ms tick resolution);");
-    println!("   the shovel runs inside the broker, so its cost is in CPU broker; CPU hop is baker-mq's process");
+    println!("   the shovel runs inside the broker, so its cost is in CPU broker; CPU hop is baker-mq's process;");
+    println!("   CPU other procs = the machine's busy time less those three: anything else running (should be ~0)");
 
     println!();
     println!(
@@ -1526,6 +1590,7 @@ fn bench_main() -> bool {
         abort(130);
     });
     epoch();
+    let load_start = load_average();
     let run = format!("{:x}{:06x}", std::process::id(), fastrand::u32(..1 << 24));
     let logs = tempfile::tempdir().expect("temp dir");
 
@@ -1685,7 +1750,13 @@ fn bench_main() -> bool {
         (results, skipped, ok)
     });
     drop(runtime);
-    print_report(&config, &version, &results, &skipped);
+    print_report(
+        &config,
+        &version,
+        &results,
+        &skipped,
+        [load_start, load_average()],
+    );
     let failed: Vec<&str> = results
         .iter()
         .filter(|r| r.all().any(Outcome::failed))
