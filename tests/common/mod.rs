@@ -384,7 +384,7 @@ pub async fn publish_paced(
             .publish(subject.to_owned(), seq.to_string().into())
             .await
             .unwrap();
-        if (seq - start + 1) % per_batch == 0 {
+        if (seq - start + 1).is_multiple_of(per_batch) {
             client.flush().await.unwrap();
             tokio::time::sleep(pause).await;
         }
