@@ -9,13 +9,14 @@ use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, Message, Sett
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::Acker;
 use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
 
+use crate::acks::{Acks, Verdict};
 use crate::convert;
 use crate::link::{redact, Link};
 use crate::publisher::{Publish, Publisher};
@@ -50,6 +51,8 @@ pub struct AmqpIngress {
     names: Names,
     prefetch: u16,
     consumer: Option<(Channel, Consumer)>,
+    /// Settles the current channel's deliveries.
+    acks: Acks,
     consumer_tag: ShortString,
     closing: bool,
     outage_reported: bool,
@@ -102,6 +105,7 @@ impl AmqpIngress {
             names,
             prefetch: prefetch.max(1),
             consumer: None,
+            acks: Acks::start(),
             consumer_tag: format!("baker-{:x}", std::process::id()).into(),
             closing: false,
             outage_reported: false,
@@ -130,6 +134,7 @@ impl AmqpIngress {
             Ok(consumer) => {
                 tracing::info!(broker = %redact(self.link.url()), queue = %self.names.queue, "consuming AMQP ingress");
                 self.consumer = Some((channel, consumer));
+                self.acks = Acks::start();
                 Ok(())
             }
             Err(error) => {
@@ -154,7 +159,9 @@ impl AmqpIngress {
         let native = Arc::new(delivery.properties);
         let payload = Bytes::from(delivery.data);
         let ack = AckHandle::new(DeliverySettler {
+            tag: delivery.delivery_tag,
             acker: delivery.acker,
+            acks: self.acks.clone(),
             publisher: self.publisher.clone(),
             dlx: self.names.dlx.clone(),
             routing_key: delivery.routing_key,
@@ -249,7 +256,9 @@ impl Ingress for AmqpIngress {
 /// Settles one AMQP delivery: ack, requeue, or republish to the
 /// dead-letter exchange and ack once that is confirmed.
 struct DeliverySettler {
+    tag: u64,
     acker: Acker,
+    acks: Acks,
     publisher: Publisher,
     dlx: ShortString,
     routing_key: ShortString,
@@ -258,6 +267,14 @@ struct DeliverySettler {
 }
 
 impl DeliverySettler {
+    fn verdict(self, requeue: bool) {
+        self.acks.settle(Verdict {
+            tag: self.tag,
+            acker: self.acker,
+            requeue,
+        });
+    }
+
     async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), String> {
         self.publisher
             .publish(Publish {
@@ -274,38 +291,27 @@ impl DeliverySettler {
 
 impl Settle for DeliverySettler {
     fn settle(self: Box<Self>, outcome: Settlement) {
+        let requeue = match outcome {
+            // The common case settles at once, with no task of its own.
+            Settlement::Delivered => return self.verdict(false),
+            Settlement::DeadLetter { reason, attempts } => Some((reason, attempts)),
+            Settlement::Requeue { .. } => None,
+        };
         tokio::spawn(async move {
-            let requeue = match outcome {
-                Settlement::Delivered => false,
-                Settlement::DeadLetter { reason, attempts } => {
-                    match self.dead_letter(&reason, attempts).await {
-                        Ok(()) => false,
-                        Err(error) => {
-                            tracing::warn!(%error, "could not dead-letter a message; it will be redelivered");
-                            tokio::time::sleep(REQUEUE_PAUSE).await;
-                            true
-                        }
+            let requeue = match requeue {
+                Some((reason, attempts)) => match self.dead_letter(&reason, attempts).await {
+                    Ok(()) => false,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not dead-letter a message; it will be redelivered");
+                        true
                     }
-                }
-                Settlement::Requeue { .. } => {
-                    tokio::time::sleep(REQUEUE_PAUSE).await;
-                    true
-                }
+                },
+                None => true,
             };
-            let result = if requeue {
-                self.acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            } else {
-                self.acker.ack(BasicAckOptions::default()).await
-            };
-            if let Err(error) = result {
-                // The channel is gone; the broker redelivers the message.
-                tracing::debug!(%error, "could not settle an AMQP delivery");
+            if requeue {
+                tokio::time::sleep(REQUEUE_PAUSE).await;
             }
+            self.verdict(requeue);
         });
     }
 }

@@ -16,6 +16,7 @@
 //! topic travels in the `baker-topic` header; properties and headers
 //! (including typed ones, from an AMQP ingress) are kept.
 
+mod acks;
 mod convert;
 mod egress;
 mod ingress;
