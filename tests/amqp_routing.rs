@@ -270,10 +270,7 @@ async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
         })
         .await;
         let closed = amqp::close_baker_connections(&vhost);
-        assert!(
-            closed >= 2,
-            "closed the router's ingress and egress connections ({closed})"
-        );
+        assert!(closed >= 1, "closed the baker-mq connections ({closed})");
         publisher.await.unwrap();
         wait_until(
             "every message delivered after the reconnection",

@@ -209,7 +209,7 @@ pub fn close_baker_connections(vhost: &Vhost) -> usize {
     for line in listing.lines() {
         let fields: Vec<&str> = line.split('\t').collect();
         if let [pid, vhost_name, client_properties] = fields.as_slice() {
-            // baker-mq names its connections "baker-mq ingress" / "baker-mq egress".
+            // baker-mq names its connections "baker-mq".
             if *vhost_name == vhost.name && client_properties.contains("baker-mq") {
                 let status = std::process::Command::new("rabbitmqctl")
                     .args(["close_connection", pid, "test: simulated connection loss"])

@@ -115,7 +115,7 @@ impl AmqpIngress {
 
     /// Declares the topology and starts consuming.
     pub async fn connect(&mut self) -> Result<(), String> {
-        let channel = self.link.channel().await?;
+        let channel = self.link.open_channel().await?;
         let setup = async {
             declare(&channel, &self.names).await?;
             channel

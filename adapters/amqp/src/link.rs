@@ -1,4 +1,5 @@
-//! One connection and channel to a broker, re-established on demand.
+//! One connection to a broker with a confirm channel, re-established on
+//! demand; further channels (the ingress's) open on the same connection.
 //!
 //! lapin reports a lost connection as errors on its channel; whoever finds
 //! the channel unusable asks for a new one, and the first such caller
@@ -91,6 +92,18 @@ impl Link {
             .store(Some(Arc::new((connection, channel.clone()))));
         self.was_connected.store(true, Ordering::Relaxed);
         Ok(channel)
+    }
+
+    /// A further channel on the link's connection (for consuming), connecting
+    /// first if needed.
+    pub async fn open_channel(&self) -> Result<Channel, String> {
+        self.channel().await?;
+        let current = self.current.load_full().ok_or("connection lost")?;
+        current
+            .0
+            .create_channel()
+            .await
+            .map_err(|e| format!("opening a channel on {}: {e}", redact(&self.url)))
     }
 
     /// Forgets the channel after an error, so the next caller reconnects;
