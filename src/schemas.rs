@@ -28,6 +28,14 @@ pub struct BakerHeaders {
     /// On an error reply or a dead-lettered message: why it was not delivered.
     #[serde(rename = "baker-error", skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// On a dead-lettered message: how many delivery attempts were made (an
+    /// AMQP integer header).
+    #[serde(rename = "baker-attempts", skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+    /// On a message in an inbox whose address cannot carry the topic (an AMQP
+    /// queue): the topic the publisher addressed, e.g. `created`.
+    #[serde(rename = "baker-topic", skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
 }
 
 /// Every schema, as (file name, pretty JSON text ending in a newline).
