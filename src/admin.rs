@@ -146,7 +146,7 @@ impl AdminState {
                         record.endpoint.adapter, record.endpoint.broker, record.endpoint.inbox
                     ),
                     weight: record.weight,
-                    routed: stats.is_some(),
+                    routed: table.routes_to(&record.service, &record.id),
                     delivered: stats.map_or(0, |s| s.delivered.load(Ordering::Relaxed)),
                     errors: stats.map_or(0, |s| s.errors.load(Ordering::Relaxed)),
                     in_flight: stats.map_or(0, |s| s.outstanding.load(Ordering::Relaxed)),

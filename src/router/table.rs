@@ -90,6 +90,9 @@ pub struct ServiceRoute {
 #[derive(Default)]
 pub struct RoutingTable {
     services: HashMap<String, ServiceRoute>,
+    /// Counters of every instance in the catalog that was ever routed to,
+    /// including those no longer routable (draining, critical).
+    stats: HashMap<(String, String), Arc<InstanceStats>>,
     /// The catalog this table reflects (every record, routable or not).
     pub catalog: Arc<Catalog>,
 }
@@ -100,14 +103,19 @@ impl RoutingTable {
         self.services.get(service)
     }
 
-    /// Counters of every instance that has routing state.
-    pub fn stats(&self, service: &str, id: &str) -> Option<&InstanceStats> {
+    /// Whether this table sends to the instance.
+    pub fn routes_to(&self, service: &str, id: &str) -> bool {
         self.services
-            .get(service)?
-            .instances
-            .iter()
-            .find(|i| i.record.id == id)
-            .map(|i| &*i.stats)
+            .get(service)
+            .is_some_and(|s| s.instances.iter().any(|i| i.record.id == id))
+    }
+
+    /// Counters of an instance this router has routed to, while it is in the
+    /// catalog.
+    pub fn stats(&self, service: &str, id: &str) -> Option<&InstanceStats> {
+        self.stats
+            .get(&(service.to_owned(), id.to_owned()))
+            .map(|s| &**s)
     }
 }
 
@@ -176,7 +184,11 @@ impl TableBuilder {
     pub async fn build(&mut self, catalog: Arc<Catalog>) -> RoutingTable {
         let mut grouped: HashMap<String, Vec<InstanceRoute>> = HashMap::new();
         let mut live_endpoints = HashSet::new();
-        let mut live_stats = HashSet::new();
+        let in_catalog: HashSet<(String, String)> = catalog
+            .instances
+            .iter()
+            .map(|r| (r.service.clone(), r.id.clone()))
+            .collect();
         for record in catalog.instances.iter().filter(|r| r.routable()) {
             let Some(target) = self.bind(&record.endpoint).await else {
                 continue;
@@ -185,10 +197,9 @@ impl TableBuilder {
             let key = (record.service.clone(), record.id.clone());
             let stats = self
                 .stats
-                .entry(key.clone())
+                .entry(key)
                 .or_insert_with(|| Arc::new(InstanceStats::new(&record.service, &record.id)))
                 .clone();
-            live_stats.insert(key);
             grouped
                 .entry(record.service.clone())
                 .or_default()
@@ -199,7 +210,8 @@ impl TableBuilder {
                 });
         }
         self.targets.retain(|e, _| live_endpoints.contains(e));
-        self.stats.retain(|k, _| live_stats.contains(k));
+        // A draining instance keeps its counts; a departed one drops them.
+        self.stats.retain(|k, _| in_catalog.contains(k));
         let services = grouped
             .into_iter()
             .map(|(service, instances)| {
@@ -213,7 +225,11 @@ impl TableBuilder {
                 (service, route)
             })
             .collect();
-        RoutingTable { services, catalog }
+        RoutingTable {
+            services,
+            stats: self.stats.clone(),
+            catalog,
+        }
     }
 }
 
@@ -272,6 +288,19 @@ mod tests {
             "counters survive the swap"
         );
         assert!(second.stats("s", "b").is_none());
+        let mut draining = record("s", "a", 5);
+        draining.status = Status::Draining;
+        let third = builder.build(catalog(3, vec![draining])).await;
+        assert!(!third.routes_to("s", "a"));
+        assert_eq!(
+            third
+                .stats("s", "a")
+                .unwrap()
+                .delivered
+                .load(Ordering::Relaxed),
+            1,
+            "a draining instance keeps its counts"
+        );
         // The old view is untouched: a swap never mutates a view in use.
         assert_eq!(ids(&first, "s"), ["a", "b"]);
     }
