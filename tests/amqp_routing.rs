@@ -347,6 +347,7 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
         for seq in 0..100u64 {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("trace", "t-1");
+            headers.insert("content-type", "application/json");
             nats.publish_with_headers(
                 ingress.subject("x2a", "made"),
                 headers,
@@ -370,6 +371,12 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
             first.headers
         );
         assert_eq!(first.header("baker-topic"), Some("made"));
+        assert_eq!(
+            first.properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json"),
+            "NATS content-type header becomes the AMQP property"
+        );
+        assert_eq!(first.header("content-type"), None);
         assert_eq!(
             first.properties.delivery_mode(),
             &Some(2),
@@ -410,7 +417,10 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
                     "a2n.made".into(),
                     Default::default(),
                     seq.to_string().as_bytes(),
-                    lapin::BasicProperties::default().with_headers(table.clone()),
+                    lapin::BasicProperties::default()
+                        .with_headers(table.clone())
+                        .with_content_type("text/plain".into())
+                        .with_correlation_id("c-9".into()),
                 )
                 .await
                 .unwrap()
@@ -435,6 +445,14 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
                 .map(|v| v.as_str()),
             Some("t-2")
         );
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(header("content-type").as_deref(), Some("text/plain"));
+        assert_eq!(header("correlation-id").as_deref(), Some("c-9"));
     })
     .await;
 }

@@ -14,7 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baker_adapter_api::{header, SendError};
 use bytes::Bytes;
@@ -45,7 +45,14 @@ struct InFlight {
     confirm: PublisherConfirm,
     id: Option<String>,
     reply: oneshot::Sender<Result<(), SendError>>,
+    sent: Instant,
 }
+
+/// How long a publish may wait for its confirm. A broker that blocks
+/// publishers (a memory or disk alarm) confirms nothing; past this the
+/// message counts as unreachable, goes back to the ingress for redelivery,
+/// and no longer holds a place in the router's in-flight window.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handle to a link's publisher task.
 #[derive(Clone)]
@@ -102,6 +109,13 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
             // is only evaluated when the select! starts, and an idle link
             // loses its connection while the task waits.
             _ = reconnect.tick() => {
+                while in_flight.front().is_some_and(|f| f.sent.elapsed() > CONFIRM_TIMEOUT) {
+                    let expired = in_flight.pop_front().expect("checked");
+                    let _ = expired.reply.send(Err(SendError::Unreachable(format!(
+                        "no confirm from the broker within {} s",
+                        CONFIRM_TIMEOUT.as_secs()
+                    ))));
+                }
                 if link.was_connected() && !link.connected() {
                     if let Err(error) = link.channel().await {
                         tracing::debug!(%error, "AMQP reconnection attempt failed");
@@ -161,7 +175,7 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                     )
                     .await;
                 match result {
-                    Ok(confirm) => in_flight.push_back(InFlight { confirm, id, reply }),
+                    Ok(confirm) => in_flight.push_back(InFlight { confirm, id, reply, sent: Instant::now() }),
                     Err(error) => {
                         if !channel.status().connected() {
                             link.reset();

@@ -52,6 +52,17 @@ impl Headers {
         }
     }
 
+    /// Removes every value of `name`; returns the first.
+    pub fn remove(&mut self, name: &str) -> Option<HeaderText> {
+        let index = self
+            .0
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        let (_, first) = self.0.remove(index);
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        Some(first)
+    }
+
     /// Adds a value for `name`, keeping earlier ones.
     pub fn append(&mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) {
         self.0.push((name.into(), value.into()));

@@ -17,7 +17,7 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint,
-    Headers, Ingress, IngressOptions, Message, SendError, Settle, Settlement, Target,
+    Headers, Ingress, IngressOptions, Message, Properties, SendError, Settle, Settlement, Target,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -135,6 +135,43 @@ static BAKER_HEADER_NAMES: [(&str, HeaderName); 6] = [
     (header::TOPIC, HeaderName::from_static(header::TOPIC)),
 ];
 
+/// NATS headers that carry the common message properties, so that they
+/// survive a hop between NATS and a protocol with native properties (AMQP).
+const CONTENT_TYPE: &str = "content-type";
+const CONTENT_ENCODING: &str = "content-encoding";
+const CORRELATION_ID: &str = "correlation-id";
+const MESSAGE_ID: &str = "message-id";
+
+/// Moves the property headers out of `headers` into [`Properties`].
+pub fn properties_from_headers(headers: &mut Headers) -> Properties {
+    if headers.is_empty() {
+        return Properties::default();
+    }
+    let mut take = |name| headers.remove(name).map(|v| v.into_owned());
+    Properties {
+        content_type: take(CONTENT_TYPE),
+        content_encoding: take(CONTENT_ENCODING),
+        correlation_id: take(CORRELATION_ID),
+        message_id: take(MESSAGE_ID),
+        ..Default::default()
+    }
+}
+
+/// Adds the properties NATS can carry as headers. Persistence, expiration,
+/// priority and timestamp have no NATS equivalent and are dropped.
+fn properties_to_headers(properties: &Properties, headers: &mut HeaderMap) {
+    for (name, value) in [
+        (CONTENT_TYPE, &properties.content_type),
+        (CONTENT_ENCODING, &properties.content_encoding),
+        (CORRELATION_ID, &properties.correlation_id),
+        (MESSAGE_ID, &properties.message_id),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| valid_header_value(v)) {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// What NATS accepts as a header name: printable ASCII without ':'.
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
@@ -211,12 +248,14 @@ impl NatsIngress {
             }),
             None => AckHandle::noop(),
         };
+        let mut headers = headers_from_nats(msg.headers.as_ref());
+        let properties = properties_from_headers(&mut headers);
         Some(Delivery {
             message: Message {
-                headers: headers_from_nats(msg.headers.as_ref()),
+                headers,
                 reply_to: msg.reply.map(|r| r.to_string()),
                 payload: msg.payload,
-                properties: Default::default(),
+                properties,
                 native: None,
             },
             destination,
@@ -273,7 +312,8 @@ impl Target for NatsTarget {
             s.push_str(&destination.topic);
             s
         };
-        let (headers, skipped) = headers_to_nats(&message.headers);
+        let (mut headers, skipped) = headers_to_nats(&message.headers);
+        properties_to_headers(&message.properties, &mut headers);
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
             tracing::warn!(inbox = %self.inbox, skipped,
                 "headers that NATS cannot carry were left out (reported once per instance)");
