@@ -44,12 +44,14 @@
 //! Without `--bench` on its command line (e.g. `cargo test --benches`) it
 //! does nothing, so test runs need no broker.
 
+mod common;
+
 use std::io::{Read, Seek};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -62,41 +64,27 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+use common::{
+    child_exited, cpu_per_msg, env_or, epoch, free_addr, http_client, kill_children, log_tail,
+    median, now_ns, pace, per_second, percentile_us, pids_named, publish_on_own_thread, range,
+    ratio, read_stamp, responds_ok, sidecar_state, spawn_baker_mq, spawn_directory,
+    stamped_payload, stop_child, CleanupGuard, CpuProbe, CpuUse, Directory, READY_TIMEOUT,
+    RUN_DEADLINE, STAMP,
+};
+
 /// Time with no message, once publishing is done, after which a run ends
 /// (and counts what did not arrive as lost).
 const QUIET: Duration = Duration::from_secs(5);
-/// Longest any one measured run may take.
-const RUN_DEADLINE: Duration = Duration::from_secs(180);
-/// Longest wait for a process or path to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one AMQP operation (connect, declare, close...).
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one `rabbitmqctl` / `rabbitmq-plugins` command.
 const CTL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes of the payload header: send time (ns), sequence number, run tag.
-const STAMP: usize = 24;
+/// Bytes of the payload header: the common stamp (send time in ns, sequence
+/// number), then the run's tag.
+const HEADER: usize = STAMP + 8;
 /// The consumer acks (with `multiple`) at least every this many deliveries,
 /// and whenever no delivery is waiting.
 const ACK_BATCH: u64 = 64;
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
-        Err(_) => default,
-    }
-}
 
 /// The broker URL without vhost, e.g. `amqp://guest:guest@127.0.0.1:5672`.
 fn amqp_base() -> String {
@@ -132,42 +120,10 @@ fn shown_broker() -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Child processes and vhosts: removed by the guard's Drop (also on panic), by
-// the watchdog on overall timeout and on SIGINT/SIGTERM.
+// Vhosts (and the child processes of `common`): removed by the guard's Drop
+// (also on panic), by the watchdog on overall timeout and on SIGINT/SIGTERM.
 
-static CHILDREN: Mutex<Vec<(String, Child)>> = Mutex::new(Vec::new());
 static VHOSTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn kill_children() {
-    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    for (name, child) in children.iter_mut() {
-        let _ = child.kill();
-        match child.wait() {
-            Ok(status) => eprintln!("stopped {name} ({status})"),
-            Err(e) => eprintln!("could not reap {name}: {e}"),
-        }
-    }
-    children.clear();
-}
-
-/// Kills and reaps the child `pid`, if it is still ours.
-fn stop_child(pid: u32) {
-    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = children.iter().position(|(_, c)| c.id() == pid) {
-        let (name, mut child) = children.remove(i);
-        let _ = child.kill();
-        if let Ok(status) = child.wait() {
-            eprintln!("stopped {name} ({status})");
-        }
-    }
-}
-
-/// The exit status of child `pid` if it has exited.
-fn child_exited(pid: u32) -> Option<ExitStatus> {
-    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, child) = children.iter_mut().find(|(_, c)| c.id() == pid)?;
-    child.try_wait().ok().flatten()
-}
 
 fn delete_vhosts() {
     let vhosts: Vec<String> =
@@ -198,48 +154,6 @@ fn cleanup() {
     let _busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
     kill_children();
     delete_vhosts();
-}
-
-struct CleanupGuard;
-
-impl Drop for CleanupGuard {
-    fn drop(&mut self) {
-        cleanup();
-    }
-}
-
-/// Starts `command` with `env` set and none of the caller's `BAKER_*`
-/// variables (they would change the children's settings).
-fn spawn_child(name: &str, mut command: Command, env: &[(&str, String)]) -> u32 {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BAKER_") {
-            command.env_remove(&key);
-        }
-    }
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let pid = child.id();
-    CHILDREN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((name.to_owned(), child));
-    pid
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// Runs `rabbitmqctl`-style `tool` with `args`, at most `CTL_TIMEOUT`;
@@ -426,11 +340,7 @@ impl Outcome {
     }
 
     fn rate(&self) -> f64 {
-        if self.elapsed.is_zero() {
-            0.0
-        } else {
-            self.received as f64 / self.elapsed.as_secs_f64()
-        }
+        per_second(self.received, self.elapsed)
     }
 
     fn publish_rate(&self) -> f64 {
@@ -438,11 +348,7 @@ impl Outcome {
     }
 
     fn percentile_us(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[i - 1] as f64 / 1_000.0
+        percentile_us(&self.latencies, p)
     }
 
     fn problems(&self) -> String {
@@ -473,12 +379,14 @@ impl Outcome {
     }
 }
 
+/// A payload for message `seq` of the run tagged `tag`, padded to `size`.
 fn payload(tag: u64, seq: u64, size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size.max(STAMP)];
-    p[8..16].copy_from_slice(&seq.to_le_bytes());
-    p[16..24].copy_from_slice(&tag.to_le_bytes());
-    p[..8].copy_from_slice(&now_ns().to_le_bytes());
-    p
+    stamped_payload(seq, &tag.to_le_bytes(), size)
+}
+
+/// The run tag a payload carries after the stamp, if it is long enough.
+fn payload_tag(p: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(STAMP..HEADER)?.try_into().ok()?))
 }
 
 /// A unique tag for each run, so messages of one run are never counted in
@@ -592,10 +500,9 @@ async fn consume(
             out.redelivered += 1;
         }
         let p = &delivery.data;
-        if p.len() >= STAMP && u64::from_le_bytes(p[16..24].try_into().unwrap()) == tag {
-            let sent = u64::from_le_bytes(p[..8].try_into().unwrap());
-            let seq = u64::from_le_bytes(p[8..16].try_into().unwrap()) as usize;
-            match seen.get_mut(seq) {
+        let stamp = read_stamp(p).filter(|_| payload_tag(p) == Some(tag));
+        if let Some((sent, seq)) = stamp {
+            match seen.get_mut(seq as usize) {
                 Some(s) if !*s => {
                     *s = true;
                     out.received += 1;
@@ -700,11 +607,7 @@ async fn publish(job: PublishJob) -> Published {
             break;
         }
         if let Mode::Paced(rate) = mode {
-            let due = t0 + Duration::from_nanos(1_000_000_000 / rate * seq);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+            pace(t0, rate, seq);
         }
         while in_flight.len() >= window {
             match tokio::time::timeout(READY_TIMEOUT, in_flight.next()).await {
@@ -789,32 +692,19 @@ async fn measure(
     let started = now_ns();
     let consuming = tokio::spawn(consume(consumer, count, tag, quiet, done.clone()));
 
-    // A thread of its own, so pacing can sleep finer than tokio's 1 ms timer;
-    // the connection's I/O runs on lapin's own thread.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    {
-        let job = PublishJob {
-            channel: route.publisher.clone(),
-            exchange: route.exchange.clone(),
-            routing_key: route.routing_key.clone(),
-            count,
-            size,
-            tag,
-            mode,
-            window: config.window,
-        };
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("publisher runtime");
-            let published = runtime.block_on(publish(job));
-            done.store(true, Ordering::Release);
-            let _ = tx.send(published);
-        });
-    }
-    let published = tokio::time::timeout(RUN_DEADLINE + OP_TIMEOUT, rx)
+    let job = PublishJob {
+        channel: route.publisher.clone(),
+        exchange: route.exchange.clone(),
+        routing_key: route.routing_key.clone(),
+        count,
+        size,
+        tag,
+        mode,
+        window: config.window,
+    };
+    // The connection's I/O runs on lapin's own thread.
+    let publishing = publish_on_own_thread(done.clone(), move || publish(job));
+    let published = tokio::time::timeout(RUN_DEADLINE + OP_TIMEOUT, publishing)
         .await
         .expect("publishing timed out")
         .expect("publisher thread failed");
@@ -894,120 +784,25 @@ async fn warm_up(route: &Route, config: &Config) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // CPU accounting.
 
-/// CPU time (user + system) of the processes involved; `None` where it
-/// cannot be read (no /proc, or no such process).
-#[derive(Default, Clone, Copy)]
-struct CpuUse {
-    bench: Option<Duration>,
-    hop: Option<Duration>,
-    broker: Option<Duration>,
-    /// Every other process on the machine (busy time in /proc/stat less the
-    /// three above): how much else competed for the CPU.
-    other: Option<Duration>,
-}
-
-impl CpuUse {
-    fn add(self, other: CpuUse) -> CpuUse {
-        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
-        CpuUse {
-            bench: sum(self.bench, other.bench),
-            hop: sum(self.hop, other.hop),
-            broker: sum(self.broker, other.broker),
-            other: sum(self.other, other.other),
-        }
-    }
-}
-
-/// CPU time the whole machine spent busy (all CPUs, everything but idle and
-/// iowait), from /proc/stat (in USER_HZ ticks of 1/100 s).
-fn machine_busy() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest is within user).
-    let busy: u64 = ticks
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, t)| t)
-        .sum();
-    Some(Duration::from_millis(busy * 10))
-}
-
-/// User + system CPU time of process `pid` ("self" for this one), from
-/// /proc (Linux; in clock ticks of 1/100 s, the USER_HZ of every Linux ABI).
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name start with field 3.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// The pid of the local RabbitMQ node: the `beam.smp` started with
 /// `-s rabbit boot` (not the short-lived ones of `rabbitmqctl`), or the only
 /// `beam.smp` there is.
 fn broker_pid() -> Option<String> {
-    let mut beams = Vec::new();
-    let mut rabbits = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit())
-            || !std::fs::read_to_string(entry.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "beam.smp")
-        {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(" rabbit boot") {
-            rabbits.push(name.clone());
-        }
-        beams.push(name);
-    }
+    let mut beams = pids_named("beam.smp");
+    let mut rabbits: Vec<String> = beams
+        .iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(" rabbit boot")
+        })
+        .cloned()
+        .collect();
     match (rabbits.len(), beams.len()) {
         (1, _) => Some(rabbits.remove(0)),
         (_, 1) => Some(beams.remove(0)),
         _ => None,
-    }
-}
-
-/// Samples the CPU time of this process, a path's hop and the broker.
-struct CpuProbe {
-    hop: Option<String>,
-    broker: Option<String>,
-}
-
-impl CpuProbe {
-    fn sample(&self) -> [Option<Duration>; 4] {
-        [
-            cpu_time("self"),
-            self.hop.as_deref().and_then(cpu_time),
-            self.broker.as_deref().and_then(cpu_time),
-            machine_busy(),
-        ]
-    }
-
-    fn since(&self, before: [Option<Duration>; 4]) -> CpuUse {
-        let after = self.sample();
-        let delta = |i: usize| Some(after[i]?.saturating_sub(before[i]?));
-        let (bench, hop, broker) = (delta(0), delta(1), delta(2));
-        let other = delta(3).map(|all| {
-            all.saturating_sub(bench.unwrap_or_default())
-                .saturating_sub(hop.unwrap_or_default())
-                .saturating_sub(broker.unwrap_or_default())
-        });
-        CpuUse {
-            bench,
-            hop,
-            broker,
-            other,
-        }
     }
 }
 
@@ -1050,24 +845,6 @@ struct Config {
     rounds: usize,
     window: usize,
     prefetch: u16,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn range(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
 
 /// Publisher (confirm mode) and consumer connections on `vhost`.
@@ -1147,37 +924,19 @@ struct Baker {
     pid: u32,
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Value)> {
-    let response = http.get(url).send().await.ok()?;
-    let code = response.status().as_u16();
-    let body = response.json().await.unwrap_or(serde_json::Value::Null);
-    Some((code, body))
-}
-
 /// Starts `baker-mq directory` and a `baker-mq --adapter amqp` sidecar on
 /// `vhost`; `Err` (with the reason, and both stopped) when the sidecar exits
 /// early or does not become ready and routed in time.
 async fn start_baker(run: &str, vhost: &str, logs: &Path) -> Result<Baker, String> {
-    let exe = env!("CARGO_BIN_EXE_baker-mq");
-    let directory = free_addr();
-    let dir_log = logs.join("directory.log");
-    let mut command = Command::new(exe);
-    command
-        .args(["directory", "--listen", &directory.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&dir_log).expect("log file"));
-    let dir_pid = spawn_child("baker-mq directory", command, &[]);
+    let Directory {
+        addr: directory,
+        pid: dir_pid,
+        log: dir_log,
+    } = spawn_directory(logs);
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("http client");
+    let http = http_client();
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !matches!(
-        get(&http, &format!("http://{directory}/healthz")).await,
-        Some((200, _))
-    ) {
+    while !responds_ok(&http, &format!("http://{directory}/healthz")).await {
         if Instant::now() > deadline || child_exited(dir_pid).is_some() {
             stop_child(dir_pid);
             return Err(format!(
@@ -1191,9 +950,9 @@ async fn start_baker(run: &str, vhost: &str, logs: &Path) -> Result<Baker, Strin
     let admin = free_addr();
     let service = format!("bsvc{run}");
     let sidecar_log = logs.join("sidecar.log");
-    let mut command = Command::new(exe);
-    command
-        .args([
+    let pid = spawn_baker_mq(
+        "baker-mq sidecar",
+        &[
             "--adapter",
             "amqp",
             "--broker",
@@ -1204,11 +963,9 @@ async fn start_baker(run: &str, vhost: &str, logs: &Path) -> Result<Baker, Strin
             &admin.to_string(),
             "--register",
             &format!("service={service},id=i1"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&sidecar_log).expect("log file"));
-    let pid = spawn_child("baker-mq sidecar", command, &[]);
+        ],
+        &sidecar_log,
+    );
 
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
@@ -1225,14 +982,7 @@ async fn start_baker(run: &str, vhost: &str, logs: &Path) -> Result<Baker, Strin
                 "`baker-mq --adapter amqp` did not start: {why} ({status})\nits stderr:\n{log}"
             ));
         }
-        let ready = matches!(
-            get(&http, &format!("http://{admin}/readyz")).await,
-            Some((200, _))
-        );
-        let routed = match get(&http, &format!("http://{admin}/v1/status")).await {
-            Some((200, doc)) => doc["services"][&service]["instances"][0]["routed"] == true,
-            _ => false,
-        };
+        let (ready, routed) = sidecar_state(&http, admin, &service).await;
         if ready && routed {
             break;
         }
@@ -1429,13 +1179,7 @@ fn print_report(
         let dup: u64 = r.throughput.iter().map(|o| o.duplicates).sum();
         let received: u64 = r.throughput.iter().map(|o| o.received).sum();
         let publish: Vec<f64> = r.throughput.iter().map(Outcome::publish_rate).collect();
-        let cpu = |d: Option<Duration>| match d {
-            Some(d) => format!(
-                "{:.2} µs/msg",
-                d.as_secs_f64() * 1e6 / received.max(1) as f64
-            ),
-            None => "-".to_owned(),
-        };
+        let cpu = |d| cpu_per_msg(d, received);
         let usage = r.cpu.unwrap_or_default();
         println!(
             "{:<9} | {:>11.0} | {:>11.0} {:>19} | {:>6} {:>6} | {:>16} {:>16} {:>16} | {:>16}{}",
@@ -1513,7 +1257,6 @@ fn print_report(
     }
 
     let find = |name: &str| results.iter().find(|r| r.name == name);
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     let rate = |p: &PathResult| median(&p.rates());
     println!();
     println!("ratios (median throughput)");
@@ -1543,7 +1286,7 @@ fn bench_main() -> bool {
         messages: env_or("BAKER_BENCH_AMQP_MESSAGES", 50_000),
         latency_messages: env_or("BAKER_BENCH_AMQP_LATENCY_MESSAGES", 5_000),
         rate: env_or("BAKER_BENCH_AMQP_RATE", 1_000),
-        size: env_or("BAKER_BENCH_PAYLOAD", 128usize).max(STAMP),
+        size: env_or("BAKER_BENCH_PAYLOAD", 128usize).max(HEADER),
         rounds: env_or("BAKER_BENCH_ROUNDS", 3),
         window: env_or("BAKER_BENCH_AMQP_CONFIRM_WINDOW", 1_000),
         prefetch: env_or("BAKER_BENCH_AMQP_PREFETCH", 1_000),
@@ -1564,13 +1307,8 @@ fn bench_main() -> bool {
             default_hook(info);
         }
     }));
-    // Watchdog: whatever happens, the bench ends, its children die and its
-    // vhosts go.
-    std::thread::spawn(move || {
-        std::thread::sleep(timeout);
-        eprintln!("amqp_e2e: overall timeout of {timeout:?} reached; aborting");
-        abort(2);
-    });
+    // Whatever happens, the bench ends, its children die and its vhosts go.
+    common::watchdog("amqp_e2e", timeout, || abort(2));
     // The same on Ctrl-C or SIGTERM.
     std::thread::spawn(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1591,7 +1329,7 @@ fn bench_main() -> bool {
     });
     epoch();
     let load_start = load_average();
-    let run = format!("{:x}{:06x}", std::process::id(), fastrand::u32(..1 << 24));
+    let run = common::run_id();
     let logs = tempfile::tempdir().expect("temp dir");
 
     rabbit_ctl("rabbitmq-plugins", &["enable", "rabbitmq_shovel"])
@@ -1708,37 +1446,9 @@ fn bench_main() -> bool {
         eprintln!("messages left in the queues: {}", depths.join(", "));
 
         if let Some(b) = &baker {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .expect("http client");
-            if let Some((_, doc)) = get(&http, &format!("http://{}/v1/status", b.admin)).await {
-                eprintln!(
-                    "baker-mq status: services = {}",
-                    serde_json::to_string(&doc["services"]).unwrap_or_default()
-                );
-            }
-            if let Ok(resp) = http.get(format!("http://{}/metrics", b.admin)).send().await {
-                let text = resp.text().await.unwrap_or_default();
-                for line in text.lines().filter(|l| {
-                    !l.starts_with('#')
-                        && (l.contains("undeliver")
-                            || l.contains("dead")
-                            || l.contains("errors_total")
-                            || l.starts_with("baker_messages_routed_total"))
-                }) {
-                    eprintln!("baker-mq metric: {line}");
-                }
-            }
+            common::print_baker_counts(b.admin).await;
             let log = std::fs::read_to_string(logs.path().join("sidecar.log")).unwrap_or_default();
-            let warnings: Vec<_> = log
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                .take(10)
-                .collect();
-            if !warnings.is_empty() {
-                eprintln!("baker-mq warnings:\n{}", warnings.join("\n"));
-            }
+            common::print_log_warnings(&log);
         }
 
         for path in &working {
@@ -1774,14 +1484,14 @@ fn bench_main() -> bool {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::invoked_as_bench() {
         println!(
             "amqp_e2e: needs RabbitMQ and rabbitmqctl; run it with `cargo bench --bench amqp_e2e`"
         );
         return;
     }
     let ok = {
-        let _cleanup = CleanupGuard;
+        let _cleanup = CleanupGuard(cleanup);
         bench_main()
     };
     if !ok {

@@ -34,17 +34,26 @@
 //! Without `--bench` on its command line (e.g. `cargo test --benches`) it
 //! does nothing, so test runs need no broker.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
+
+use common::{
+    cpu_per_msg, env_or, epoch, free_addr, http_client, kill_children, log_tail, median, now_ns,
+    pace, per_second, percentile_us, pids_named, publish_on_own_thread, range, ratio, read_stamp,
+    responds_ok, sidecar_state, spawn_baker_mq, spawn_child, spawn_directory, stamped_payload,
+    with_child, CleanupGuard, CpuProbe, CpuUse, Directory, READY_TIMEOUT, RUN_DEADLINE, STAMP,
+};
 
 /// Selects relay mode when this binary re-executes itself.
 const RELAY_ENV: &str = "BAKER_BENCH_RELAY";
@@ -62,95 +71,9 @@ const RELAY_STAMP_ENV: &str = "BAKER_BENCH_RELAY_STAMP";
 
 /// Time with no message, once publishing is done, after which a run ends.
 const QUIET: Duration = Duration::from_secs(1);
-/// Longest any one measured run may take.
-const RUN_DEADLINE: Duration = Duration::from_secs(180);
-/// Longest wait for a process or path to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes of the payload header: send time (ns) and sequence number.
-const STAMP: usize = 16;
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
-        Err(_) => default,
-    }
-}
 
 fn nats_url() -> String {
     std::env::var(NATS_URL_ENV).unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-// ---------------------------------------------------------------------------
-// Child processes: killed by the guard's Drop (also on panic) and by the
-// watchdog on overall timeout.
-
-static CHILDREN: Mutex<Vec<(String, Child)>> = Mutex::new(Vec::new());
-
-fn kill_children() {
-    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    for (name, child) in children.iter_mut() {
-        let _ = child.kill();
-        match child.wait() {
-            Ok(status) => eprintln!("stopped {name} ({status})"),
-            Err(e) => eprintln!("could not reap {name}: {e}"),
-        }
-    }
-    children.clear();
-}
-
-/// Kills every child process when dropped.
-struct ChildGuard;
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        kill_children();
-    }
-}
-
-/// Starts `command` with `env` set and none of the caller's other `BAKER_*`
-/// variables (they would change the children's settings).
-fn spawn_child(name: &str, mut command: Command, env: &[(&str, String)]) -> u32 {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BAKER_") {
-            command.env_remove(&key);
-        }
-    }
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let pid = child.id();
-    CHILDREN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((name.to_owned(), child));
-    pid
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -263,11 +186,7 @@ impl Outcome {
     }
 
     fn rate(&self) -> f64 {
-        if self.elapsed.is_zero() {
-            0.0
-        } else {
-            self.received as f64 / self.elapsed.as_secs_f64()
-        }
+        per_second(self.received, self.elapsed)
     }
 
     fn publish_rate(&self) -> f64 {
@@ -275,19 +194,13 @@ impl Outcome {
     }
 
     fn percentile_us(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[i - 1] as f64 / 1_000.0
+        percentile_us(&self.latencies, p)
     }
 }
 
+/// A payload for message `seq`: just the stamp, padded to `size`.
 fn payload(seq: u64, size: usize) -> Bytes {
-    let mut p = vec![0u8; size.max(STAMP)];
-    p[8..16].copy_from_slice(&seq.to_le_bytes());
-    p[..8].copy_from_slice(&now_ns().to_le_bytes());
-    Bytes::from(p)
+    Bytes::from(stamped_payload(seq, &[], size))
 }
 
 /// Publishes `count` messages to `publish_to` as `mode` says, and counts what
@@ -332,13 +245,10 @@ async fn measure(
                 match tokio::time::timeout(QUIET, subscriber.next()).await {
                     Ok(Some(msg)) => {
                         let at = now_ns();
-                        let p = &msg.payload;
-                        if p.len() < STAMP {
+                        let Some((sent, seq)) = read_stamp(&msg.payload) else {
                             continue;
-                        }
-                        let sent = u64::from_le_bytes(p[..8].try_into().unwrap());
-                        let seq = u64::from_le_bytes(p[8..16].try_into().unwrap()) as usize;
-                        match seen.get_mut(seq) {
+                        };
+                        match seen.get_mut(seq as usize) {
                             Some(s) if !*s => {
                                 *s = true;
                                 out.received += 1;
@@ -364,57 +274,39 @@ async fn measure(
 
     let publish = {
         let publisher = publisher.clone();
-        let done = done.clone();
-        // A thread of its own, so pacing can sleep finer than tokio's 1 ms
-        // timer; publishing only hands commands to the connection task.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("publisher runtime");
-            let result = runtime.block_on(async {
-                let subject = async_nats::Subject::from(publish_to);
-                let t0 = Instant::now();
-                let mut sent = 0;
-                let mut stalled = false;
-                'publish: for seq in 0..count {
-                    match mode {
-                        Mode::Burst => {}
-                        Mode::Paced(rate) => {
-                            let due = t0 + Duration::from_nanos(1_000_000_000 / rate * seq);
-                            let now = Instant::now();
-                            if due > now {
-                                std::thread::sleep(due - now);
+        // Publishing only hands commands to the connection task.
+        publish_on_own_thread(done.clone(), move || async move {
+            let subject = async_nats::Subject::from(publish_to);
+            let t0 = Instant::now();
+            let mut sent = 0;
+            let mut stalled = false;
+            'publish: for seq in 0..count {
+                match mode {
+                    Mode::Burst => {}
+                    Mode::Paced(rate) => pace(t0, rate, seq),
+                    Mode::Window(window) => {
+                        let waiting = Instant::now();
+                        while seq - received.load(Ordering::Acquire) >= window {
+                            if waiting.elapsed() > READY_TIMEOUT {
+                                stalled = true;
+                                break 'publish;
                             }
-                        }
-                        Mode::Window(window) => {
-                            let waiting = Instant::now();
-                            while seq - received.load(Ordering::Acquire) >= window {
-                                if waiting.elapsed() > READY_TIMEOUT {
-                                    stalled = true;
-                                    break 'publish;
-                                }
-                                std::thread::sleep(Duration::from_micros(50));
-                            }
+                            std::thread::sleep(Duration::from_micros(50));
                         }
                     }
-                    publisher
-                        .publish(subject.clone(), payload(seq, size))
-                        .await
-                        .expect("publish");
-                    sent += 1;
                 }
-                tokio::time::timeout(Duration::from_secs(30), publisher.flush())
+                publisher
+                    .publish(subject.clone(), payload(seq, size))
                     .await
-                    .expect("publisher flush timed out")
-                    .expect("publisher flush");
-                (t0.elapsed(), sent, stalled)
-            });
-            done.store(true, Ordering::Release);
-            let _ = tx.send(result);
-        });
-        rx
+                    .expect("publish");
+                sent += 1;
+            }
+            tokio::time::timeout(Duration::from_secs(30), publisher.flush())
+                .await
+                .expect("publisher flush timed out")
+                .expect("publisher flush");
+            (t0.elapsed(), sent, stalled)
+        })
     };
     let (publish_elapsed, sent, stalled) = tokio::time::timeout(RUN_DEADLINE, publish)
         .await
@@ -482,75 +374,10 @@ async fn warm_up(publisher: &Client, consumer: &Client, publish_to: &str, receiv
     }
 }
 
-/// CPU time (user + system) of the processes involved; `None` where it
-/// cannot be read (no /proc, or no such process).
-#[derive(Default, Clone, Copy)]
-struct CpuUse {
-    bench: Option<Duration>,
-    hop: Option<Duration>,
-    server: Option<Duration>,
-}
-
-impl CpuUse {
-    fn add(self, other: CpuUse) -> CpuUse {
-        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
-        CpuUse {
-            bench: sum(self.bench, other.bench),
-            hop: sum(self.hop, other.hop),
-            server: sum(self.server, other.server),
-        }
-    }
-}
-
-/// User + system CPU time of process `pid` ("self" for this one), from
-/// /proc (Linux; in clock ticks of 1/100 s, the USER_HZ of every Linux ABI).
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name start with field 3.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// The pid of the local nats-server, if exactly one runs and is visible.
 fn nats_server_pid() -> Option<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.bytes().all(|b| b.is_ascii_digit())
-            && std::fs::read_to_string(entry.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "nats-server")
-        {
-            found.push(name);
-        }
-    }
+    let mut found = pids_named("nats-server");
     (found.len() == 1).then(|| found.remove(0))
-}
-
-/// Samples the CPU time of this process, a path's hop and the NATS server.
-struct CpuProbe {
-    hop: Option<String>,
-    server: Option<String>,
-}
-
-impl CpuProbe {
-    fn sample(&self) -> [Option<Duration>; 3] {
-        [
-            cpu_time("self"),
-            self.hop.as_deref().and_then(cpu_time),
-            self.server.as_deref().and_then(cpu_time),
-        ]
-    }
-
-    fn since(&self, before: [Option<Duration>; 3]) -> CpuUse {
-        let after = self.sample();
-        let delta = |i: usize| Some(after[i]?.saturating_sub(before[i]?));
-        CpuUse {
-            bench: delta(0),
-            hop: delta(1),
-            server: delta(2),
-        }
-    }
 }
 
 /// One way from the publisher to the consumer.
@@ -588,24 +415,6 @@ struct Config {
     size: usize,
     rounds: usize,
     window: u64,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn range(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
 
 /// Runs every measurement on every path: bursts and windowed runs
@@ -675,7 +484,7 @@ async fn run_all(
             );
             let probe = CpuProbe {
                 hop: path.hop_pid.map(|p| p.to_string()),
-                server: server.clone(),
+                broker: server.clone(),
             };
             let before = probe.sample();
             let outcome = measure(
@@ -741,14 +550,9 @@ fn start_relay(run: &str, stamp: bool) -> (String, String, u32) {
         ],
     );
     // Wait for "ready" on its stdout.
-    let stdout = {
-        let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, child) = children
-            .iter_mut()
-            .find(|(_, c)| c.id() == pid)
-            .expect("relay child");
-        child.stdout.take().expect("relay stdout")
-    };
+    let stdout = with_child(pid, |child| child.stdout.take())
+        .expect("relay child")
+        .expect("relay stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -774,34 +578,16 @@ struct Baker {
     pid: u32,
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Value)> {
-    let response = http.get(url).send().await.ok()?;
-    let code = response.status().as_u16();
-    let body = response.json().await.unwrap_or(serde_json::Value::Null);
-    Some((code, body))
-}
-
 async fn start_baker(run: &str, logs: &Path) -> Baker {
-    let exe = env!("CARGO_BIN_EXE_baker-mq");
-    let directory = free_addr();
-    let dir_log = logs.join("directory.log");
-    let mut command = Command::new(exe);
-    command
-        .args(["directory", "--listen", &directory.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&dir_log).expect("log file"));
-    spawn_child("baker-mq directory", command, &[]);
+    let Directory {
+        addr: directory,
+        log: dir_log,
+        ..
+    } = spawn_directory(logs);
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("http client");
+    let http = http_client();
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !matches!(
-        get(&http, &format!("http://{directory}/healthz")).await,
-        Some((200, _))
-    ) {
+    while !responds_ok(&http, &format!("http://{directory}/healthz")).await {
         assert!(
             Instant::now() < deadline,
             "directory not up at {directory}; log:\n{}",
@@ -814,9 +600,9 @@ async fn start_baker(run: &str, logs: &Path) -> Baker {
     let prefix = format!("benchbaker_{run}");
     let service = format!("bsvc_{run}");
     let sidecar_log = logs.join("sidecar.log");
-    let mut command = Command::new(exe);
-    command
-        .args([
+    let pid = spawn_baker_mq(
+        "baker-mq sidecar",
+        &[
             "--broker",
             &nats_url(),
             "--directory",
@@ -829,22 +615,13 @@ async fn start_baker(run: &str, logs: &Path) -> Baker {
             &format!("bench_{run}"),
             "--register",
             &format!("service={service},id=i1"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&sidecar_log).expect("log file"));
-    let pid = spawn_child("baker-mq sidecar", command, &[]);
+        ],
+        &sidecar_log,
+    );
 
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let ready = matches!(
-            get(&http, &format!("http://{admin}/readyz")).await,
-            Some((200, _))
-        );
-        let routed = match get(&http, &format!("http://{admin}/v1/status")).await {
-            Some((200, doc)) => doc["services"][&service]["instances"][0]["routed"] == true,
-            _ => false,
-        };
+        let (ready, routed) = sidecar_state(&http, admin, &service).await;
         if ready && routed {
             break;
         }
@@ -933,13 +710,7 @@ fn print_report(config: &Config, results: &[PathResult]) {
         let (lo, hi) = range(&rates);
         let lost: u64 = r.windows.iter().map(Outcome::lost).sum();
         let received: u64 = r.windows.iter().map(|o| o.received).sum();
-        let cpu = |d: Option<Duration>| match d {
-            Some(d) => format!(
-                "{:.2} µs/msg",
-                d.as_secs_f64() * 1e6 / received.max(1) as f64
-            ),
-            None => "-".to_owned(),
-        };
+        let cpu = |d| cpu_per_msg(d, received);
         println!(
             "{:<9} | {:>11.0} {:>23} | {:>7} | {:>19} {:>19} {:>19}{}",
             r.name,
@@ -948,7 +719,7 @@ fn print_report(config: &Config, results: &[PathResult]) {
             lost,
             cpu(r.window_cpu.bench),
             cpu(r.window_cpu.hop),
-            cpu(r.window_cpu.server),
+            cpu(r.window_cpu.broker),
             flag(&r.windows.iter().collect::<Vec<_>>()),
         );
     }
@@ -988,7 +759,6 @@ fn print_report(config: &Config, results: &[PathResult]) {
 
     let find = |name: &str| results.iter().find(|r| r.name == name);
     if let (Some(d), Some(r), Some(b)) = (find("direct"), find("relay"), find("baker-mq")) {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let burst = |p: &PathResult| median(&p.burst_rates());
         let window = |p: &PathResult| median(&p.window_rates());
         println!();
@@ -1044,16 +814,14 @@ fn bench_main() {
         "message counts, rate, rounds and window must be positive"
     );
     let timeout = Duration::from_secs(env_or("BAKER_BENCH_TIMEOUT_SECS", 900));
-    // Watchdog: whatever happens, the bench ends and its children die.
-    std::thread::spawn(move || {
-        std::thread::sleep(timeout);
-        eprintln!("nats_e2e: overall timeout of {timeout:?} reached; aborting");
+    // Whatever happens, the bench ends and its children die.
+    common::watchdog("nats_e2e", timeout, || {
         kill_children();
         std::process::exit(2);
     });
-    let _guard = ChildGuard;
+    let _guard = CleanupGuard(kill_children);
     epoch();
-    let run = format!("{:x}{:06x}", std::process::id(), fastrand::u32(..1 << 24));
+    let run = common::run_id();
     let logs = tempfile::tempdir().expect("temp dir");
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -1107,48 +875,15 @@ fn bench_main() {
         ];
         let results = run_all(&publisher, &consumer, &paths, &config).await;
 
-        // What baker-mq itself counted, for the record.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("http client");
-        if let Some((_, doc)) = get(&http, &format!("http://{}/v1/status", baker.admin)).await {
-            eprintln!(
-                "baker-mq status: services = {}",
-                serde_json::to_string(&doc["services"]).unwrap_or_default()
-            );
-        }
-        if let Ok(resp) = http
-            .get(format!("http://{}/metrics", baker.admin))
-            .send()
-            .await
-        {
-            let text = resp.text().await.unwrap_or_default();
-            for line in text.lines().filter(|l| {
-                !l.starts_with('#')
-                    && (l.contains("undeliver")
-                        || l.contains("dead")
-                        || l.contains("errors_total")
-                        || l.starts_with("baker_messages_routed_total"))
-            }) {
-                eprintln!("baker-mq metric: {line}");
-            }
-        }
+        common::print_baker_counts(baker.admin).await;
         results
     });
     let log = std::fs::read_to_string(logs.path().join("sidecar.log")).unwrap_or_default();
     let slow = log.lines().filter(|l| l.contains("slow consumer")).count();
-    let warnings: Vec<_> = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .take(10)
-        .collect();
     eprintln!(
         "baker-mq log: {slow} slow-consumer events (its NATS client dropping ingress messages)"
     );
-    if !warnings.is_empty() {
-        eprintln!("baker-mq warnings:\n{}", warnings.join("\n"));
-    }
+    common::print_log_warnings(&log);
     print_report(&config, &results);
 }
 
@@ -1157,7 +892,7 @@ fn main() {
         relay_main();
         return;
     }
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::invoked_as_bench() {
         println!("nats_e2e: needs a NATS server; run it with `cargo bench --bench nats_e2e`");
         return;
     }
