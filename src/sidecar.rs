@@ -98,7 +98,24 @@ pub fn start_router(
     }
     {
         let ingress_up = ingress_up.clone();
+        let table = table.clone();
         tasks.push(tokio::spawn(async move {
+            // No view yet means every message would be undeliverable: leave
+            // them in the broker (or to routers that have a view) until the
+            // directory has answered once.
+            let first_view = async {
+                let mut logged = false;
+                while table.load().catalog.epoch == 0 {
+                    if !logged {
+                        tracing::info!("waiting for a first directory view before consuming");
+                        logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            if shutdown.run_until(first_view).await.is_none() {
+                return;
+            }
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
             let ingress = loop {
                 match shutdown

@@ -50,10 +50,17 @@ pub fn from_amqp(properties: &BasicProperties) -> (Headers, Option<String>, Prop
     (headers, text(properties.reply_to()), props)
 }
 
+/// An AMQP short string (at most 255 bytes), or why `value` is not one.
+fn short(what: &str, value: &str) -> Result<ShortString, String> {
+    ShortString::try_new(value)
+        .map_err(|_| format!("{what} of {} bytes does not fit AMQP's 255", value.len()))
+}
+
 /// AMQP properties for `message`, sent for `destination`: the ingress's own
 /// AMQP properties when it had some, with Baker's headers and fields laid
-/// over them.
-pub fn to_amqp(message: &Message, destination: &Destination) -> BasicProperties {
+/// over them. Fails when a value from another protocol cannot be carried
+/// (over 255 bytes where AMQP allows no more).
+pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProperties, String> {
     let native = message
         .native
         .as_ref()
@@ -63,7 +70,10 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> BasicProperties 
         .and_then(|p| p.headers().clone())
         .unwrap_or_default();
     for (name, value) in message.headers.iter() {
-        table.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        table.insert(
+            short("header name", name)?,
+            AMQPValue::LongString(LongString::from(value)),
+        );
     }
     if !destination.topic.is_empty() {
         table.insert(
@@ -75,16 +85,16 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> BasicProperties 
     out = out.with_headers(table);
     let p = &message.properties;
     if let Some(v) = &p.content_type {
-        out = out.with_content_type(v.as_str().into());
+        out = out.with_content_type(short("content type", v)?);
     }
     if let Some(v) = &p.content_encoding {
-        out = out.with_content_encoding(v.as_str().into());
+        out = out.with_content_encoding(short("content encoding", v)?);
     }
     if let Some(v) = &p.correlation_id {
-        out = out.with_correlation_id(v.as_str().into());
+        out = out.with_correlation_id(short("correlation id", v)?);
     }
     if let Some(v) = &p.message_id {
-        out = out.with_message_id(v.as_str().into());
+        out = out.with_message_id(short("message id", v)?);
     }
     // A protocol without a delivery mode (NATS, say) is published persistent:
     // the inbox is durable, and the cost is the broker's, not the sender's.
@@ -103,9 +113,9 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> BasicProperties 
         out = out.with_timestamp(v);
     }
     if let Some(v) = &message.reply_to {
-        out = out.with_reply_to(v.as_str().into());
+        out = out.with_reply_to(short("reply-to", v)?);
     }
-    out
+    Ok(out)
 }
 
 /// `properties` with the dead-letter headers added.
@@ -151,7 +161,7 @@ mod tests {
             service: "s".into(),
             topic: "created".into(),
         };
-        let sent = to_amqp(&message, &destination);
+        let sent = to_amqp(&message, &destination).unwrap();
         let table = sent.headers().clone().unwrap();
         assert_eq!(table.inner().get("count"), Some(&AMQPValue::LongInt(7)));
         assert_eq!(
@@ -174,8 +184,29 @@ mod tests {
             service: "s".into(),
             topic: String::new(),
         };
-        assert_eq!(to_amqp(&message, &d).delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(
+            to_amqp(&message, &d).unwrap().delivery_mode(),
+            &Some(PERSISTENT)
+        );
         message.properties.persistent = Some(false);
-        assert_eq!(to_amqp(&message, &d).delivery_mode(), &Some(TRANSIENT));
+        assert_eq!(
+            to_amqp(&message, &d).unwrap().delivery_mode(),
+            &Some(TRANSIENT)
+        );
+    }
+
+    #[test]
+    fn values_too_long_for_amqp_are_refused_not_panicked_on() {
+        let mut message = Message::default();
+        message.properties.correlation_id = Some("x".repeat(300));
+        let d = Destination {
+            service: "s".into(),
+            topic: String::new(),
+        };
+        let error = to_amqp(&message, &d).unwrap_err();
+        assert!(error.contains("correlation id of 300 bytes"), "{error}");
+        message.properties.correlation_id = None;
+        message.headers.append("y".repeat(256), "v");
+        assert!(to_amqp(&message, &d).is_err());
     }
 }

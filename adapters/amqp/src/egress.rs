@@ -33,7 +33,7 @@ impl Target for AmqpTarget {
                 // A missing inbox queue comes back, and the core reroutes.
                 mandatory: true,
                 payload: message.payload.clone(),
-                properties: convert::to_amqp(message, destination),
+                properties: convert::to_amqp(message, destination).map_err(SendError::Rejected)?,
             })
             .await
             .map_err(|error| match error {

@@ -161,7 +161,10 @@ impl Adapter for AmqpAdapter {
             reason,
         };
         let (link, _) = self.link(&endpoint.broker);
-        let channel = link.channel().await.map_err(broker_error)?;
+        // A channel of its own: a refused declaration (an existing queue of
+        // another type, say) closes the channel it was made on, which must
+        // not be the one carrying the egress publishes.
+        let channel = link.open_channel().await.map_err(broker_error)?;
         let declared = channel
             .queue_declare(
                 endpoint.inbox.as_str().into(),
@@ -172,10 +175,8 @@ impl Adapter for AmqpAdapter {
                 arguments,
             )
             .await;
+        let _ = channel.close(200, "inbox declared".into()).await;
         if let Err(error) = declared {
-            // A refused declaration (e.g. an existing queue of another type)
-            // closes the channel: start afresh next time.
-            link.reset();
             return Err(broker_error(format!(
                 "declaring inbox queue {}: {error}",
                 endpoint.inbox

@@ -85,8 +85,8 @@ impl Link {
         };
         let (connection, channel) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| format!("connecting to {} timed out", self.url))?
-            .map_err(|e| format!("connecting to {}: {e}", self.url))?;
+            .map_err(|_| format!("connecting to {} timed out", redact(&self.url)))?
+            .map_err(|e| format!("connecting to {}: {e}", redact(&self.url)))?;
         tracing::info!(broker = %redact(&self.url), "connected to AMQP broker");
         self.current
             .store(Some(Arc::new((connection, channel.clone()))));

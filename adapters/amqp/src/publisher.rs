@@ -8,7 +8,8 @@
 //! every message itself, keeps the confirms in publish order, and on each
 //! ack takes all confirms that are already resolved, collects every returned
 //! message among them, and matches returns to messages by their
-//! `baker-msg-id` header, not by which confirm carried them. (RabbitMQ sends
+//! `baker-msg-id` header and routing key (the inbox queue, which tells the
+//! copies of a broadcast apart), not by which confirm carried them. (RabbitMQ sends
 //! a message's return before its ack, so by the time a message's confirm
 //! resolves its return, if any, is on a resolved confirm.)
 
@@ -43,7 +44,10 @@ struct Request {
 
 struct InFlight {
     confirm: PublisherConfirm,
-    id: Option<String>,
+    /// Message id and routing key: what identifies a returned message. The
+    /// routing key (the inbox queue) tells apart the copies of a broadcast,
+    /// which share their message id.
+    key: Option<(String, ShortString)>,
     reply: oneshot::Sender<Result<(), SendError>>,
     sent: Instant,
 }
@@ -99,7 +103,7 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut returned: HashSet<String> = HashSet::new();
+    let mut returned: HashSet<(String, ShortString)> = HashSet::new();
     let mut reconnect = tokio::time::interval(RECONNECT_EVERY);
     reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -133,18 +137,21 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                 for (_, result) in &batch {
                     if let Ok(Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message))) = result {
                         if let Some(id) = message_id(&message.delivery.properties) {
-                            returned.insert(id);
+                            returned.insert((id, message.delivery.routing_key.clone()));
                         }
                     }
                 }
                 for (entry, result) in batch {
-                    let was_returned = entry.id.as_ref().is_some_and(|id| returned.remove(id));
+                    let was_returned = entry.key.as_ref().is_some_and(|key| returned.remove(key));
                     let verdict = match result {
                         Ok(_) if was_returned => Err(SendError::Unavailable(
                             "no queue took the message (returned by the broker)".to_owned(),
                         )),
                         Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Ok(()),
-                        Ok(Confirmation::Nack(_)) => Err(SendError::Unavailable(
+                        // RabbitMQ nacks for passing reasons (a quorum queue
+                        // without a leader, a full queue rejecting publishes):
+                        // redeliver rather than dead-letter.
+                        Ok(Confirmation::Nack(_)) => Err(SendError::Unreachable(
                             "the broker did not take the message (nack)".to_owned(),
                         )),
                         Err(error) => {
@@ -164,7 +171,7 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                         continue;
                     }
                 };
-                let id = message_id(&publish.properties);
+                let key = message_id(&publish.properties).map(|id| (id, publish.routing_key.clone()));
                 let result = channel
                     .basic_publish(
                         publish.exchange,
@@ -175,7 +182,7 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
                     )
                     .await;
                 match result {
-                    Ok(confirm) => in_flight.push_back(InFlight { confirm, id, reply, sent: Instant::now() }),
+                    Ok(confirm) => in_flight.push_back(InFlight { confirm, key, reply, sent: Instant::now() }),
                     Err(error) => {
                         if !channel.status().connected() {
                             link.reset();
