@@ -26,6 +26,9 @@ pub use table::{RoutingTable, TableBuilder};
 use crate::directory::Catalog;
 use crate::shutdown::Shutdown;
 
+/// How long closing the ingress may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long in-flight messages may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,7 +81,10 @@ pub async fn run(
                 closing = true;
                 drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 tracing::info!(in_flight = in_flight.len(), "closing the ingress and finishing received messages");
-                ingress.close().await;
+                // Bounded: a broker that blocks the connection never answers.
+                if tokio::time::timeout(CLOSE_TIMEOUT, ingress.close()).await.is_err() {
+                    tracing::warn!("the broker did not confirm closing the ingress in time");
+                }
             }
             _ = &mut drain_deadline, if closing => {
                 tracing::warn!(in_flight = in_flight.len(),

@@ -2,15 +2,16 @@
 //! large, refused, every attempt failed) and reports them once per interval,
 //! never once per message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::journey::Cause;
 use crate::shutdown::Shutdown;
 
-/// Most distinct services tracked between reports; the rest are summed under
-/// [`OTHER`] so that publishers addressing random names cannot grow memory.
+/// Most distinct services named in the metrics and logs over the process's
+/// life; the rest are summed under [`OTHER`], so that publishers addressing
+/// random names cannot grow memory (metric series are never dropped).
 const MAX_TRACKED: usize = 1024;
 /// Label for services beyond [`MAX_TRACKED`].
 const OTHER: &str = "_other";
@@ -21,14 +22,25 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct UndeliveredReporter {
     // Taken only on the failure path, never for a routed message.
-    pending: Mutex<HashMap<String, (u64, String)>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Services that have a metric series of their own.
+    named: HashSet<String>,
+    /// Counts and latest reason since the last report.
+    pending: HashMap<String, (u64, String)>,
 }
 
 impl UndeliveredReporter {
     /// Counts one message for `service` that could not be delivered.
     pub fn record(&self, service: &str, cause: Cause, reason: &str) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if pending.contains_key(service) || pending.len() < MAX_TRACKED {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if state.named.contains(service) {
+            service
+        } else if state.named.len() < MAX_TRACKED {
+            state.named.insert(service.to_owned());
             service
         } else {
             OTHER
@@ -38,7 +50,8 @@ impl UndeliveredReporter {
         }
         metrics::counter!("baker_undelivered_total", "service" => key.to_owned(), "cause" => cause.as_str())
             .increment(1);
-        let entry = pending
+        let entry = state
+            .pending
             .entry(key.to_owned())
             .or_insert_with(|| (0, String::new()));
         entry.0 += 1;
@@ -49,7 +62,8 @@ impl UndeliveredReporter {
 
     /// Logs and clears the tally.
     pub fn flush(&self) {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending =
+            std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).pending);
         for (service, (count, reason)) in pending {
             tracing::warn!(%service, count, %reason, "messages not delivered in the last interval");
         }
