@@ -315,15 +315,6 @@ impl Target for NatsTarget {
             s.push_str(&destination.topic);
             s
         };
-        // While disconnected, async-nats would buffer the publish and report
-        // success; say the broker is unreachable instead, so the message goes
-        // to another instance or back to an ingress that can redeliver it.
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(SendError::Unreachable(format!(
-                "not connected to the NATS server of inbox {}",
-                self.inbox
-            )));
-        }
         let (mut headers, skipped) = headers_to_nats(&message.headers);
         properties_to_headers(&message.properties, &mut headers);
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
