@@ -99,11 +99,14 @@ pub trait Adapter: Send + Sync + 'static {
     /// Creates what an instance's inbox needs on its broker before the
     /// instance is registered (an AMQP queue, say). `options` are the
     /// instance's metadata; adapters document the keys they read.
+    /// The default does nothing: subject-addressed inboxes need no setup.
     async fn prepare_inbox(
         &self,
-        endpoint: &Endpoint,
-        options: &BTreeMap<String, String>,
-    ) -> Result<(), AdapterError>;
+        _endpoint: &Endpoint,
+        _options: &BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        Ok(())
+    }
 
     /// Binds a target for `endpoint`, connecting to its broker if needed.
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;

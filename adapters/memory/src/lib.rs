@@ -287,15 +287,6 @@ impl Adapter for MemoryAdapter {
         }))
     }
 
-    async fn prepare_inbox(
-        &self,
-        _endpoint: &Endpoint,
-        _options: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), AdapterError> {
-        // Subjects need no setup.
-        Ok(())
-    }
-
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         Ok(Arc::new(MemoryTarget {
