@@ -64,9 +64,13 @@ ensure_rabbitmq() {
   export PATH="$PATH:/usr/sbin:/usr/lib/rabbitmq/bin"
   log "starting RabbitMQ: rabbitmq-server -detached"
   as_root rabbitmq-server -detached >/dev/null 2>&1 || true
-  timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 \
-    || die "RabbitMQ did not start; start it with: rabbitmq-server -detached && rabbitmqctl await_startup"
-  wait_port 5672 30 || die "RabbitMQ started but 127.0.0.1:5672 does not answer"
+  # `-detached` returns before the Erlang node is reachable, and await_startup
+  # fails at once on a node it cannot reach (first boots on a new machine take
+  # longest), so wait for the AMQP listener, then for the boot to complete.
+  wait_port 5672 120 \
+    || die "RabbitMQ did not answer on 127.0.0.1:5672 within 120 s (see /var/log/rabbitmq/); start it with: rabbitmq-server -detached && rabbitmqctl await_startup"
+  timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 \
+    || die "RabbitMQ answers on 5672 but did not finish booting; check it with: rabbitmqctl await_startup"
   log "RabbitMQ started"
 }
 
