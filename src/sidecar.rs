@@ -20,6 +20,7 @@ use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::{DirectoryTarget, Settings};
 use crate::directory::{Catalog, DirectoryClient, Watcher};
+use crate::router::reply::ReplyProxy;
 use crate::router::undelivered::UndeliveredReporter;
 use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
 use crate::shutdown::{self, Shutdown};
@@ -78,12 +79,18 @@ pub fn start_router(
         return Err(SidecarError::UnknownAdapter(spec.adapter));
     };
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
-    let builder = TableBuilder::new(Arc::new(adapters), spec.policies);
+    let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies);
     let undelivered = Arc::new(UndeliveredReporter::default());
+    let replies = Arc::new(ReplyProxy::new(
+        adapter.clone(),
+        &spec.broker,
+        adapters.clone(),
+    ));
     let journey = Arc::new(Journey::new(
         table.clone(),
         spec.journey,
         undelivered.clone(),
+        Some(replies.clone()),
     ));
     let ingress_up = Arc::new(AtomicBool::new(false));
     let mut tasks = vec![tokio::spawn(router::follow_catalog(
@@ -96,6 +103,7 @@ pub fn start_router(
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move { undelivered.run(shutdown).await }));
     }
+    tasks.push(tokio::spawn(replies.run(shutdown.clone())));
     {
         let ingress_up = ingress_up.clone();
         let table = table.clone();

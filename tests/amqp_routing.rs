@@ -457,101 +457,193 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
     .await;
 }
 
+/// Answers each request on `queue` at its reply_to, through the default
+/// exchange, with the request's correlation id and `pong:<payload>`.
+async fn spawn_amqp_responder(responder: lapin::Channel, queue: &str) {
+    use futures::StreamExt;
+    let mut requests = responder
+        .basic_consume(
+            queue.into(),
+            unique("responder-").into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let reply_to = request
+                .properties
+                .reply_to()
+                .clone()
+                .expect("reply_to kept");
+            let mut props = lapin::BasicProperties::default();
+            if let Some(id) = request.properties.correlation_id() {
+                props = props.with_correlation_id(id.clone());
+            }
+            let body = format!("pong:{}", String::from_utf8_lossy(&request.data));
+            responder
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    Default::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap();
+            request.ack(Default::default()).await.unwrap();
+        }
+    });
+}
+
+/// A requester on RabbitMQ's direct reply-to: publishes `payload` to
+/// `baker` / `routing_key` with `correlation_id`, and returns the reply.
+async fn direct_request(
+    vhost: &Vhost,
+    routing_key: &str,
+    payload: &[u8],
+    correlation_id: &str,
+) -> lapin::message::Delivery {
+    use futures::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    let (_conn, requester) = vhost.channel().await;
+    let mut replies = requester
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "requester".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    requester
+        .basic_publish(
+            "baker".into(),
+            routing_key.into(),
+            Default::default(),
+            payload,
+            lapin::BasicProperties::default()
+                .with_reply_to("amq.rabbitmq.reply-to".into())
+                .with_correlation_id(correlation_id.into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .unwrap_or_else(|_| panic!("no reply to {routing_key} within 10 s"))
+        .unwrap()
+        .unwrap()
+}
+
+fn correlation_id(delivery: &lapin::message::Delivery) -> Option<&str> {
+    delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
+    bounded(async {
+        use futures::StreamExt;
+        // Requesters' broker (vhost `front`) and instances' broker (`back`):
+        // separate namespaces, so a reply address on one means nothing on
+        // the other.
+        let front = Vhost::create();
+        let back = Vhost::create();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // An AMQP instance on `back` and a NATS instance; both answer at
+        // whatever reply address their request carries.
+        let _amqp_agent = amqp_agent(&dir.url(), &back, "rpcx", "a");
+        let (_bconn, back_channel) = back.channel().await;
+        amqp::declare_queue(&back_channel, "_baker.rpcx.a").await;
+        spawn_amqp_responder(back_channel, "_baker.rpcx.a").await;
+        let _nats_agent = agent(&dir.url(), "rpcn", "n", &[]);
+        let mut nats_requests = nats.subscribe("_baker.rpcn.n.>").await.unwrap();
+        nats.flush().await.unwrap();
+        {
+            let nats = nats.clone();
+            tokio::spawn(async move {
+                while let Some(request) = nats_requests.next().await {
+                    let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                    let reply = request.reply.expect("a request has a reply subject");
+                    nats.publish(reply, body.into()).await.unwrap();
+                }
+            });
+        }
+
+        // NATS requester → AMQP instance.
+        let ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
+        nats_router
+            .wait_routed("rpcx", &["a"], Duration::from_secs(15))
+            .await;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            nats.request(ingress.subject("rpcx", "get"), "1".into()),
+        )
+        .await
+        .expect("NATS reply from the AMQP instance within 10 s")
+        .expect("a reply, not an error");
+        assert_eq!(&reply.payload[..], b"pong:1");
+
+        // AMQP requester on `front` → NATS instance, and → AMQP instance on
+        // `back`.
+        let amqp_router = amqp_router(&dir.url(), &front, &[]).await;
+        amqp_router
+            .wait_routed("rpcn", &["n"], Duration::from_secs(15))
+            .await;
+        let reply = direct_request(&front, "rpcn.get", b"2", "c-2").await;
+        assert_eq!(reply.data, b"pong:2");
+        assert_eq!(correlation_id(&reply), Some("c-2"));
+        let reply = direct_request(&front, "rpcx.get", b"3", "c-3").await;
+        assert_eq!(reply.data, b"pong:3");
+        assert_eq!(
+            correlation_id(&reply),
+            Some("c-3"),
+            "the requester's correlation id is restored"
+        );
+
+        let metrics = amqp_router.metrics().await;
+        assert!(
+            metrics.contains(r#"baker_replies_total{outcome="forwarded"} 2"#),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply_queue() {
     bounded(async {
-        use futures::StreamExt;
-        use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-        use lapin::types::FieldTable;
+        use lapin::options::BasicPublishOptions;
 
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
         amqp::declare_queue(&channel, "_baker.rpc.r").await;
-        // The responder: answers each request on its reply_to, same correlation id.
         let (_rconn, responder) = vhost.channel().await;
-        let mut requests = responder
-            .basic_consume(
-                "_baker.rpc.r".into(),
-                "responder".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            while let Some(Ok(request)) = requests.next().await {
-                let reply_to = request
-                    .properties
-                    .reply_to()
-                    .clone()
-                    .expect("reply_to kept");
-                let mut props = lapin::BasicProperties::default();
-                if let Some(id) = request.properties.correlation_id() {
-                    props = props.with_correlation_id(id.clone());
-                }
-                let body = format!("pong:{}", String::from_utf8_lossy(&request.data));
-                responder
-                    .basic_publish(
-                        "".into(),
-                        reply_to,
-                        BasicPublishOptions::default(),
-                        body.as_bytes(),
-                        props,
-                    )
-                    .await
-                    .unwrap();
-                request.ack(Default::default()).await.unwrap();
-            }
-        });
+        spawn_amqp_responder(responder, "_baker.rpc.r").await;
         let _agent = amqp_agent(&dir.url(), &vhost, "rpc", "r");
         let router = amqp_router(&dir.url(), &vhost, &[]).await;
         router
             .wait_routed("rpc", &["r"], Duration::from_secs(15))
             .await;
 
-        // Direct reply-to: consume the pseudo-queue on the publishing channel.
-        let (_qconn, requester) = vhost.channel().await;
-        let mut replies = requester
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "requester".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        requester
-            .basic_publish(
-                "baker".into(),
-                "rpc.get".into(),
-                BasicPublishOptions::default(),
-                b"1",
-                lapin::BasicProperties::default()
-                    .with_reply_to("amq.rabbitmq.reply-to".into())
-                    .with_correlation_id("c-1".into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
-            .await
-            .expect("direct reply in time")
-            .unwrap()
-            .unwrap();
+        // Direct reply-to: the instance answers the requester's channel
+        // directly, through the same broker.
+        let reply = direct_request(&vhost, "rpc.get", b"1", "c-1").await;
         assert_eq!(reply.data, b"pong:1");
-        assert_eq!(
-            reply
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str()),
-            Some("c-1")
-        );
+        assert_eq!(correlation_id(&reply), Some("c-1"));
 
         // An ordinary reply queue.
         let (reply_queue, replies) = amqp::consume(&channel, "rpc-replies").await;

@@ -15,6 +15,7 @@ use baker_adapter_api::{
 };
 
 use super::policy::Pick;
+use super::reply::ReplyProxy;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
 use super::undelivered::UndeliveredReporter;
 
@@ -115,22 +116,27 @@ pub struct Journey {
     config: JourneyConfig,
     ids: MessageIds,
     undelivered: Arc<UndeliveredReporter>,
+    replies: Option<Arc<ReplyProxy>>,
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 impl Journey {
-    /// A journey over `table`.
+    /// A journey over `table`. Requests to instances on another broker than
+    /// the requester's get their replies through `replies`; without it their
+    /// reply address passes through unchanged.
     pub fn new(
         table: Arc<ArcSwap<RoutingTable>>,
         config: JourneyConfig,
         undelivered: Arc<UndeliveredReporter>,
+        replies: Option<Arc<ReplyProxy>>,
     ) -> Self {
         Self {
             table,
             config,
             ids: MessageIds::new(),
             undelivered,
+            replies,
         }
     }
 
@@ -219,7 +225,7 @@ impl Journey {
             message
                 .headers
                 .insert(header::ATTEMPT, attempt_text(attempt));
-            match send(instance, destination, message).await {
+            match self.send(instance, destination, message).await {
                 Ok(()) => return Ok(()),
                 Err(SendError::Rejected(reason)) => {
                     return Err(Failure::new(
@@ -268,7 +274,7 @@ impl Journey {
             let mut last = None;
             let mut only_unreachable = true;
             for attempt in 1..=self.config.max_attempts {
-                match send(instance, destination, message).await {
+                match self.send(instance, destination, message).await {
                     Ok(()) => return Ok(()),
                     Err(SendError::Rejected(reason)) => {
                         return Err(Failure::new(
@@ -322,6 +328,55 @@ impl Journey {
     }
 }
 
+impl Journey {
+    async fn send(
+        &self,
+        instance: &InstanceRoute,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let stats = &instance.stats;
+        stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        let result = match self.proxy_for(instance, message) {
+            Some(proxy) => send_proxied(proxy, instance, destination, message).await,
+            None => instance.target.send(destination, message).await,
+        };
+        stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+        match &result {
+            Ok(()) => stats.delivered(),
+            Err(_) => stats.failed(),
+        }
+        result
+    }
+
+    /// The reply proxy, when `message` is a request that `instance` cannot
+    /// answer directly because it is on another broker than the requester.
+    fn proxy_for(&self, instance: &InstanceRoute, message: &Message) -> Option<&ReplyProxy> {
+        let proxy = self.replies.as_deref()?;
+        let endpoint = &instance.record.endpoint;
+        (message.reply_to.is_some() && proxy.needed_for(&endpoint.adapter, &endpoint.broker))
+            .then_some(proxy)
+    }
+}
+
+/// Sends a request with its reply address pointed at the router's proxy.
+async fn send_proxied(
+    proxy: &ReplyProxy,
+    instance: &InstanceRoute,
+    destination: &Destination,
+    message: &Message,
+) -> Result<(), SendError> {
+    let endpoint = &instance.record.endpoint;
+    let stamped = proxy
+        .stamp(&endpoint.adapter, &endpoint.broker, message)
+        .await?;
+    let sent = instance.target.send(destination, &stamped.message).await;
+    if sent.is_err() {
+        proxy.forget(stamped);
+    }
+    sent
+}
+
 /// The `baker-attempt` value; small numbers are constants, so the first
 /// attempt allocates nothing.
 fn attempt_text(attempt: u32) -> HeaderText {
@@ -338,22 +393,6 @@ fn no_route(destination: &Destination) -> Failure {
         format!("no routable instance of service {:?}", destination.service),
         0,
     )
-}
-
-async fn send(
-    instance: &InstanceRoute,
-    destination: &Destination,
-    message: &Message,
-) -> Result<(), SendError> {
-    let stats = &instance.stats;
-    stats.outstanding.fetch_add(1, Ordering::Relaxed);
-    let result = instance.target.send(destination, message).await;
-    stats.outstanding.fetch_sub(1, Ordering::Relaxed);
-    match &result {
-        Ok(()) => stats.delivered(),
-        Err(_) => stats.failed(),
-    }
-    result
 }
 
 #[cfg(test)]
@@ -385,6 +424,16 @@ mod tests {
         policy: PolicyKind,
         max_payload: usize,
     ) -> Journey {
+        journey_with_replies(broker, ids, policy, max_payload, None).await
+    }
+
+    async fn journey_with_replies(
+        broker: &str,
+        ids: &[&str],
+        policy: PolicyKind,
+        max_payload: usize,
+        replies: Option<Arc<ReplyProxy>>,
+    ) -> Journey {
         let instances: Vec<InstanceRecord> = ids
             .iter()
             .map(|id| {
@@ -411,6 +460,7 @@ mod tests {
                 max_payload,
             },
             Default::default(),
+            replies,
         )
     }
 
@@ -517,5 +567,88 @@ mod tests {
         let (d, settled) = delivery("s", b"x");
         assert!(matches!(journey.carry(d).await, Outcome::Undeliverable(..)));
         assert!(dead_letter_reason(&settled).contains("copy to b"));
+    }
+
+    #[tokio::test]
+    async fn a_reply_from_an_instance_on_another_broker_reaches_the_requester() {
+        let requesters = baker_adapter_memory::broker("journey-reply-a");
+        let instances = baker_adapter_memory::broker("journey-reply-b");
+        let adapters = AdapterRegistry::builtin();
+        let proxy = Arc::new(ReplyProxy::new(
+            adapters.get("memory").unwrap().clone(),
+            "memory://journey-reply-a",
+            adapters,
+        ));
+        let shutdown = crate::shutdown::Shutdown::new();
+        tokio::spawn(proxy.clone().run(shutdown.clone()));
+        let mut instance = instances.subscribe("_baker.s.a.>", None, 10);
+        let mut requester = requesters.subscribe("requester.inbox", None, 10);
+        let journey = journey_with_replies(
+            "journey-reply-b",
+            &["a"],
+            PolicyKind::RoundRobin,
+            1024,
+            Some(proxy),
+        )
+        .await;
+
+        let (mut request, settled) = delivery("s", b"ping");
+        request.message.reply_to = Some("requester.inbox".to_owned());
+        request.message.properties.correlation_id = Some("c-1".to_owned());
+        assert_eq!(journey.carry(request).await, Outcome::Delivered);
+        assert_eq!(*settled.lock().unwrap(), vec![Settlement::Delivered]);
+        let got = instance.recv().await.unwrap();
+        let reply_to = got.message.reply_to.clone().unwrap();
+        assert!(
+            reply_to.starts_with("_baker.reply."),
+            "the instance answers the router's inbox on its own broker, not {reply_to}"
+        );
+        let reply = Message {
+            payload: Bytes::from_static(b"pong"),
+            ..Default::default()
+        };
+        assert_eq!(instances.publish(&reply_to, reply.clone()).await, 1);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), requester.recv())
+            .await
+            .expect("reply forwarded in time")
+            .unwrap();
+        assert_eq!(answer.message.payload, Bytes::from_static(b"pong"));
+        assert_eq!(
+            answer.message.properties.correlation_id.as_deref(),
+            Some("c-1")
+        );
+        // One reply per request: a second one with the same token is dropped.
+        instances.publish(&reply_to, reply).await;
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), requester.recv())
+                .await
+                .is_err()
+        );
+        shutdown.trigger();
+    }
+
+    #[tokio::test]
+    async fn a_request_to_an_instance_on_the_requesters_broker_keeps_its_reply_address() {
+        let broker = baker_adapter_memory::broker("journey-reply-same");
+        let adapters = AdapterRegistry::builtin();
+        let proxy = Arc::new(ReplyProxy::new(
+            adapters.get("memory").unwrap().clone(),
+            "memory://journey-reply-same",
+            adapters,
+        ));
+        let mut instance = broker.subscribe("_baker.s.a.>", None, 10);
+        let journey = journey_with_replies(
+            "journey-reply-same",
+            &["a"],
+            PolicyKind::RoundRobin,
+            1024,
+            Some(proxy),
+        )
+        .await;
+        let (mut request, _) = delivery("s", b"ping");
+        request.message.reply_to = Some("requester.inbox".to_owned());
+        assert_eq!(journey.carry(request).await, Outcome::Delivered);
+        let got = instance.recv().await.unwrap();
+        assert_eq!(got.message.reply_to.as_deref(), Some("requester.inbox"));
     }
 }

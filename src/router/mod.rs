@@ -8,6 +8,7 @@
 
 pub mod journey;
 pub mod policy;
+pub mod reply;
 pub mod table;
 pub mod undelivered;
 

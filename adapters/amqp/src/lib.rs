@@ -22,21 +22,23 @@ mod egress;
 mod ingress;
 mod link;
 mod publisher;
+mod reply;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    Adapter, AdapterError, BrokerHealth, Endpoint, Ingress, IngressOptions, Target,
+    Adapter, AdapterError, BrokerHealth, Destination, Endpoint, Ingress, IngressOptions, Message,
+    Reply, ReplyInbox, SendError, Target,
 };
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use egress::AmqpTarget;
 use ingress::{AmqpIngress, Names};
 use link::{redact, Link};
-use publisher::Publisher;
+use publisher::{Publish, Publisher};
 
 /// Default broker URL.
 pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -192,6 +194,57 @@ impl Adapter for AmqpAdapter {
             self.link(&endpoint.broker).1,
             &endpoint.inbox,
         )))
+    }
+
+    /// The reply queue `_baker.reply.<router>`, auto-deleted 5 minutes
+    /// after its router last consumed from it.
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: tokio::sync::mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        check_url(broker)?;
+        let (link, _) = self.link(broker);
+        let inbox = reply::open(link, format!("_baker.reply.{router_id}"), replies)
+            .await
+            .map_err(|reason| AdapterError::Broker {
+                url: redact(broker),
+                reason,
+            })?;
+        Ok(Arc::new(inbox))
+    }
+
+    /// Publishes the reply through the default exchange to the queue named
+    /// `reply_to` (RabbitMQ's direct reply-to names included), confirmed.
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        check_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        let routing_key = ShortString::try_new(reply_to).map_err(|_| {
+            SendError::Rejected(format!(
+                "reply-to of {} bytes does not fit AMQP's 255",
+                reply_to.len()
+            ))
+        })?;
+        let no_topic = Destination {
+            service: String::new(),
+            topic: String::new(),
+        };
+        let properties = convert::to_amqp(message, &no_topic).map_err(SendError::Rejected)?;
+        self.link(broker)
+            .1
+            .publish(Publish {
+                exchange: ShortString::from(""),
+                routing_key,
+                mandatory: false,
+                payload: message.payload.clone(),
+                properties,
+            })
+            .await
     }
 
     fn health(&self) -> Vec<BrokerHealth> {

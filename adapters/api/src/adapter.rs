@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use tokio::sync::mpsc;
+
 use crate::{AckHandle, AdapterError, Destination, Endpoint, Message, SendError};
 
 /// One message taken from the ingress, with the promise to settle it.
@@ -63,6 +65,28 @@ pub trait Target: Send + Sync {
     async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError>;
 }
 
+/// A reply that arrived at a router's reply inbox.
+#[derive(Debug)]
+pub struct Reply {
+    /// The token the router stamped on the request (see [`ReplyInbox::stamp`]).
+    pub token: String,
+    /// The reply as the instance sent it.
+    pub message: Message,
+}
+
+/// A router's own reply address on one broker.
+///
+/// An instance answers a request at the request's reply address, on the
+/// instance's own broker. When the requester is on another broker or another
+/// protocol, that address means nothing there, so the router points the
+/// request's reply address at its reply inbox on the instance's broker
+/// instead, and forwards what arrives to the requester.
+pub trait ReplyInbox: Send + Sync {
+    /// Points `message`'s reply address at this inbox, tagged with `token`,
+    /// so that the instance's reply arrives as a [`Reply`] carrying it.
+    fn stamp(&self, token: &str, message: &mut Message);
+}
+
 /// Connection state of one broker an adapter talks to.
 #[derive(Debug, Clone)]
 pub struct BrokerHealth {
@@ -110,6 +134,39 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// Binds a target for `endpoint`, connecting to its broker if needed.
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;
+
+    /// Opens the reply inbox of the router called `router_id` on `broker`,
+    /// and keeps it open (across reconnections) for the life of the process.
+    /// Replies that arrive there are sent to `replies`.
+    ///
+    /// The default says the adapter cannot proxy replies: requests that need
+    /// a proxy to reach an instance on this adapter are not delivered there.
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        _router_id: &str,
+        _replies: mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        Err(AdapterError::Unsupported {
+            adapter: self.name(),
+            what: format!("a reply inbox (on {})", crate::redact_url(broker)),
+        })
+    }
+
+    /// Sends `message` as the answer to a request that arrived on this
+    /// adapter's ingress on `broker` asking for replies at `reply_to`.
+    /// Resolves once the broker has taken the reply, as [`Target::send`].
+    async fn send_reply(
+        &self,
+        _broker: &str,
+        _reply_to: &str,
+        _message: &Message,
+    ) -> Result<(), SendError> {
+        Err(SendError::Rejected(format!(
+            "the {} adapter cannot forward replies",
+            self.name()
+        )))
+    }
 
     /// Connection state of every broker this adapter has opened.
     fn health(&self) -> Vec<BrokerHealth>;

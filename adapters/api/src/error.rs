@@ -28,6 +28,9 @@ pub enum AdapterError {
     /// The inbox address is not valid for this adapter.
     #[error("invalid inbox {inbox:?}: {reason}")]
     InvalidInbox { inbox: String, reason: String },
+    /// The adapter does not offer this operation.
+    #[error("the {adapter} adapter does not support {what}")]
+    Unsupported { adapter: &'static str, what: String },
     /// The broker refused or failed an operation.
     #[error("broker {url}: {reason}")]
     Broker { url: String, reason: String },

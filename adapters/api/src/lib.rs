@@ -13,7 +13,9 @@ mod error;
 mod message;
 
 pub use ack::{AckHandle, Settle, Settlement};
-pub use adapter::{Adapter, BrokerHealth, Delivery, Ingress, IngressOptions, Target};
+pub use adapter::{
+    Adapter, BrokerHealth, Delivery, Ingress, IngressOptions, Reply, ReplyInbox, Target,
+};
 pub use error::{AdapterError, SendError};
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
 

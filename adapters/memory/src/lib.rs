@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use async_trait::async_trait;
 use baker_adapter_api::{
     AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint, Ingress,
-    IngressOptions, Message, SendError, Target,
+    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
 };
 use tokio::sync::mpsc;
 
@@ -246,6 +246,18 @@ impl Target for MemoryTarget {
     }
 }
 
+/// A router's reply inbox on a memory broker: the subjects
+/// `_baker.reply.<router>.<token>`.
+struct MemoryReplyInbox {
+    prefix: String,
+}
+
+impl ReplyInbox for MemoryReplyInbox {
+    fn stamp(&self, token: &str, message: &mut Message) {
+        message.reply_to = Some(format!("{}{token}", self.prefix));
+    }
+}
+
 #[async_trait]
 impl Adapter for MemoryAdapter {
     fn name(&self) -> &'static str {
@@ -293,6 +305,44 @@ impl Adapter for MemoryAdapter {
             broker: broker_for_url(&endpoint.broker)?,
             inbox: endpoint.inbox.clone(),
         }))
+    }
+
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        let prefix = format!("_baker.reply.{router_id}.");
+        let mut subscriber = broker_for_url(broker)?.subscribe(&format!("{prefix}*"), None, 64);
+        let tokens_from = prefix.len();
+        tokio::spawn(async move {
+            while let Some(envelope) = subscriber.recv().await {
+                let reply = Reply {
+                    token: envelope.subject[tokens_from..].to_owned(),
+                    message: envelope.message,
+                };
+                if replies.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(MemoryReplyInbox { prefix }))
+    }
+
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let broker = broker_for_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        match broker.publish(reply_to, message.clone()).await {
+            0 => Err(SendError::Unavailable(format!(
+                "no subscriber on {reply_to}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn health(&self) -> Vec<BrokerHealth> {

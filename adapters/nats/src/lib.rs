@@ -17,7 +17,8 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint,
-    Headers, Ingress, IngressOptions, Message, Properties, SendError, Settle, Settlement, Target,
+    Headers, Ingress, IngressOptions, Message, Properties, Reply, ReplyInbox, SendError, Settle,
+    Settlement, Target,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -200,6 +201,49 @@ pub fn headers_to_nats(headers: &Headers) -> (HeaderMap, usize) {
     (map, skipped)
 }
 
+/// Baker's form of a message received from NATS.
+fn message_from_nats(msg: async_nats::Message) -> Message {
+    let mut headers = headers_from_nats(msg.headers.as_ref());
+    let properties = properties_from_headers(&mut headers);
+    Message {
+        headers,
+        reply_to: msg.reply.map(|r| r.to_string()),
+        payload: msg.payload,
+        properties,
+        native: None,
+    }
+}
+
+/// NATS headers for `message`: its headers and the properties NATS carries.
+/// Returns how many headers NATS could not carry.
+fn nats_headers(message: &Message) -> (HeaderMap, usize) {
+    let (mut headers, skipped) = headers_to_nats(&message.headers);
+    properties_to_headers(&message.properties, &mut headers);
+    (headers, skipped)
+}
+
+fn publish_error(error: async_nats::client::PublishError) -> SendError {
+    match error.kind() {
+        async_nats::client::PublishErrorKind::MaxPayloadExceeded
+        | async_nats::client::PublishErrorKind::InvalidSubject => {
+            SendError::Rejected(error.to_string())
+        }
+        _ => SendError::Unreachable(error.to_string()),
+    }
+}
+
+/// A router's reply inbox on a NATS broker: the subjects
+/// `_baker.reply.<router>.<token>`.
+struct NatsReplyInbox {
+    prefix: String,
+}
+
+impl ReplyInbox for NatsReplyInbox {
+    fn stamp(&self, token: &str, message: &mut Message) {
+        message.reply_to = Some(format!("{}{token}", self.prefix));
+    }
+}
+
 struct NatsIngress {
     subscriber: async_nats::Subscriber,
     client: Client,
@@ -251,18 +295,10 @@ impl NatsIngress {
             }),
             None => AckHandle::noop(),
         };
-        let mut headers = headers_from_nats(msg.headers.as_ref());
-        let properties = properties_from_headers(&mut headers);
         Some(Delivery {
-            message: Message {
-                headers,
-                reply_to: msg.reply.map(|r| r.to_string()),
-                payload: msg.payload,
-                properties,
-                native: None,
-            },
-            destination,
             origin: msg.subject.to_string(),
+            message: message_from_nats(msg),
+            destination,
             ack,
         })
     }
@@ -315,8 +351,7 @@ impl Target for NatsTarget {
             s.push_str(&destination.topic);
             s
         };
-        let (mut headers, skipped) = headers_to_nats(&message.headers);
-        properties_to_headers(&message.properties, &mut headers);
+        let (headers, skipped) = nats_headers(message);
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
             tracing::warn!(inbox = %self.inbox, skipped,
                 "headers that NATS cannot carry were left out (reported once per instance)");
@@ -338,13 +373,7 @@ impl Target for NatsTarget {
                     .await
             }
         };
-        result.map_err(|e| match e.kind() {
-            async_nats::client::PublishErrorKind::MaxPayloadExceeded
-            | async_nats::client::PublishErrorKind::InvalidSubject => {
-                SendError::Rejected(e.to_string())
-            }
-            _ => SendError::Unreachable(e.to_string()),
-        })
+        result.map_err(publish_error)
     }
 }
 
@@ -400,6 +429,55 @@ impl Adapter for NatsAdapter {
             inbox: endpoint.inbox.clone(),
             reported_skipped: AtomicBool::new(false),
         }))
+    }
+
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: tokio::sync::mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        let prefix = format!("_baker.reply.{router_id}.");
+        let mut subscriber = self
+            .client(broker)
+            .await?
+            .subscribe(format!("{prefix}*"))
+            .await
+            .map_err(|e| AdapterError::Broker {
+                url: broker.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let tokens_from = prefix.len();
+        tokio::spawn(async move {
+            while let Some(msg) = subscriber.next().await {
+                let token = msg.subject[tokens_from..].to_owned();
+                let reply = Reply {
+                    token,
+                    message: message_from_nats(msg),
+                };
+                if replies.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(NatsReplyInbox { prefix }))
+    }
+
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let client = self
+            .client(broker)
+            .await
+            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+        let (headers, _) = nats_headers(message);
+        client
+            .publish_with_headers(reply_to.to_owned(), headers, message.payload.clone())
+            .await
+            .map_err(publish_error)
     }
 
     async fn flush(&self) {
