@@ -103,6 +103,53 @@ async fn messages_without_a_routable_instance_land_in_the_dead_letter_queue_with
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_restart_under_traffic_dead_letters_nothing() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let port = free_port();
+        let mut dir = Directory::start_on(port).await;
+        let (_conn, channel) = vhost.channel().await;
+        let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
+        let (inbox, _) = amqp::consume(&channel, "_baker.restart.a").await;
+        // A 9 s lease renewed every ~3 s: after the restart, the agent is
+        // back in the directory only at its next renewal, seconds later.
+        let _agent = agent_on(
+            "amqp",
+            &vhost.url(),
+            &dir.url(),
+            "restart",
+            "a",
+            &["--ttl", "9"],
+        );
+        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        router
+            .wait_routed("restart", &["a"], Duration::from_secs(15))
+            .await;
+
+        dir.proc.kill();
+        let _dir2 = Directory::start_on(port).await;
+        // Publish through the gap before the agent's renewal: the router must
+        // keep the instance it knew rather than adopt the new, empty view.
+        let total = 4_000u64;
+        for batch in 0..40 {
+            amqp::publish(&channel, "baker", "restart.t", batch * 100, 100, 100).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(30),
+            || async { inbox.count() as u64 >= total },
+        )
+        .await;
+        tokio::time::sleep(amqp::SETTLE).await;
+        assert_eq!(dead.count(), 0, "nothing dead-lettered");
+        let (_, seen) = tally(&[&inbox]);
+        assert_eq!(seen.len() as u64, total, "none lost");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_dead_lettered_and_does_not_stall_the_rest() {
     bounded(async {
         let vhost = Vhost::create();

@@ -9,6 +9,12 @@
 //! outage and the view's age. In auto mode (no directory configured) a
 //! watcher whose directory is gone tries to serve it itself on the same
 //! address, so another sidecar of the host takes over from one that died.
+//!
+//! A restarted directory (a new epoch) starts empty and fills up as agents
+//! register again, within one lease. Adopting its first, empty catalog would
+//! leave routers with nowhere to send for that long, so the records of the
+//! previous epoch stay in the view until their agent registers again or one
+//! lease (the record's TTL) has passed ([`Carryover`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::client::DirectoryClient;
-use super::record::Catalog;
+use super::record::{Catalog, InstanceRecord};
 use super::server;
 use super::store::Store;
 use crate::backoff::Backoff;
@@ -91,6 +97,58 @@ impl DirectoryHealth {
     }
 }
 
+/// The records of a previous directory epoch that the current one does not
+/// know yet, each held until its lease would have run out.
+#[derive(Debug, Default)]
+struct Carryover {
+    epoch: u64,
+    held: Vec<(InstanceRecord, Instant)>,
+}
+
+impl Carryover {
+    /// The view to route from, given the directory's `catalog` and the view
+    /// published before it, at `now`.
+    fn view(&mut self, catalog: Catalog, previous: &Catalog, now: Instant) -> Catalog {
+        if self.epoch != 0 && catalog.epoch != self.epoch {
+            self.held = previous
+                .instances
+                .iter()
+                .map(|r| (r.clone(), now + Duration::from_secs(r.ttl_secs)))
+                .collect();
+        }
+        self.epoch = catalog.epoch;
+        self.expire(&catalog, now);
+        if self.held.is_empty() {
+            return catalog;
+        }
+        let mut view = catalog;
+        view.instances
+            .extend(self.held.iter().map(|(record, _)| record.clone()));
+        view.instances
+            .sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+        view
+    }
+
+    /// Drops held records that the directory knows again or whose lease ran
+    /// out. Returns whether any was dropped.
+    fn expire(&mut self, catalog: &Catalog, now: Instant) -> bool {
+        let before = self.held.len();
+        self.held.retain(|(record, until)| {
+            *until > now
+                && !catalog
+                    .instances
+                    .iter()
+                    .any(|r| r.service == record.service && r.id == record.id)
+        });
+        self.held.len() != before
+    }
+
+    /// When the next held record runs out.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.held.iter().map(|(_, until)| *until).min()
+    }
+}
+
 /// Follows the directory and publishes each new catalog.
 pub struct Watcher {
     client: DirectoryClient,
@@ -151,8 +209,18 @@ impl Watcher {
         let mut after: Option<(u64, u64)> = None;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut outage_reported = false;
+        let mut carryover = Carryover::default();
+        let mut directory_view = Catalog::default();
         loop {
-            let result = match shutdown.run_until(self.client.catalog(after, RESYNC)).await {
+            // Held records must leave the view when their lease runs out, even
+            // if the directory has nothing new to say by then.
+            let wait = carryover
+                .next_expiry()
+                .map_or(RESYNC, |until| {
+                    until.saturating_duration_since(Instant::now()).min(RESYNC)
+                })
+                .max(Duration::from_secs(1));
+            let result = match shutdown.run_until(self.client.catalog(after, wait)).await {
                 Some(result) => result,
                 None => return,
             };
@@ -165,9 +233,21 @@ impl Watcher {
                         outage_reported = false;
                     }
                     let position = (catalog.epoch, catalog.index);
+                    let now = Instant::now();
                     if after != Some(position) {
+                        if after.is_some_and(|(epoch, _)| epoch != catalog.epoch) {
+                            tracing::info!(url = self.client.url(),
+                                "the directory restarted; keeping the instances it does not know yet for one lease");
+                        }
                         after = Some(position);
-                        self.catalogs.send_replace(Arc::new(catalog));
+                        directory_view = catalog.clone();
+                        let previous = self.catalogs.borrow().clone();
+                        let view = carryover.view(catalog, &previous, now);
+                        self.catalogs.send_replace(Arc::new(view));
+                    } else if carryover.expire(&directory_view, now) {
+                        let previous = self.catalogs.borrow().clone();
+                        let view = carryover.view(directory_view.clone(), &previous, now);
+                        self.catalogs.send_replace(Arc::new(view));
                     }
                 }
                 Err(error) => {
@@ -189,5 +269,60 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::store::tests::record;
+
+    fn catalog(epoch: u64, index: u64, ids: &[&str]) -> Catalog {
+        Catalog {
+            epoch,
+            index,
+            instances: ids.iter().map(|id| record("s", id, 10)).collect(),
+        }
+    }
+
+    fn ids(catalog: &Catalog) -> Vec<&str> {
+        catalog.instances.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_restarted_directory_does_not_empty_the_view_for_one_lease() {
+        let t0 = Instant::now();
+        let mut carryover = Carryover::default();
+        let first = carryover.view(catalog(1, 5, &["a", "b"]), &Catalog::default(), t0);
+        assert_eq!(ids(&first), ["a", "b"]);
+
+        // The directory restarts empty: a and b stay.
+        let empty = carryover.view(catalog(2, 1, &[]), &first, t0);
+        assert_eq!(ids(&empty), ["a", "b"]);
+        assert_eq!((empty.epoch, empty.index), (2, 1));
+
+        // b registers again (as the new directory has it, draining, say) and
+        // c is new; a is still held.
+        let mut again = catalog(2, 3, &["b", "c"]);
+        again.instances[0].status = crate::directory::Status::Draining;
+        let view = carryover.view(again.clone(), &empty, t0 + Duration::from_secs(1));
+        assert_eq!(ids(&view), ["a", "b", "c"]);
+        assert_eq!(view.instances[1].status, crate::directory::Status::Draining);
+
+        // a's lease runs out without a registration: it leaves the view.
+        let later = t0 + Duration::from_secs(11);
+        assert!(carryover.expire(&again, later));
+        let view = carryover.view(again, &view, later);
+        assert_eq!(ids(&view), ["b", "c"]);
+        assert_eq!(carryover.next_expiry(), None);
+    }
+
+    #[test]
+    fn within_one_epoch_removals_apply_at_once() {
+        let t0 = Instant::now();
+        let mut carryover = Carryover::default();
+        let first = carryover.view(catalog(1, 1, &["a", "b"]), &Catalog::default(), t0);
+        let second = carryover.view(catalog(1, 2, &["a"]), &first, t0);
+        assert_eq!(ids(&second), ["a"]);
     }
 }
