@@ -149,6 +149,72 @@ async fn a_directory_restart_under_traffic_dead_letters_nothing() {
     .await;
 }
 
+/// A TCP port that accepts connections and never answers, like a broker
+/// behind a network partition that drops packets.
+async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_on_a_broker_that_never_answers_does_not_stall_the_others() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let (inbox, _) = amqp::consume(&channel, "_baker.stuck.a").await;
+        let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
+        let _agent = amqp_agent(&dir.url(), &vhost, "stuck", "a");
+        // Instance b's broker accepts connections and then says nothing. Its
+        // agent could not declare an inbox there, so b is registered
+        // directly, with a lease that outlasts the test.
+        let (port, _blackhole) = blackhole().await;
+        let record = serde_json::json!({
+            "service": "stuck",
+            "id": "b",
+            "endpoint": {
+                "adapter": "amqp",
+                "broker": format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+                "inbox": "_baker.stuck.b",
+            },
+            "ttl_secs": 600,
+        });
+        let registered = reqwest::Client::new()
+            .put(format!("{}/v1/services/stuck/instances/b", dir.url()))
+            .json(&record)
+            .send()
+            .await
+            .unwrap();
+        assert!(registered.status().is_success(), "{registered:?}");
+        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        router
+            .wait_routed("stuck", &["a", "b"], Duration::from_secs(15))
+            .await;
+
+        // Half the messages try b first; each must move on to a promptly
+        // instead of queueing behind b's connection attempts.
+        let total = 2_000u64;
+        amqp::publish(&channel, "baker", "stuck.t", 0, total, 200).await;
+        wait_until(
+            "every message delivered to a",
+            Duration::from_secs(45),
+            || async { inbox.count() as u64 >= total },
+        )
+        .await;
+        let (_, seen) = tally(&[&inbox]);
+        assert_eq!(seen.len() as u64, total, "none lost");
+        assert_eq!(dead.count(), 0, "none dead-lettered");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_dead_lettered_and_does_not_stall_the_rest() {
     bounded(async {

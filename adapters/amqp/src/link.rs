@@ -56,7 +56,8 @@ impl Link {
             .is_some_and(|c| c.1.status().connected())
     }
 
-    fn usable(&self) -> Option<Channel> {
+    /// The channel, if it is up; never connects.
+    pub fn usable(&self) -> Option<Channel> {
         let current = self.current.load();
         let (_, channel) = current.as_deref()?;
         channel.status().connected().then(|| channel.clone())
@@ -113,6 +114,17 @@ impl Link {
     pub fn reset(&self) {
         if self.usable().is_none() {
             self.current.store(None);
+        }
+    }
+
+    /// Gives up on the current connection even though lapin still thinks it
+    /// is up (the broker stopped answering without closing it), so the next
+    /// caller connects anew.
+    pub fn abandon(&self) {
+        if let Some(current) = self.current.swap(None) {
+            tokio::spawn(async move {
+                let _ = current.0.close(320, "unresponsive".into()).await;
+            });
         }
     }
 }

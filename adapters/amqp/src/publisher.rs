@@ -14,6 +14,8 @@
 //! resolves its return, if any, is on a resolved confirm.)
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +24,10 @@ use bytes::Bytes;
 use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, ShortString};
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::link::Link;
+use crate::link::{redact, Link};
 
 /// One message to publish.
 pub struct Publish {
@@ -101,9 +103,38 @@ impl Publisher {
 /// does not pay for the reconnection.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long handing one message to lapin may take. A connection whose
+/// broker stopped answering fills its socket buffer and then blocks.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection attempt running beside the publisher task.
+type Connecting = Pin<Box<dyn Future<Output = Result<Channel, String>> + Send>>;
+
+/// The publisher task's state.
+struct Task {
+    link: Arc<Link>,
+    in_flight: VecDeque<InFlight>,
+    returned: HashSet<(String, ShortString)>,
+    /// The connection attempt in progress, if any. It runs beside the task,
+    /// which goes on settling confirms and answering requests meanwhile.
+    connecting: Option<Connecting>,
+    /// The last connection attempt failed: requests fail at once, rather
+    /// than each waiting for an attempt of its own, until one succeeds.
+    unreachable: Option<String>,
+    /// Requests waiting for the attempt in progress (a first connection, or
+    /// a reconnection right after a connection was lost).
+    waiting: Vec<Request>,
+}
+
 async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut returned: HashSet<(String, ShortString)> = HashSet::new();
+    let mut task = Task {
+        link,
+        in_flight: VecDeque::new(),
+        returned: HashSet::new(),
+        connecting: None,
+        unreachable: None,
+        waiting: Vec::new(),
+    };
     let mut reconnect = tokio::time::interval(RECONNECT_EVERY);
     reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -113,84 +144,172 @@ async fn run(link: Arc<Link>, mut requests: mpsc::Receiver<Request>) {
             // is only evaluated when the select! starts, and an idle link
             // loses its connection while the task waits.
             _ = reconnect.tick() => {
-                while in_flight.front().is_some_and(|f| f.sent.elapsed() > CONFIRM_TIMEOUT) {
-                    let expired = in_flight.pop_front().expect("checked");
-                    let _ = expired.reply.send(Err(SendError::Unreachable(format!(
-                        "no confirm from the broker within {} s",
-                        CONFIRM_TIMEOUT.as_secs()
-                    ))));
-                }
-                if link.was_connected() && !link.connected() {
-                    if let Err(error) = link.channel().await {
-                        tracing::debug!(%error, "AMQP reconnection attempt failed");
-                    }
+                task.expire_confirms();
+                if task.connecting.is_none()
+                    && !task.link.connected()
+                    && (task.link.was_connected() || task.unreachable.is_some())
+                {
+                    task.start_connecting();
                 }
             }
-            first = async { (&mut in_flight.front_mut().expect("guarded").confirm).await }, if !in_flight.is_empty() => {
-                let mut batch = vec![(in_flight.pop_front().expect("guarded"), first)];
-                while let Some(next) = in_flight.front_mut() {
-                    match (&mut next.confirm).now_or_never() {
-                        Some(result) => batch.push((in_flight.pop_front().expect("checked"), result)),
-                        None => break,
-                    }
-                }
-                for (_, result) in &batch {
-                    if let Ok(Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message))) = result {
-                        if let Some(id) = message_id(&message.delivery.properties) {
-                            returned.insert((id, message.delivery.routing_key.clone()));
-                        }
-                    }
-                }
-                for (entry, result) in batch {
-                    let was_returned = entry.key.as_ref().is_some_and(|key| returned.remove(key));
-                    let verdict = match result {
-                        Ok(_) if was_returned => Err(SendError::Unavailable(
-                            "no queue took the message (returned by the broker)".to_owned(),
-                        )),
-                        Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Ok(()),
-                        // RabbitMQ nacks for passing reasons (a quorum queue
-                        // without a leader, a full queue rejecting publishes):
-                        // redeliver rather than dead-letter.
-                        Ok(Confirmation::Nack(_)) => Err(SendError::Unreachable(
-                            "the broker did not take the message (nack)".to_owned(),
-                        )),
-                        Err(error) => {
-                            link.reset();
-                            Err(SendError::Unreachable(error.to_string()))
-                        }
-                    };
-                    let _ = entry.reply.send(verdict);
-                }
+            connected = async { task.connecting.as_mut().expect("guarded").await }, if task.connecting.is_some() => {
+                task.connecting = None;
+                task.connected(connected).await;
+            }
+            first = async { (&mut task.in_flight.front_mut().expect("guarded").confirm).await }, if !task.in_flight.is_empty() => {
+                task.settle_confirms(first);
             }
             request = requests.recv() => {
-                let Some(Request { publish, reply }) = request else { return };
-                let channel = match link.channel().await {
-                    Ok(channel) => channel,
-                    Err(error) => {
-                        let _ = reply.send(Err(SendError::Unreachable(error)));
-                        continue;
-                    }
-                };
-                let key = message_id(&publish.properties).map(|id| (id, publish.routing_key.clone()));
-                let result = channel
-                    .basic_publish(
-                        publish.exchange,
-                        publish.routing_key,
-                        BasicPublishOptions { mandatory: publish.mandatory, ..Default::default() },
-                        &publish.payload,
-                        publish.properties,
-                    )
-                    .await;
-                match result {
-                    Ok(confirm) => in_flight.push_back(InFlight { confirm, key, reply, sent: Instant::now() }),
-                    Err(error) => {
-                        if !channel.status().connected() {
-                            link.reset();
-                        }
-                        let _ = reply.send(Err(SendError::Unreachable(error.to_string())));
-                    }
+                let Some(request) = request else { return };
+                task.request(request).await;
+            }
+        }
+    }
+}
+
+impl Task {
+    fn start_connecting(&mut self) {
+        let link = self.link.clone();
+        self.connecting = Some(Box::pin(async move { link.channel().await }));
+    }
+
+    async fn connected(&mut self, result: Result<Channel, String>) {
+        match result {
+            Ok(_) => {
+                if self.unreachable.take().is_some() {
+                    tracing::info!(broker = %redact(self.link.url()), "AMQP broker reachable again");
+                }
+                for request in std::mem::take(&mut self.waiting) {
+                    self.publish(request).await;
                 }
             }
+            Err(error) => {
+                if self.unreachable.is_none() {
+                    tracing::warn!(%error, "AMQP broker unreachable; sends to it fail until it answers again");
+                }
+                for request in self.waiting.drain(..) {
+                    let _ = request
+                        .reply
+                        .send(Err(SendError::Unreachable(error.clone())));
+                }
+                self.unreachable = Some(error);
+            }
+        }
+    }
+
+    async fn request(&mut self, request: Request) {
+        if self.link.usable().is_some() {
+            self.publish(request).await;
+        } else if let Some(error) = &self.unreachable {
+            let _ = request
+                .reply
+                .send(Err(SendError::Unreachable(error.clone())));
+        } else {
+            self.waiting.push(request);
+            if self.connecting.is_none() {
+                self.start_connecting();
+            }
+        }
+    }
+
+    async fn publish(&mut self, Request { publish, reply }: Request) {
+        let Some(channel) = self.link.usable() else {
+            let _ = reply.send(Err(SendError::Unreachable("connection lost".to_owned())));
+            return;
+        };
+        let key = message_id(&publish.properties).map(|id| (id, publish.routing_key.clone()));
+        let published = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            channel.basic_publish(
+                publish.exchange,
+                publish.routing_key,
+                BasicPublishOptions {
+                    mandatory: publish.mandatory,
+                    ..Default::default()
+                },
+                &publish.payload,
+                publish.properties,
+            ),
+        )
+        .await;
+        match published {
+            Ok(Ok(confirm)) => self.in_flight.push_back(InFlight {
+                confirm,
+                key,
+                reply,
+                sent: Instant::now(),
+            }),
+            Ok(Err(error)) => {
+                if !channel.status().connected() {
+                    self.link.reset();
+                }
+                let _ = reply.send(Err(SendError::Unreachable(error.to_string())));
+            }
+            Err(_) => {
+                self.link.abandon();
+                let _ = reply.send(Err(SendError::Unreachable(format!(
+                    "the broker took no publish within {} s",
+                    PUBLISH_TIMEOUT.as_secs()
+                ))));
+            }
+        }
+    }
+
+    fn expire_confirms(&mut self) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|f| f.sent.elapsed() > CONFIRM_TIMEOUT)
+        {
+            let expired = self.in_flight.pop_front().expect("checked");
+            let _ = expired.reply.send(Err(SendError::Unreachable(format!(
+                "no confirm from the broker within {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ))));
+        }
+    }
+
+    /// Settles the first in-flight publish, whose confirm is `first`, and
+    /// every following one whose confirm is already there.
+    fn settle_confirms(&mut self, first: lapin::Result<Confirmation>) {
+        let mut batch = vec![(self.in_flight.pop_front().expect("guarded"), first)];
+        while let Some(next) = self.in_flight.front_mut() {
+            match (&mut next.confirm).now_or_never() {
+                Some(result) => batch.push((self.in_flight.pop_front().expect("checked"), result)),
+                None => break,
+            }
+        }
+        for (_, result) in &batch {
+            if let Ok(Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message))) = result
+            {
+                if let Some(id) = message_id(&message.delivery.properties) {
+                    self.returned
+                        .insert((id, message.delivery.routing_key.clone()));
+                }
+            }
+        }
+        for (entry, result) in batch {
+            let was_returned = entry
+                .key
+                .as_ref()
+                .is_some_and(|key| self.returned.remove(key));
+            let verdict = match result {
+                Ok(_) if was_returned => Err(SendError::Unavailable(
+                    "no queue took the message (returned by the broker)".to_owned(),
+                )),
+                Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Ok(()),
+                // RabbitMQ nacks for passing reasons (a quorum queue without
+                // a leader, a full queue rejecting publishes): redeliver
+                // rather than dead-letter.
+                Ok(Confirmation::Nack(_)) => Err(SendError::Unreachable(
+                    "the broker did not take the message (nack)".to_owned(),
+                )),
+                Err(error) => {
+                    self.link.reset();
+                    Err(SendError::Unreachable(error.to_string()))
+                }
+            };
+            let _ = entry.reply.send(verdict);
         }
     }
 }
