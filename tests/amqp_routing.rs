@@ -358,6 +358,53 @@ async fn a_router_killed_mid_stream_loses_nothing_once_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_with_sigterm_mid_stream_hands_over_with_nothing_lost_or_duplicated() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let (a, _) = amqp::consume(&channel, "_baker.handover.a").await;
+        let _agent = amqp_agent(&dir.url(), &vhost, "handover", "a");
+        let mut r1 = amqp_router(&dir.url(), &vhost, &[]).await;
+        let r2 = amqp_router(&dir.url(), &vhost, &[]).await;
+        for router in [&r1, &r2] {
+            router
+                .wait_routed("handover", &["a"], Duration::from_secs(15))
+                .await;
+        }
+
+        let total = 20_000u64;
+        let publisher = {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                amqp::publish(&channel, "baker", "handover.t", 0, total, 500).await
+            })
+        };
+        wait_until("some delivered", Duration::from_secs(30), || async {
+            a.count() >= 3000
+        })
+        .await;
+        let code = r1.proc.terminate(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "r1 exits cleanly: {}", r1.proc.log_text());
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(60),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        tokio::time::sleep(amqp::SETTLE).await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize, "none lost");
+        assert_eq!(
+            duplicates, 0,
+            "a graceful stop acknowledges everything it delivered"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
     bounded(async {
         let vhost = Vhost::create();
@@ -757,6 +804,21 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
         let reply = direct_request(&vhost, "rpc.get", b"1", "c-1").await;
         assert_eq!(reply.data, b"pong:1");
         assert_eq!(correlation_id(&reply), Some("c-1"));
+
+        // A request that cannot be delivered is dead-lettered, and its
+        // requester answered at once with the reason.
+        let reply = direct_request(&vhost, "nosuch.get", b"0", "c-0").await;
+        assert_eq!(correlation_id(&reply), Some("c-0"));
+        let error = reply
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("baker-error").cloned());
+        assert!(
+            matches!(&error, Some(lapin::types::AMQPValue::LongString(s))
+                if String::from_utf8_lossy(s.as_bytes()).contains("no routable instance of service \"nosuch\"")),
+            "{error:?}"
+        );
 
         // An ordinary reply queue.
         let (reply_queue, replies) = amqp::consume(&channel, "rpc-replies").await;

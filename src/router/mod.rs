@@ -87,11 +87,7 @@ pub async fn run(
                     tracing::warn!("the broker did not confirm closing the ingress in time");
                 }
             }
-            _ = &mut drain_deadline, if closing => {
-                tracing::warn!(in_flight = in_flight.len(),
-                    "messages did not finish within the drain timeout; brokers with acknowledgements redeliver them");
-                return;
-            }
+            _ = &mut drain_deadline, if closing => break,
             Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
             delivery = ingress.next(), if in_flight.len() < max_in_flight => match delivery {
                 Some(delivery) => {
@@ -116,7 +112,19 @@ pub async fn run(
     tokio::select! {
         _ = finish => {}
         _ = &mut drain_deadline => {
-            tracing::warn!("in-flight messages did not finish within the drain timeout");
+            tracing::warn!(in_flight = in_flight.len(),
+                "messages did not finish within the drain timeout; brokers with acknowledgements redeliver them");
         }
+    }
+    // Dropping what is left settles it as requeued, before the ingress
+    // passes its last settlements to the broker.
+    drop(in_flight);
+    if tokio::time::timeout(CLOSE_TIMEOUT, ingress.finish())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the broker did not take the last acknowledgements in time; it redelivers those messages"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// How one delivery is to be settled toward the broker.
 pub struct Verdict {
@@ -21,10 +21,16 @@ pub struct Verdict {
     pub requeue: bool,
 }
 
+enum Command {
+    Settle(Verdict),
+    /// Reply once every verdict sent before has gone to the broker.
+    Flush(oneshot::Sender<()>),
+}
+
 /// Sends verdicts to a channel's ack task. Unbounded, but never holds more
 /// than the channel's prefetch: each delivery is settled once.
 #[derive(Clone)]
-pub struct Acks(mpsc::UnboundedSender<Verdict>);
+pub struct Acks(mpsc::UnboundedSender<Command>);
 
 impl Acks {
     /// Starts the ack task of a fresh channel (first delivery tag 1).
@@ -37,17 +43,33 @@ impl Acks {
     /// Queues a verdict. If the task is gone the channel is too, and the
     /// broker redelivers the message.
     pub fn settle(&self, verdict: Verdict) {
-        let _ = self.0.send(verdict);
+        let _ = self.0.send(Command::Settle(verdict));
+    }
+
+    /// Waits until every verdict settled so far has been sent to the broker
+    /// (as far as their tags form a contiguous run).
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.0.send(Command::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 }
 
-async fn run(mut verdicts: mpsc::UnboundedReceiver<Verdict>) {
+async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut next_tag = 1u64;
     let mut waiting: BTreeMap<u64, Verdict> = BTreeMap::new();
-    while let Some(first) = verdicts.recv().await {
-        waiting.insert(first.tag, first);
-        while let Ok(more) = verdicts.try_recv() {
-            waiting.insert(more.tag, more);
+    while let Some(first) = commands.recv().await {
+        let mut flushes = Vec::new();
+        let mut take = |command| match command {
+            Command::Settle(verdict) => {
+                waiting.insert(verdict.tag, verdict);
+            }
+            Command::Flush(done) => flushes.push(done),
+        };
+        take(first);
+        while let Ok(more) = commands.try_recv() {
+            take(more);
         }
         let mut last_ack: Option<Acker> = None;
         while let Some(verdict) = waiting.remove(&next_tag) {
@@ -71,6 +93,9 @@ async fn run(mut verdicts: mpsc::UnboundedReceiver<Verdict>) {
                 tracing::debug!(%error, "could not acknowledge AMQP deliveries");
                 return;
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }

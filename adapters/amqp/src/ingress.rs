@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, Message, Settle, Settlement};
+use baker_adapter_api::{
+    header, AckHandle, Delivery, Destination, Ingress, Message, Settle, Settlement,
+};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Acker;
 use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
 
@@ -251,6 +253,18 @@ impl Ingress for AmqpIngress {
             }
         }
     }
+
+    async fn finish(&mut self) {
+        self.acks.flush().await;
+        // Closing the channel waits for the broker's close-ok, which comes
+        // after it has processed every acknowledgement sent before; what is
+        // left unacked goes back to the queue for the other routers.
+        if let Some((channel, _)) = self.consumer.take() {
+            if let Err(error) = channel.close(200, "router stopping".into()).await {
+                tracing::debug!(%error, "closing the AMQP ingress channel");
+            }
+        }
+    }
 }
 
 /// Settles one AMQP delivery: ack, requeue, or republish to the
@@ -289,6 +303,39 @@ impl DeliverySettler {
     }
 }
 
+impl DeliverySettler {
+    /// Tells a requester waiting for a reply that none will come, and why:
+    /// an empty reply with the reason in `baker-error`, as on NATS. Best
+    /// effort: the message itself is safe in the dead-letter queue.
+    async fn answer_requester(&self, reason: &str) {
+        let Some(reply_to) = self.properties.reply_to().clone() else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            header::ERROR.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        let mut properties = BasicProperties::default().with_headers(headers);
+        if let Some(id) = self.properties.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let answered = self
+            .publisher
+            .publish(Publish {
+                exchange: ShortString::from(""),
+                routing_key: reply_to,
+                mandatory: false,
+                payload: Bytes::new(),
+                properties,
+            })
+            .await;
+        if let Err(error) = answered {
+            tracing::debug!(%error, "could not send an error reply");
+        }
+    }
+}
+
 impl Settle for DeliverySettler {
     fn settle(self: Box<Self>, outcome: Settlement) {
         let requeue = match outcome {
@@ -300,7 +347,10 @@ impl Settle for DeliverySettler {
         tokio::spawn(async move {
             let requeue = match requeue {
                 Some((reason, attempts)) => match self.dead_letter(&reason, attempts).await {
-                    Ok(()) => false,
+                    Ok(()) => {
+                        self.answer_requester(&reason).await;
+                        false
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "could not dead-letter a message; it will be redelivered");
                         true

@@ -51,6 +51,12 @@ pub trait Ingress: Send {
     /// of the queue group, or stay in the broker); `next` still yields what
     /// was already received, then `None`. Used for a graceful stop.
     async fn close(&mut self);
+
+    /// Called at a graceful stop once every delivery taken has been settled
+    /// (or the drain timed out): waits until the settlements have reached the
+    /// broker, so that nothing already delivered is redelivered after the
+    /// process exits. The default has nothing to wait for.
+    async fn finish(&mut self) {}
 }
 
 /// A bound egress: sends to one instance's endpoint.
