@@ -61,6 +61,12 @@ pub struct InstanceStatus {
     pub errors: u64,
     /// Sends in flight.
     pub in_flight: usize,
+    /// Whether this router has ejected it for failing sends.
+    #[serde(default)]
+    pub ejected: bool,
+    /// Ejections since it last took a message.
+    #[serde(default)]
+    pub ejections: u32,
 }
 
 /// One service in `/v1/status`.
@@ -150,6 +156,8 @@ impl AdminState {
                     delivered: stats.map_or(0, |s| s.delivered.load(Ordering::Relaxed)),
                     errors: stats.map_or(0, |s| s.errors.load(Ordering::Relaxed)),
                     in_flight: stats.map_or(0, |s| s.outstanding.load(Ordering::Relaxed)),
+                    ejected: stats.is_some_and(|s| s.outlier.is_ejected()),
+                    ejections: stats.map_or(0, |s| s.outlier.ejections()),
                 });
             }
         }
@@ -193,6 +201,15 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
     for broker in state.adapters.health() {
         metrics::gauge!("baker_broker_connected", "adapter" => broker.adapter, "broker" => broker.broker)
             .set(if broker.connected { 1.0 } else { 0.0 });
+    }
+    if let Some(table) = &state.table {
+        let table = table.load();
+        for record in &table.catalog.instances {
+            if let Some(stats) = table.stats(&record.service, &record.id) {
+                metrics::gauge!("baker_instance_ejected", "service" => record.service.clone(), "instance" => record.id.clone())
+                    .set(if stats.outlier.is_ejected() { 1.0 } else { 0.0 });
+            }
+        }
     }
     match &state.prometheus {
         Some(handle) => handle.render().into_response(),

@@ -117,6 +117,14 @@ pub struct SidecarArgs {
     #[arg(long, env = "BAKER_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
 
+    /// Failed sends in a row that eject an instance from routing for a while; 0 never ejects [default: 5]
+    #[arg(long, env = "BAKER_OUTLIER_FAILURES", value_name = "N")]
+    pub outlier_failures: Option<u32>,
+
+    /// Seconds a first ejection lasts; each further one doubles it, up to 300 [default: 5]
+    #[arg(long, env = "BAKER_OUTLIER_EJECTION_SECS", value_name = "SECS")]
+    pub outlier_ejection_secs: Option<u64>,
+
     /// Largest payload routed, in bytes; larger ones are dead-lettered [default: 1048576]
     #[arg(long, env = "BAKER_MAX_PAYLOAD", value_name = "BYTES")]
     pub max_payload: Option<usize>,

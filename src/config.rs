@@ -17,6 +17,7 @@ use crate::adapters::AdapterRegistry;
 use crate::cli::{Cli, LogFormat};
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS, DEFAULT_WEIGHT};
 use crate::directory::{EndpointRecord, InstanceRecord, Status, DEFAULT_LISTEN};
+use crate::router::outlier::OutlierConfig;
 use crate::router::{JourneyConfig, PolicyKind};
 
 /// Default admin address.
@@ -25,6 +26,8 @@ const DEFAULT_ADAPTER: &str = "nats";
 const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+const DEFAULT_OUTLIER_FAILURES: u32 = 5;
+const DEFAULT_OUTLIER_EJECTION_SECS: u64 = 5;
 const DEFAULT_PREFIX: &str = "baker";
 const DEFAULT_QUEUE_GROUP: &str = "baker";
 /// Default log filter: Baker's own events, and only warnings from libraries
@@ -60,6 +63,11 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     /// Send attempts per message before it is dead-lettered.
     pub max_attempts: Option<u32>,
+    /// Failed sends in a row that eject an instance from routing for a
+    /// while; 0 never ejects.
+    pub outlier_failures: Option<u32>,
+    /// Seconds a first ejection lasts; each further one doubles it, up to 300.
+    pub outlier_ejection_secs: Option<u64>,
     /// Largest payload routed, in bytes.
     pub max_payload: Option<usize>,
     /// Address prefix apps publish under.
@@ -405,6 +413,24 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
             "must be at least 1".into(),
         ));
     }
+    let outlier_ejection_secs = args
+        .outlier_ejection_secs
+        .or(file.outlier_ejection_secs)
+        .unwrap_or(DEFAULT_OUTLIER_EJECTION_SECS);
+    if !(1..=300).contains(&outlier_ejection_secs) {
+        return Err(invalid(
+            args.outlier_ejection_secs.is_some(),
+            "outlier_ejection_secs",
+            format!("{outlier_ejection_secs} is not between 1 and 300 seconds"),
+        ));
+    }
+    let outlier = OutlierConfig {
+        consecutive_failures: args
+            .outlier_failures
+            .or(file.outlier_failures)
+            .unwrap_or(DEFAULT_OUTLIER_FAILURES),
+        base_ejection: std::time::Duration::from_secs(outlier_ejection_secs),
+    };
     let max_payload = args
         .max_payload
         .or(file.max_payload)
@@ -445,6 +471,7 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
         journey: JourneyConfig {
             max_attempts,
             max_payload,
+            outlier,
         },
         max_in_flight,
         ingress: IngressOptions {

@@ -133,6 +133,7 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
             },
             journey: JourneyConfig {
                 max_attempts: 3,
+                outlier: Default::default(),
                 max_payload: 1024 * 1024,
             },
             max_in_flight: 1024,

@@ -85,7 +85,9 @@ pub fn render(doc: &StatusDocument) -> String {
     let mut rows = vec![header.map(str::to_owned).to_vec()];
     for (name, service) in &doc.services {
         for i in &service.instances {
-            let status = if i.routed || i.status != "passing" {
+            let status = if i.ejected {
+                format!("{} (ejected)", i.status)
+            } else if i.routed || i.status != "passing" {
                 i.status.clone()
             } else {
                 format!("{} (not routed)", i.status)

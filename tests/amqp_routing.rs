@@ -307,6 +307,89 @@ async fn a_deleted_inbox_queue_sends_its_share_to_the_other_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_instance_is_ejected_then_readmitted() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let (a, _) = amqp::consume(&channel, "_baker.eject.a").await;
+        let _agents = [
+            amqp_agent(&dir.url(), &vhost, "eject", "a"),
+            amqp_agent(&dir.url(), &vhost, "eject", "b"),
+        ];
+        let router = amqp_router(
+            &dir.url(),
+            &vhost,
+            &["--outlier-failures", "3", "--outlier-ejection-secs", "10"],
+        )
+        .await;
+        router
+            .wait_routed("eject", &["a", "b"], Duration::from_secs(15))
+            .await;
+        // b's inbox queue is gone: every send to b comes back.
+        let (_c2, admin_channel) = vhost.channel().await;
+        admin_channel
+            .queue_delete("_baker.eject.b".into(), Default::default())
+            .await
+            .unwrap();
+        amqp::publish(&channel, "baker", "eject.t", 0, 300, 50).await;
+        wait_until("all at a", Duration::from_secs(20), || async {
+            a.count() >= 300
+        })
+        .await;
+        let b_status = |status: serde_json::Value| {
+            status["services"]["eject"]["instances"]
+                .as_array()
+                .and_then(|all| all.iter().find(|i| i["id"] == "b").cloned())
+                .unwrap_or_default()
+        };
+        let status = b_status(router.status().await);
+        assert_eq!(status["ejected"], serde_json::json!(true), "{status}");
+        // While b is ejected no message tries it: its failed sends stop
+        // growing (those already in flight when it was ejected are counted).
+        let errors = status["errors"].as_u64().unwrap();
+        amqp::publish(&channel, "baker", "eject.t", 300, 300, 50).await;
+        wait_until("second batch at a", Duration::from_secs(20), || async {
+            a.count() >= 600
+        })
+        .await;
+        let status = b_status(router.status().await);
+        assert_eq!(status["ejected"], serde_json::json!(true), "{status}");
+        assert_eq!(
+            status["errors"].as_u64().unwrap(),
+            errors,
+            "no send tried b while it was ejected"
+        );
+        let metrics = router.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("baker_instance_ejected{")
+                    && l.contains("\"b\"")
+                    && l.ends_with(" 1")),
+            "{metrics}"
+        );
+
+        // b's queue comes back: once its ejection ends, b takes messages again.
+        let (b, _) = amqp::consume(&channel, "_baker.eject.b").await;
+        wait_until(
+            "b re-admitted and receiving",
+            Duration::from_secs(30),
+            || async {
+                amqp::publish(&channel, "baker", "eject.t", 10_000, 20, 20).await;
+                b.count() > 0
+            },
+        )
+        .await;
+        wait_until("b no longer ejected", Duration::from_secs(10), || async {
+            b_status(router.status().await)["ejected"] == serde_json::json!(false)
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_mid_stream_loses_nothing_once_restarted() {
     bounded(async {
         let vhost = Vhost::create();

@@ -14,6 +14,7 @@ use baker_adapter_api::{
     header, Delivery, Destination, HeaderText, Message, SendError, Settlement,
 };
 
+use super::outlier::{OutlierConfig, Transition};
 use super::policy::Pick;
 use super::reply::ReplyProxy;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
@@ -26,6 +27,8 @@ pub struct JourneyConfig {
     pub max_attempts: u32,
     /// Largest payload routed; larger ones are dead-lettered.
     pub max_payload: usize,
+    /// When failing instances are ejected.
+    pub outlier: OutlierConfig,
 }
 
 /// Unique message ids: a random per-process prefix and a counter.
@@ -217,11 +220,13 @@ impl Journey {
         destination: &Destination,
         message: &mut Message,
     ) -> Result<(), Failure> {
-        let n = service.instances.len();
         let mut last_error = String::new();
         let mut only_unreachable = true;
+        let mut cursor = first;
         for attempt in 1..=self.config.max_attempts {
-            let instance = &service.instances[(first + attempt as usize - 1) % n];
+            let index = admitted_from(service, cursor);
+            cursor = index + 1;
+            let instance = &service.instances[index];
             message
                 .headers
                 .insert(header::ATTEMPT, attempt_text(attempt));
@@ -342,9 +347,33 @@ impl Journey {
             None => instance.target.send(destination, message).await,
         };
         stats.outstanding.fetch_sub(1, Ordering::Relaxed);
-        match &result {
-            Ok(()) => stats.delivered(),
-            Err(_) => stats.failed(),
+        let transition = match &result {
+            Ok(()) => {
+                stats.delivered();
+                stats.outlier.succeeded()
+            }
+            // The message's fault, not the instance's.
+            Err(SendError::Rejected(_)) => {
+                stats.failed();
+                Transition::None
+            }
+            Err(_) => {
+                stats.failed();
+                stats.outlier.failed(&self.config.outlier)
+            }
+        };
+        match transition {
+            Transition::None => {}
+            Transition::Ejected(length) => {
+                stats.ejected();
+                tracing::warn!(service = %instance.record.service, id = %instance.record.id,
+                    failures = self.config.outlier.consecutive_failures, ejection_secs = length.as_secs_f64(),
+                    "instance ejected from routing after failed sends in a row");
+            }
+            Transition::Recovered => {
+                tracing::info!(service = %instance.record.service, id = %instance.record.id,
+                    "instance takes messages again after its ejection");
+            }
         }
         result
     }
@@ -357,6 +386,17 @@ impl Journey {
         (message.reply_to.is_some() && proxy.needed_for(&endpoint.adapter, &endpoint.broker))
             .then_some(proxy)
     }
+}
+
+/// The first instance from `from` on (in ring order) that is not ejected; if
+/// every instance is ejected, `from` itself: an ejected instance is still a
+/// better chance than none.
+fn admitted_from(service: &ServiceRoute, from: usize) -> usize {
+    let n = service.instances.len();
+    (0..n)
+        .map(|k| (from + k) % n)
+        .find(|&i| !service.instances[i].stats.outlier.is_ejected())
+        .unwrap_or(from % n)
 }
 
 /// Sends a request with its reply address pointed at the router's proxy.
@@ -458,6 +498,10 @@ mod tests {
             JourneyConfig {
                 max_attempts: 3,
                 max_payload,
+                outlier: OutlierConfig {
+                    consecutive_failures: 2,
+                    base_ejection: std::time::Duration::from_secs(60),
+                },
             },
             Default::default(),
             replies,
@@ -650,5 +694,32 @@ mod tests {
         assert_eq!(journey.carry(request).await, Outcome::Delivered);
         let got = instance.recv().await.unwrap();
         assert_eq!(got.message.reply_to.as_deref(), Some("requester.inbox"));
+    }
+
+    #[tokio::test]
+    async fn an_instance_failing_in_a_row_is_ejected_and_skipped() {
+        let broker = baker_adapter_memory::broker("journey-eject");
+        // `a` has no consumer: every send to it fails.
+        let mut b = broker.subscribe("_baker.s.b.>", None, 100);
+        let journey = journey("journey-eject", &["a", "b"], PolicyKind::RoundRobin, 1024).await;
+        for _ in 0..10 {
+            let (d, _) = delivery("s", b"x");
+            assert_eq!(journey.carry(d).await, Outcome::Delivered);
+        }
+        let mut retried = 0;
+        for _ in 0..10 {
+            let got = b.recv().await.unwrap();
+            if got.message.headers.get(header::ATTEMPT) != Some("1") {
+                retried += 1;
+            }
+        }
+        assert_eq!(
+            retried, 2,
+            "after 2 failures in a row `a` is ejected, and messages go to `b` first"
+        );
+        let table = journey.table.load();
+        let a = table.stats("s", "a").unwrap();
+        assert!(a.outlier.is_ejected());
+        assert_eq!(a.outlier.ejections(), 1);
     }
 }

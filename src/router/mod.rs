@@ -7,6 +7,7 @@
 //! ingress, so memory stays bounded and the broker holds the backlog.
 
 pub mod journey;
+pub mod outlier;
 pub mod policy;
 pub mod reply;
 pub mod table;

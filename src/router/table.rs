@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use baker_adapter_api::{Endpoint, Target};
 
+use super::outlier::OutlierState;
 use super::policy::{Candidate, Policy, PolicyKind};
 use crate::adapters::AdapterRegistry;
 use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
@@ -23,8 +24,11 @@ pub struct InstanceStats {
     pub errors: AtomicU64,
     /// Sends in flight.
     pub outstanding: AtomicUsize,
+    /// Passive health: whether the instance is ejected for failing.
+    pub outlier: OutlierState,
     routed_metric: metrics::Counter,
     error_metric: metrics::Counter,
+    ejection_metric: metrics::Counter,
 }
 
 impl InstanceStats {
@@ -34,8 +38,10 @@ impl InstanceStats {
             delivered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
+            outlier: OutlierState::default(),
             routed_metric: metrics::counter!("baker_messages_routed_total", &labels),
             error_metric: metrics::counter!("baker_egress_errors_total", &labels),
+            ejection_metric: metrics::counter!("baker_outlier_ejections_total", &labels),
         }
     }
 
@@ -49,6 +55,11 @@ impl InstanceStats {
     pub fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.error_metric.increment(1);
+    }
+
+    /// Counts an ejection.
+    pub fn ejected(&self) {
+        self.ejection_metric.increment(1);
     }
 }
 
