@@ -5,15 +5,22 @@
 //! restarted and lost its soft state) registers the instance again, so a new
 //! directory rebuilds itself within one TTL. At shutdown the agent
 //! deregisters its instances before the process exits.
+//!
+//! An instance with a health check is registered with the status its check
+//! gives (`critical` until the first passing probe), and registered again
+//! whenever that status changes, so routers follow within a watch round
+//! trip.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use baker_adapter_api::Endpoint;
+use tokio::sync::watch;
 
 use crate::adapters::AdapterRegistry;
 use crate::backoff::Backoff;
+use crate::config::Registered;
 use crate::directory::{ClientError, DirectoryClient, InstanceRecord};
 use crate::shutdown::Shutdown;
 
@@ -21,7 +28,7 @@ use crate::shutdown::Shutdown;
 pub struct Agent {
     client: DirectoryClient,
     adapters: AdapterRegistry,
-    records: Vec<InstanceRecord>,
+    instances: Vec<Registered>,
     registered: Arc<Vec<AtomicBool>>,
 }
 
@@ -29,18 +36,18 @@ pub struct Agent {
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Agent {
-    /// An agent registering `records` in `client`'s directory, preparing
+    /// An agent registering `instances` in `client`'s directory, preparing
     /// their inboxes with `adapters` first.
     pub fn new(
         client: DirectoryClient,
         adapters: AdapterRegistry,
-        records: Vec<InstanceRecord>,
+        instances: Vec<Registered>,
     ) -> Self {
-        let registered = Arc::new(records.iter().map(|_| AtomicBool::new(false)).collect());
+        let registered = Arc::new(instances.iter().map(|_| AtomicBool::new(false)).collect());
         Self {
             client,
             adapters,
-            records,
+            instances,
             registered,
         }
     }
@@ -52,31 +59,36 @@ impl Agent {
 
     /// Registers and renews until shutdown, then deregisters.
     pub async fn run(self, shutdown: Shutdown) {
-        let tasks: Vec<_> = self
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, record)| {
-                let client = self.client.clone();
-                let adapters = self.adapters.clone();
-                let record = record.clone();
-                let registered = self.registered.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    shutdown
-                        .run_until(async {
-                            prepare_inbox(&adapters, &record).await;
-                            keep_registered(&client, &record, &registered[i]).await
-                        })
-                        .await;
-                })
-            })
-            .collect();
+        let mut tasks = Vec::new();
+        for (i, instance) in self.instances.iter().enumerate() {
+            let record = instance.record.clone();
+            let (status, statuses) = watch::channel(record.status);
+            if let Some(check) = instance.check.clone() {
+                tasks.push(tokio::spawn(check.run(
+                    record.service.clone(),
+                    record.id.clone(),
+                    status,
+                    shutdown.clone(),
+                )));
+            }
+            let client = self.client.clone();
+            let adapters = self.adapters.clone();
+            let registered = self.registered.clone();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                shutdown
+                    .run_until(async {
+                        prepare_inbox(&adapters, &record).await;
+                        keep_registered(&client, record, &registered[i], statuses).await
+                    })
+                    .await;
+            }));
+        }
         shutdown.cancelled().await;
         for task in tasks {
             let _ = task.await;
         }
-        for record in &self.records {
+        for record in self.instances.iter().map(|i| &i.record) {
             let result = tokio::time::timeout(
                 DEREGISTER_TIMEOUT,
                 self.client.deregister(&record.service, &record.id),
@@ -149,16 +161,32 @@ async fn register_until_done(
 
 async fn keep_registered(
     client: &DirectoryClient,
-    record: &InstanceRecord,
+    mut record: InstanceRecord,
     registered: &AtomicBool,
+    mut statuses: watch::Receiver<crate::directory::Status>,
 ) {
-    register_until_done(client, record, registered).await;
+    record.status = *statuses.borrow_and_update();
+    register_until_done(client, &record, registered).await;
     let period = Duration::from_secs(record.ttl_secs) / 3;
     let mut outage_reported = false;
     loop {
         // Jitter spreads the renewals of many agents started together.
         let jitter = period.mul_f64(fastrand::f64() * 0.1);
-        tokio::time::sleep(period - jitter).await;
+        tokio::select! {
+            changed = statuses.changed() => {
+                if changed.is_err() {
+                    // The check stopped (shutdown): keep renewing meanwhile.
+                    statuses = watch::channel(record.status).1;
+                    continue;
+                }
+                record.status = *statuses.borrow_and_update();
+                tracing::info!(service = %record.service, id = %record.id, status = record.status.as_str(),
+                    "status changed; registering it");
+                register_until_done(client, &record, registered).await;
+                continue;
+            }
+            _ = tokio::time::sleep(period - jitter) => {}
+        }
         match client.renew(&record.service, &record.id).await {
             Ok(()) => {
                 if outage_reported {
@@ -170,7 +198,7 @@ async fn keep_registered(
             Err(ClientError::LeaseUnknown) => {
                 tracing::info!(service = %record.service, id = %record.id, "lease unknown to the directory; registering again");
                 registered.store(false, Ordering::Relaxed);
-                register_until_done(client, record, registered).await;
+                register_until_done(client, &record, registered).await;
             }
             Err(error) => {
                 if !outage_reported {

@@ -17,6 +17,7 @@ use crate::adapters::AdapterRegistry;
 use crate::cli::{Cli, LogFormat};
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS, DEFAULT_WEIGHT};
 use crate::directory::{EndpointRecord, InstanceRecord, Status, DEFAULT_LISTEN};
+use crate::health::{self, HealthCheck, Probe};
 use crate::router::outlier::OutlierConfig;
 use crate::router::{JourneyConfig, PolicyKind};
 
@@ -109,6 +110,151 @@ pub struct Registration {
     /// Free-form labels.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Active health check of the instance.
+    pub check: Option<CheckConfig>,
+}
+
+/// Kinds of health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// An HTTP request whose status is accepted.
+    Http,
+    /// A TCP connection that opens.
+    Tcp,
+    /// A program that exits 0.
+    Exec,
+}
+
+/// An instance's active health check (`[register.check]`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// `http`, `tcp` or `exec`.
+    pub kind: CheckKind,
+    /// http: URL to request.
+    pub url: Option<String>,
+    /// http: request method (default `GET`).
+    pub method: Option<String>,
+    /// http: accepted response statuses (default: any 2xx or 3xx).
+    pub statuses: Option<Vec<u16>>,
+    /// tcp: `HOST:PORT` to connect to.
+    pub address: Option<String>,
+    /// exec: the program and its arguments; exit code 0 passes.
+    pub command: Option<Vec<String>>,
+    /// Milliseconds between probes (default 1000).
+    pub interval_ms: Option<u64>,
+    /// Milliseconds a probe may take (default 1000).
+    pub timeout_ms: Option<u64>,
+    /// Successful probes in a row that make a critical instance passing
+    /// again (default 2).
+    pub rise: Option<u32>,
+    /// Failed probes in a row that make a passing instance critical
+    /// (default 3).
+    pub fall: Option<u32>,
+}
+
+impl CheckConfig {
+    /// The check to run, or why this configuration is not one.
+    pub fn resolve(&self) -> Result<HealthCheck, String> {
+        let probe = match self.kind {
+            CheckKind::Http => {
+                let url = self.url.clone().ok_or("kind http needs url")?;
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    return Err(format!("url {url:?} is not an http:// or https:// URL"));
+                }
+                let method = self.method.as_deref().unwrap_or("GET");
+                let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| format!("method {method:?} is not an HTTP method"))?;
+                let statuses = self.statuses.clone().unwrap_or_default();
+                if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
+                    return Err(format!("status {bad} is not an HTTP status"));
+                }
+                Probe::Http {
+                    method,
+                    url,
+                    statuses,
+                }
+            }
+            CheckKind::Tcp => {
+                let address = self.address.clone().ok_or("kind tcp needs address")?;
+                if !address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                {
+                    return Err(format!("address {address:?} is not HOST:PORT"));
+                }
+                Probe::Tcp { address }
+            }
+            CheckKind::Exec => {
+                let command = self.command.clone().unwrap_or_default();
+                if command.first().is_none_or(|p| p.is_empty()) {
+                    return Err("kind exec needs command, a program and its arguments".into());
+                }
+                Probe::Exec { command }
+            }
+        };
+        let millis = |value: Option<u64>, default: std::time::Duration, key: &str| {
+            let ms = value.unwrap_or(default.as_millis() as u64);
+            if (10..=3_600_000).contains(&ms) {
+                Ok(std::time::Duration::from_millis(ms))
+            } else {
+                Err(format!("{key} {ms} is not between 10 and 3600000"))
+            }
+        };
+        let count = |value: Option<u32>, default: u32, key: &str| match value.unwrap_or(default) {
+            0 => Err(format!("{key} must be at least 1")),
+            n => Ok(n),
+        };
+        Ok(HealthCheck {
+            probe,
+            interval: millis(self.interval_ms, health::DEFAULT_INTERVAL, "interval_ms")?,
+            timeout: millis(self.timeout_ms, health::DEFAULT_TIMEOUT, "timeout_ms")?,
+            rise: count(self.rise, health::DEFAULT_RISE, "rise")?,
+            fall: count(self.fall, health::DEFAULT_FALL, "fall")?,
+        })
+    }
+
+    /// A check from the `check=` value of a `--register` spec: an
+    /// `http://`/`https://` URL, or `tcp://HOST:PORT`.
+    fn from_spec(target: &str) -> Result<Self, String> {
+        let blank = |kind| CheckConfig {
+            kind,
+            url: None,
+            method: None,
+            statuses: None,
+            address: None,
+            command: None,
+            interval_ms: None,
+            timeout_ms: None,
+            rise: None,
+            fall: None,
+        };
+        if target.starts_with("http://") || target.starts_with("https://") {
+            Ok(CheckConfig {
+                url: Some(target.to_owned()),
+                ..blank(CheckKind::Http)
+            })
+        } else if let Some(address) = target.strip_prefix("tcp://") {
+            Ok(CheckConfig {
+                address: Some(address.to_owned()),
+                ..blank(CheckKind::Tcp)
+            })
+        } else {
+            Err(format!(
+                "check={target:?}: expected http://..., https://... or tcp://HOST:PORT (exec checks go in the config file)"
+            ))
+        }
+    }
+}
+
+/// An instance this process registers, with its health check.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// What goes into the directory.
+    pub record: InstanceRecord,
+    /// The active health check, if it has one.
+    pub check: Option<HealthCheck>,
 }
 
 /// Where a setting came from, for error messages.
@@ -182,7 +328,7 @@ pub struct Settings {
     /// Admin address, and whether it was chosen explicitly.
     pub admin: (SocketAddr, bool),
     /// Instances to register.
-    pub registrations: Vec<InstanceRecord>,
+    pub registrations: Vec<Registered>,
     /// Policy per service.
     pub policies: HashMap<String, PolicyKind>,
     /// Whether to route.
@@ -236,9 +382,20 @@ impl Registration {
                 "adapter" => r.adapter = Some(value),
                 "broker" => r.broker = Some(value),
                 "inbox" => r.inbox = Some(value),
+                "check" => r.check = Some(CheckConfig::from_spec(&value)?),
+                "check_interval_ms" | "rise" | "fall" => {
+                    let n = number(&value)?;
+                    let check = r.check.as_mut().ok_or_else(|| format!("{key} needs check= before it"))?;
+                    let small = || u32::try_from(n).map_err(|_| format!("{key} {n} is too large"));
+                    match key {
+                        "check_interval_ms" => check.interval_ms = Some(n),
+                        "rise" => check.rise = Some(small()?),
+                        _ => check.fall = Some(small()?),
+                    }
+                }
                 other => {
                     return Err(format!(
-                        "unknown key {other:?} (expected service, id, version, weight, zone, ttl, adapter, broker, inbox)"
+                        "unknown key {other:?} (expected service, id, version, weight, zone, ttl, adapter, broker, inbox, check, check_interval_ms, rise, fall)"
                     ))
                 }
             }
@@ -370,6 +527,12 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
         instance_adapter
             .validate_inbox(&inbox)
             .map_err(|e| invalid(cli_set, &format!("{key}.inbox"), e.to_string()))?;
+        let check = r
+            .check
+            .as_ref()
+            .map(CheckConfig::resolve)
+            .transpose()
+            .map_err(|reason| invalid(cli_set, &format!("{key}.check"), reason))?;
         let record = InstanceRecord {
             service: r.service.clone(),
             id: r.id.clone(),
@@ -382,13 +545,18 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
             weight: r.weight.unwrap_or(DEFAULT_WEIGHT),
             zone: r.zone.clone(),
             metadata: r.metadata.clone(),
-            status: Status::Passing,
+            // An instance with a check is admitted by its first passing probe.
+            status: if check.is_some() {
+                Status::Critical
+            } else {
+                Status::Passing
+            },
             ttl_secs: r.ttl.unwrap_or(ttl),
         };
         record
             .validate()
             .map_err(|e| invalid(cli_set, &key, e.to_string()))?;
-        registrations.push(record);
+        registrations.push(Registered { record, check });
     }
 
     let max_in_flight = args
@@ -576,10 +744,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.max_in_flight, 20);
         assert_eq!(s.registrations.len(), 2);
-        assert_eq!(s.registrations[0].endpoint.inbox, "_baker.orders.o1");
-        assert_eq!(s.registrations[0].endpoint.broker, "memory://x");
-        assert_eq!(s.registrations[1].weight, 5);
-        assert_eq!(s.registrations[1].version, "2");
+        assert_eq!(s.registrations[0].record.endpoint.inbox, "_baker.orders.o1");
+        assert_eq!(s.registrations[0].record.endpoint.broker, "memory://x");
+        assert_eq!(s.registrations[1].record.weight, 5);
+        assert_eq!(s.registrations[1].record.version, "2");
         assert_eq!(
             s.directory,
             DirectoryTarget::Auto(DEFAULT_LISTEN.parse().unwrap())
@@ -597,5 +765,64 @@ mod tests {
         );
         let spec = Registration::parse_spec("service=a,id=b,colour=red").unwrap_err();
         assert!(spec.contains("colour"), "{spec}");
+    }
+
+    #[test]
+    fn health_checks_resolve_from_file_and_spec_with_clear_errors() {
+        let file = r#"
+[[register]]
+service = "orders"
+id = "o1"
+[register.check]
+kind = "exec"
+command = ["/bin/true"]
+interval_ms = 200
+fall = 2
+"#;
+        let s = resolve_with(
+            file,
+            &[
+                "--register",
+                "service=orders,id=o2,check=tcp://127.0.0.1:9,rise=4",
+            ],
+        )
+        .unwrap();
+        let check = s.registrations[0].check.as_ref().unwrap();
+        assert_eq!(
+            check.probe,
+            Probe::Exec {
+                command: vec!["/bin/true".to_owned()]
+            }
+        );
+        assert_eq!(check.interval, std::time::Duration::from_millis(200));
+        assert_eq!((check.rise, check.fall), (2, 2));
+        assert_eq!(s.registrations[0].record.status, Status::Critical);
+        let check = s.registrations[1].check.as_ref().unwrap();
+        assert_eq!(
+            check.probe,
+            Probe::Tcp {
+                address: "127.0.0.1:9".to_owned()
+            }
+        );
+        assert_eq!(check.rise, 4);
+
+        let err = resolve_with(
+            "[[register]]\nservice = \"a\"\nid = \"b\"\n[register.check]\nkind = \"http\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("register[0].check") && err.contains("needs url"),
+            "{err}"
+        );
+        let err = resolve_with("", &["--register", "service=a,id=b,check=ftp://x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("check=\"ftp://x\""), "{err}");
+        let err = resolve_with("", &["--register", "service=a,id=b,rise=2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rise needs check="), "{err}");
     }
 }

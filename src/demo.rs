@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::adapters::AdapterRegistry;
 use crate::agent::Agent;
+use crate::config::Registered;
 use crate::directory::{
     server, store::Store, DirectoryClient, EndpointRecord, InstanceRecord, Status, Watcher,
 };
@@ -98,20 +99,23 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
             });
         }
         counts.push((id.clone(), count));
-        records.push(InstanceRecord {
-            service: SERVICE.to_owned(),
-            id,
-            version: "1".to_owned(),
-            endpoint: EndpointRecord {
-                adapter: "memory".to_owned(),
-                broker: broker_url.clone(),
-                inbox,
+        records.push(Registered {
+            check: None,
+            record: InstanceRecord {
+                service: SERVICE.to_owned(),
+                id,
+                version: "1".to_owned(),
+                endpoint: EndpointRecord {
+                    adapter: "memory".to_owned(),
+                    broker: broker_url.clone(),
+                    inbox,
+                },
+                weight: 100,
+                zone: None,
+                metadata: Default::default(),
+                status: Status::Passing,
+                ttl_secs: 10,
             },
-            weight: 100,
-            zone: None,
-            metadata: Default::default(),
-            status: Status::Passing,
-            ttl_secs: 10,
         });
     }
 
