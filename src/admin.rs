@@ -112,8 +112,10 @@ impl AdminState {
             reachable,
             view_age_secs,
             serving,
+            source,
         } = self.directory.status();
-        serde_json::json!({ "url": url, "reachable": reachable, "view_age_secs": view_age_secs, "serving": serving })
+        serde_json::json!({ "url": url, "reachable": reachable, "view_age_secs": view_age_secs,
+            "serving": serving, "view_source": source })
     }
 
     fn brokers_json(&self) -> Vec<serde_json::Value> {

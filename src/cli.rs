@@ -125,6 +125,11 @@ pub struct SidecarArgs {
     #[arg(long, env = "BAKER_OUTLIER_EJECTION_SECS", value_name = "SECS")]
     pub outlier_ejection_secs: Option<u64>,
 
+    /// Directory where the router saves its view of the directory, to route
+    /// from it when it starts while the directory is unreachable [default: none]
+    #[arg(long, env = "BAKER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
     /// Largest payload routed, in bytes; larger ones are dead-lettered [default: 1048576]
     #[arg(long, env = "BAKER_MAX_PAYLOAD", value_name = "BYTES")]
     pub max_payload: Option<usize>,

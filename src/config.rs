@@ -69,6 +69,9 @@ pub struct FileConfig {
     pub outlier_failures: Option<u32>,
     /// Seconds a first ejection lasts; each further one doubles it, up to 300.
     pub outlier_ejection_secs: Option<u64>,
+    /// Directory where the router saves its view of the directory, to route
+    /// from it when it starts while the directory is unreachable.
+    pub state_dir: Option<PathBuf>,
     /// Largest payload routed, in bytes.
     pub max_payload: Option<usize>,
     /// Address prefix apps publish under.
@@ -341,6 +344,8 @@ pub struct Settings {
     pub ingress: IngressOptions,
     /// Listen address of `baker-mq directory`.
     pub listen: SocketAddr,
+    /// Where the router saves its view, if anywhere.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Reads and parses a config file.
@@ -648,6 +653,7 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
             buffer: max_in_flight,
         },
         listen,
+        state_dir: args.state_dir.clone().or(file.state_dir.clone()),
     })
 }
 

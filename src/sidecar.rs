@@ -19,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::{DirectoryTarget, Settings};
+use crate::directory::snapshot::Snapshot;
 use crate::directory::{Catalog, DirectoryClient, Watcher};
 use crate::router::reply::ReplyProxy;
 use crate::router::undelivered::UndeliveredReporter;
@@ -192,7 +193,10 @@ pub async fn run(
         DirectoryTarget::Auto(addr) => Some(addr),
         DirectoryTarget::Url(_) => None,
     };
-    let watcher = Watcher::new(client.clone(), takeover);
+    let mut watcher = Watcher::new(client.clone(), takeover);
+    if let (true, Some(dir)) = (settings.router, &settings.state_dir) {
+        watcher = watcher.with_snapshot(Snapshot::in_dir(dir));
+    }
     if takeover.is_some() && !client.ping().await {
         watcher.try_takeover(&shutdown).await;
     }

@@ -135,3 +135,76 @@ async fn a_failing_http_check_moves_the_share_away_and_recovery_brings_it_back()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_started_while_the_directory_is_down_routes_from_its_saved_view() {
+    bounded(async {
+        let mut dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("snapshot");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let state = tempfile::tempdir().unwrap();
+        let state_dir = state.path().to_str().unwrap().to_owned();
+        let _agent_a = agent(&dir.url(), &service, "a", &[]);
+        let mut first = Router::start(&dir.url(), &ingress, &["--state-dir", &state_dir]).await;
+        first
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        assert!(state.path().join("view.json").exists(), "view saved");
+        assert_eq!(first.proc.terminate(Duration::from_secs(15)), Some(0));
+
+        // The directory goes away; a router starting now has only the file.
+        dir.proc.kill();
+        let second = Router::start(&dir.url(), &ingress, &["--state-dir", &state_dir]).await;
+        let status = second.status().await;
+        assert_eq!(status["directory"]["reachable"], serde_json::json!(false));
+        assert_eq!(
+            status["directory"]["view_source"],
+            serde_json::json!("snapshot"),
+            "{status}"
+        );
+        assert_eq!(second.routed(&service).await, ["a"]);
+        publish_paced(
+            &client,
+            &ingress.subject(&service, "t"),
+            0,
+            500,
+            100,
+            Duration::from_millis(10),
+        )
+        .await;
+        wait_until(
+            "routed from the saved view",
+            Duration::from_secs(10),
+            || async { a.count() >= 500 },
+        )
+        .await;
+
+        // Without a saved view, the same start waits for the directory.
+        let empty = tempfile::tempdir().unwrap();
+        let admin = format!("127.0.0.1:{}", free_port());
+        let url = dir.url();
+        let _third = Proc::spawn(
+            "router-no-view",
+            &[
+                "--directory",
+                &url,
+                "--admin",
+                &admin,
+                "--ingress-prefix",
+                &ingress.prefix,
+                "--queue-group",
+                &unique("g"),
+                "--state-dir",
+                empty.path().to_str().unwrap(),
+            ],
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ready = reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .unwrap();
+        assert_eq!(ready.status().as_u16(), 503, "no view: not ready");
+    })
+    .await;
+}

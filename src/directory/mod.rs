@@ -5,6 +5,7 @@
 pub mod client;
 pub mod record;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod watch;
 

@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use super::client::DirectoryClient;
 use super::record::{Catalog, InstanceRecord};
 use super::server;
+use super::snapshot::Snapshot;
 use super::store::Store;
 use crate::backoff::Backoff;
 use crate::shutdown::Shutdown;
@@ -44,6 +45,9 @@ pub struct DirectoryHealth {
     /// Milliseconds after `started` of the last successful sync; 0 = never.
     last_sync_ms: AtomicU64,
     serving: AtomicBool,
+    /// Milliseconds since the Unix epoch when the view in force was saved,
+    /// while it comes from the snapshot; 0 otherwise.
+    snapshot_saved_ms: AtomicU64,
 }
 
 /// A snapshot of [`DirectoryHealth`] for the admin API.
@@ -57,6 +61,10 @@ pub struct DirectoryStatus {
     pub view_age_secs: Option<f64>,
     /// Whether this process serves the directory itself.
     pub serving: bool,
+    /// Where the view in force comes from: `directory`, or `snapshot` (the
+    /// view saved by an earlier run, used while the directory has not
+    /// answered since this process started).
+    pub source: &'static str,
 }
 
 impl DirectoryHealth {
@@ -68,6 +76,7 @@ impl DirectoryHealth {
             reachable: AtomicBool::new(false),
             last_sync_ms: AtomicU64::new(0),
             serving: AtomicBool::new(false),
+            snapshot_saved_ms: AtomicU64::new(0),
         }
     }
 
@@ -75,24 +84,44 @@ impl DirectoryHealth {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_sync_ms.store(ms.max(1), Ordering::Relaxed);
         self.reachable.store(true, Ordering::Relaxed);
+        self.snapshot_saved_ms.store(0, Ordering::Relaxed);
     }
 
-    /// True once a catalog has been received.
+    fn routing_from_snapshot(&self, saved_at: SystemTime) {
+        let ms = saved_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        self.snapshot_saved_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// True once there is a view to route from: a catalog received, or the
+    /// saved one.
     pub fn has_view(&self) -> bool {
         self.last_sync_ms.load(Ordering::Relaxed) > 0
+            || self.snapshot_saved_ms.load(Ordering::Relaxed) > 0
     }
 
     /// The current state.
     pub fn status(&self) -> DirectoryStatus {
         let last = self.last_sync_ms.load(Ordering::Relaxed);
+        let saved = self.snapshot_saved_ms.load(Ordering::Relaxed);
+        let view_age_secs = if saved > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Some(now.saturating_sub(saved) as f64 / 1000.0)
+        } else {
+            (last > 0).then(|| {
+                let now = self.started.elapsed().as_millis() as u64;
+                now.saturating_sub(last) as f64 / 1000.0
+            })
+        };
         DirectoryStatus {
             url: self.url.clone(),
             reachable: self.reachable.load(Ordering::Relaxed),
-            view_age_secs: (last > 0).then(|| {
-                let now = self.started.elapsed().as_millis() as u64;
-                now.saturating_sub(last) as f64 / 1000.0
-            }),
+            view_age_secs,
             serving: self.serving.load(Ordering::Relaxed),
+            source: if saved > 0 { "snapshot" } else { "directory" },
         }
     }
 }
@@ -156,6 +185,7 @@ pub struct Watcher {
     takeover: Option<SocketAddr>,
     health: Arc<DirectoryHealth>,
     catalogs: watch::Sender<Arc<Catalog>>,
+    snapshot: Option<Snapshot>,
 }
 
 impl Watcher {
@@ -168,6 +198,25 @@ impl Watcher {
             takeover,
             health,
             catalogs: watch::Sender::new(Arc::new(Catalog::default())),
+            snapshot: None,
+        }
+    }
+
+    /// Saves every new view to `snapshot`, and routes from the saved one
+    /// when the directory does not answer at start.
+    pub fn with_snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.snapshot = Some(snapshot);
+        self
+    }
+
+    /// Publishes `view` and saves it.
+    async fn publish(&self, view: Catalog) {
+        let view = Arc::new(view);
+        self.catalogs.send_replace(view.clone());
+        if let Some(snapshot) = &self.snapshot {
+            if let Err(error) = snapshot.save(&view).await {
+                tracing::warn!(path = %snapshot.path().display(), %error, "cannot save the view");
+            }
         }
     }
 
@@ -211,6 +260,7 @@ impl Watcher {
         let mut outage_reported = false;
         let mut carryover = Carryover::default();
         let mut directory_view = Catalog::default();
+        let mut saved = self.snapshot.as_ref().and_then(Snapshot::load);
         loop {
             // Held records must leave the view when their lease runs out, even
             // if the directory has nothing new to say by then.
@@ -234,6 +284,17 @@ impl Watcher {
                     }
                     let position = (catalog.epoch, catalog.index);
                     let now = Instant::now();
+                    if after.is_none() && self.health.serving.load(Ordering::Relaxed) {
+                        if let Some(view) = saved.take() {
+                            // This process has just started serving a new,
+                            // empty directory: the saved view stands in for
+                            // the one it replaces, for one lease.
+                            tracing::info!(instances = view.catalog.instances.len(),
+                                "serving a new directory; keeping the saved view's instances until they register again");
+                            let catalog = carryover.view(view.catalog, &Catalog::default(), now);
+                            self.catalogs.send_replace(Arc::new(catalog));
+                        }
+                    }
                     if after != Some(position) {
                         if after.is_some_and(|(epoch, _)| epoch != catalog.epoch) {
                             tracing::info!(url = self.client.url(),
@@ -243,15 +304,30 @@ impl Watcher {
                         directory_view = catalog.clone();
                         let previous = self.catalogs.borrow().clone();
                         let view = carryover.view(catalog, &previous, now);
-                        self.catalogs.send_replace(Arc::new(view));
+                        self.publish(view).await;
                     } else if carryover.expire(&directory_view, now) {
                         let previous = self.catalogs.borrow().clone();
                         let view = carryover.view(directory_view.clone(), &previous, now);
-                        self.catalogs.send_replace(Arc::new(view));
+                        self.publish(view).await;
                     }
                 }
                 Err(error) => {
                     self.health.reachable.store(false, Ordering::Relaxed);
+                    // Unreachable before it ever answered: the view saved by
+                    // an earlier run is better than none. It is treated as
+                    // the directory's last view, so a directory that comes
+                    // back restarted keeps its instances for one lease.
+                    if let Some(view) = saved.take().filter(|_| after.is_none()) {
+                        tracing::warn!(%error, path = %self.snapshot.as_ref().map(|s| s.path().display().to_string()).unwrap_or_default(),
+                            instances = view.catalog.instances.len(),
+                            age_secs = view.saved_at.elapsed().map_or(0, |d| d.as_secs()),
+                            "directory unreachable at start; routing from the saved view until it answers");
+                        self.health.routing_from_snapshot(view.saved_at);
+                        let catalog =
+                            carryover.view(view.catalog, &Catalog::default(), Instant::now());
+                        self.catalogs.send_replace(Arc::new(catalog));
+                        outage_reported = true;
+                    }
                     if !outage_reported {
                         tracing::warn!(%error, "directory unreachable; routing from the last known view");
                         outage_reported = true;
