@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::adapters::AdapterRegistry;
+use crate::agent::{DrainRequests, Lifecycle};
 use crate::directory::{DirectoryHealth, DirectoryStatus};
 use crate::router::{PolicyKind, RoutingTable};
 use crate::shutdown::Shutdown;
@@ -38,6 +39,10 @@ pub struct AdminState {
     pub ingress_up: Arc<AtomicBool>,
     /// Registration state of each instance this process registers.
     pub registered: Arc<Vec<AtomicBool>>,
+    /// Drains single instances this process registers.
+    pub drains: DrainRequests,
+    /// Triggered to stop the whole process gracefully, as SIGTERM does.
+    pub stop_requested: Shutdown,
 }
 
 /// One instance in `/v1/status`.
@@ -223,6 +228,64 @@ async fn status(State(state): State<AdminState>) -> Response {
     Json(state.status()).into_response()
 }
 
+/// Stops the whole process gracefully, as SIGTERM does: its instances drain
+/// and deregister, then the router finishes what it holds.
+async fn drain_process(State(state): State<AdminState>) -> Response {
+    state.stop_requested.trigger();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "stopping": true })),
+    )
+        .into_response()
+}
+
+fn lifecycle_json(service: &str, id: &str, lifecycle: Lifecycle) -> serde_json::Value {
+    let state = match lifecycle {
+        Lifecycle::Serving => "serving",
+        Lifecycle::Draining => "draining",
+        Lifecycle::Drained => "drained",
+    };
+    serde_json::json!({ "service": service, "id": id, "state": state })
+}
+
+fn unknown_instance(service: &str, id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("this process registers no instance {service}/{id}") })),
+    )
+        .into_response()
+}
+
+/// Drains one instance this process registers, then deregisters it.
+async fn drain_instance(
+    State(state): State<AdminState>,
+    axum::extract::Path((service, id)): axum::extract::Path<(String, String)>,
+) -> Response {
+    if !state.drains.request(&service, &id) {
+        return unknown_instance(&service, &id);
+    }
+    let lifecycle = state
+        .drains
+        .lifecycle(&service, &id)
+        .unwrap_or(Lifecycle::Serving);
+    (
+        StatusCode::ACCEPTED,
+        Json(lifecycle_json(&service, &id, lifecycle)),
+    )
+        .into_response()
+}
+
+/// Where a drain of one instance stands.
+async fn drain_state(
+    State(state): State<AdminState>,
+    axum::extract::Path((service, id)): axum::extract::Path<(String, String)>,
+) -> Response {
+    match state.drains.lifecycle(&service, &id) {
+        Some(lifecycle) => Json(lifecycle_json(&service, &id, lifecycle)).into_response(),
+        None => unknown_instance(&service, &id),
+    }
+}
+
 /// Serves the admin API on `listener` until shutdown.
 pub async fn serve(
     listener: TcpListener,
@@ -234,6 +297,11 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/status", get(status))
+        .route("/v1/drain", axum::routing::post(drain_process))
+        .route(
+            "/v1/drain/{service}/{id}",
+            axum::routing::post(drain_instance).get(drain_state),
+        )
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -125,6 +125,11 @@ pub struct SidecarArgs {
     #[arg(long, env = "BAKER_OUTLIER_EJECTION_SECS", value_name = "SECS")]
     pub outlier_ejection_secs: Option<u64>,
 
+    /// Longest a leaving instance waits for its inbox to empty before it is
+    /// deregistered anyway [default: 30]
+    #[arg(long, env = "BAKER_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+
     /// Directory where the router saves its view of the directory, to route
     /// from it when it starts while the directory is unreachable [default: none]
     #[arg(long, env = "BAKER_STATE_DIR", value_name = "DIR")]
@@ -160,6 +165,19 @@ pub enum Command {
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Drain instances of a running baker-mq: each is marked draining (routers
+    /// send it nothing new), waits for its inbox to empty, and is deregistered.
+    /// With no INSTANCE, every instance of that baker-mq, which then exits.
+    Drain {
+        /// The instance to drain, as SERVICE/ID.
+        instance: Option<String>,
+        /// Admin address of the baker-mq [default: 127.0.0.1:7071]
+        #[arg(long, env = "BAKER_ADMIN", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// Longest wait, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// Show discovery and load balancing in one process, with no broker.
     Demo {

@@ -28,6 +28,7 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 const DEFAULT_OUTLIER_FAILURES: u32 = 5;
+const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_OUTLIER_EJECTION_SECS: u64 = 5;
 const DEFAULT_PREFIX: &str = "baker";
 const DEFAULT_QUEUE_GROUP: &str = "baker";
@@ -69,6 +70,9 @@ pub struct FileConfig {
     pub outlier_failures: Option<u32>,
     /// Seconds a first ejection lasts; each further one doubles it, up to 300.
     pub outlier_ejection_secs: Option<u64>,
+    /// Longest a leaving instance waits for its inbox to empty before it is
+    /// deregistered anyway, in seconds.
+    pub drain_timeout_secs: Option<u64>,
     /// Directory where the router saves its view of the directory, to route
     /// from it when it starts while the directory is unreachable.
     pub state_dir: Option<PathBuf>,
@@ -346,6 +350,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where the router saves its view, if anywhere.
     pub state_dir: Option<PathBuf>,
+    /// Longest drain of a leaving instance.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Reads and parses a config file.
@@ -604,6 +610,17 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
             .unwrap_or(DEFAULT_OUTLIER_FAILURES),
         base_ejection: std::time::Duration::from_secs(outlier_ejection_secs),
     };
+    let drain_timeout_secs = args
+        .drain_timeout_secs
+        .or(file.drain_timeout_secs)
+        .unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS);
+    if drain_timeout_secs > 3600 {
+        return Err(invalid(
+            args.drain_timeout_secs.is_some(),
+            "drain_timeout_secs",
+            format!("{drain_timeout_secs} is more than 3600 seconds"),
+        ));
+    }
     let max_payload = args
         .max_payload
         .or(file.max_payload)
@@ -654,6 +671,7 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
         },
         listen,
         state_dir: args.state_dir.clone().or(file.state_dir.clone()),
+        drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
     })
 }
 

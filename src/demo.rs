@@ -121,7 +121,12 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
 
     // Agent and router, as a sidecar would run them.
     let client = DirectoryClient::new(&directory_url);
-    let agent = Agent::new(client.clone(), AdapterRegistry::builtin(), records);
+    let agent = Agent::new(
+        client.clone(),
+        AdapterRegistry::builtin(),
+        records,
+        Duration::from_secs(10),
+    );
     tokio::spawn(agent.run(shutdown.clone()));
     let watcher = Watcher::new(client, None);
     let catalogs = watcher.subscribe();

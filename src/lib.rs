@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod directory;
+pub mod drain;
 pub mod health;
 pub mod router;
 pub mod schemas;

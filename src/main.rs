@@ -72,17 +72,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("serving the directory on {}", settings.listen))?;
         }
+        Some(Command::Drain {
+            instance,
+            admin,
+            timeout_secs,
+        }) => {
+            let addr = admin_address(&cli, *admin)?;
+            baker_mq::drain::run(
+                addr,
+                instance.as_deref(),
+                std::time::Duration::from_secs(*timeout_secs),
+            )
+            .await?;
+        }
         Some(Command::Status { admin, json }) => {
-            let addr = match admin {
-                Some(addr) => *addr,
-                None => {
-                    let file = match &cli.config {
-                        Some(path) => config::read_file(path)?,
-                        None => Default::default(),
-                    };
-                    file.admin.unwrap_or(config::DEFAULT_ADMIN.parse()?)
-                }
-            };
+            let addr = admin_address(&cli, *admin)?;
             let doc = status::fetch(addr).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -108,6 +112,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The admin address to talk to: the flag, else the config file's, else the
+/// default.
+fn admin_address(
+    cli: &Cli,
+    flag: Option<std::net::SocketAddr>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(addr) = flag {
+        return Ok(addr);
+    }
+    let file = match &cli.config {
+        Some(path) => config::read_file(path)?,
+        None => Default::default(),
+    };
+    Ok(file.admin.unwrap_or(config::DEFAULT_ADMIN.parse()?))
 }
 
 fn main() -> ExitCode {

@@ -235,8 +235,15 @@ pub async fn run(
 
     // The agent stops first: its instances leave the directory (which this
     // process may be serving) while the router still routes.
-    let agent = Agent::new(client, adapters.clone(), settings.registrations.clone());
+    let agent = Agent::new(
+        client,
+        adapters.clone(),
+        settings.registrations.clone(),
+        settings.drain_timeout,
+    );
     let registered = agent.ready_flag();
+    let drains = agent.drain_requests();
+    let stop_requested = Shutdown::new();
     let agent_shutdown = Shutdown::new();
     let agent_task = tokio::spawn(agent.run(agent_shutdown.clone()));
 
@@ -248,6 +255,8 @@ pub async fn run(
         prometheus,
         ingress_up,
         registered,
+        drains,
+        stop_requested: stop_requested.clone(),
     };
     {
         let shutdown = shutdown.clone();
@@ -258,7 +267,10 @@ pub async fn run(
         }));
     }
 
-    shutdown::signal().await;
+    tokio::select! {
+        _ = shutdown::signal() => {}
+        _ = stop_requested.cancelled() => tracing::info!("drain requested through the admin API"),
+    }
     tracing::info!("shutting down");
     agent_shutdown.trigger();
     let _ = agent_task.await;

@@ -208,3 +208,336 @@ async fn a_router_started_while_the_directory_is_down_routes_from_its_saved_view
     })
     .await;
 }
+
+/// An instance's application on RabbitMQ: consumes its inbox queue with a
+/// prefetch of 20 and acks each message, can be slowed down, and stops the
+/// way a well-behaved consumer does (cancel, finish what it holds).
+struct InstanceApp {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+    paused: Arc<AtomicBool>,
+    finished: tokio::task::JoinHandle<()>,
+}
+
+impl InstanceApp {
+    async fn start(vhost: &common::amqp::Vhost, queue: &str) -> (Inbox, InstanceApp) {
+        use futures::StreamExt;
+        let (connection, channel) = vhost.channel().await;
+        common::amqp::declare_queue(&channel, queue).await;
+        channel.basic_qos(20, Default::default()).await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "app".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let inbox = Inbox::default();
+        let paused = Arc::new(AtomicBool::new(false));
+        let (received, hold) = (inbox.received.clone(), paused.clone());
+        let finished = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                while hold.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let seq = std::str::from_utf8(&delivery.data)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u64::MAX);
+                received.lock().unwrap().push((seq, Instant::now()));
+                delivery.ack(Default::default()).await.unwrap();
+            }
+        });
+        let app = InstanceApp {
+            _connection: connection,
+            channel,
+            queue: queue.to_owned(),
+            paused,
+            finished,
+        };
+        (inbox, app)
+    }
+
+    fn pause_for(&self, pause: Duration) {
+        self.paused.store(true, Ordering::Relaxed);
+        let paused = self.paused.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            paused.store(false, Ordering::Relaxed);
+        });
+    }
+
+    /// Stops consuming, finishes the messages already delivered, and
+    /// returns how many are left in the queue.
+    async fn stop(&self) -> u32 {
+        self.channel
+            .basic_cancel("app".into(), Default::default())
+            .await
+            .unwrap();
+        while !self.finished.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+}
+
+/// An agent registering `spec` (a full `--register` value) through `adapter`
+/// on `broker`.
+fn agent_registering(adapter: &str, broker: &str, directory: &str, spec: &str) -> Proc {
+    let admin = format!("127.0.0.1:{}", free_port());
+    Proc::spawn(
+        &format!("agent-{adapter}"),
+        &[
+            "--no-router",
+            "--adapter",
+            adapter,
+            "--broker",
+            broker,
+            "--directory",
+            directory,
+            "--admin",
+            &admin,
+            "--register",
+            spec,
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
+    use common::amqp::{self, Vhost};
+    use std::sync::atomic::AtomicU64;
+
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let url = vhost.url();
+        let mut inboxes = Vec::new();
+        let mut v1_apps = Vec::new();
+        for i in 0..3 {
+            let (inbox, app) = InstanceApp::start(&vhost, &format!("_baker.up.v1-{i}")).await;
+            inboxes.push(inbox);
+            v1_apps.push(app);
+        }
+        for id in ["v2-0", "v2-1", "v2-2"] {
+            inboxes.push(amqp::consume(&channel, &format!("_baker.up.{id}")).await.0);
+        }
+        let mut v1_agents: Vec<Proc> = (0..3)
+            .map(|i| {
+                agent_registering(
+                    "amqp",
+                    &url,
+                    &dir.url(),
+                    &format!("service=up,id=v1-{i},version=1"),
+                )
+            })
+            .collect();
+        let router = Router::spawn(&dir.url(), &["--adapter", "amqp", "--broker", &url]).await;
+        router
+            .wait_routed("up", &["v1-0", "v1-1", "v1-2"], Duration::from_secs(15))
+            .await;
+
+        // Steady traffic throughout: 50 messages every 20 ms.
+        let published = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (channel, published, stop) = (channel.clone(), published.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let start = published.load(Ordering::Relaxed);
+                    amqp::publish(&channel, "baker", "up.work", start, 50, 50).await;
+                    published.store(start + 50, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+
+        let _v2_agents: Vec<Proc> = (0..3)
+            .map(|i| {
+                agent_registering(
+                    "amqp",
+                    &url,
+                    &dir.url(),
+                    &format!("service=up,id=v2-{i},version=2"),
+                )
+            })
+            .collect();
+        router
+            .wait_routed(
+                "up",
+                &["v1-0", "v1-1", "v1-2", "v2-0", "v2-1", "v2-2"],
+                Duration::from_secs(15),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        // Drain and stop v1, one instance at a time.
+        let mut cutoffs = Vec::new();
+        for (i, (agent, app)) in v1_agents.iter_mut().zip(&v1_apps).enumerate() {
+            let id = format!("v1-{i}");
+            // The instance is slow for a moment as its drain begins, so its
+            // inbox holds a backlog that the drain has to wait out.
+            app.pause_for(Duration::from_millis(1500));
+            let pid = agent.pid().to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+            wait_until(
+                "the router stops routing to it",
+                Duration::from_secs(10),
+                || async { !router.routed("up").await.contains(&id) },
+            )
+            .await;
+            // Published from now on, a message cannot be routed to it.
+            cutoffs.push(published.load(Ordering::Relaxed));
+            assert_eq!(
+                agent.terminate(Duration::from_secs(40)),
+                Some(0),
+                "{id}'s agent drains and exits 0: {}",
+                agent.log_text()
+            );
+            assert!(
+                agent.log_text().contains("drained: the inbox is empty"),
+                "{}",
+                agent.log_text()
+            );
+            // Drained and deregistered: the instance finishes what it holds
+            // and exits. Anything still in its queue now would be stranded.
+            let stranded = app.stop().await;
+            assert_eq!(stranded, 0, "{id}'s inbox was empty when it left");
+        }
+        let after_v1 = published.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        publisher.await.unwrap();
+        let total = published.load(Ordering::Relaxed);
+        let all: Vec<&Inbox> = inboxes.iter().collect();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(30),
+            || async { tally(&all).1.len() as u64 >= total },
+        )
+        .await;
+        tokio::time::sleep(amqp::SETTLE).await;
+        let (duplicates, seen) = tally(&all);
+        assert_eq!(seen.len() as u64, total, "none lost");
+        for (i, cutoff) in cutoffs.iter().enumerate() {
+            let late: Vec<u64> = inboxes[i]
+                .seqs()
+                .into_iter()
+                .filter(|s| s >= cutoff)
+                .collect();
+            assert!(
+                late.is_empty(),
+                "v1-{i} got {} messages published after its drain began: {:?}",
+                late.len(),
+                &late[..late.len().min(5)]
+            );
+        }
+        let to_v2_after: usize = inboxes[3..]
+            .iter()
+            .map(|inbox| inbox.seqs().iter().filter(|s| **s >= after_v1).count())
+            .sum();
+        assert_eq!(
+            to_v2_after as u64,
+            total - after_v1,
+            "everything after the last v1 drained went to v2"
+        );
+        eprintln!("rolling upgrade: {total} messages, none lost, {duplicates} delivered twice");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baker_mq_drain_drains_one_instance_then_the_whole_process() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let service = unique("drain");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let nats = nats_url();
+        let spec_a = format!("service={service},id=a");
+        let spec_b = format!("service={service},id=b");
+        let url = dir.url();
+        let mut sidecar = Proc::spawn(
+            "agent-two",
+            &[
+                "--no-router",
+                "--broker",
+                &nats,
+                "--directory",
+                &url,
+                "--admin",
+                &admin,
+                "--register",
+                &spec_a,
+                "--register",
+                &spec_b,
+            ],
+        );
+        wait_until("both registered", Duration::from_secs(15), || async {
+            dir.instances(&service).await.len() == 2
+        })
+        .await;
+
+        let drain = |args: Vec<String>| {
+            let mut command = std::process::Command::new(BIN);
+            command.arg("drain").args(args);
+            tokio::task::spawn_blocking(move || command.output().unwrap())
+        };
+        let one = drain(vec![
+            format!("{service}/a"),
+            "--admin".into(),
+            admin.clone(),
+        ])
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&one.stdout);
+        assert!(
+            one.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&one.stderr)
+        );
+        assert!(stdout.contains("drained and deregistered"), "{stdout}");
+        assert_eq!(dir.instances(&service).await, ["b"]);
+
+        let unknown = drain(vec![
+            format!("{service}/zz"),
+            "--admin".into(),
+            admin.clone(),
+        ])
+        .await
+        .unwrap();
+        assert!(!unknown.status.success());
+        assert!(
+            String::from_utf8_lossy(&unknown.stderr).contains("registers no instance"),
+            "{}",
+            String::from_utf8_lossy(&unknown.stderr)
+        );
+
+        let all = drain(vec!["--admin".into(), admin.clone()]).await.unwrap();
+        assert!(
+            all.status.success(),
+            "{}",
+            String::from_utf8_lossy(&all.stderr)
+        );
+        assert_eq!(sidecar.terminate(Duration::from_secs(10)), Some(0));
+        assert!(dir.instances(&service).await.is_empty());
+    })
+    .await;
+}

@@ -187,6 +187,36 @@ impl Adapter for AmqpAdapter {
         Ok(())
     }
 
+    /// The inbox queue's ready messages (a passive declare). Messages the
+    /// instance holds unacknowledged are not counted: AMQP does not report
+    /// them, so the instance must finish them before it exits.
+    async fn inbox_backlog(&self, endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
+        check_url(&endpoint.broker)?;
+        let broker_error = |reason: String| AdapterError::Broker {
+            url: redact(&endpoint.broker),
+            reason,
+        };
+        let (link, _) = self.link(&endpoint.broker);
+        // A channel of its own: a passive declare of a missing queue closes
+        // the channel it is made on.
+        let channel = link.open_channel().await.map_err(broker_error)?;
+        let declared = channel
+            .queue_declare(
+                endpoint.inbox.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "backlog read".into()).await;
+        let queue = declared.map_err(|error| {
+            broker_error(format!("reading inbox queue {}: {error}", endpoint.inbox))
+        })?;
+        Ok(Some(u64::from(queue.message_count())))
+    }
+
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         check_url(&endpoint.broker)?;
         self.validate_inbox(&endpoint.inbox)?;

@@ -138,6 +138,14 @@ pub trait Adapter: Send + Sync + 'static {
         Ok(())
     }
 
+    /// How many messages wait in the inbox at `endpoint`, not yet taken by
+    /// the instance: what a draining instance still has to work through.
+    /// `None` when the broker cannot tell (subject-addressed inboxes keep no
+    /// backlog the adapter can see).
+    async fn inbox_backlog(&self, _endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
+        Ok(None)
+    }
+
     /// Binds a target for `endpoint`, connecting to its broker if needed.
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;
 

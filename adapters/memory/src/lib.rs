@@ -153,6 +153,16 @@ impl MemoryBroker {
         delivered
     }
 
+    /// Messages waiting in the buffers of the subscriptions made with
+    /// exactly `pattern`.
+    pub fn buffered(&self, pattern: &str) -> u64 {
+        let subs = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        subs.iter()
+            .filter(|s| s.pattern.join(".") == pattern)
+            .map(|s| (s.sender.max_capacity() - s.sender.capacity()) as u64)
+            .sum()
+    }
+
     fn recipients(&self, subject: &str) -> Vec<mpsc::Sender<Envelope>> {
         let subs = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
         let mut plain = Vec::new();
@@ -297,6 +307,13 @@ impl Adapter for MemoryAdapter {
             subscriber: broker.subscribe(&pattern, Some(&options.queue_group), options.buffer),
             prefix_len: options.prefix.len() + 1,
         }))
+    }
+
+    /// Messages buffered for the inbox's subscribers.
+    async fn inbox_backlog(&self, endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
+        let broker = broker_for_url(&endpoint.broker)?;
+        let pattern = format!("{}.>", endpoint.inbox);
+        Ok(Some(broker.buffered(&pattern)))
     }
 
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
