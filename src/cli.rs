@@ -101,6 +101,16 @@ pub struct SidecarArgs {
     )]
     pub policy: Vec<String>,
 
+    /// Route SERVICE by version: a message with header HEADER (default
+    /// baker-version) goes only to instances of the version it names (repeatable)
+    #[arg(
+        long = "version-routing",
+        env = "BAKER_VERSION_ROUTING",
+        value_name = "SERVICE[=HEADER]",
+        value_delimiter = ';'
+    )]
+    pub version_routing: Vec<String>,
+
     /// Do not route: only register instances (agent only).
     #[arg(long, env = "BAKER_NO_ROUTER")]
     pub no_router: bool,

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use baker_adapter_api::IngressOptions;
+use baker_adapter_api::{header, IngressOptions};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -57,6 +57,11 @@ pub struct FileConfig {
     /// Routing policy per service, e.g. `orders = "consistent_hash"`.
     #[serde(default)]
     pub policy: BTreeMap<String, PolicyKind>,
+    /// Services routed by version, with the header that names the version,
+    /// e.g. `orders = "baker-version"`: a message carrying the header goes
+    /// only to instances of the version it names.
+    #[serde(default)]
+    pub version_routing: BTreeMap<String, String>,
     /// Only register instances; do not route.
     pub no_router: Option<bool>,
     /// Default lease TTL of registered instances, in seconds.
@@ -338,6 +343,8 @@ pub struct Settings {
     pub registrations: Vec<Registered>,
     /// Policy per service.
     pub policies: HashMap<String, PolicyKind>,
+    /// Header naming the version, per service routed by version.
+    pub version_routing: HashMap<String, String>,
     /// Whether to route.
     pub router: bool,
     /// Journey tunables.
@@ -500,6 +507,31 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
         policies.insert(service, kind);
     }
 
+    let mut version_routing = HashMap::new();
+    let valid_header =
+        |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    for (service, header) in &file.version_routing {
+        if !valid_name(service) || !valid_header(header) {
+            return Err(invalid(
+                false,
+                &format!("version_routing.{service}"),
+                format!("needs a valid service name and header name, got {header:?}"),
+            ));
+        }
+        version_routing.insert(service.clone(), header.clone());
+    }
+    for spec in &args.version_routing {
+        let (service, header) = spec.split_once('=').unwrap_or((spec, header::VERSION));
+        if !valid_name(service) || !valid_header(header) {
+            return Err(invalid(
+                true,
+                "version_routing",
+                format!("{spec:?} is not SERVICE or SERVICE=HEADER"),
+            ));
+        }
+        version_routing.insert(service.to_owned(), header.to_owned());
+    }
+
     let ttl = args.ttl.or(file.ttl).unwrap_or(DEFAULT_TTL_SECS);
     if !(1..=3600).contains(&ttl) {
         return Err(invalid(
@@ -657,6 +689,7 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
         admin,
         registrations,
         policies,
+        version_routing,
         router: !(args.no_router || file.no_router.unwrap_or(false)),
         journey: JourneyConfig {
             max_attempts,

@@ -147,6 +147,7 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
             },
             max_in_flight: 1024,
             policies: HashMap::new(),
+            version_routing: HashMap::new(),
         },
         AdapterRegistry::builtin(),
         catalogs,

@@ -25,6 +25,10 @@ pub struct BakerHeaders {
     /// Set by the publisher: the key the `consistent_hash` policy hashes.
     #[serde(rename = "baker-key", skip_serializing_if = "Option::is_none")]
     key: Option<String>,
+    /// Set by the publisher, for a service routed by version: the message goes
+    /// only to instances of this version.
+    #[serde(rename = "baker-version", skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
     /// On an error reply or a dead-lettered message: why it was not delivered.
     #[serde(rename = "baker-error", skip_serializing_if = "Option::is_none")]
     error: Option<String>,

@@ -65,6 +65,8 @@ pub struct RouterSpec {
     pub max_in_flight: usize,
     /// Policy per service.
     pub policies: HashMap<String, PolicyKind>,
+    /// Header naming the version, per service routed by version.
+    pub version_routing: HashMap<String, String>,
 }
 
 /// Starts a router following `catalogs`: the table follower, the ingress
@@ -80,7 +82,8 @@ pub fn start_router(
         return Err(SidecarError::UnknownAdapter(spec.adapter));
     };
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
-    let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies);
+    let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies)
+        .with_version_routing(spec.version_routing);
     let undelivered = Arc::new(UndeliveredReporter::default());
     let replies = Arc::new(ReplyProxy::new(
         adapter.clone(),
@@ -222,6 +225,7 @@ pub async fn run(
                 journey: settings.journey.clone(),
                 max_in_flight: settings.max_in_flight,
                 policies: settings.policies.clone(),
+                version_routing: settings.version_routing.clone(),
             },
             adapters.clone(),
             catalogs,

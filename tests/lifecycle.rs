@@ -541,3 +541,205 @@ async fn baker_mq_drain_drains_one_instance_then_the_whole_process() {
     })
     .await;
 }
+
+/// Publishes `count` persistent messages (payload: the sequence number from
+/// `start`) to `baker` / `routing_key`, with `headers`, confirmed.
+async fn publish_with_headers(
+    channel: &lapin::Channel,
+    routing_key: &str,
+    start: u64,
+    count: u64,
+    headers: &[(&str, &str)],
+) {
+    let mut table = lapin::types::FieldTable::default();
+    for (name, value) in headers {
+        table.insert(
+            (*name).into(),
+            lapin::types::AMQPValue::LongString((*value).into()),
+        );
+    }
+    let mut confirms = Vec::new();
+    for seq in start..start + count {
+        let confirm = channel
+            .basic_publish(
+                "baker".into(),
+                routing_key.into(),
+                Default::default(),
+                seq.to_string().as_bytes(),
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(table.clone()),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+        if confirms.len() >= 500 {
+            for c in confirms.drain(..) {
+                assert!(c.await.unwrap().is_ack());
+            }
+        }
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_weight_and_version_rules_route_as_configured_and_change_live() {
+    use common::amqp::{self, Vhost};
+
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let url = vhost.url();
+        let ids = ["v1-0", "v1-1", "v1-2", "v2-0"];
+        let mut inboxes = Vec::new();
+        for id in ids {
+            inboxes.push(
+                amqp::consume(&channel, &format!("_baker.canary.{id}"))
+                    .await
+                    .0,
+            );
+        }
+        let _agents: Vec<Proc> = ids
+            .iter()
+            .map(|id| {
+                let (version, weight) = if id.starts_with("v1") {
+                    (1, 30)
+                } else {
+                    (2, 10)
+                };
+                agent_registering(
+                    "amqp",
+                    &url,
+                    &dir.url(),
+                    &format!("service=canary,id={id},version={version},weight={weight}"),
+                )
+            })
+            .collect();
+        let router = Router::spawn(
+            &dir.url(),
+            &[
+                "--adapter",
+                "amqp",
+                "--broker",
+                &url,
+                "--policy",
+                "canary=weighted",
+                "--version-routing",
+                "canary",
+            ],
+        )
+        .await;
+        router
+            .wait_routed("canary", &ids, Duration::from_secs(15))
+            .await;
+        let counts = || inboxes.iter().map(Inbox::count).collect::<Vec<_>>();
+        let wait_total = |total: usize| {
+            let inboxes = &inboxes;
+            async move {
+                wait_until("all delivered", Duration::from_secs(60), || async {
+                    inboxes.iter().map(Inbox::count).sum::<usize>() >= total
+                })
+                .await
+            }
+        };
+
+        // The canary: weight 10 against 3 × 30 takes 10% of 20,000.
+        amqp::publish(&channel, "baker", "canary.t", 0, 20_000, 500).await;
+        wait_total(20_000).await;
+        let canary_share = counts()[3] as f64 / 20_000.0;
+        assert!(
+            (canary_share - 0.10).abs() <= 0.02,
+            "canary share {canary_share:.4}"
+        );
+
+        // The version rule: every message naming version 2 goes to v2.
+        let before = counts();
+        publish_with_headers(
+            &channel,
+            "canary.t",
+            100_000,
+            1_000,
+            &[("baker-version", "2")],
+        )
+        .await;
+        wait_total(21_000).await;
+        let after = counts();
+        assert_eq!(
+            after[3] - before[3],
+            1_000,
+            "all to v2: {before:?} -> {after:?}"
+        );
+        assert_eq!(&after[..3], &before[..3]);
+        publish_with_headers(
+            &channel,
+            "canary.t",
+            200_000,
+            300,
+            &[("baker-version", "1")],
+        )
+        .await;
+        wait_total(21_300).await;
+        assert_eq!(counts()[3], after[3], "version 1 messages avoid v2");
+
+        // A version nobody runs is dead-lettered with the reason.
+        let (dead, full) = amqp::consume(&channel, "baker.dead-letters").await;
+        publish_with_headers(&channel, "canary.t", 300_000, 5, &[("baker-version", "3")]).await;
+        wait_until("dead letters", Duration::from_secs(10), || async {
+            dead.count() >= 5
+        })
+        .await;
+        let reason = full.lock().unwrap()[0]
+            .header("baker-error")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(reason.contains("at version \"3\""), "{reason}");
+
+        // Weights change live, from the directory: the canary goes to half.
+        let client = reqwest::Client::new();
+        let record: serde_json::Value = client
+            .get(format!("{}/v1/services/canary", dir.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut v2 = record["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "v2-0")
+            .unwrap()
+            .clone();
+        v2["weight"] = serde_json::json!(90);
+        let put = client
+            .put(format!("{}/v1/services/canary/instances/v2-0", dir.url()))
+            .json(&v2)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+        wait_until(
+            "router sees the new weight",
+            Duration::from_secs(10),
+            || async {
+                router.status().await["services"]["canary"]["instances"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|i| i["id"] == "v2-0" && i["weight"] == 90))
+            },
+        )
+        .await;
+        let before = counts();
+        amqp::publish(&channel, "baker", "canary.t", 400_000, 10_000, 500).await;
+        wait_total(31_300).await;
+        let share = (counts()[3] - before[3]) as f64 / 10_000.0;
+        assert!(
+            (share - 0.5).abs() <= 0.03,
+            "canary share after the change {share:.4}"
+        );
+    })
+    .await;
+}

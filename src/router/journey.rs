@@ -194,6 +194,19 @@ impl Journey {
         let Some(service) = table.service(&destination.service) else {
             return Outcome::Undeliverable(no_route(destination));
         };
+        let service = match service.for_message(message) {
+            Ok(service) => service,
+            Err(version) => {
+                return Outcome::Undeliverable(Failure::new(
+                    Cause::NoRoute,
+                    format!(
+                        "no routable instance of service {:?} at version {version:?}",
+                        destination.service
+                    ),
+                    0,
+                ))
+            }
+        };
         if message.headers.get(header::MSG_ID).is_none() {
             message.headers.insert(header::MSG_ID, self.ids.next());
         }

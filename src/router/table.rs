@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use baker_adapter_api::{Endpoint, Target};
+use baker_adapter_api::{Endpoint, Message, Target};
 
 use super::outlier::OutlierState;
 use super::policy::{Candidate, Policy, PolicyKind};
@@ -64,6 +64,7 @@ impl InstanceStats {
 }
 
 /// One routable instance.
+#[derive(Clone)]
 pub struct InstanceRoute {
     /// Its directory record.
     pub record: InstanceRecord,
@@ -95,6 +96,46 @@ pub struct ServiceRoute {
     pub instances: Vec<InstanceRoute>,
     /// Time from ingress to delivered, per message.
     pub latency: metrics::Histogram,
+    /// Routing by version, when the service has it.
+    pub versions: Option<VersionRoutes>,
+}
+
+/// A service routed by version: a message whose `header` names a version
+/// goes only to instances of that version (by the service's policy among
+/// them); messages without the header go to any instance.
+pub struct VersionRoutes {
+    /// The header naming the version.
+    pub header: String,
+    /// The routing state of each version's instances.
+    pub groups: HashMap<String, ServiceRoute>,
+}
+
+impl ServiceRoute {
+    fn build(kind: PolicyKind, instances: Vec<InstanceRoute>, latency: metrics::Histogram) -> Self {
+        Self {
+            kind,
+            policy: Policy::build(kind, &instances),
+            instances,
+            latency,
+            versions: None,
+        }
+    }
+
+    /// The instances `message` may go to: those of the version it names when
+    /// the service is routed by version, else all of them. `Err` with the
+    /// version when no routable instance has it.
+    pub fn for_message<'s, 'm>(
+        &'s self,
+        message: &'m Message,
+    ) -> Result<&'s ServiceRoute, &'m str> {
+        let Some(versions) = &self.versions else {
+            return Ok(self);
+        };
+        match message.headers.get(&versions.header) {
+            None => Ok(self),
+            Some(version) => versions.groups.get(version).ok_or(version),
+        }
+    }
 }
 
 /// Every service's routing state, plus the catalog it was built from.
@@ -134,6 +175,7 @@ impl RoutingTable {
 pub struct TableBuilder {
     adapters: Arc<AdapterRegistry>,
     policies: HashMap<String, PolicyKind>,
+    version_headers: HashMap<String, String>,
     targets: HashMap<EndpointRecord, Arc<dyn Target>>,
     stats: HashMap<(String, String), Arc<InstanceStats>>,
     unbindable: HashSet<EndpointRecord>,
@@ -146,10 +188,18 @@ impl TableBuilder {
         Self {
             adapters,
             policies,
+            version_headers: HashMap::new(),
             targets: HashMap::new(),
             stats: HashMap::new(),
             unbindable: HashSet::new(),
         }
+    }
+
+    /// Routes each service of `headers` by version: a message whose header
+    /// (the map's value) names a version goes only to that version.
+    pub fn with_version_routing(mut self, headers: HashMap<String, String>) -> Self {
+        self.version_headers = headers;
+        self
     }
 
     /// The policy `service` uses.
@@ -227,12 +277,28 @@ impl TableBuilder {
             .into_iter()
             .map(|(service, instances)| {
                 let kind = self.policy_of(&service);
-                let route = ServiceRoute {
-                    kind,
-                    policy: Policy::build(kind, &instances),
-                    latency: metrics::histogram!("baker_routing_seconds", "service" => service.clone()),
-                    instances,
-                };
+                let latency =
+                    metrics::histogram!("baker_routing_seconds", "service" => service.clone());
+                let versions = self.version_headers.get(&service).map(|header| {
+                    let mut by_version: HashMap<String, Vec<InstanceRoute>> = HashMap::new();
+                    for instance in &instances {
+                        by_version
+                            .entry(instance.record.version.clone())
+                            .or_default()
+                            .push(instance.clone());
+                    }
+                    VersionRoutes {
+                        header: header.clone(),
+                        groups: by_version
+                            .into_iter()
+                            .map(|(version, group)| {
+                                (version, ServiceRoute::build(kind, group, latency.clone()))
+                            })
+                            .collect(),
+                    }
+                });
+                let mut route = ServiceRoute::build(kind, instances, latency);
+                route.versions = versions;
                 (service, route)
             })
             .collect();

@@ -58,6 +58,9 @@ pub mod header {
     pub const ORIGIN: &str = "baker-origin";
     /// Routing key for the `consistent_hash` policy.
     pub const KEY: &str = "baker-key";
+    /// The instance version a message must go to, for services routed by
+    /// version.
+    pub const VERSION: &str = "baker-version";
     /// Why a message was dead-lettered or answered with an error.
     pub const ERROR: &str = "baker-error";
     /// On a dead-lettered message: how many delivery attempts were made.
