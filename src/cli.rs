@@ -189,14 +189,16 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
-    /// Show discovery and load balancing in one process, with no broker.
+    /// The whole story in one process, with no broker: discovery, load
+    /// balancing, a failing health check, a canary, a rollout and a drain,
+    /// with messages flowing throughout and none lost.
     Demo {
-        /// Messages to publish.
-        #[arg(long, default_value_t = 6000)]
-        messages: u64,
-        /// Instances of the demo service.
-        #[arg(long, default_value_t = 3)]
-        instances: usize,
+        /// Messages published per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds each step of the story lasts.
+        #[arg(long, default_value_t = 2.0)]
+        phase_secs: f64,
     },
     /// Write the JSON Schemas of the instance record, config file and
     /// baker-* headers into a directory.

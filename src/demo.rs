@@ -1,17 +1,23 @@
-//! `baker-mq demo`: discovery and load balancing in one process, with no
-//! broker. Runs the embedded directory, the in-process memory broker, a
-//! router, and instances of one service registered by an agent; publishes
-//! messages; shows per-instance counts as they arrive; ends with a summary.
+//! `baker-mq demo`: the whole story in one process, with no broker.
+//!
+//! The embedded directory, the in-process memory broker, a router, and
+//! instances of one service, each with its own agent (and, for v1, an HTTP
+//! health check). While messages flow at a steady rate the demo walks
+//! through discovery and load balancing, a failing health check, a v2
+//! canary, the full rollout and the drain of v1, showing a live table of
+//! each instance's counts and rates, and ends with a summary: sent,
+//! delivered, lost, per version.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baker_adapter_api::{IngressOptions, Message};
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::adapters::AdapterRegistry;
 use crate::agent::Agent;
@@ -19,9 +25,10 @@ use crate::config::Registered;
 use crate::directory::{
     server, store::Store, DirectoryClient, EndpointRecord, InstanceRecord, Status, Watcher,
 };
-use crate::router::JourneyConfig;
+use crate::health::{HealthCheck, Probe};
+use crate::router::{JourneyConfig, PolicyKind, RoutingTable};
 use crate::shutdown::Shutdown;
-use crate::sidecar::{start_router, RouterSpec};
+use crate::sidecar::{start_router, RouterParts, RouterSpec};
 
 const SERVICE: &str = "greeter";
 
@@ -36,29 +43,342 @@ pub enum DemoError {
     Lost { lost: u64, sent: u64 },
 }
 
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Messages published per second.
+    pub rate: u64,
+    /// How long each step of the story lasts.
+    pub phase: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            rate: 2000,
+            phase: Duration::from_secs(2),
+        }
+    }
+}
+
 /// What the demo measured.
 #[derive(Debug)]
 pub struct Summary {
-    /// Messages the broker accepted from the publisher.
+    /// Messages the router took from the publisher.
     pub sent: u64,
     /// Messages the instances received.
     pub delivered: u64,
-    /// Received per instance, by id.
-    pub per_instance: Vec<(String, u64)>,
+    /// Received per version.
+    pub per_version: Vec<(String, u64)>,
 }
 
-fn progress_line(sent: u64, counts: &[(String, Arc<AtomicU64>)]) -> String {
-    let delivered: u64 = counts.iter().map(|(_, c)| c.load(Ordering::Relaxed)).sum();
-    let mut line = format!("sent {sent:>6}  delivered {delivered:>6} |");
-    for (id, count) in counts {
-        line.push_str(&format!("  {id} {:>5}", count.load(Ordering::Relaxed)));
+/// One instance: its inbox consumer, its agent and its health.
+struct Instance {
+    id: String,
+    version: &'static str,
+    weight: u32,
+    received: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+    /// Stops the agent, which then drains and deregisters the instance.
+    agent_stop: Shutdown,
+    agent: Option<JoinHandle<()>>,
+    /// Stops the consumer, as the instance's process exits.
+    consumer_stop: Shutdown,
+    consumer: Option<JoinHandle<u64>>,
+    /// Messages still in the inbox when the instance stopped: lost.
+    left_behind: u64,
+    gone: bool,
+    /// Count and time at the last rate reading.
+    last: (u64, Instant),
+    rate: f64,
+}
+
+/// Everything the story acts on.
+struct Demo {
+    client: DirectoryClient,
+    broker: Arc<baker_adapter_memory::MemoryBroker>,
+    broker_url: String,
+    health_url: String,
+    health: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    instances: Vec<Instance>,
+    router: RouterParts,
+    sent: Arc<AtomicU64>,
+    display: Display,
+}
+
+/// Prints the live table: redrawn in place on a terminal, once per step in a
+/// log.
+struct Display {
+    terminal: bool,
+    drawn_lines: usize,
+}
+
+impl Display {
+    fn show(&mut self, text: &str, step_done: bool) {
+        if self.terminal {
+            let mut out = std::io::stdout().lock();
+            if self.drawn_lines > 0 {
+                let _ = write!(out, "\x1b[{}A", self.drawn_lines);
+            }
+            for line in text.lines() {
+                let _ = writeln!(out, "\x1b[2K{line}");
+            }
+            let _ = out.flush();
+            self.drawn_lines = if step_done { 0 } else { text.lines().count() };
+        } else if step_done {
+            println!("{text}");
+        }
     }
-    line
 }
 
-/// Runs the demo, printing progress to stdout.
-pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> {
-    let instances = instances.clamp(1, 26);
+/// An HTTP endpoint answering `/health/{id}` with 200 or 503, as each
+/// instance's flag says.
+async fn serve_health(
+    flags: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    shutdown: Shutdown,
+) -> Result<String, DemoError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| DemoError::Setup(format!("cannot bind the health endpoint: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let app = axum::Router::new().route(
+        "/health/{id}",
+        axum::routing::get(
+            move |axum::extract::Path(id): axum::extract::Path<String>| {
+                let healthy = flags
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id)
+                    .is_some_and(|f| f.load(Ordering::Relaxed));
+                async move {
+                    if healthy {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok(format!("http://{addr}/health"))
+}
+
+impl Demo {
+    /// Starts an instance: its consumer, then its agent, which registers it.
+    fn add_instance(&mut self, id: &str, version: &'static str, weight: u32, checked: bool) {
+        let inbox = format!("_baker.{SERVICE}.{id}");
+        let mut subscriber = self.broker.subscribe(&format!("{inbox}.>"), None, 256);
+        let received = Arc::new(AtomicU64::new(0));
+        let consumer_stop = Shutdown::new();
+        let consumer = {
+            let (received, stop) = (received.clone(), consumer_stop.clone());
+            tokio::spawn(async move {
+                while let Some(Some(_)) = stop.run_until(subscriber.recv()).await {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                // The process exits: what is still in its inbox is lost.
+                subscriber.unsubscribe();
+                let mut left = 0;
+                while subscriber.recv().await.is_some() {
+                    left += 1;
+                }
+                left
+            })
+        };
+        let healthy = Arc::new(AtomicBool::new(true));
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), healthy.clone());
+        let check = checked.then(|| HealthCheck {
+            probe: Probe::Http {
+                method: reqwest::Method::GET,
+                url: format!("{}/{id}", self.health_url),
+                statuses: Vec::new(),
+            },
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(200),
+            rise: 2,
+            fall: 2,
+        });
+        let record = InstanceRecord {
+            service: SERVICE.to_owned(),
+            id: id.to_owned(),
+            version: version.to_owned(),
+            endpoint: EndpointRecord {
+                adapter: "memory".to_owned(),
+                broker: self.broker_url.clone(),
+                inbox,
+            },
+            weight,
+            zone: None,
+            metadata: Default::default(),
+            status: if check.is_some() {
+                Status::Critical
+            } else {
+                Status::Passing
+            },
+            ttl_secs: 10,
+        };
+        let agent = Agent::new(
+            self.client.clone(),
+            AdapterRegistry::builtin(),
+            vec![Registered { record, check }],
+            Duration::from_secs(10),
+        );
+        let agent_stop = Shutdown::new();
+        let agent = tokio::spawn(agent.run(agent_stop.clone()));
+        self.instances.push(Instance {
+            id: id.to_owned(),
+            version,
+            weight,
+            received,
+            healthy,
+            agent_stop,
+            agent: Some(agent),
+            consumer_stop,
+            consumer: Some(consumer),
+            left_behind: 0,
+            gone: false,
+            last: (0, Instant::now()),
+            rate: 0.0,
+        });
+    }
+
+    fn instance(&mut self, id: &str) -> &mut Instance {
+        self.instances
+            .iter_mut()
+            .find(|i| i.id == id)
+            .expect("a demo instance")
+    }
+
+    /// Waits until the router routes to exactly `ids`.
+    async fn wait_routed(&mut self, ids: &[&str], title: &str) -> Result<(), DemoError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let table = self.router.table.load();
+            let mut routed: Vec<String> = table
+                .service(SERVICE)
+                .map(|s| s.instances.iter().map(|i| i.record.id.clone()).collect())
+                .unwrap_or_default();
+            routed.sort();
+            let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            want.sort();
+            if routed == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::Setup(format!(
+                    "{title}: the router routes to {routed:?}, not {want:?}, after 10 s"
+                )));
+            }
+            self.refresh(title, false);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Lets traffic flow for `length`, redrawing the table.
+    async fn run_for(&mut self, length: Duration, title: &str) {
+        let end = Instant::now() + length;
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.refresh(title, false);
+        }
+    }
+
+    /// Drains an instance (its agent marks it draining, waits for its inbox
+    /// to empty, deregisters it), then stops it.
+    async fn drain(&mut self, id: &str, title: &str) {
+        let instance = self.instance(id);
+        instance.agent_stop.trigger();
+        let mut agent = instance.agent.take();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.refresh(title, false);
+            if agent.as_ref().is_none_or(JoinHandle::is_finished) {
+                break;
+            }
+        }
+        if let Some(agent) = agent.take() {
+            let _ = agent.await;
+        }
+        let instance = self.instance(id);
+        instance.consumer_stop.trigger();
+        if let Some(consumer) = instance.consumer.take() {
+            instance.left_behind = consumer.await.unwrap_or(0);
+        }
+        instance.gone = true;
+        instance.rate = 0.0;
+    }
+
+    fn delivered(&self) -> u64 {
+        self.instances
+            .iter()
+            .map(|i| i.received.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn refresh(&mut self, title: &str, step_done: bool) {
+        let table = self.router.table.load_full();
+        let now = Instant::now();
+        for instance in &mut self.instances {
+            let count = instance.received.load(Ordering::Relaxed);
+            let elapsed = now.duration_since(instance.last.1).as_secs_f64();
+            if elapsed >= 0.5 {
+                instance.rate = (count - instance.last.0) as f64 / elapsed;
+                instance.last = (count, now);
+            }
+        }
+        let text = self.render(title, &table);
+        self.display.show(&text, step_done);
+    }
+
+    fn render(&self, title: &str, table: &RoutingTable) -> String {
+        let mut text = format!("{title}\n");
+        text.push_str(&format!(
+            "  {:<14} {:>7} {:>6}  {:<10} {:>9} {:>8}\n",
+            "INSTANCE", "VERSION", "WEIGHT", "STATUS", "RECEIVED", "MSG/S"
+        ));
+        for instance in &self.instances {
+            let record = table
+                .catalog
+                .instances
+                .iter()
+                .find(|r| r.service == SERVICE && r.id == instance.id);
+            let status = match (instance.gone, record) {
+                (true, _) => "left",
+                (false, Some(record)) => record.status.as_str(),
+                (false, None) => "joining",
+            };
+            let weight = record.map_or(instance.weight, |r| r.weight);
+            text.push_str(&format!(
+                "  {:<14} {:>7} {:>6}  {:<10} {:>9} {:>8.0}\n",
+                instance.id,
+                instance.version,
+                weight,
+                status,
+                instance.received.load(Ordering::Relaxed),
+                instance.rate
+            ));
+        }
+        text.push_str(&format!(
+            "  sent {}  delivered {}\n",
+            self.sent.load(Ordering::Relaxed),
+            self.delivered()
+        ));
+        text
+    }
+}
+
+/// Runs the demo, printing the story to stdout.
+pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let shutdown = Shutdown::new();
     let broker_name = format!("demo-{:x}", fastrand::u32(..));
     let broker_url = format!("{}{broker_name}", baker_adapter_memory::SCHEME);
@@ -79,56 +399,18 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
         Arc::new(Store::new()),
         shutdown.clone(),
     ));
-    println!("directory   {directory_url} (embedded)");
-    println!("broker      {broker_url} (in-process)");
-
-    // The instances: each consumes its inbox and counts.
-    let mut counts = Vec::new();
-    let mut records = Vec::new();
-    for i in 0..instances {
-        let id = format!("{SERVICE}-{}", (b'a' + i as u8) as char);
-        let inbox = format!("_baker.{SERVICE}.{id}");
-        let mut subscriber = broker.subscribe(&format!("{inbox}.>"), None, 1024);
-        let count = Arc::new(AtomicU64::new(0));
-        {
-            let count = count.clone();
-            tokio::spawn(async move {
-                while subscriber.recv().await.is_some() {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        counts.push((id.clone(), count));
-        records.push(Registered {
-            check: None,
-            record: InstanceRecord {
-                service: SERVICE.to_owned(),
-                id,
-                version: "1".to_owned(),
-                endpoint: EndpointRecord {
-                    adapter: "memory".to_owned(),
-                    broker: broker_url.clone(),
-                    inbox,
-                },
-                weight: 100,
-                zone: None,
-                metadata: Default::default(),
-                status: Status::Passing,
-                ttl_secs: 10,
-            },
-        });
-    }
-
-    // Agent and router, as a sidecar would run them.
-    let client = DirectoryClient::new(&directory_url);
-    let agent = Agent::new(
-        client.clone(),
-        AdapterRegistry::builtin(),
-        records,
-        Duration::from_secs(10),
+    let health = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let health_url = serve_health(health.clone(), shutdown.clone()).await?;
+    println!("directory  {directory_url} (embedded)");
+    println!("broker     {broker_url} (in-process)");
+    println!(
+        "traffic    {} msg/s to baker.{SERVICE}.hello, policy weighted\n",
+        options.rate
     );
-    tokio::spawn(agent.run(shutdown.clone()));
-    let watcher = Watcher::new(client, None);
+
+    // The router, as a sidecar runs it.
+    let client = DirectoryClient::new(&directory_url);
+    let watcher = Watcher::new(client.clone(), None);
     let catalogs = watcher.subscribe();
     tokio::spawn(watcher.run(shutdown.clone()));
     let router = start_router(
@@ -146,7 +428,7 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
                 max_payload: 1024 * 1024,
             },
             max_in_flight: 1024,
-            policies: HashMap::new(),
+            policies: HashMap::from([(SERVICE.to_owned(), PolicyKind::Weighted)]),
             version_routing: HashMap::new(),
         },
         AdapterRegistry::builtin(),
@@ -155,97 +437,185 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
     )
     .map_err(|e| DemoError::Setup(e.to_string()))?;
 
-    // Wait for discovery: every instance registered and in the router's view.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let routable = router
-            .table
-            .load()
-            .service(SERVICE)
-            .map_or(0, |s| s.instances.len());
-        if routable == instances && router.ingress_up.load(Ordering::Relaxed) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(DemoError::Setup(format!(
-                "only {routable} of {instances} instances discovered within 10 s"
-            )));
-        }
+    let mut demo = Demo {
+        client,
+        broker: broker.clone(),
+        broker_url,
+        health_url,
+        health,
+        instances: Vec::new(),
+        router,
+        sent: Arc::new(AtomicU64::new(0)),
+        display: Display {
+            terminal: std::io::stdout().is_terminal(),
+            drawn_lines: 0,
+        },
+    };
+
+    // 1. Discovery: three v1 instances register and share the load.
+    let v1 = ["greeter-v1-a", "greeter-v1-b", "greeter-v1-c"];
+    for id in v1 {
+        demo.add_instance(id, "1", 30, true);
+    }
+    let title = "1/6 discovery: three v1 instances register; the router finds them";
+    demo.wait_routed(&v1, title).await?;
+    while !demo.router.ingress_up.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ids: Vec<&str> = counts.iter().map(|(id, _)| id.as_str()).collect();
-    println!(
-        "discovered  {instances} instances of {SERVICE:?}: {}",
-        ids.join(", ")
-    );
-    println!("publishing  {messages} messages to baker.{SERVICE}.hello (round robin)\n");
 
-    // Publish, showing progress.
-    let mut sent = 0u64;
-    let mut last_print = Instant::now();
-    // On a terminal the progress line rewrites itself; in a log, one line per tick.
-    let rewrite = std::io::stdout().is_terminal();
-    let payload = Bytes::from_static(b"hello");
-    let subject = format!("baker.{SERVICE}.hello");
-    for n in 0..messages {
-        let message = Message {
-            payload: payload.clone(),
-            ..Default::default()
-        };
-        if broker.publish(&subject, message).await > 0 {
-            sent += 1;
-        }
-        if last_print.elapsed() >= Duration::from_millis(200) {
-            if rewrite {
-                print!("\r{}", progress_line(sent, &counts));
-                let _ = std::io::stdout().flush();
-            } else {
-                println!("{}", progress_line(sent, &counts));
+    // Steady traffic from here to the end.
+    let publishing = Shutdown::new();
+    let publisher = {
+        let (broker, sent, stop, rate) = (
+            broker.clone(),
+            demo.sent.clone(),
+            publishing.clone(),
+            options.rate.max(10),
+        );
+        tokio::spawn(async move {
+            let subject = format!("baker.{SERVICE}.hello");
+            let payload = Bytes::from_static(b"hello");
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let per_tick = (rate / 100).max(1);
+            while stop.run_until(tick.tick()).await.is_some() {
+                for _ in 0..per_tick {
+                    let message = Message {
+                        payload: payload.clone(),
+                        ..Default::default()
+                    };
+                    if broker.publish(&subject, message).await > 0 {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
-            last_print = Instant::now();
-        }
-        // Pace the publisher so the progress is visible.
-        if n % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    let settle_deadline = Instant::now() + Duration::from_secs(5);
-    while counts
+        })
+    };
+    demo.run_for(options.phase, title).await;
+    demo.refresh(title, true);
+
+    // 2. Health: one v1 instance fails its check; its share moves.
+    let title = "2/6 health: greeter-v1-b fails its health check; its share moves to the others";
+    demo.instance("greeter-v1-b")
+        .healthy
+        .store(false, Ordering::Relaxed);
+    demo.wait_routed(&["greeter-v1-a", "greeter-v1-c"], title)
+        .await?;
+    demo.run_for(options.phase, title).await;
+    demo.refresh(title, true);
+    demo.instance("greeter-v1-b")
+        .healthy
+        .store(true, Ordering::Relaxed);
+    let title = "   greeter-v1-b passes again and takes its share back";
+    demo.wait_routed(&v1, title).await?;
+    demo.run_for(options.phase / 2, title).await;
+    demo.refresh(title, true);
+
+    // 3. Canary: v2 joins with a tenth of the weight.
+    let title = "3/6 canary: greeter-v2-a (v2) joins with weight 10 against 3 x 30: 10% of traffic";
+    demo.add_instance("greeter-v2-a", "2", 10, false);
+    demo.wait_routed(
+        &[
+            "greeter-v1-a",
+            "greeter-v1-b",
+            "greeter-v1-c",
+            "greeter-v2-a",
+        ],
+        title,
+    )
+    .await?;
+    let before: Vec<u64> = demo
+        .instances
         .iter()
-        .map(|(_, c)| c.load(Ordering::Relaxed))
-        .sum::<u64>()
-        < sent
-        && Instant::now() < settle_deadline
+        .map(|i| i.received.load(Ordering::Relaxed))
+        .collect();
+    demo.run_for(options.phase * 2, title).await;
+    let during: Vec<u64> = demo
+        .instances
+        .iter()
+        .zip(&before)
+        .map(|(i, b)| i.received.load(Ordering::Relaxed) - b)
+        .collect();
+    let canary_share = during[3] as f64 / during.iter().sum::<u64>().max(1) as f64;
+    demo.refresh(title, true);
+    println!(
+        "   the canary took {:.1}% of this step's messages\n",
+        100.0 * canary_share
+    );
+
+    // 4. Rollout: more v2, and the canary promoted to a full weight.
+    let title = "4/6 rollout: greeter-v2-b and -c join; the canary is promoted to weight 30 in the directory";
+    demo.add_instance("greeter-v2-b", "2", 30, false);
+    demo.add_instance("greeter-v2-c", "2", 30, false);
+    let all = [
+        "greeter-v1-a",
+        "greeter-v1-b",
+        "greeter-v1-c",
+        "greeter-v2-a",
+        "greeter-v2-b",
+        "greeter-v2-c",
+    ];
+    demo.wait_routed(&all, title).await?;
+    if let Some(mut canary) = demo
+        .router
+        .table
+        .load()
+        .catalog
+        .instances
+        .iter()
+        .find(|r| r.id == "greeter-v2-a")
+        .cloned()
     {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        canary.weight = 30;
+        if let Err(error) = demo.client.register(&canary).await {
+            return Err(DemoError::Setup(format!("promoting the canary: {error}")));
+        }
     }
-    if rewrite {
-        print!("\r");
+    demo.run_for(options.phase, title).await;
+    demo.refresh(title, true);
+
+    // 5. Drain: v1 leaves one instance at a time, losing nothing.
+    let title = "5/6 drain: each v1 instance is marked draining, empties its inbox, and leaves";
+    for id in v1 {
+        demo.drain(id, title).await;
     }
-    println!("{}", progress_line(sent, &counts));
+    demo.run_for(options.phase / 2, title).await;
+    demo.refresh(title, true);
+
+    // 6. Done: v2 alone; stop publishing and let the last messages land.
+    let title = "6/6 done: v2 serves alone; publishing stops";
+    demo.run_for(options.phase / 2, title).await;
+    publishing.trigger();
+    let _ = publisher.await;
+    let sent = demo.sent.load(Ordering::Relaxed);
+    let settle = Instant::now() + Duration::from_secs(5);
+    while demo.delivered() < sent && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    demo.refresh(title, true);
     shutdown.trigger();
-    for task in router.tasks {
+    let tasks = std::mem::take(&mut demo.router.tasks);
+    for task in tasks {
         let _ = task.await;
     }
 
-    let per_instance: Vec<(String, u64)> = counts
-        .iter()
-        .map(|(id, c)| (id.clone(), c.load(Ordering::Relaxed)))
-        .collect();
-    let delivered: u64 = per_instance.iter().map(|(_, c)| c).sum();
+    let delivered = demo.delivered();
+    let left_behind: u64 = demo.instances.iter().map(|i| i.left_behind).sum();
     let lost = sent.saturating_sub(delivered);
-    let split: Vec<String> = per_instance
+    let mut per_version: Vec<(String, u64)> = Vec::new();
+    for instance in &demo.instances {
+        let count = instance.received.load(Ordering::Relaxed);
+        match per_version.iter_mut().find(|(v, _)| v == instance.version) {
+            Some((_, total)) => *total += count,
+            None => per_version.push((instance.version.to_owned(), count)),
+        }
+    }
+    let versions: Vec<String> = per_version
         .iter()
-        .map(|(id, c)| {
-            format!(
-                "{id} {c} ({:.1}%)",
-                100.0 * *c as f64 / delivered.max(1) as f64
-            )
-        })
+        .map(|(v, c)| format!("v{v} {c}"))
         .collect();
     println!(
-        "\nsummary: sent {sent}, delivered {delivered}, lost {lost}; split: {}",
-        split.join(", ")
+        "\nsummary: sent {sent}, delivered {delivered}, lost {lost}; per version: {}; left in drained inboxes: {left_behind}",
+        versions.join(", ")
     );
     if lost > 0 {
         return Err(DemoError::Lost { lost, sent });
@@ -253,6 +623,6 @@ pub async fn run(messages: u64, instances: usize) -> Result<Summary, DemoError> 
     Ok(Summary {
         sent,
         delivered,
-        per_instance,
+        per_version,
     })
 }

@@ -53,7 +53,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (filter, format) = config::logging(&cli)?;
     let quiet_demo = matches!(cli.command, Some(Command::Demo { .. })) && cli.log.is_none();
-    init_logging(if quiet_demo { "warn" } else { &filter }, format)?;
+    init_logging(if quiet_demo { "error" } else { &filter }, format)?;
     match &cli.command {
         None => {
             let settings = config::resolve(&cli, &AdapterRegistry::builtin())?;
@@ -94,12 +94,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", status::render(&doc));
             }
         }
-        Some(Command::Demo {
-            messages,
-            instances,
-        }) => {
+        Some(Command::Demo { rate, phase_secs }) => {
             install_metrics()?;
-            demo::run(*messages, *instances).await?;
+            let phase = std::time::Duration::try_from_secs_f64(*phase_secs)
+                .ok()
+                .filter(|p| (0.2..=60.0).contains(&p.as_secs_f64()))
+                .context("--phase-secs must be between 0.2 and 60")?;
+            demo::run(demo::DemoOptions { rate: *rate, phase }).await?;
         }
         Some(Command::Schemas { dir }) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

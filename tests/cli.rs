@@ -68,7 +68,7 @@ fn bad_environment_variable_is_reported() {
 #[test]
 fn demo_delivers_everything_without_a_broker() {
     let out = Command::new(BIN)
-        .args(["demo", "--messages", "3000"])
+        .args(["demo", "--phase-secs", "0.5", "--rate", "1000"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -77,8 +77,13 @@ fn demo_delivers_everything_without_a_broker() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("sent 3000, delivered 3000, lost 0"),
-        "{stdout}"
-    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert!(summary.contains(", lost 0;"), "{summary}");
+    assert!(summary.contains("left in drained inboxes: 0"), "{summary}");
+    for step in ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"] {
+        assert!(stdout.contains(step), "step {step} missing from {stdout}");
+    }
 }
