@@ -216,6 +216,42 @@ async fn an_instance_on_a_broker_that_never_answers_does_not_stall_the_others() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_with_nowhere_to_go_is_redelivered_not_dropped() {
+    bounded(async {
+        use lapin::options::QueueBindOptions;
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let _router = amqp_router(&dir.url(), &vhost, &[]).await;
+        // Someone deleted the dead-letter queue: baker.dlx routes nowhere.
+        channel
+            .queue_delete("baker.dead-letters".into(), Default::default())
+            .await
+            .unwrap();
+        amqp::publish(&channel, "baker", "nowhere.created", 0, 5, 5).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Once a queue is bound again, the messages (still in the ingress,
+        // redelivered) arrive there.
+        let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
+        channel
+            .queue_bind(
+                "baker.dead-letters".into(),
+                "baker.dlx".into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        wait_until("dead letters", Duration::from_secs(20), || async {
+            tally(&[&dead]).1.len() >= 5
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_dead_lettered_and_does_not_stall_the_rest() {
     bounded(async {
         let vhost = Vhost::create();

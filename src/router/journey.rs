@@ -15,7 +15,7 @@ use baker_adapter_api::{
 };
 
 use super::outlier::{OutlierConfig, Transition};
-use super::policy::Pick;
+use super::policy::{Pick, PolicyKind};
 use super::reply::ReplyProxy;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
 use super::undelivered::UndeliveredReporter;
@@ -401,14 +401,20 @@ impl Journey {
     }
 }
 
-/// The first instance from `from` on (in ring order) that is not ejected; if
-/// every instance is ejected, `from` itself: an ejected instance is still a
-/// better chance than none.
+/// The first instance from `from` on (in ring order) that may take the
+/// message: not ejected, and under the weighted policy not of weight 0 (a
+/// retry must not reach an instance its policy never picks). If none may,
+/// `from` itself: an ejected instance is still a better chance than none.
 fn admitted_from(service: &ServiceRoute, from: usize) -> usize {
     let n = service.instances.len();
+    let weighted = service.kind == PolicyKind::Weighted;
     (0..n)
         .map(|k| (from + k) % n)
-        .find(|&i| !service.instances[i].stats.outlier.is_ejected())
+        .find(|&i| {
+            let instance = &service.instances[i];
+            let never_picked = weighted && instance.record.weight == 0;
+            !instance.stats.outlier.is_ejected() && !never_picked
+        })
         .unwrap_or(from % n)
 }
 
@@ -734,5 +740,48 @@ mod tests {
         let a = table.stats("s", "a").unwrap();
         assert!(a.outlier.is_ejected());
         assert_eq!(a.outlier.ejections(), 1);
+    }
+
+    #[tokio::test]
+    async fn retries_never_reach_an_instance_of_weight_zero() {
+        let broker = baker_adapter_memory::broker("journey-weight-zero");
+        let mut standby = broker.subscribe("_baker.s.z.>", None, 10);
+        let adapters = AdapterRegistry::builtin();
+        let mut zero = record("s", "z", 5);
+        zero.weight = 0;
+        zero.endpoint.broker = "memory://journey-weight-zero".to_owned();
+        // `b` has no consumer: every send to it fails.
+        let mut b = record("s", "b", 5);
+        b.endpoint.broker = "memory://journey-weight-zero".to_owned();
+        let mut builder = TableBuilder::new(
+            Arc::new(adapters),
+            HashMap::from([("s".to_owned(), PolicyKind::Weighted)]),
+        );
+        let table = builder
+            .build(Arc::new(Catalog {
+                epoch: 1,
+                index: 1,
+                instances: vec![b, zero],
+            }))
+            .await;
+        let journey = Journey::new(
+            Arc::new(ArcSwap::from_pointee(table)),
+            JourneyConfig {
+                max_attempts: 3,
+                max_payload: 1024,
+                outlier: OutlierConfig::default(),
+            },
+            Default::default(),
+            None,
+        );
+        let (d, settled) = delivery("s", b"x");
+        assert!(matches!(journey.carry(d).await, Outcome::Undeliverable(..)));
+        assert!(dead_letter_reason(&settled).contains("after 3 attempts"));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), standby.recv())
+                .await
+                .is_err(),
+            "the weight-0 instance got a retry"
+        );
     }
 }

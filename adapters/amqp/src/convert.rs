@@ -119,8 +119,25 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
 }
 
 /// `properties` with the dead-letter headers added.
+/// Also sets `baker-msg-id` when the message has none: the publisher task
+/// recognizes a returned message by it, and a dead letter with no queue to
+/// take it must come back rather than count as safe.
 pub fn dead_lettered(properties: &BasicProperties, reason: &str, attempts: u32) -> BasicProperties {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut table: FieldTable = properties.headers().clone().unwrap_or_default();
+    if !table.inner().contains_key(header::MSG_ID) {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        table.insert(
+            header::MSG_ID.into(),
+            AMQPValue::LongString(LongString::from(format!(
+                "dead-{:x}-{now_ns:x}-{n:x}",
+                std::process::id()
+            ))),
+        );
+    }
     table.insert(
         header::ERROR.into(),
         AMQPValue::LongString(LongString::from(reason)),

@@ -267,6 +267,29 @@ impl Ingress for AmqpIngress {
     }
 }
 
+/// Logs a failed dead-lettering at most every 10 s, with how many failed
+/// since the last line: a dead-letter exchange with nowhere to put messages
+/// fails them all, again at each redelivery.
+fn report_dead_letter_failure(error: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    static LAST_LOG_SECS: AtomicU64 = AtomicU64::new(0);
+    let failed = FAILED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_LOG_SECS.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_LOG_SECS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        FAILED.store(0, Ordering::Relaxed);
+        tracing::warn!(%error, failed,
+            "could not dead-letter messages; they are handed back to the ingress for redelivery");
+    }
+}
+
 /// Settles one AMQP delivery: ack, requeue, or republish to the
 /// dead-letter exchange and ack once that is confirmed.
 struct DeliverySettler {
@@ -294,7 +317,10 @@ impl DeliverySettler {
             .publish(Publish {
                 exchange: self.dlx.clone(),
                 routing_key: self.routing_key.clone(),
-                mandatory: false,
+                // A dead-letter exchange with no queue bound would drop the
+                // message while the original is acked: have it come back,
+                // and the original is redelivered instead.
+                mandatory: true,
                 payload: self.payload.clone(),
                 properties: convert::dead_lettered(&self.properties, reason, attempts),
             })
@@ -352,7 +378,7 @@ impl Settle for DeliverySettler {
                         false
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "could not dead-letter a message; it will be redelivered");
+                        report_dead_letter_failure(&error);
                         true
                     }
                 },
