@@ -114,7 +114,10 @@ mod tests {
         acks.done(2);
         acks.done(1);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(received.try_recv().is_err(), "nothing before the first settles");
+        assert!(
+            received.try_recv().is_err(),
+            "nothing before the first settles"
+        );
         acks.done(0);
         let mut order = Vec::new();
         for _ in 0..3 {

@@ -108,10 +108,7 @@ pub fn to_mqtt(message: &Message) -> (PublishProperties, usize) {
     let properties = PublishProperties {
         payload_format_indicator: native.and_then(|n| n.payload_format_indicator),
         message_expiry_interval,
-        response_topic: message
-            .reply_to
-            .clone()
-            .filter(|r| valid_topic_name(r)),
+        response_topic: message.reply_to.clone().filter(|r| valid_topic_name(r)),
         correlation_data,
         user_properties,
         content_type: p.content_type.clone().filter(|c| valid_string(c)),
@@ -129,12 +126,14 @@ pub fn dead_lettered(original: &Publish, reason: &str, attempts: u32) -> Publish
     properties.user_properties.retain(|(n, _)| {
         n != baker_adapter_api::header::ERROR && n != baker_adapter_api::header::ATTEMPTS
     });
-    properties
-        .user_properties
-        .push((baker_adapter_api::header::ERROR.to_owned(), reason.replace('\0', " ")));
-    properties
-        .user_properties
-        .push((baker_adapter_api::header::ATTEMPTS.to_owned(), attempts.to_string()));
+    properties.user_properties.push((
+        baker_adapter_api::header::ERROR.to_owned(),
+        reason.replace('\0', " "),
+    ));
+    properties.user_properties.push((
+        baker_adapter_api::header::ATTEMPTS.to_owned(),
+        attempts.to_string(),
+    ));
     properties
 }
 
@@ -150,11 +149,17 @@ mod tests {
             destination("baker", "baker/orders/eu/created"),
             Some(("orders".into(), "eu.created".into()))
         );
-        assert_eq!(destination("baker", "baker/orders"), Some(("orders".into(), String::new())));
+        assert_eq!(
+            destination("baker", "baker/orders"),
+            Some(("orders".into(), String::new()))
+        );
         assert_eq!(destination("baker", "baker/"), None);
         assert_eq!(destination("baker", "baker//x"), None);
         assert_eq!(destination("baker", "bakery/x"), None);
-        assert_eq!(inbox_topic("_baker/orders/o1", "eu.created"), "_baker/orders/o1/eu/created");
+        assert_eq!(
+            inbox_topic("_baker/orders/o1", "eu.created"),
+            "_baker/orders/o1/eu/created"
+        );
         assert_eq!(inbox_topic("_baker/orders/o1", ""), "_baker/orders/o1");
     }
 

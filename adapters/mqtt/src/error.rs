@@ -15,7 +15,9 @@ pub enum UrlError {
     #[error("port {0:?} is not a number")]
     Port(String),
     /// A query parameter Baker does not know, or a malformed value.
-    #[error("query parameter {0:?}: expected client_id=ID, session_expiry=SECS or keep_alive=SECS")]
+    #[error(
+        "query parameter {0:?}: expected client_id=ID, session_expiry=SECS or keep_alive=SECS"
+    )]
     Query(String),
 }
 

@@ -179,8 +179,11 @@ impl Shared {
 
     fn options(&self) -> MqttOptions {
         let spec = &self.spec;
-        let mut options =
-            MqttOptions::new(spec.client_id.clone(), spec.broker.host.clone(), spec.broker.port);
+        let mut options = MqttOptions::new(
+            spec.client_id.clone(),
+            spec.broker.host.clone(),
+            spec.broker.port,
+        );
         options
             .set_clean_start(false)
             .set_session_expiry_interval(Some(spec.broker.session_expiry))
@@ -371,7 +374,11 @@ impl Ingress for MqttIngress {
         if let Some((client, _)) = self.shared.current() {
             // The rest of the group takes new messages from here on.
             let unsubscribed = self.shared.unsubscribed.notified();
-            if client.unsubscribe(self.shared.spec.filter.clone()).await.is_ok() {
+            if client
+                .unsubscribe(self.shared.spec.filter.clone())
+                .await
+                .is_ok()
+            {
                 let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, unsubscribed).await;
             }
         }

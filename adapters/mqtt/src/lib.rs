@@ -52,14 +52,18 @@ pub struct MqttAdapter {
 }
 
 impl MqttAdapter {
+    /// The egress link to the broker of `url`. The query (the ingress
+    /// session's settings) does not matter to egress, so a router's ingress
+    /// broker and an instance endpoint on the same broker share one link.
     fn link(&self, url: &str) -> Result<Arc<Link>, AdapterError> {
+        let key = url.split('?').next().unwrap_or(url);
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(link) = links.get(url) {
+        if let Some(link) = links.get(key) {
             return Ok(link.clone());
         }
         let broker = BrokerUrl::parse(url).map_err(|e| e.for_url(url))?;
-        let link = Link::start(url, broker);
-        links.insert(url.to_owned(), link.clone());
+        let link = Link::start(key, broker);
+        links.insert(key.to_owned(), link.clone());
         Ok(link)
     }
 }
@@ -119,9 +123,10 @@ impl Adapter for MqttAdapter {
                 });
             }
         }
-        let client_id = parsed.client_id.clone().unwrap_or_else(|| {
-            format!("baker-{}-{}", options.queue_group, url::host_name())
-        });
+        let client_id = parsed
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("baker-{}-{}", options.queue_group, url::host_name()));
         let spec = IngressSpec {
             url: redact_url(broker),
             client_id,
@@ -164,13 +169,16 @@ impl Adapter for MqttAdapter {
                 broker: link.url().to_owned(),
                 connected: link.connected(),
             })
-            .chain(ingresses.iter().filter(|i| !*i.finished.borrow()).map(|i| {
-                BrokerHealth {
-                    adapter: "mqtt",
-                    broker: format!("{} (ingress)", i.url),
-                    connected: i.connected.load(Ordering::Relaxed),
-                }
-            }))
+            .chain(
+                ingresses
+                    .iter()
+                    .filter(|i| !*i.finished.borrow())
+                    .map(|i| BrokerHealth {
+                        adapter: "mqtt",
+                        broker: format!("{} (ingress)", i.url),
+                        connected: i.connected.load(Ordering::Relaxed),
+                    }),
+            )
             .collect()
     }
 

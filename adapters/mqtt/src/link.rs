@@ -147,7 +147,13 @@ impl Link {
         let session = self.session().await?;
         let max = session.max_packet.load(Ordering::Relaxed);
         if max > 0 {
-            let size = Publish::new(topic.as_str(), QoS::AtLeastOnce, payload.clone(), Some(properties.clone())).size();
+            let size = Publish::new(
+                topic.as_str(),
+                QoS::AtLeastOnce,
+                payload.clone(),
+                Some(properties.clone()),
+            )
+            .size();
             if size > max as usize {
                 return Err(SendError::Rejected(format!(
                     "a packet of {size} bytes exceeds the broker's maximum of {max}"
@@ -205,11 +211,7 @@ fn verdict(reason: PubAckReason) -> Result<Accepted, SendError> {
 }
 
 fn options(broker: &BrokerUrl) -> MqttOptions {
-    let id = format!(
-        "baker-out-{:x}-{:x}",
-        std::process::id(),
-        fastrand_u32()
-    );
+    let id = format!("baker-out-{:x}-{:x}", std::process::id(), fastrand_u32());
     let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
     options
         .set_clean_start(true)

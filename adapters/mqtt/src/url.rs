@@ -56,8 +56,7 @@ impl BrokerUrl {
         let (host, port) = match host_port.rsplit_once(':') {
             Some((host, port)) => (
                 host,
-                port.parse()
-                    .map_err(|_| UrlError::Port(port.to_owned()))?,
+                port.parse().map_err(|_| UrlError::Port(port.to_owned()))?,
             ),
             None => (host_port, DEFAULT_PORT),
         };
@@ -79,11 +78,7 @@ impl BrokerUrl {
                 "client_id" if !value.is_empty() => parsed.client_id = Some(value.to_owned()),
                 "session_expiry" => parsed.session_expiry = value.parse().map_err(|_| bad())?,
                 "keep_alive" => {
-                    parsed.keep_alive = value
-                        .parse()
-                        .ok()
-                        .filter(|k| *k >= 5)
-                        .ok_or_else(bad)?
+                    parsed.keep_alive = value.parse().ok().filter(|k| *k >= 5).ok_or_else(bad)?
                 }
                 _ => return Err(bad()),
             }
@@ -108,14 +103,18 @@ mod tests {
 
     #[test]
     fn parses_host_port_credentials_and_query() {
-        let url = BrokerUrl::parse("mqtt://u:p@broker:1884?client_id=r1&session_expiry=60").unwrap();
+        let url =
+            BrokerUrl::parse("mqtt://u:p@broker:1884?client_id=r1&session_expiry=60").unwrap();
         assert_eq!(url.host, "broker");
         assert_eq!(url.port, 1884);
         assert_eq!(url.credentials, Some(("u".into(), "p".into())));
         assert_eq!(url.client_id.as_deref(), Some("r1"));
         assert_eq!(url.session_expiry, 60);
         let plain = BrokerUrl::parse("mqtt://127.0.0.1").unwrap();
-        assert_eq!((plain.port, plain.session_expiry), (1883, DEFAULT_SESSION_EXPIRY));
+        assert_eq!(
+            (plain.port, plain.session_expiry),
+            (1883, DEFAULT_SESSION_EXPIRY)
+        );
     }
 
     #[test]
