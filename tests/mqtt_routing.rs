@@ -325,3 +325,217 @@ async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_s
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unknown_services_get_an_error_reply(
+) {
+    bounded(async {
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let service = unique("rpc");
+        // The instance: answers each request on its response topic, with
+        // its correlation data and the origin Baker recorded.
+        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
+        responder.subscribe(&format!("_baker/{service}/r1/#")).await;
+        let responder_task = tokio::spawn(async move {
+            while let Some(request) = responder.incoming.recv().await {
+                let props = request.properties.clone().unwrap_or_default();
+                let origin = user_property(&request, "baker-origin")
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = format!(
+                    "pong:{}:{origin}:{}",
+                    String::from_utf8_lossy(&request.payload),
+                    std::str::from_utf8(&request.topic).unwrap()
+                );
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    ..Default::default()
+                };
+                if let Some(topic) = props.response_topic {
+                    responder
+                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
+                        .await;
+                }
+            }
+        });
+        let _agent = mqtt_agent(&dir.url(), &url, &service, "r1");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["r1"], Duration::from_secs(15))
+            .await;
+
+        let mut requester = Client::connect(&url, &unique("requester-"), false).await;
+        let replies = unique("replies/");
+        requester.subscribe(&format!("{replies}/#")).await;
+        let correlation = bytes::Bytes::from_static(&[0xde, 0xad, 0x00, 0xbe, 0xef]);
+        let topic = ingress.topic(&service, "get");
+        requester
+            .publish_with(
+                &topic,
+                QoS::AtLeastOnce,
+                "42",
+                PublishProperties {
+                    response_topic: Some(format!("{replies}/1")),
+                    correlation_data: Some(correlation.clone()),
+                    content_type: Some("text/plain".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&reply.payload),
+            format!("pong:42:{topic}:_baker/{service}/r1/get")
+        );
+        assert_eq!(
+            reply
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.clone()),
+            Some(correlation.clone()),
+            "binary correlation data kept exactly"
+        );
+
+        // A request for a service nobody serves is answered at once.
+        requester
+            .publish_with(
+                &ingress.topic(&unique("nosuch"), "get"),
+                QoS::AtLeastOnce,
+                "x",
+                PublishProperties {
+                    response_topic: Some(format!("{replies}/2")),
+                    correlation_data: Some(correlation.clone()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let error = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("error reply in time")
+            .unwrap();
+        assert!(
+            user_property(&error, "baker-error")
+                .is_some_and(|e| e.contains("no routable instance")),
+            "{error:?}"
+        );
+        assert_eq!(
+            error
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.clone()),
+            Some(correlation)
+        );
+        responder_task.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_with_headers() {
+    bounded(async {
+        use futures::StreamExt;
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // MQTT → NATS.
+        let to_nats = unique("tonats");
+        let mut nats_inbox = nats
+            .subscribe(format!("_baker.{to_nats}.n1.>"))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        let _nats_agent = agent(&dir.url(), &to_nats, "n1", &[]);
+        let ingress = MqttIngress::new(&url);
+        let mqtt_router = ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_nats, &["n1"], Duration::from_secs(15))
+            .await;
+        let publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_with(
+                &ingress.topic(&to_nats, "eu/created"),
+                QoS::AtLeastOnce,
+                "from mqtt",
+                PublishProperties {
+                    user_properties: vec![("trace".into(), "t-1".into())],
+                    content_type: Some("text/plain".into()),
+                    correlation_data: Some("c-1".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let got = tokio::time::timeout(Duration::from_secs(10), nats_inbox.next())
+            .await
+            .expect("NATS instance receives")
+            .unwrap();
+        assert_eq!(
+            got.subject.as_str(),
+            format!("_baker.{to_nats}.n1.eu.created")
+        );
+        assert_eq!(got.payload.as_ref(), b"from mqtt");
+        let headers = got.headers.unwrap();
+        assert_eq!(headers.get("trace").map(|v| v.as_str()), Some("t-1"));
+        assert_eq!(
+            headers.get("content-type").map(|v| v.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(
+            headers.get("correlation-id").map(|v| v.as_str()),
+            Some("c-1")
+        );
+        assert!(headers.get("baker-msg-id").is_some());
+
+        // NATS → MQTT.
+        let to_mqtt = unique("tomqtt");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let nats_ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &nats_ingress, &[]).await;
+        nats_router
+            .wait_routed(&to_mqtt, &["m1"], Duration::from_secs(15))
+            .await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("trace", "t-2");
+        headers.insert("content-type", "application/json");
+        nats.publish_with_headers(
+            nats_ingress.subject(&to_mqtt, "eu.updated"),
+            headers,
+            "7".into(),
+        )
+        .await
+        .unwrap();
+        nats.flush().await.unwrap();
+        wait_until(
+            "MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/eu/updated")
+        );
+        assert_eq!(user_property(&got, "trace"), Some("t-2"));
+        assert!(user_property(&got, "baker-msg-id").is_some());
+        assert_eq!(
+            got.properties
+                .as_ref()
+                .and_then(|p| p.content_type.as_deref()),
+            Some("application/json")
+        );
+    })
+    .await;
+}
