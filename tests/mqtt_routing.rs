@@ -539,3 +539,188 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_gracefully_mid_stream_hands_over_to_the_other_with_none_lost() {
+    bounded(async {
+        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
+        let dir = Directory::start().await;
+        let service = unique("handover");
+        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
+        let b = mqtt::consume_inbox(&url, &service, "b", false).await;
+        let _agents = [
+            mqtt_agent(&dir.url(), &url, &service, "a"),
+            mqtt_agent(&dir.url(), &url, &service, "b"),
+        ];
+        let ingress = MqttIngress::new(&url);
+        let mut r1 = ingress.router(&dir.url(), &[]).await;
+        // Same prefix and group, its own client id (and so session).
+        let second = MqttIngress {
+            client_id: unique("router-"),
+            ..MqttIngress::new(&url)
+        };
+        let second = MqttIngress {
+            prefix: ingress.prefix.clone(),
+            group: ingress.group.clone(),
+            ..second
+        };
+        let r2 = second.router(&dir.url(), &[]).await;
+        for r in [&r1, &r2] {
+            r.wait_routed(&service, &["a", "b"], Duration::from_secs(15))
+                .await;
+        }
+        let total = 12_000u64;
+        let topic = ingress.topic(&service, "t");
+        let publisher = {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(&url, &unique("pub-"), false).await;
+                for batch in 0..(total / 200) {
+                    client.publish_seq(&topic, batch * 200, 200).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        wait_until("traffic flowing", Duration::from_secs(10), || async {
+            a.count() + b.count() >= 3000
+        })
+        .await;
+        assert_eq!(r1.proc.terminate(Duration::from_secs(15)), Some(0));
+        assert!(!publisher.is_finished(), "stopped mid-stream");
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(30),
+            || async { tally(&[&a, &b]).1.len() >= total as usize },
+        )
+        .await;
+        let (duplicates, seen) = tally(&[&a, &b]);
+        assert_eq!(seen.len(), total as usize, "none lost");
+        eprintln!("graceful handover: {total} sent, none lost, {duplicates} duplicates");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_reconnects_to_a_restarted_broker_and_resumes_its_session() {
+    bounded(async {
+        let mut broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
+        let dir = Directory::start().await;
+        let service = unique("resume");
+        let a = mqtt::consume_inbox(&url, &service, "a", true).await;
+        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
+        let ingress = MqttIngress::new(&url);
+        // A small window, so the router is still working through the burst
+        // (held for its session in the broker) when the broker stops.
+        let router = ingress.router(&dir.url(), &["--max-in-flight", "8"]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        let total = 30_000u64;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_seq(&ingress.topic(&service, "t"), 0, total)
+            .await;
+        let at_stop = a.count();
+        broker.stop();
+        assert!(at_stop < total as usize, "the broker stopped mid-stream");
+        let brokers_down = |status: serde_json::Value| {
+            status["brokers"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["connected"] == false))
+        };
+        wait_until("health shows the outage", Duration::from_secs(5), || async {
+            brokers_down(router.status().await)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.restart();
+        wait_until(
+            "every message delivered after the restart",
+            Duration::from_secs(60),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        wait_until("health shows connected", Duration::from_secs(15), || async {
+            !brokers_down(router.status().await)
+        })
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize, "none lost");
+        eprintln!(
+            "broker restarted after {at_stop} of {total} delivered: none lost, {duplicates} duplicates"
+        );
+    })
+    .await;
+}
+
+/// Not a test of Baker: measures whether the broker holds to a subscriber's
+/// Receive Maximum once the subscriber acknowledges slowly (Mosquitto 2.0.11
+/// does not). Run with `cargo test --test mqtt_routing -- --ignored
+/// --nocapture receive_maximum`; the README quotes its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_how_far_the_broker_exceeds_a_receive_maximum_of_8_with_slow_acks() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    for settings in ["", mqtt::BAKER_SETTINGS] {
+        let broker = Mosquitto::start(settings);
+        let mut options = MqttOptions::new(unique("probe-"), "127.0.0.1", broker.port);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(600))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(8));
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        client
+            .subscribe("$share/g/p/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (received, acked, most) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let (received, acked, most) = (received.clone(), acked.clone(), most.clone());
+            tokio::spawn(async move {
+                while let Ok(event) = eventloop.poll().await {
+                    if let Event::Incoming(Packet::Publish(p)) = event {
+                        let r = received.fetch_add(1, Ordering::Relaxed) + 1;
+                        most.fetch_max(r - acked.load(Ordering::Relaxed), Ordering::Relaxed);
+                        let _ = tx.send(p);
+                    }
+                }
+            });
+        }
+        {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                    if client.ack(&p).await.is_err() {
+                        return;
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut publisher = Client::connect(&broker.url(), &unique("pub-"), false).await;
+        publisher.publish_seq("p/x", 0, 3000).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        eprintln!(
+            "settings {settings:?}: 3000 published, {} received, at most {} unacknowledged at once (Receive Maximum 8)",
+            received.load(Ordering::Relaxed),
+            most.load(Ordering::Relaxed)
+        );
+    }
+}

@@ -141,11 +141,16 @@ pub struct Client {
 impl Client {
     /// Connects to `url` as `id`; a persistent session when `persistent`.
     pub async fn connect(url: &str, id: &str, persistent: bool) -> Client {
+        Self::connect_with(url, id, persistent, 1000).await
+    }
+
+    /// [`Client::connect`] with a Receive Maximum of `receive_max`.
+    pub async fn connect_with(url: &str, id: &str, persistent: bool, receive_max: u16) -> Client {
         let (host, port) = host_port(url);
         let mut options = MqttOptions::new(id, host, port);
         options
             .set_clean_start(!persistent)
-            .set_receive_maximum(Some(1000))
+            .set_receive_maximum(Some(receive_max))
             .set_max_packet_size(Some(16 * 1024 * 1024))
             .set_keep_alive(Duration::from_secs(10));
         if persistent {

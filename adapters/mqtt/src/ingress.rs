@@ -39,7 +39,13 @@ pub const DEAD_LETTER_PREFIX: &str = "_baker-dlq";
 /// Pause before a message handed back is routed again.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 /// How long closing waits for the broker to confirm the unsubscribe.
-const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+/// After the unsubscribe, the broker may still send what it had queued for
+/// this session; closing takes it until the session has been quiet this
+/// long...
+const QUIET: Duration = Duration::from_millis(300);
+/// ...or this long has passed (the router allows closing 3 s).
+const DRAIN_WAIT: Duration = Duration::from_millis(1500);
 /// How long the first connection and subscription may take.
 const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -73,6 +79,9 @@ struct Shared {
     /// The current connection's client and ack window.
     current: Mutex<Option<(AsyncClient, Acks)>>,
     unsubscribed: Notify,
+    /// When the last publish arrived, in ms since `started`.
+    last_publish_ms: AtomicU64,
+    started: std::time::Instant,
     finished: watch::Sender<bool>,
 }
 
@@ -136,6 +145,8 @@ impl MqttIngress {
             connected,
             current: Mutex::new(None),
             unsubscribed: Notify::new(),
+            last_publish_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             finished,
         });
         let (first_tx, first) = oneshot::channel();
@@ -269,6 +280,13 @@ async fn run(
         let error = loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    shared.last_publish_ms.store(
+                        shared.started.elapsed().as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    if publish.dup {
+                        metrics::counter!("baker_mqtt_redelivered_total").increment(1);
+                    }
                     let publish = Arc::new(publish);
                     let ack = if publish.qos == QoS::AtMostOnce {
                         None
@@ -380,6 +398,18 @@ impl Ingress for MqttIngress {
                 .is_ok()
             {
                 let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, unsubscribed).await;
+            }
+            // Take what the broker had already queued for this session, so
+            // that it is routed now rather than at this router's next start.
+            let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let last =
+                    Duration::from_millis(self.shared.last_publish_ms.load(Ordering::Relaxed));
+                let quiet_for = self.shared.started.elapsed().saturating_sub(last);
+                if quiet_for >= QUIET {
+                    break;
+                }
+                tokio::time::sleep(QUIET - quiet_for).await;
             }
         }
         // What was received still comes out of `next`; whatever arrives
