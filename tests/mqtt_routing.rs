@@ -657,6 +657,33 @@ async fn the_router_reconnects_to_a_restarted_broker_and_resumes_its_session() {
     .await;
 }
 
+/// Not a test of Baker: how many QoS 1 messages a broker keeps for an
+/// offline persistent session, with its default settings and with Baker's.
+/// Run with `cargo test --test mqtt_routing -- --ignored --nocapture
+/// offline_session`; the README quotes its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_what_the_broker_keeps_for_an_offline_session() {
+    for settings in ["", mqtt::BAKER_SETTINGS] {
+        let broker = Mosquitto::start(settings);
+        let id = unique("offline-");
+        let mut session = Client::connect(&broker.url(), &id, true).await;
+        session.subscribe("o/#").await;
+        session.close().await;
+        let mut publisher = Client::connect(&broker.url(), &unique("pub-"), false).await;
+        publisher.publish_seq("o/x", 0, 3000).await;
+        let mut session = Client::connect(&broker.url(), &id, true).await;
+        let mut received = 0;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_secs(2), session.incoming.recv()).await
+        {
+            received += 1;
+        }
+
+        eprintln!("settings {settings:?}: 3000 published while the session was offline, {received} delivered on reconnect");
+    }
+}
+
 /// Not a test of Baker: measures whether the broker holds to a subscriber's
 /// Receive Maximum once the subscriber acknowledges slowly (Mosquitto 2.0.11
 /// does not). Run with `cargo test --test mqtt_routing -- --ignored
@@ -723,4 +750,65 @@ async fn measure_how_far_the_broker_exceeds_a_receive_maximum_of_8_with_slow_ack
             most.load(Ordering::Relaxed)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_what_it_loses() {
+    bounded(async {
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let service = unique("old");
+        // The instance: an MQTT 3.1.1 client.
+        let (host, port) = (
+            "127.0.0.1",
+            url.rsplit(':').next().unwrap().parse().unwrap(),
+        );
+        let mut options = rumqttc::MqttOptions::new(unique("v311-"), host, port);
+        options.set_keep_alive(Duration::from_secs(10));
+        let (v311, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        v311.subscribe(format!("_baker/{service}/o1/#"), rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                        let _ = tx.send(p);
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                        let _ = tx.send(rumqttc::Publish::new(
+                            "suback",
+                            rumqttc::QoS::AtMostOnce,
+                            "",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        assert_eq!(received.recv().await.unwrap().topic, "suback");
+        let endpoint = format!("{url}?protocol=3.1.1");
+        let _agent = mqtt_agent(&dir.url(), &endpoint, &service, "o1");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["o1"], Duration::from_secs(15))
+            .await;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_seq(&ingress.topic(&service, "t"), 0, 3)
+            .await;
+        for seq in 0..3 {
+            let got = tokio::time::timeout(Duration::from_secs(10), received.recv())
+                .await
+                .expect("the 3.1.1 instance receives")
+                .unwrap();
+            assert_eq!(got.topic, format!("_baker/{service}/o1/t"));
+            assert_eq!(got.payload.as_ref(), seq.to_string().as_bytes());
+        }
+        let log = router.proc.log_text();
+        assert_eq!(log.matches("consumes with MQTT 3.1.1").count(), 1, "{log}");
+    })
+    .await;
 }

@@ -176,6 +176,7 @@ impl Client {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         up_tx.send_replace(true);
                     }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -192,6 +193,12 @@ impl Client {
             acked,
             subscribed,
         }
+    }
+
+    /// Disconnects (a persistent session stays with the broker).
+    pub async fn close(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     /// Subscribes at QoS 1 and waits for the SUBACK.

@@ -110,6 +110,12 @@ impl Adapter for MqttAdapter {
         options: &IngressOptions,
     ) -> Result<Box<dyn Ingress>, AdapterError> {
         let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
+        if parsed.consumer_v311 {
+            return Err(AdapterError::InvalidBroker {
+                url: redact_url(broker),
+                reason: "the ingress needs MQTT 5 (drop protocol=3.1.1)".to_owned(),
+            });
+        }
         for (what, value) in [
             ("queue group", &options.queue_group),
             ("ingress prefix", &options.prefix),
@@ -153,9 +159,13 @@ impl Adapter for MqttAdapter {
 
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
+        let consumer_v311 = BrokerUrl::parse(&endpoint.broker)
+            .map_err(|e| e.for_url(&endpoint.broker))?
+            .consumer_v311;
         Ok(Arc::new(MqttTarget::new(
             self.link(&endpoint.broker)?,
             &endpoint.inbox,
+            consumer_v311,
         )))
     }
 

@@ -11,6 +11,10 @@
 //! * `session_expiry`: seconds the broker keeps the ingress session after a
 //!   disconnect (default 86400, one day).
 //! * `keep_alive`: seconds between pings (default 30).
+//! * `protocol`: `5` (default) or `3.1.1`, on an instance's endpoint: its
+//!   consumer subscribes with MQTT 3.1.1, so the broker hands it payload and
+//!   topic only. Baker still publishes MQTT 5; this only makes it say, once,
+//!   what that instance does not get. The ingress needs MQTT 5.
 
 use crate::error::UrlError;
 
@@ -30,6 +34,8 @@ pub struct BrokerUrl {
     pub client_id: Option<String>,
     pub session_expiry: u32,
     pub keep_alive: u16,
+    /// The instance consumes with MQTT 3.1.1 (`protocol=3.1.1`).
+    pub consumer_v311: bool,
 }
 
 impl BrokerUrl {
@@ -70,6 +76,7 @@ impl BrokerUrl {
             client_id: None,
             session_expiry: DEFAULT_SESSION_EXPIRY,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            consumer_v311: false,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let bad = || UrlError::Query(pair.to_owned());
@@ -79,6 +86,13 @@ impl BrokerUrl {
                 "session_expiry" => parsed.session_expiry = value.parse().map_err(|_| bad())?,
                 "keep_alive" => {
                     parsed.keep_alive = value.parse().ok().filter(|k| *k >= 5).ok_or_else(bad)?
+                }
+                "protocol" => {
+                    parsed.consumer_v311 = match value {
+                        "5" => false,
+                        "3.1.1" | "4" => true,
+                        _ => return Err(bad()),
+                    }
                 }
                 _ => return Err(bad()),
             }
@@ -110,6 +124,11 @@ mod tests {
         assert_eq!(url.credentials, Some(("u".into(), "p".into())));
         assert_eq!(url.client_id.as_deref(), Some("r1"));
         assert_eq!(url.session_expiry, 60);
+        assert!(
+            BrokerUrl::parse("mqtt://h?protocol=3.1.1")
+                .unwrap()
+                .consumer_v311
+        );
         let plain = BrokerUrl::parse("mqtt://127.0.0.1").unwrap();
         assert_eq!(
             (plain.port, plain.session_expiry),
