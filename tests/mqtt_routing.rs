@@ -812,3 +812,81 @@ async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_wh
     })
     .await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_memory_and_loses_nothing(
+) {
+    bounded(async {
+        let ingress_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = ingress_broker.url();
+        let mut instance_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let instance_url = instance_broker.url();
+        let dir = Directory::start().await;
+        let service = unique("held");
+        let a = mqtt::consume_inbox(&instance_url, &service, "a", true).await;
+        let _agent = mqtt_agent(&dir.url(), &instance_url, &service, "a");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &["--max-in-flight", "16"]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        let mut dead = dead_letters(&ingress).await;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        let topic = ingress.topic(&service, "t");
+        publisher.publish_seq(&topic, 0, 100).await;
+        wait_until("first messages", Duration::from_secs(10), || async {
+            a.count() >= 100
+        })
+        .await;
+
+        instance_broker.stop();
+        let before = rss_kib(router.proc.pid());
+        // 20,000 messages of 1 KiB (the sequence number, padded) while
+        // nothing can take them.
+        let payload = |seq: u64| format!("{seq:<1024}");
+        let qos1 = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+        for seq in 100..20_100u64 {
+            publisher
+                .publish_with(&topic, qos1, payload(seq), Default::default())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let during = rss_kib(router.proc.pid());
+        eprintln!(
+            "router RSS {before} KiB before, {during} KiB with 20 MiB held back by the broker"
+        );
+        assert!(
+            during < before + 10 * 1024,
+            "router memory grew from {before} KiB to {during} KiB"
+        );
+        instance_broker.restart();
+        wait_until(
+            "every message delivered once the instance's broker is back",
+            Duration::from_secs(90),
+            || async { tally(&[&a]).1.len() >= 20_100 },
+        )
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), 20_100, "none lost");
+        assert!(
+            dead.incoming.try_recv().is_err(),
+            "nothing dead-lettered: an unreachable broker is not the message's fault"
+        );
+        eprintln!(
+            "sole instance's broker down: 20,000 held back, none lost, {duplicates} duplicates"
+        );
+    })
+    .await;
+}

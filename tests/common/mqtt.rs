@@ -275,7 +275,7 @@ pub async fn consume_inbox_full(
         while let Some(p) = client.incoming.recv().await {
             let seq = std::str::from_utf8(&p.payload)
                 .ok()
-                .and_then(|s| s.parse().ok())
+                .and_then(|s| s.trim_end().parse().ok())
                 .unwrap_or(u64::MAX);
             received.lock().unwrap().push((seq, Instant::now()));
             keep.lock().unwrap().push(p);
