@@ -890,3 +890,105 @@ async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_mem
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance_with_properties() {
+    bounded(async {
+        use common::amqp::{self, Vhost};
+        use lapin::types::{AMQPValue, FieldTable};
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+
+        // MQTT → AMQP.
+        let to_amqp = unique("toamqp");
+        let queue = format!("_baker.{to_amqp}.q1");
+        let (inbox, received) = amqp::consume(&channel, &queue).await;
+        let _amqp_agent = agent_on("amqp", &vhost.url(), &dir.url(), &to_amqp, "q1", &[]);
+        let ingress = MqttIngress::new(&url);
+        let mqtt_router = ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_amqp, &["q1"], Duration::from_secs(15))
+            .await;
+        let publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_with(
+                &ingress.topic(&to_amqp, "eu/created"),
+                QoS::AtLeastOnce,
+                "5",
+                PublishProperties {
+                    user_properties: vec![("trace".into(), "t-9".into())],
+                    content_type: Some("text/plain".into()),
+                    correlation_data: Some("c-9".into()),
+                    message_expiry_interval: Some(60),
+                    ..Default::default()
+                },
+            )
+            .await;
+        wait_until(
+            "AMQP instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = received.lock().unwrap()[0].clone();
+        assert_eq!(got.header("trace"), Some("t-9"));
+        assert_eq!(got.header("baker-topic"), Some("eu.created"));
+        assert!(got.header("baker-msg-id").is_some());
+        let p = &got.properties;
+        assert_eq!(
+            p.content_type().as_ref().map(|c| c.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("c-9"));
+        assert_eq!(p.expiration().as_ref().map(|c| c.as_str()), Some("60000"));
+
+        // AMQP → MQTT.
+        let to_mqtt = unique("frommqtt");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let amqp_url = vhost.url();
+        let amqp_router =
+            Router::spawn(&dir.url(), &["--adapter", "amqp", "--broker", &amqp_url]).await;
+        amqp_router
+            .wait_routed(&to_mqtt, &["m1"], Duration::from_secs(15))
+            .await;
+        let mut headers = FieldTable::default();
+        headers.insert("trace".into(), AMQPValue::LongString("t-3".into()));
+        channel
+            .basic_publish(
+                "baker".into(),
+                format!("{to_mqtt}.eu.updated").as_str().into(),
+                Default::default(),
+                b"6",
+                lapin::BasicProperties::default()
+                    .with_headers(headers)
+                    .with_correlation_id("c-3".into())
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        wait_until(
+            "MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/eu/updated")
+        );
+        assert_eq!(user_property(&got, "trace"), Some("t-3"));
+        let props = got.properties.clone().unwrap_or_default();
+        assert_eq!(props.correlation_data.as_deref(), Some(&b"c-3"[..]));
+        assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    })
+    .await;
+}
