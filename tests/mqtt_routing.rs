@@ -586,8 +586,8 @@ async fn a_router_stopped_gracefully_mid_stream_hands_over_to_the_other_with_non
             a.count() + b.count() >= 3000
         })
         .await;
-        assert_eq!(r1.proc.terminate(Duration::from_secs(15)), Some(0));
         assert!(!publisher.is_finished(), "stopped mid-stream");
+        assert_eq!(r1.proc.terminate(Duration::from_secs(15)), Some(0));
         publisher.await.unwrap();
         wait_until(
             "every message delivered",
