@@ -19,6 +19,8 @@ impl AdapterRegistry {
             Arc::new(baker_adapter_amqp::AmqpAdapter::default()),
             #[cfg(feature = "nats")]
             Arc::new(baker_adapter_nats::NatsAdapter::default()),
+            #[cfg(feature = "mqtt")]
+            Arc::new(baker_adapter_mqtt::MqttAdapter::default()),
             #[cfg(feature = "memory")]
             Arc::new(baker_adapter_memory::MemoryAdapter),
         ];

@@ -35,7 +35,7 @@ const DEFAULT_QUEUE_GROUP: &str = "baker";
 /// Default log filter: Baker's own events, and only warnings from libraries
 /// (lapin warns once per returned message, which Baker handles and counts).
 const DEFAULT_LOG: &str =
-    "warn,lapin::returned_messages=error,baker_mq=info,baker_adapter_api=info,baker_adapter_amqp=info,baker_adapter_nats=info,baker_adapter_memory=info";
+    "warn,lapin::returned_messages=error,baker_mq=info,baker_adapter_api=info,baker_adapter_amqp=info,baker_adapter_nats=info,baker_adapter_mqtt=info,baker_adapter_memory=info";
 
 /// The config file. Every key is optional; flags and `BAKER_*` variables
 /// override it.

@@ -33,7 +33,7 @@ pub struct BakerHeaders {
     #[serde(rename = "baker-error", skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     /// On a dead-lettered message: how many delivery attempts were made (an
-    /// AMQP integer header).
+    /// AMQP integer header; an MQTT user property, as text).
     #[serde(rename = "baker-attempts", skip_serializing_if = "Option::is_none")]
     attempts: Option<u32>,
     /// On a message in an inbox whose address cannot carry the topic (an AMQP

@@ -418,3 +418,4 @@ pub fn spawn_publisher(
 }
 
 pub mod amqp;
+pub mod mqtt;

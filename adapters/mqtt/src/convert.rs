@@ -1,0 +1,226 @@
+//! Mapping between MQTT 5 publish properties and Baker's message fields.
+//!
+//! User properties are Baker's headers, both ways. Content type, response
+//! topic (the reply-to) and correlation data are kept; correlation data that
+//! is UTF-8 is also the message's correlation id, so it reaches AMQP and NATS
+//! inboxes. From an MQTT ingress the original publish rides along as the
+//! message's native metadata, so an MQTT egress keeps binary correlation
+//! data, the payload format indicator and the message expiry exactly.
+
+use std::sync::Arc;
+
+use baker_adapter_api::{Headers, Message, Properties};
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+
+/// Splits an ingress topic `<prefix>/<service>/<topic...>` into the service
+/// and the topic, whose levels are joined by `.` as the core expects.
+/// `None` when the topic is not under `prefix` or names no service.
+pub fn destination(prefix: &str, topic: &str) -> Option<(String, String)> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (service, topic) = rest.split_once('/').unwrap_or((rest, ""));
+    if service.is_empty() {
+        return None;
+    }
+    Some((service.to_owned(), topic.replace('/', ".")))
+}
+
+/// The inbox topic for `topic` (levels joined by `.`) under `inbox`.
+pub fn inbox_topic(inbox: &str, topic: &str) -> String {
+    let mut out = String::with_capacity(inbox.len() + 1 + topic.len());
+    out.push_str(inbox);
+    if !topic.is_empty() {
+        out.push('/');
+        out.extend(topic.chars().map(|c| if c == '.' { '/' } else { c }));
+    }
+    out
+}
+
+/// Baker's view of an MQTT publish: headers, reply-to and properties. The
+/// publish itself is kept as the native metadata.
+pub fn from_mqtt(publish: &Arc<Publish>) -> Message {
+    let mut message = Message {
+        payload: publish.payload.clone(),
+        native: Some(publish.clone()),
+        ..Default::default()
+    };
+    let Some(p) = &publish.properties else {
+        return message;
+    };
+    let mut headers = Headers::with_capacity(p.user_properties.len() + 3);
+    for (name, value) in &p.user_properties {
+        headers.append(name.clone(), value.clone());
+    }
+    message.headers = headers;
+    message.reply_to = p.response_topic.clone();
+    message.properties = Properties {
+        content_type: p.content_type.clone(),
+        correlation_id: p
+            .correlation_data
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .map(str::to_owned),
+        expiration_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
+        ..Default::default()
+    };
+    message
+}
+
+/// Whether MQTT can carry `text` as a UTF-8 string: no NUL character (the
+/// broker would close the connection over it).
+fn valid_string(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+/// Whether `topic` can be published to: non-empty, no wildcards, no NUL.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
+}
+
+/// The MQTT 5 properties for `message`. Returns them with the number of
+/// headers left out because MQTT cannot carry them.
+pub fn to_mqtt(message: &Message) -> (PublishProperties, usize) {
+    let native = message
+        .native
+        .as_ref()
+        .and_then(|n| n.clone().downcast::<Publish>().ok());
+    let native = native.as_deref().and_then(|p| p.properties.as_ref());
+    let mut skipped = 0;
+    let mut user_properties = Vec::with_capacity(message.headers.len());
+    for (name, value) in message.headers.iter() {
+        if valid_string(name) && valid_string(value) {
+            user_properties.push((name.to_owned(), value.to_owned()));
+        } else {
+            skipped += 1;
+        }
+    }
+    let p = &message.properties;
+    let correlation_data = match native.and_then(|n| n.correlation_data.clone()) {
+        Some(data) => Some(data),
+        None => p
+            .correlation_id
+            .as_ref()
+            .map(|c| bytes::Bytes::copy_from_slice(c.as_bytes())),
+    };
+    let message_expiry_interval = native.and_then(|n| n.message_expiry_interval).or_else(|| {
+        p.expiration_ms
+            .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX))
+    });
+    let properties = PublishProperties {
+        payload_format_indicator: native.and_then(|n| n.payload_format_indicator),
+        message_expiry_interval,
+        response_topic: message.reply_to.clone().filter(|r| valid_topic_name(r)),
+        correlation_data,
+        user_properties,
+        content_type: p.content_type.clone().filter(|c| valid_string(c)),
+        ..Default::default()
+    };
+    (properties, skipped)
+}
+
+/// `original` with the dead-letter user properties added.
+pub fn dead_lettered(original: &Publish, reason: &str, attempts: u32) -> PublishProperties {
+    let mut properties = original.properties.clone().unwrap_or_default();
+    // Not for the dead-letter topic: aliases belong to the ingress connection.
+    properties.topic_alias = None;
+    properties.subscription_identifiers.clear();
+    properties.user_properties.retain(|(n, _)| {
+        n != baker_adapter_api::header::ERROR && n != baker_adapter_api::header::ATTEMPTS
+    });
+    properties.user_properties.push((
+        baker_adapter_api::header::ERROR.to_owned(),
+        reason.replace('\0', " "),
+    ));
+    properties.user_properties.push((
+        baker_adapter_api::header::ATTEMPTS.to_owned(),
+        attempts.to_string(),
+    ));
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    #[test]
+    fn topics_split_into_service_and_dotted_topic() {
+        assert_eq!(
+            destination("baker", "baker/orders/eu/created"),
+            Some(("orders".into(), "eu.created".into()))
+        );
+        assert_eq!(
+            destination("baker", "baker/orders"),
+            Some(("orders".into(), String::new()))
+        );
+        assert_eq!(destination("baker", "baker/"), None);
+        assert_eq!(destination("baker", "baker//x"), None);
+        assert_eq!(destination("baker", "bakery/x"), None);
+        assert_eq!(
+            inbox_topic("_baker/orders/o1", "eu.created"),
+            "_baker/orders/o1/eu/created"
+        );
+        assert_eq!(inbox_topic("_baker/orders/o1", ""), "_baker/orders/o1");
+    }
+
+    #[test]
+    fn properties_survive_an_mqtt_round_trip_binary_correlation_included() {
+        let properties = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(30),
+            response_topic: Some("replies/me".into()),
+            correlation_data: Some(Bytes::from_static(&[0xff, 0x00, 0x01])),
+            user_properties: vec![("trace".into(), "abc".into())],
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        let publish = Arc::new(Publish::new(
+            "baker/s/t",
+            QoS::AtLeastOnce,
+            "x",
+            Some(properties.clone()),
+        ));
+        let mut message = from_mqtt(&publish);
+        assert_eq!(message.headers.get("trace"), Some("abc"));
+        assert_eq!(message.reply_to.as_deref(), Some("replies/me"));
+        assert_eq!(message.properties.correlation_id, None, "not UTF-8");
+        message.headers.insert("baker-attempt", "1");
+        let (sent, skipped) = to_mqtt(&message);
+        assert_eq!(skipped, 0);
+        assert_eq!(sent.correlation_data, properties.correlation_data);
+        assert_eq!(sent.response_topic, properties.response_topic);
+        assert_eq!(sent.content_type, properties.content_type);
+        assert_eq!(sent.payload_format_indicator, Some(1));
+        assert_eq!(sent.message_expiry_interval, Some(30));
+        assert!(sent
+            .user_properties
+            .contains(&("baker-attempt".to_owned(), "1".to_owned())));
+    }
+
+    #[test]
+    fn foreign_messages_map_correlation_id_and_expiry_and_skip_what_mqtt_cannot_carry() {
+        let mut message = Message::default();
+        message.properties.correlation_id = Some("c-1".into());
+        message.properties.expiration_ms = Some(1500);
+        message.reply_to = Some("_INBOX.+".into());
+        message.headers.append("ok", "v");
+        message.headers.append("bad", "a\0b");
+        let (sent, skipped) = to_mqtt(&message);
+        assert_eq!(sent.correlation_data, Some(Bytes::from_static(b"c-1")));
+        assert_eq!(sent.message_expiry_interval, Some(2));
+        assert_eq!(sent.response_topic, None, "a wildcard is no topic name");
+        assert_eq!(skipped, 1);
+    }
+
+    #[test]
+    fn dead_letters_carry_the_reason_and_attempts() {
+        let publish = Publish::new("baker/s", QoS::AtLeastOnce, "x", None);
+        let p = dead_lettered(&publish, "no route", 3);
+        assert!(p
+            .user_properties
+            .contains(&("baker-error".to_owned(), "no route".to_owned())));
+        assert!(p
+            .user_properties
+            .contains(&("baker-attempts".to_owned(), "3".to_owned())));
+    }
+}

@@ -1,0 +1,529 @@
+//! The ingress: a shared subscription on a persistent session, with manual,
+//! in-order acknowledgements.
+//!
+//! Routers subscribe to `$share/<group>/<prefix>/+/#` at QoS 1, so the
+//! broker splits messages between them. The session is persistent (clean
+//! start off, a session expiry), so what is published while a router is
+//! briefly down waits in the broker under the router's client id. The
+//! Receive Maximum is the router's in-flight window: the broker sends no
+//! more unacknowledged messages than that, which bounds what this side
+//! holds. The event loop runs in a task of its own and never waits on the
+//! router: its delivery channel has room for every message the broker may
+//! have outstanding.
+//!
+//! Settling: delivered → PUBACK (through the in-order window, [`Acks`]);
+//! dead letter → republished to `_baker-dlq/<original topic>` with
+//! `baker-error` and `baker-attempts`, and acknowledged once the broker
+//! PUBACKs that; requeue (MQTT has no negative ack) → routed again after a
+//! pause, keeping its place in the window.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, Settle, Settlement};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::Outgoing;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::acks::Acks;
+use crate::convert;
+use crate::link::{Accepted, Link};
+use crate::url::BrokerUrl;
+
+/// Prefix of the dead-letter topics: `_baker-dlq/<original topic>`.
+pub const DEAD_LETTER_PREFIX: &str = "_baker-dlq";
+/// Pause before a message handed back is routed again.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+/// How long closing waits for the broker to confirm the unsubscribe.
+const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+/// After the unsubscribe, the broker may still send what it had queued for
+/// this session; closing takes it until the session has been quiet this
+/// long...
+const QUIET: Duration = Duration::from_millis(300);
+/// ...or this long has passed (the router allows closing 3 s).
+const DRAIN_WAIT: Duration = Duration::from_millis(1500);
+/// How long the first connection and subscription may take.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The largest packet MQTT allows: the router takes whatever the broker
+/// takes, so that an oversized message reaches the core and is
+/// dead-lettered there rather than dropped by the broker for this client.
+const MAX_PACKET: u32 = 268_435_455;
+
+/// What an ingress connects with.
+pub struct IngressSpec {
+    pub url: String,
+    pub broker: BrokerUrl,
+    pub client_id: String,
+    pub prefix: String,
+    pub filter: String,
+    pub receive_max: u16,
+}
+
+/// State shared by the event loop task, the settlers and the ingress.
+struct Shared {
+    spec: IngressSpec,
+    /// Egress link to the same broker, for dead letters and error replies.
+    dlq: Arc<Link>,
+    /// Increments per connection; a settler of an older one does not requeue.
+    generation: AtomicU64,
+    requeue: mpsc::UnboundedSender<Delivery>,
+    closing: AtomicBool,
+    shutdown: AtomicBool,
+    connected: Arc<AtomicBool>,
+    /// The current connection's client and ack window.
+    current: Mutex<Option<(AsyncClient, Acks)>>,
+    unsubscribed: Notify,
+    /// When the last publish arrived, in ms since `started`.
+    last_publish_ms: AtomicU64,
+    started: std::time::Instant,
+    finished: watch::Sender<bool>,
+}
+
+/// Handle on a running ingress connection, for health and flush.
+#[derive(Clone)]
+pub struct IngressState {
+    pub url: String,
+    pub connected: Arc<AtomicBool>,
+    pub finished: watch::Receiver<bool>,
+}
+
+pub struct MqttIngress {
+    deliveries: mpsc::Receiver<Delivery>,
+    requeued: mpsc::UnboundedReceiver<Delivery>,
+    shared: Arc<Shared>,
+    closing: bool,
+}
+
+/// Seconds since the epoch of the last malformed-topic warning.
+static LAST_MALFORMED_LOG: AtomicU64 = AtomicU64::new(0);
+/// Seconds since the epoch of the last unsubscribed-dead-letter warning.
+static LAST_DLQ_LOG: AtomicU64 = AtomicU64::new(0);
+
+/// True at most once per 10 s per `last`: keeps per-message events to one
+/// log line per interval.
+fn log_due(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let prev = last.load(Ordering::Relaxed);
+    now >= prev + 10
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+impl MqttIngress {
+    /// Connects, subscribes, and returns once the broker granted the
+    /// subscription.
+    pub async fn start(
+        spec: IngressSpec,
+        dlq: Arc<Link>,
+    ) -> Result<(MqttIngress, IngressState), String> {
+        let capacity = usize::from(spec.receive_max) + 64;
+        let (deliveries_tx, deliveries) = mpsc::channel(capacity);
+        let (requeue, requeued) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let (finished, finished_rx) = watch::channel(false);
+        let state = IngressState {
+            url: spec.url.clone(),
+            connected: connected.clone(),
+            finished: finished_rx,
+        };
+        let shared = Arc::new(Shared {
+            spec,
+            dlq,
+            generation: AtomicU64::new(0),
+            requeue,
+            closing: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            connected,
+            current: Mutex::new(None),
+            unsubscribed: Notify::new(),
+            last_publish_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            finished,
+        });
+        let (first_tx, first) = oneshot::channel();
+        let task = tokio::spawn(run(shared.clone(), deliveries_tx, first_tx));
+        match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, first).await {
+            Ok(Ok(Ok(()))) => Ok((
+                MqttIngress {
+                    deliveries,
+                    requeued,
+                    shared,
+                    closing: false,
+                },
+                state,
+            )),
+            Ok(Ok(Err(reason))) => {
+                task.abort();
+                Err(reason)
+            }
+            Ok(Err(_)) => {
+                task.abort();
+                Err("the connection task stopped".to_owned())
+            }
+            Err(_) => {
+                task.abort();
+                Err(format!(
+                    "no subscription within {} s",
+                    FIRST_CONNECT_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Option<(AsyncClient, Acks)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn options(&self) -> MqttOptions {
+        let spec = &self.spec;
+        let mut options = MqttOptions::new(
+            spec.client_id.clone(),
+            spec.broker.host.clone(),
+            spec.broker.port,
+        );
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(spec.broker.session_expiry))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(spec.receive_max))
+            .set_max_packet_size(Some(MAX_PACKET))
+            .set_keep_alive(Duration::from_secs(spec.broker.keep_alive.into()));
+        if let Some((user, password)) = &spec.broker.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        options
+    }
+
+    /// The delivery for `publish`, or the reason its topic is unusable.
+    fn delivery(
+        self: &Arc<Self>,
+        publish: Arc<Publish>,
+        ack: Option<(Acks, u64, u64)>,
+    ) -> Result<Delivery, (String, AckHandle)> {
+        let make_ack = |publish: &Arc<Publish>| match ack {
+            Some((acks, generation, place)) => AckHandle::new(Settler {
+                shared: self.clone(),
+                acks,
+                generation,
+                place,
+                publish: publish.clone(),
+            }),
+            None => AckHandle::noop(),
+        };
+        let topic = match std::str::from_utf8(&publish.topic) {
+            Ok(topic) => topic,
+            Err(_) => return Err(("topic is not UTF-8".to_owned(), make_ack(&publish))),
+        };
+        let Some((service, dotted)) = convert::destination(&self.spec.prefix, topic) else {
+            return Err((
+                format!(
+                    "topic {topic:?} names no service (expected {}/<service>/<topic...>)",
+                    self.spec.prefix
+                ),
+                make_ack(&publish),
+            ));
+        };
+        let origin = topic.to_owned();
+        let ack = make_ack(&publish);
+        Ok(Delivery {
+            message: convert::from_mqtt(&publish),
+            destination: Destination {
+                service,
+                topic: dotted,
+            },
+            origin,
+            ack,
+        })
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    deliveries: mpsc::Sender<Delivery>,
+    first: oneshot::Sender<Result<(), String>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = BACKOFF_START;
+    let mut outage_reported = false;
+    let url = shared.spec.url.clone();
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        // Room for an ack per unacknowledged message and the subscription:
+        // the ack window never waits long, and the event loop drains it.
+        let (client, mut eventloop) =
+            AsyncClient::new(shared.options(), usize::from(shared.spec.receive_max) + 16);
+        let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let acks = Acks::start(client.clone());
+        *shared.current.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((client.clone(), acks.clone()));
+        if !shared.closing.load(Ordering::Relaxed) {
+            // Queued until the connection is up. Repeated on every
+            // connection: harmless when the session kept it.
+            let _ = client
+                .subscribe(shared.spec.filter.clone(), QoS::AtLeastOnce)
+                .await;
+        }
+        let mut place = 0u64;
+        let error = loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    shared.last_publish_ms.store(
+                        shared.started.elapsed().as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    if publish.dup {
+                        metrics::counter!("baker_mqtt_redelivered_total").increment(1);
+                    }
+                    let publish = Arc::new(publish);
+                    let ack = if publish.qos == QoS::AtMostOnce {
+                        None
+                    } else {
+                        acks.arrived(publish.pkid);
+                        place += 1;
+                        Some((acks.clone(), generation, place - 1))
+                    };
+                    match shared.delivery(publish, ack) {
+                        Ok(delivery) => {
+                            // Only fails once the ingress is closed: the
+                            // message stays unacknowledged in the session.
+                            let _ = deliveries.send(delivery).await;
+                        }
+                        Err((reason, ack)) => {
+                            metrics::counter!("baker_mqtt_malformed_total").increment(1);
+                            if log_due(&LAST_MALFORMED_LOG) {
+                                tracing::warn!(%reason, "MQTT ingress message cannot be routed; dead-lettered (QoS 1) or dropped (QoS 0), counted in baker_mqtt_malformed_total; logged at most every 10 s");
+                            }
+                            ack.dead_letter(reason, 0);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    shared.connected.store(true, Ordering::Relaxed);
+                    backoff = BACKOFF_START;
+                    if outage_reported {
+                        tracing::info!(broker = %url, session_present = connack.session_present,
+                            "MQTT ingress reconnected; the broker redelivers unacknowledged messages");
+                        outage_reported = false;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    let refused: Vec<_> = suback
+                        .return_codes
+                        .iter()
+                        .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                        .collect();
+                    let result = if refused.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the broker refused the subscription {}: {refused:?}",
+                            shared.spec.filter
+                        ))
+                    };
+                    match (first.take(), result) {
+                        (Some(first), result) => {
+                            let _ = first.send(result);
+                        }
+                        (None, Err(reason)) => tracing::error!(broker = %url, %reason),
+                        (None, Ok(())) => {}
+                    }
+                }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => shared.unsubscribed.notify_one(),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break None,
+                Ok(_) => {}
+                Err(error) => break Some(error),
+            }
+        };
+        shared.connected.store(false, Ordering::Relaxed);
+        drop(eventloop);
+        let Some(error) = error else { break };
+        if shared.shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(first) = first.take() {
+            let _ = first.send(Err(format!("connecting to {url}: {error}")));
+            break;
+        }
+        if !outage_reported {
+            tracing::warn!(broker = %url, %error, "MQTT ingress connection lost; reconnecting with backoff");
+            outage_reported = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    shared.finished.send_replace(true);
+}
+
+#[async_trait]
+impl Ingress for MqttIngress {
+    async fn next(&mut self) -> Option<Delivery> {
+        tokio::select! {
+            biased;
+            Some(delivery) = self.requeued.recv(), if !self.closing => Some(delivery),
+            delivery = self.deliveries.recv() => delivery,
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        if !self.closing {
+            if let Ok(delivery) = self.requeued.try_recv() {
+                return Some(delivery);
+            }
+        }
+        self.deliveries.try_recv().ok()
+    }
+
+    async fn close(&mut self) {
+        self.closing = true;
+        self.shared.closing.store(true, Ordering::Relaxed);
+        if let Some((client, _)) = self.shared.current() {
+            // The rest of the group takes new messages from here on.
+            let unsubscribed = self.shared.unsubscribed.notified();
+            if client
+                .unsubscribe(self.shared.spec.filter.clone())
+                .await
+                .is_ok()
+            {
+                let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, unsubscribed).await;
+            }
+            // Take what the broker had already queued for this session, so
+            // that it is routed now rather than at this router's next start.
+            let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let last =
+                    Duration::from_millis(self.shared.last_publish_ms.load(Ordering::Relaxed));
+                let quiet_for = self.shared.started.elapsed().saturating_sub(last);
+                if quiet_for >= QUIET {
+                    break;
+                }
+                tokio::time::sleep(QUIET - quiet_for).await;
+            }
+        }
+        // What was received still comes out of `next`; whatever arrives
+        // later stays unacknowledged in the session, for the next start.
+        self.deliveries.close();
+    }
+}
+
+impl Drop for MqttIngress {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Relaxed);
+        if let Some((_, acks)) = self.shared.current() {
+            // Sends the acks already due, then disconnects; the session
+            // keeps the rest for the next start.
+            acks.shutdown();
+        }
+    }
+}
+
+/// Settles one QoS 1 ingress message.
+struct Settler {
+    shared: Arc<Shared>,
+    acks: Acks,
+    generation: u64,
+    place: u64,
+    publish: Arc<Publish>,
+}
+
+impl Settler {
+    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), String> {
+        let topic = std::str::from_utf8(&self.publish.topic).unwrap_or("?");
+        let dlq_topic = format!("{DEAD_LETTER_PREFIX}/{topic}");
+        let properties = convert::dead_lettered(&self.publish, reason, attempts);
+        let reply = properties
+            .response_topic
+            .clone()
+            .filter(|r| convert::valid_topic_name(r));
+        match self
+            .shared
+            .dlq
+            .publish(dlq_topic, self.publish.payload.clone(), properties)
+            .await
+        {
+            Ok(Accepted::Delivered) => {}
+            Ok(Accepted::NoSubscribers) => {
+                metrics::counter!("baker_mqtt_dead_letters_unheard_total").increment(1);
+                if log_due(&LAST_DLQ_LOG) {
+                    tracing::warn!(prefix = DEAD_LETTER_PREFIX, "a dead letter had no subscriber and the broker discarded it; keep a persistent session subscribed to {DEAD_LETTER_PREFIX}/# (counted in baker_mqtt_dead_letters_unheard_total; logged at most every 10 s)");
+                }
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+        if let Some(reply) = reply {
+            // A requester waiting on its response topic learns why at once
+            // instead of timing out. Best effort: the dead letter is safe.
+            let error = PublishProperties {
+                correlation_data: self
+                    .publish
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_data.clone()),
+                user_properties: vec![(
+                    baker_adapter_api::header::ERROR.to_owned(),
+                    reason.replace('\0', " "),
+                )],
+                ..Default::default()
+            };
+            let link = self.shared.dlq.clone();
+            tokio::spawn(async move {
+                let _ = link.publish(reply, bytes::Bytes::new(), error).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Routes the message again after a pause, in the same place of the
+    /// window; unless the connection it came on is gone (the broker then
+    /// redelivers it) or the ingress is closing (it stays in the session).
+    async fn requeue(self) {
+        tokio::time::sleep(REQUEUE_PAUSE).await;
+        let shared = self.shared.clone();
+        if shared.closing.load(Ordering::Relaxed)
+            || shared.generation.load(Ordering::Relaxed) != self.generation
+        {
+            return;
+        }
+        let publish = self.publish.clone();
+        let ack = Some((self.acks.clone(), self.generation, self.place));
+        // The topic parsed before, so it parses again.
+        if let Ok(delivery) = shared.delivery(publish, ack) {
+            let _ = shared.requeue.send(delivery);
+        }
+    }
+}
+
+impl Settle for Settler {
+    fn settle(self: Box<Self>, outcome: Settlement) {
+        match outcome {
+            // The common case: no task of its own.
+            Settlement::Delivered => self.acks.done(self.place),
+            Settlement::DeadLetter { reason, attempts } => {
+                tokio::spawn(async move {
+                    match self.dead_letter(&reason, attempts).await {
+                        Ok(()) => self.acks.done(self.place),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not dead-letter an MQTT message; it will be routed again");
+                            self.requeue().await;
+                        }
+                    }
+                });
+            }
+            Settlement::Requeue { .. } => {
+                tokio::spawn(self.requeue());
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! MQTT 5 adapter (rumqttc), at least once with QoS 1.
+//!
+//! Ingress ([`ingress`]): routers share the subscription
+//! `$share/<group>/<prefix>/+/#` at QoS 1 on a persistent session, and
+//! acknowledge each message (in arrival order, as MQTT requires) only after
+//! its egress was acknowledged. Egress ([`egress`], over [`link`]): a QoS 1
+//! publish to the instance's inbox topic `_baker/<service>/<instance>/<topic
+//! levels...>`, resolved by the PUBACK, with headers as MQTT 5 user
+//! properties and content type, response topic and correlation data kept.
+//! A message that cannot be delivered is republished to
+//! `_baker-dlq/<original topic>` with `baker-error` and `baker-attempts`.
+//!
+//! The ingress and each broker's egress are separate connections, each with
+//! its event loop polled by a task of its own: the ingress's event loop
+//! never waits for an egress PUBACK, so neither can stall the other.
+
+mod acks;
+mod convert;
+mod egress;
+mod error;
+mod ingress;
+mod link;
+mod url;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use baker_adapter_api::{
+    redact_url, Adapter, AdapterError, BrokerHealth, Endpoint, Ingress, IngressOptions, Target,
+};
+
+pub use error::UrlError;
+pub use ingress::DEAD_LETTER_PREFIX;
+pub use url::BrokerUrl;
+
+use egress::MqttTarget;
+use ingress::{IngressSpec, IngressState, MqttIngress};
+use link::Link;
+
+/// Default broker URL.
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// The MQTT adapter: one egress connection per broker URL (shared by every
+/// target on it and by the dead letters of an ingress on it), plus one
+/// connection per ingress.
+#[derive(Default)]
+pub struct MqttAdapter {
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    ingresses: Mutex<Vec<IngressState>>,
+}
+
+impl MqttAdapter {
+    /// The egress link to the broker of `url`. The query (the ingress
+    /// session's settings) does not matter to egress, so a router's ingress
+    /// broker and an instance endpoint on the same broker share one link.
+    fn link(&self, url: &str) -> Result<Arc<Link>, AdapterError> {
+        let key = url.split('?').next().unwrap_or(url);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = links.get(key) {
+            return Ok(link.clone());
+        }
+        let broker = BrokerUrl::parse(url).map_err(|e| e.for_url(url))?;
+        let link = Link::start(key, broker);
+        links.insert(key.to_owned(), link.clone());
+        Ok(link)
+    }
+}
+
+/// Whether `name` can be one level of a topic filter (a queue group or
+/// prefix): non-empty, no separators or wildcards.
+fn valid_level(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '+', '#', '\0']) && !name.starts_with('$')
+}
+
+#[async_trait]
+impl Adapter for MqttAdapter {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn default_broker(&self) -> &'static str {
+        DEFAULT_BROKER
+    }
+
+    fn default_inbox(&self, service: &str, instance: &str) -> String {
+        format!("_baker/{service}/{instance}")
+    }
+
+    fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
+        let reason = if !convert::valid_topic_name(inbox) {
+            "must be a non-empty MQTT topic name without wildcards (+, #)"
+        } else if inbox.starts_with('$') {
+            "topics starting with '$' are reserved by the broker"
+        } else if inbox.ends_with('/') {
+            "must not end with '/' (the topic levels are appended after one)"
+        } else {
+            return Ok(());
+        };
+        Err(AdapterError::InvalidInbox {
+            inbox: inbox.to_owned(),
+            reason: reason.to_owned(),
+        })
+    }
+
+    async fn ingress(
+        &self,
+        broker: &str,
+        options: &IngressOptions,
+    ) -> Result<Box<dyn Ingress>, AdapterError> {
+        let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
+        if parsed.consumer_v311 {
+            return Err(AdapterError::InvalidBroker {
+                url: redact_url(broker),
+                reason: "the ingress needs MQTT 5 (drop protocol=3.1.1)".to_owned(),
+            });
+        }
+        for (what, value) in [
+            ("queue group", &options.queue_group),
+            ("ingress prefix", &options.prefix),
+        ] {
+            if !valid_level(value) {
+                return Err(AdapterError::Broker {
+                    url: redact_url(broker),
+                    reason: format!(
+                        "{what} {value:?} cannot be an MQTT topic level (no '/', '+', '#', leading '$')"
+                    ),
+                });
+            }
+        }
+        let client_id = parsed
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("baker-{}-{}", options.queue_group, url::host_name()));
+        let spec = IngressSpec {
+            url: redact_url(broker),
+            client_id,
+            prefix: options.prefix.clone(),
+            filter: format!("$share/{}/{}/+/#", options.queue_group, options.prefix),
+            receive_max: u16::try_from(options.buffer.max(1)).unwrap_or(u16::MAX),
+            broker: parsed,
+        };
+        let dlq = self.link(broker)?;
+        let filter = spec.filter.clone();
+        let (ingress, state) =
+            MqttIngress::start(spec, dlq)
+                .await
+                .map_err(|reason| AdapterError::Broker {
+                    url: redact_url(broker),
+                    reason,
+                })?;
+        tracing::info!(broker = %redact_url(broker), %filter, "consuming MQTT ingress");
+        let mut ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
+        ingresses.retain(|i| !*i.finished.borrow());
+        ingresses.push(state);
+        Ok(Box::new(ingress))
+    }
+
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
+        self.validate_inbox(&endpoint.inbox)?;
+        let consumer_v311 = BrokerUrl::parse(&endpoint.broker)
+            .map_err(|e| e.for_url(&endpoint.broker))?
+            .consumer_v311;
+        Ok(Arc::new(MqttTarget::new(
+            self.link(&endpoint.broker)?,
+            &endpoint.inbox,
+            consumer_v311,
+        )))
+    }
+
+    fn health(&self) -> Vec<BrokerHealth> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .map(|link| BrokerHealth {
+                adapter: "mqtt",
+                broker: link.url().to_owned(),
+                connected: link.connected(),
+            })
+            .chain(
+                ingresses
+                    .iter()
+                    .filter(|i| !*i.finished.borrow())
+                    .map(|i| BrokerHealth {
+                        adapter: "mqtt",
+                        broker: format!("{} (ingress)", i.url),
+                        connected: i.connected.load(Ordering::Relaxed),
+                    }),
+            )
+            .collect()
+    }
+
+    /// Every egress publish already waited for its PUBACK; this waits for
+    /// closed ingresses to send their last acks and disconnect.
+    async fn flush(&self) {
+        let pending: Vec<IngressState> = self
+            .ingresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for mut ingress in pending {
+            let _ = ingress.finished.wait_for(|f| *f).await;
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! MQTT helpers: private Mosquitto brokers, inbox consumers and a QoS 1
+//! publisher, all with rumqttc's MQTT 5 client.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+
+use super::{free_port, unique, Inbox};
+
+/// The shared broker (integration/run.sh starts it).
+pub fn mqtt_url() -> String {
+    std::env::var("BAKER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
+}
+
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url.trim_start_matches("mqtt://");
+    let rest = rest.split('?').next().unwrap();
+    let (host, port) = rest.rsplit_once(':').unwrap();
+    (host.to_owned(), port.parse().unwrap())
+}
+
+/// The settings Baker's at-least-once guarantee needs from Mosquitto: no cap
+/// on the messages queued for a session (the default, 1000, drops QoS 1
+/// messages beyond it), and persistence so a restart keeps them.
+pub const BAKER_SETTINGS: &str = "max_queued_messages 0\npersistence true\n";
+
+/// A Mosquitto of the test's own, on a free port, killed when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts with `settings` (lines of mosquitto.conf) added.
+    pub fn start(settings: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
+             persistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n{settings}",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn bin() -> PathBuf {
+        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("mosquitto"))
+    }
+
+    /// Starts the broker (again, on the same port and store).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new(Self::bin())
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto must be installed (integration/brokers.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: Mosquitto saves its store and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A connected MQTT 5 test client whose event loop runs in a task; incoming
+/// publishes (auto-acknowledged) come out of the receiver.
+pub struct Client {
+    pub client: AsyncClient,
+    pub incoming: mpsc::UnboundedReceiver<Publish>,
+    acked: tokio::sync::watch::Receiver<u64>,
+    subscribed: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Client {
+    /// Connects to `url` as `id`; a persistent session when `persistent`.
+    pub async fn connect(url: &str, id: &str, persistent: bool) -> Client {
+        Self::connect_with(url, id, persistent, 1000).await
+    }
+
+    /// [`Client::connect`] with a Receive Maximum of `receive_max`.
+    pub async fn connect_with(url: &str, id: &str, persistent: bool, receive_max: u16) -> Client {
+        let (host, port) = host_port(url);
+        let mut options = MqttOptions::new(id, host, port);
+        options
+            .set_clean_start(!persistent)
+            .set_receive_maximum(Some(receive_max))
+            .set_max_packet_size(Some(16 * 1024 * 1024))
+            .set_keep_alive(Duration::from_secs(10));
+        if persistent {
+            options.set_session_expiry_interval(Some(600));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
+        let (sub_tx, subscribed) = tokio::sync::watch::channel(0u64);
+        let (up_tx, mut up) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => sub_tx.send_modify(|n| *n += 1),
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        up_tx.send_replace(true);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
+            .await
+            .expect("MQTT broker must answer (integration/run.sh starts it)")
+            .unwrap();
+        Client {
+            client,
+            incoming,
+            acked,
+            subscribed,
+        }
+    }
+
+    /// Disconnects (a persistent session stays with the broker).
+    pub async fn close(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Subscribes at QoS 1 and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str) {
+        let before = *self.subscribed.borrow();
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.subscribed.wait_for(|n| *n > before),
+        )
+        .await
+        .expect("SUBACK")
+        .unwrap();
+    }
+
+    /// Publishes payloads `start..start+count` at QoS 1 and waits for every
+    /// PUBACK.
+    pub async fn publish_seq(&mut self, topic: &str, start: u64, count: u64) {
+        let before = *self.acked.borrow();
+        for seq in start..start + count {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, seq.to_string())
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            self.acked.wait_for(|n| *n >= before + count),
+        )
+        .await
+        .expect("PUBACKs for every publish")
+        .unwrap();
+    }
+
+    /// Publishes one message with properties at `qos`.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        qos: QoS,
+        payload: impl Into<Bytes>,
+        properties: PublishProperties,
+    ) {
+        self.client
+            .publish_with_properties(topic, qos, false, payload, properties)
+            .await
+            .unwrap();
+    }
+}
+
+/// Consumes `_baker/<service>/<id>/#` like an instance would, counting the
+/// sequence numbers in the payloads.
+pub async fn consume_inbox(url: &str, service: &str, id: &str, persistent: bool) -> Inbox {
+    let (inbox, _) = consume_inbox_full(url, service, id, persistent).await;
+    inbox
+}
+
+/// [`consume_inbox`], also returning every message received.
+pub async fn consume_inbox_full(
+    url: &str,
+    service: &str,
+    id: &str,
+    persistent: bool,
+) -> (Inbox, std::sync::Arc<std::sync::Mutex<Vec<Publish>>>) {
+    let mut client = Client::connect(url, &unique(&format!("inbox-{id}-")), persistent).await;
+    client.subscribe(&format!("_baker/{service}/{id}/#")).await;
+    let inbox = Inbox::default();
+    let all = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let received = inbox.received.clone();
+    let keep = all.clone();
+    tokio::spawn(async move {
+        while let Some(p) = client.incoming.recv().await {
+            let seq = std::str::from_utf8(&p.payload)
+                .ok()
+                .and_then(|s| s.trim_end().parse().ok())
+                .unwrap_or(u64::MAX);
+            received.lock().unwrap().push((seq, Instant::now()));
+            keep.lock().unwrap().push(p);
+        }
+        drop(client.client);
+    });
+    (inbox, all)
+}
+
+/// A router on `url` with its own client id, prefix and queue group.
+pub struct MqttIngress {
+    pub url: String,
+    pub client_id: String,
+    pub prefix: String,
+    pub group: String,
+}
+
+impl MqttIngress {
+    pub fn new(url: &str) -> Self {
+        MqttIngress {
+            url: url.to_owned(),
+            client_id: unique("router-"),
+            prefix: unique("t"),
+            group: unique("g"),
+        }
+    }
+
+    pub fn topic(&self, service: &str, topic: &str) -> String {
+        format!("{}/{service}/{topic}", self.prefix)
+    }
+
+    /// Starts a router with this ingress (same client id every time).
+    pub async fn router(&self, directory: &str, extra: &[&str]) -> super::Router {
+        let broker = format!("{}?client_id={}", self.url, self.client_id);
+        let mut args = vec![
+            "--adapter",
+            "mqtt",
+            "--broker",
+            &broker,
+            "--ingress-prefix",
+            &self.prefix,
+            "--queue-group",
+            &self.group,
+        ];
+        args.extend_from_slice(extra);
+        super::Router::spawn(directory, &args).await
+    }
+}

@@ -1,0 +1,994 @@
+//! End to end on real Mosquitto brokers, with real `baker-mq` processes: a
+//! directory, routers and agents, and the test as publisher and instances.
+//! Tests that need Baker's broker settings (no cap on queued messages) or
+//! kill a broker start a Mosquitto of their own on a free port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::{self, Client, Mosquitto, MqttIngress};
+use common::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out");
+}
+
+fn mqtt_agent(directory: &str, broker: &str, service: &str, id: &str) -> Proc {
+    agent_on("mqtt", broker, directory, service, id, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_split_30000_qos1_messages_evenly_with_none_lost() {
+    bounded(async {
+        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
+        let dir = Directory::start().await;
+        let service = unique("split");
+        let mut inboxes = Vec::new();
+        for id in ["a", "b", "c"] {
+            inboxes.push(mqtt::consume_inbox(&url, &service, id, false).await);
+        }
+        let _agents: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| mqtt_agent(&dir.url(), &url, &service, id))
+            .collect();
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(15))
+            .await;
+
+        let total = 30_000u64;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        let started = std::time::Instant::now();
+        publisher
+            .publish_seq(&ingress.topic(&service, "work"), 0, total)
+            .await;
+        wait_until("all delivered", Duration::from_secs(90), || async {
+            inboxes.iter().map(Inbox::count).sum::<usize>() >= total as usize
+        })
+        .await;
+        eprintln!("{total} QoS 1 messages routed in {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (duplicates, seen) = tally(&inboxes.iter().collect::<Vec<_>>());
+        assert_eq!(seen.len(), total as usize, "none lost");
+        assert_eq!(duplicates, 0, "none duplicated");
+        for inbox in &inboxes {
+            let share = inbox.count() as f64 / total as f64;
+            assert!((share - 1.0 / 3.0).abs() <= 0.05 / 3.0, "share {share}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_mid_stream_loses_nothing_once_restarted() {
+    bounded(async {
+        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
+        let dir = Directory::start().await;
+        let service = unique("crash");
+        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
+        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
+        let ingress = MqttIngress::new(&url);
+        let mut router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        let total = 20_000u64;
+        let topic = ingress.topic(&service, "t");
+        let publisher = {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(&url, &unique("pub-"), false).await;
+                // Paced over about 4 s, so the kill lands mid-stream.
+                for batch in 0..(total / 500) {
+                    client.publish_seq(&topic, batch * 500, 500).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        wait_until("some delivered", Duration::from_secs(30), || async {
+            a.count() >= 3000
+        })
+        .await;
+        router.proc.kill();
+        let killed_at = a.count();
+        assert!(!publisher.is_finished(), "killed mid-stream");
+        // Same client id: the restarted router resumes the session the
+        // broker kept, with its unacknowledged and queued messages.
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(90),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize, "every message delivered at least once");
+        eprintln!(
+            "router SIGKILL mid-stream (after {killed_at} delivered): {total} sent, {duplicates} duplicates delivered"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_broker_sends_its_share_to_the_others_and_it_receives_again_once_back() {
+    bounded(async {
+        let ingress_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = ingress_broker.url();
+        let mut b_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let b_url = b_broker.url();
+        let dir = Directory::start().await;
+        let service = unique("fault");
+        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
+        let c = mqtt::consume_inbox(&url, &service, "c", false).await;
+        // b's consumer keeps a persistent session on its broker, which
+        // persists it: what b's broker took before it stopped reaches b
+        // after the restart.
+        let b = mqtt::consume_inbox(&b_url, &service, "b", true).await;
+        let _agents = [
+            mqtt_agent(&dir.url(), &url, &service, "a"),
+            mqtt_agent(&dir.url(), &b_url, &service, "b"),
+            mqtt_agent(&dir.url(), &url, &service, "c"),
+        ];
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(15))
+            .await;
+
+        let total = 12_000u64;
+        let topic = ingress.topic(&service, "t");
+        let publisher = {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(&url, &unique("pub-"), false).await;
+                // 100 every 100 ms: about 12 s of traffic.
+                for batch in 0..(total / 100) {
+                    client.publish_seq(&topic, batch * 100, 100).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        wait_until("b receives", Duration::from_secs(10), || async {
+            b.count() >= 300
+        })
+        .await;
+        b_broker.stop();
+        let (a_at_stop, c_at_stop) = (a.count(), c.count());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let b_during = b.count();
+        assert!(
+            a.count() > a_at_stop + 300 && c.count() > c_at_stop + 300,
+            "a and c take b's share while its broker is down"
+        );
+        b_broker.restart();
+        wait_until(
+            "b receives again once its broker is back",
+            Duration::from_secs(20),
+            || async { b.count() > b_during + 100 },
+        )
+        .await;
+        assert!(!publisher.is_finished(), "b came back while traffic ran");
+        publisher.await.unwrap();
+        wait_until("every message delivered", Duration::from_secs(30), || async {
+            tally(&[&a, &b, &c]).1.len() >= total as usize
+        })
+        .await;
+        let (duplicates, seen) = tally(&[&a, &b, &c]);
+        assert_eq!(seen.len(), total as usize, "none lost");
+        eprintln!(
+            "instance broker stopped for 3 s: {total} sent, none lost, {duplicates} duplicates; a {} b {} c {}",
+            a.count(),
+            b.count(),
+            c.count()
+        );
+    })
+    .await;
+}
+
+/// Subscribes to the dead-letter topics of `ingress` and collects them.
+async fn dead_letters(ingress: &MqttIngress) -> Client {
+    let mut client = Client::connect(&ingress.url, &unique("dlq-"), false).await;
+    client
+        .subscribe(&format!(
+            "{}/{}/#",
+            baker_adapter_mqtt::DEAD_LETTER_PREFIX,
+            ingress.prefix
+        ))
+        .await;
+    client
+}
+
+fn user_property<'a>(
+    publish: &'a rumqttc::v5::mqttbytes::v5::Publish,
+    name: &str,
+) -> Option<&'a str> {
+    publish
+        .properties
+        .as_ref()?
+        .user_properties
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_stall_nothing() {
+    bounded(async {
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let service = unique("bad");
+        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
+        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &["--max-payload", "1000"]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        let mut dead = dead_letters(&ingress).await;
+
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        let topic = ingress.topic(&service, "t");
+        publisher.publish_seq(&topic, 0, 100).await;
+        let qos1 = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+        let none = Default::default;
+        publisher
+            .publish_with(&format!("{}/", ingress.prefix), qos1, "no service", none())
+            .await;
+        publisher
+            .publish_with(
+                &format!("{}//x", ingress.prefix),
+                qos1,
+                "empty service",
+                none(),
+            )
+            .await;
+        publisher
+            .publish_with(&topic, qos1, vec![b'x'; 5000], none())
+            .await;
+        publisher.publish_seq(&topic, 100, 100).await;
+
+        wait_until("the rest delivered", Duration::from_secs(20), || async {
+            a.count() >= 200
+        })
+        .await;
+        let mut letters = Vec::new();
+        while letters.len() < 3 {
+            let letter = tokio::time::timeout(Duration::from_secs(20), dead.incoming.recv())
+                .await
+                .expect("three dead letters")
+                .unwrap();
+            letters.push(letter);
+        }
+        let reasons: Vec<String> = letters
+            .iter()
+            .map(|l| {
+                user_property(l, "baker-error")
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            reasons
+                .iter()
+                .filter(|r| r.contains("names no service"))
+                .count(),
+            2,
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("exceeds max_payload 1000")),
+            "{reasons:?}"
+        );
+        let large = letters.iter().find(|l| l.payload.len() == 5000).unwrap();
+        assert_eq!(user_property(large, "baker-attempts"), Some("0"));
+        assert_eq!(
+            std::str::from_utf8(&large.topic).unwrap(),
+            format!("{}/{topic}", baker_adapter_mqtt::DEAD_LETTER_PREFIX)
+        );
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!((seen.len(), duplicates), (200, 0));
+
+        let metrics = router.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("baker_mqtt_malformed_total") && l.ends_with(" 2")),
+            "{metrics}"
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains("baker_undelivered_total")
+                    && l.contains("too_large")
+                    && l.ends_with(" 1")),
+            "{metrics}"
+        );
+        let log = router.proc.log_text();
+        assert!(log.contains("names no service"), "{log}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unknown_services_get_an_error_reply(
+) {
+    bounded(async {
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let service = unique("rpc");
+        // The instance: answers each request on its response topic, with
+        // its correlation data and the origin Baker recorded.
+        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
+        responder.subscribe(&format!("_baker/{service}/r1/#")).await;
+        let responder_task = tokio::spawn(async move {
+            while let Some(request) = responder.incoming.recv().await {
+                let props = request.properties.clone().unwrap_or_default();
+                let origin = user_property(&request, "baker-origin")
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = format!(
+                    "pong:{}:{origin}:{}",
+                    String::from_utf8_lossy(&request.payload),
+                    std::str::from_utf8(&request.topic).unwrap()
+                );
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    ..Default::default()
+                };
+                if let Some(topic) = props.response_topic {
+                    responder
+                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
+                        .await;
+                }
+            }
+        });
+        let _agent = mqtt_agent(&dir.url(), &url, &service, "r1");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["r1"], Duration::from_secs(15))
+            .await;
+
+        let mut requester = Client::connect(&url, &unique("requester-"), false).await;
+        let replies = unique("replies/");
+        requester.subscribe(&format!("{replies}/#")).await;
+        let correlation = bytes::Bytes::from_static(&[0xde, 0xad, 0x00, 0xbe, 0xef]);
+        let topic = ingress.topic(&service, "get");
+        requester
+            .publish_with(
+                &topic,
+                QoS::AtLeastOnce,
+                "42",
+                PublishProperties {
+                    response_topic: Some(format!("{replies}/1")),
+                    correlation_data: Some(correlation.clone()),
+                    content_type: Some("text/plain".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&reply.payload),
+            format!("pong:42:{topic}:_baker/{service}/r1/get")
+        );
+        assert_eq!(
+            reply
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.clone()),
+            Some(correlation.clone()),
+            "binary correlation data kept exactly"
+        );
+
+        // A request for a service nobody serves is answered at once.
+        requester
+            .publish_with(
+                &ingress.topic(&unique("nosuch"), "get"),
+                QoS::AtLeastOnce,
+                "x",
+                PublishProperties {
+                    response_topic: Some(format!("{replies}/2")),
+                    correlation_data: Some(correlation.clone()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let error = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("error reply in time")
+            .unwrap();
+        assert!(
+            user_property(&error, "baker-error")
+                .is_some_and(|e| e.contains("no routable instance")),
+            "{error:?}"
+        );
+        assert_eq!(
+            error
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.clone()),
+            Some(correlation)
+        );
+        responder_task.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_with_headers() {
+    bounded(async {
+        use futures::StreamExt;
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // MQTT → NATS.
+        let to_nats = unique("tonats");
+        let mut nats_inbox = nats
+            .subscribe(format!("_baker.{to_nats}.n1.>"))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        let _nats_agent = agent(&dir.url(), &to_nats, "n1", &[]);
+        let ingress = MqttIngress::new(&url);
+        let mqtt_router = ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_nats, &["n1"], Duration::from_secs(15))
+            .await;
+        let publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_with(
+                &ingress.topic(&to_nats, "eu/created"),
+                QoS::AtLeastOnce,
+                "from mqtt",
+                PublishProperties {
+                    user_properties: vec![("trace".into(), "t-1".into())],
+                    content_type: Some("text/plain".into()),
+                    correlation_data: Some("c-1".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let got = tokio::time::timeout(Duration::from_secs(10), nats_inbox.next())
+            .await
+            .expect("NATS instance receives")
+            .unwrap();
+        assert_eq!(
+            got.subject.as_str(),
+            format!("_baker.{to_nats}.n1.eu.created")
+        );
+        assert_eq!(got.payload.as_ref(), b"from mqtt");
+        let headers = got.headers.unwrap();
+        assert_eq!(headers.get("trace").map(|v| v.as_str()), Some("t-1"));
+        assert_eq!(
+            headers.get("content-type").map(|v| v.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(
+            headers.get("correlation-id").map(|v| v.as_str()),
+            Some("c-1")
+        );
+        assert!(headers.get("baker-msg-id").is_some());
+
+        // NATS → MQTT.
+        let to_mqtt = unique("tomqtt");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let nats_ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &nats_ingress, &[]).await;
+        nats_router
+            .wait_routed(&to_mqtt, &["m1"], Duration::from_secs(15))
+            .await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("trace", "t-2");
+        headers.insert("content-type", "application/json");
+        nats.publish_with_headers(
+            nats_ingress.subject(&to_mqtt, "eu.updated"),
+            headers,
+            "7".into(),
+        )
+        .await
+        .unwrap();
+        nats.flush().await.unwrap();
+        wait_until(
+            "MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/eu/updated")
+        );
+        assert_eq!(user_property(&got, "trace"), Some("t-2"));
+        assert!(user_property(&got, "baker-msg-id").is_some());
+        assert_eq!(
+            got.properties
+                .as_ref()
+                .and_then(|p| p.content_type.as_deref()),
+            Some("application/json")
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_gracefully_mid_stream_hands_over_to_the_other_with_none_lost() {
+    bounded(async {
+        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
+        let dir = Directory::start().await;
+        let service = unique("handover");
+        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
+        let b = mqtt::consume_inbox(&url, &service, "b", false).await;
+        let _agents = [
+            mqtt_agent(&dir.url(), &url, &service, "a"),
+            mqtt_agent(&dir.url(), &url, &service, "b"),
+        ];
+        let ingress = MqttIngress::new(&url);
+        let mut r1 = ingress.router(&dir.url(), &[]).await;
+        // Same prefix and group, its own client id (and so session).
+        let second = MqttIngress {
+            client_id: unique("router-"),
+            ..MqttIngress::new(&url)
+        };
+        let second = MqttIngress {
+            prefix: ingress.prefix.clone(),
+            group: ingress.group.clone(),
+            ..second
+        };
+        let r2 = second.router(&dir.url(), &[]).await;
+        for r in [&r1, &r2] {
+            r.wait_routed(&service, &["a", "b"], Duration::from_secs(15))
+                .await;
+        }
+        let total = 12_000u64;
+        let topic = ingress.topic(&service, "t");
+        let publisher = {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(&url, &unique("pub-"), false).await;
+                for batch in 0..(total / 200) {
+                    client.publish_seq(&topic, batch * 200, 200).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        wait_until("traffic flowing", Duration::from_secs(10), || async {
+            a.count() + b.count() >= 3000
+        })
+        .await;
+        assert!(!publisher.is_finished(), "stopped mid-stream");
+        assert_eq!(r1.proc.terminate(Duration::from_secs(15)), Some(0));
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(30),
+            || async { tally(&[&a, &b]).1.len() >= total as usize },
+        )
+        .await;
+        let (duplicates, seen) = tally(&[&a, &b]);
+        assert_eq!(seen.len(), total as usize, "none lost");
+        eprintln!("graceful handover: {total} sent, none lost, {duplicates} duplicates");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_reconnects_to_a_restarted_broker_and_resumes_its_session() {
+    bounded(async {
+        let mut broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
+        let dir = Directory::start().await;
+        let service = unique("resume");
+        let a = mqtt::consume_inbox(&url, &service, "a", true).await;
+        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
+        let ingress = MqttIngress::new(&url);
+        // A small window, so the router is still working through the burst
+        // (held for its session in the broker) when the broker stops.
+        let router = ingress.router(&dir.url(), &["--max-in-flight", "8"]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        let total = 30_000u64;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_seq(&ingress.topic(&service, "t"), 0, total)
+            .await;
+        let at_stop = a.count();
+        broker.stop();
+        assert!(at_stop < total as usize, "the broker stopped mid-stream");
+        let brokers_down = |status: serde_json::Value| {
+            status["brokers"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["connected"] == false))
+        };
+        wait_until("health shows the outage", Duration::from_secs(5), || async {
+            brokers_down(router.status().await)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.restart();
+        wait_until(
+            "every message delivered after the restart",
+            Duration::from_secs(60),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        wait_until("health shows connected", Duration::from_secs(15), || async {
+            !brokers_down(router.status().await)
+        })
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize, "none lost");
+        eprintln!(
+            "broker restarted after {at_stop} of {total} delivered: none lost, {duplicates} duplicates"
+        );
+    })
+    .await;
+}
+
+/// Not a test of Baker: how many QoS 1 messages a broker keeps for an
+/// offline persistent session, with its default settings and with Baker's.
+/// Run with `cargo test --test mqtt_routing -- --ignored --nocapture
+/// offline_session`; the README quotes its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_what_the_broker_keeps_for_an_offline_session() {
+    for settings in ["", mqtt::BAKER_SETTINGS] {
+        let broker = Mosquitto::start(settings);
+        let id = unique("offline-");
+        let mut session = Client::connect(&broker.url(), &id, true).await;
+        session.subscribe("o/#").await;
+        session.close().await;
+        let mut publisher = Client::connect(&broker.url(), &unique("pub-"), false).await;
+        publisher.publish_seq("o/x", 0, 3000).await;
+        let mut session = Client::connect(&broker.url(), &id, true).await;
+        let mut received = 0;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_secs(2), session.incoming.recv()).await
+        {
+            received += 1;
+        }
+
+        eprintln!("settings {settings:?}: 3000 published while the session was offline, {received} delivered on reconnect");
+    }
+}
+
+/// Not a test of Baker: measures whether the broker holds to a subscriber's
+/// Receive Maximum once the subscriber acknowledges slowly (Mosquitto 2.0.11
+/// does not). Run with `cargo test --test mqtt_routing -- --ignored
+/// --nocapture receive_maximum`; the README quotes its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_how_far_the_broker_exceeds_a_receive_maximum_of_8_with_slow_acks() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    for settings in ["", mqtt::BAKER_SETTINGS] {
+        let broker = Mosquitto::start(settings);
+        let mut options = MqttOptions::new(unique("probe-"), "127.0.0.1", broker.port);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(600))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(8));
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        client
+            .subscribe("$share/g/p/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (received, acked, most) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let (received, acked, most) = (received.clone(), acked.clone(), most.clone());
+            tokio::spawn(async move {
+                while let Ok(event) = eventloop.poll().await {
+                    if let Event::Incoming(Packet::Publish(p)) = event {
+                        let r = received.fetch_add(1, Ordering::Relaxed) + 1;
+                        most.fetch_max(r - acked.load(Ordering::Relaxed), Ordering::Relaxed);
+                        let _ = tx.send(p);
+                    }
+                }
+            });
+        }
+        {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                    if client.ack(&p).await.is_err() {
+                        return;
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut publisher = Client::connect(&broker.url(), &unique("pub-"), false).await;
+        publisher.publish_seq("p/x", 0, 3000).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        eprintln!(
+            "settings {settings:?}: 3000 published, {} received, at most {} unacknowledged at once (Receive Maximum 8)",
+            received.load(Ordering::Relaxed),
+            most.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_what_it_loses() {
+    bounded(async {
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let service = unique("old");
+        // The instance: an MQTT 3.1.1 client.
+        let (host, port) = (
+            "127.0.0.1",
+            url.rsplit(':').next().unwrap().parse().unwrap(),
+        );
+        let mut options = rumqttc::MqttOptions::new(unique("v311-"), host, port);
+        options.set_keep_alive(Duration::from_secs(10));
+        let (v311, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        v311.subscribe(format!("_baker/{service}/o1/#"), rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                        let _ = tx.send(p);
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                        let _ = tx.send(rumqttc::Publish::new(
+                            "suback",
+                            rumqttc::QoS::AtMostOnce,
+                            "",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        assert_eq!(received.recv().await.unwrap().topic, "suback");
+        let endpoint = format!("{url}?protocol=3.1.1");
+        let _agent = mqtt_agent(&dir.url(), &endpoint, &service, "o1");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &[]).await;
+        router
+            .wait_routed(&service, &["o1"], Duration::from_secs(15))
+            .await;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_seq(&ingress.topic(&service, "t"), 0, 3)
+            .await;
+        for seq in 0..3 {
+            let got = tokio::time::timeout(Duration::from_secs(10), received.recv())
+                .await
+                .expect("the 3.1.1 instance receives")
+                .unwrap();
+            assert_eq!(got.topic, format!("_baker/{service}/o1/t"));
+            assert_eq!(got.payload.as_ref(), seq.to_string().as_bytes());
+        }
+        let log = router.proc.log_text();
+        assert_eq!(log.matches("consumes with MQTT 3.1.1").count(), 1, "{log}");
+    })
+    .await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_memory_and_loses_nothing(
+) {
+    bounded(async {
+        let ingress_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = ingress_broker.url();
+        let mut instance_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let instance_url = instance_broker.url();
+        let dir = Directory::start().await;
+        let service = unique("held");
+        let a = mqtt::consume_inbox(&instance_url, &service, "a", true).await;
+        let _agent = mqtt_agent(&dir.url(), &instance_url, &service, "a");
+        let ingress = MqttIngress::new(&url);
+        let router = ingress.router(&dir.url(), &["--max-in-flight", "16"]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        let mut dead = dead_letters(&ingress).await;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+        let topic = ingress.topic(&service, "t");
+        publisher.publish_seq(&topic, 0, 100).await;
+        wait_until("first messages", Duration::from_secs(10), || async {
+            a.count() >= 100
+        })
+        .await;
+
+        instance_broker.stop();
+        let before = rss_kib(router.proc.pid());
+        // 20,000 messages of 1 KiB (the sequence number, padded) while
+        // nothing can take them.
+        let payload = |seq: u64| format!("{seq:<1024}");
+        let qos1 = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+        for seq in 100..20_100u64 {
+            publisher
+                .publish_with(&topic, qos1, payload(seq), Default::default())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let during = rss_kib(router.proc.pid());
+        eprintln!(
+            "router RSS {before} KiB before, {during} KiB with 20 MiB held back by the broker"
+        );
+        assert!(
+            during < before + 10 * 1024,
+            "router memory grew from {before} KiB to {during} KiB"
+        );
+        instance_broker.restart();
+        wait_until(
+            "every message delivered once the instance's broker is back",
+            Duration::from_secs(90),
+            || async { tally(&[&a]).1.len() >= 20_100 },
+        )
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), 20_100, "none lost");
+        assert!(
+            dead.incoming.try_recv().is_err(),
+            "nothing dead-lettered: an unreachable broker is not the message's fault"
+        );
+        eprintln!(
+            "sole instance's broker down: 20,000 held back, none lost, {duplicates} duplicates"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance_with_properties() {
+    bounded(async {
+        use common::amqp::{self, Vhost};
+        use lapin::types::{AMQPValue, FieldTable};
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+
+        // MQTT → AMQP.
+        let to_amqp = unique("toamqp");
+        let queue = format!("_baker.{to_amqp}.q1");
+        let (inbox, received) = amqp::consume(&channel, &queue).await;
+        let _amqp_agent = agent_on("amqp", &vhost.url(), &dir.url(), &to_amqp, "q1", &[]);
+        let ingress = MqttIngress::new(&url);
+        let mqtt_router = ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_amqp, &["q1"], Duration::from_secs(15))
+            .await;
+        let publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_with(
+                &ingress.topic(&to_amqp, "eu/created"),
+                QoS::AtLeastOnce,
+                "5",
+                PublishProperties {
+                    user_properties: vec![("trace".into(), "t-9".into())],
+                    content_type: Some("text/plain".into()),
+                    correlation_data: Some("c-9".into()),
+                    message_expiry_interval: Some(60),
+                    ..Default::default()
+                },
+            )
+            .await;
+        wait_until(
+            "AMQP instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = received.lock().unwrap()[0].clone();
+        assert_eq!(got.header("trace"), Some("t-9"));
+        assert_eq!(got.header("baker-topic"), Some("eu.created"));
+        assert!(got.header("baker-msg-id").is_some());
+        let p = &got.properties;
+        assert_eq!(
+            p.content_type().as_ref().map(|c| c.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("c-9"));
+        assert_eq!(p.expiration().as_ref().map(|c| c.as_str()), Some("60000"));
+
+        // AMQP → MQTT.
+        let to_mqtt = unique("frommqtt");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let amqp_url = vhost.url();
+        let amqp_router =
+            Router::spawn(&dir.url(), &["--adapter", "amqp", "--broker", &amqp_url]).await;
+        amqp_router
+            .wait_routed(&to_mqtt, &["m1"], Duration::from_secs(15))
+            .await;
+        let mut headers = FieldTable::default();
+        headers.insert("trace".into(), AMQPValue::LongString("t-3".into()));
+        channel
+            .basic_publish(
+                "baker".into(),
+                format!("{to_mqtt}.eu.updated").as_str().into(),
+                Default::default(),
+                b"6",
+                lapin::BasicProperties::default()
+                    .with_headers(headers)
+                    .with_correlation_id("c-3".into())
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        wait_until(
+            "MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/eu/updated")
+        );
+        assert_eq!(user_property(&got, "trace"), Some("t-3"));
+        let props = got.properties.clone().unwrap_or_default();
+        assert_eq!(props.correlation_data.as_deref(), Some(&b"c-3"[..]));
+        assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    })
+    .await;
+}
