@@ -145,7 +145,11 @@ async fn a_stopped_instance_broker_sends_its_share_to_the_others_and_it_receives
             mqtt_agent(&dir.url(), &url, &service, "c"),
         ];
         let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &[]).await;
+        // b is ejected while its broker is down; a short ejection lets it
+        // back soon after the broker is.
+        let router = ingress
+            .router(&dir.url(), &["--outlier-ejection-secs", "1"])
+            .await;
         router
             .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(15))
             .await;

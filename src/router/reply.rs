@@ -99,7 +99,9 @@ impl ReplyProxy {
     /// proxy to be answered: the instance is on another broker or protocol
     /// than the requester.
     pub fn needed_for(&self, adapter: &str, broker: &str) -> bool {
-        adapter != self.ingress.name() || broker != self.ingress_broker
+        adapter != self.ingress.name()
+            || (broker != self.ingress_broker
+                && !self.ingress.same_broker(broker, &self.ingress_broker))
     }
 
     /// Registers `message`'s requester and returns a copy of the request

@@ -149,6 +149,14 @@ pub trait Adapter: Send + Sync + 'static {
     /// Binds a target for `endpoint`, connecting to its broker if needed.
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;
 
+    /// Whether the URLs `a` and `b` name the same broker, so that an
+    /// address on one is valid on the other. The default compares them as
+    /// strings; adapters whose URLs carry per-connection settings compare
+    /// what identifies the broker.
+    fn same_broker(&self, a: &str, b: &str) -> bool {
+        a == b
+    }
+
     /// Opens the reply inbox of the router called `router_id` on `broker`,
     /// and keeps it open (across reconnections) for the life of the process.
     /// Replies that arrive there are sent to `replies`.

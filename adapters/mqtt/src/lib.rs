@@ -20,6 +20,7 @@ mod egress;
 mod error;
 mod ingress;
 mod link;
+mod reply;
 mod url;
 
 use std::collections::HashMap;
@@ -28,7 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    redact_url, Adapter, AdapterError, BrokerHealth, Endpoint, Ingress, IngressOptions, Target,
+    redact_url, Adapter, AdapterError, BrokerHealth, Endpoint, Ingress, IngressOptions, Message,
+    Reply, ReplyInbox, SendError, Target,
 };
 
 pub use error::UrlError;
@@ -104,6 +106,14 @@ impl Adapter for MqttAdapter {
         })
     }
 
+    /// Same host and port: the query holds per-connection settings.
+    fn same_broker(&self, a: &str, b: &str) -> bool {
+        match (BrokerUrl::parse(a), BrokerUrl::parse(b)) {
+            (Ok(a), Ok(b)) => a.host == b.host && a.port == b.port,
+            _ => a == b,
+        }
+    }
+
     async fn ingress(
         &self,
         broker: &str,
@@ -167,6 +177,40 @@ impl Adapter for MqttAdapter {
             &endpoint.inbox,
             consumer_v311,
         )))
+    }
+
+    /// The topics `_baker/reply/<router>/<token>`, subscribed at QoS 0 on a
+    /// connection of their own.
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: tokio::sync::mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
+        Ok(Arc::new(reply::open(&parsed, router_id, replies)))
+    }
+
+    /// Publishes the reply at QoS 1 to the requester's response topic.
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let link = self
+            .link(broker)
+            .map_err(|e| SendError::Rejected(e.to_string()))?;
+        let (properties, _) = convert::to_mqtt(message);
+        match link
+            .publish(reply_to.to_owned(), message.payload.clone(), properties)
+            .await?
+        {
+            link::Accepted::Delivered => Ok(()),
+            link::Accepted::NoSubscribers => Err(SendError::Unavailable(format!(
+                "nobody subscribes to the response topic {reply_to}"
+            ))),
+        }
     }
 
     fn health(&self) -> Vec<BrokerHealth> {
