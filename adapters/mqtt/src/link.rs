@@ -34,7 +34,8 @@ use crate::url::BrokerUrl;
 /// How long a publish may wait for its PUBACK before it counts as
 /// unreachable (and no longer holds a place in the router's window).
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the first publishes wait for a link's first connection.
+/// How long after a link is made its publishes wait for its first
+/// connection.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Publish requests queued for the event loop; publishers wait beyond it.
 const REQUEST_CAPACITY: usize = 1024;
@@ -88,6 +89,7 @@ pub struct Link {
     current: ArcSwapOption<Session>,
     connected: watch::Sender<bool>,
     ever_connected: AtomicBool,
+    started: std::time::Instant,
 }
 
 impl Link {
@@ -98,6 +100,7 @@ impl Link {
             current: ArcSwapOption::empty(),
             connected: watch::channel(false).0,
             ever_connected: AtomicBool::new(false),
+            started: std::time::Instant::now(),
         });
         tokio::spawn(run(link.clone(), broker));
         link
@@ -117,11 +120,15 @@ impl Link {
         if let Some(session) = self.current.load_full() {
             return Ok(session);
         }
-        if !self.ever_connected.load(Ordering::Relaxed) {
-            // A link just made by binding a target: give the first
+        let waited = self.started.elapsed();
+        if !self.ever_connected.load(Ordering::Relaxed) && waited < FIRST_CONNECT_WAIT {
+            // A link just made by binding a target: give its first
             // connection a moment rather than failing the first messages.
+            // Only a moment: a broker that is down from the start must not
+            // slow every message sent its way.
             let mut connected = self.connected.subscribe();
-            let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, connected.wait_for(|c| *c)).await;
+            let _ =
+                tokio::time::timeout(FIRST_CONNECT_WAIT - waited, connected.wait_for(|c| *c)).await;
             if let Some(session) = self.current.load_full() {
                 return Ok(session);
             }
