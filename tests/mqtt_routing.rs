@@ -1033,3 +1033,106 @@ async fn an_instance_whose_broker_never_answers_does_not_slow_the_others() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
+    use futures::StreamExt;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    bounded(async {
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // An MQTT instance answering at the response topic its request names.
+        let to_mqtt = unique("rpcm");
+        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
+        responder.subscribe(&format!("_baker/{to_mqtt}/m/#")).await;
+        tokio::spawn(async move {
+            while let Some(request) = responder.incoming.recv().await {
+                let props = request.properties.clone().unwrap_or_default();
+                let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    ..Default::default()
+                };
+                if let Some(topic) = props.response_topic {
+                    responder
+                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
+                        .await;
+                }
+            }
+        });
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m");
+        // A NATS instance answering at the reply subject.
+        let to_nats = unique("rpcn");
+        let _nats_agent = agent(&dir.url(), &to_nats, "n", &[]);
+        let mut nats_requests = nats
+            .subscribe(format!("_baker.{to_nats}.n.>"))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        {
+            let nats = nats.clone();
+            tokio::spawn(async move {
+                while let Some(request) = nats_requests.next().await {
+                    let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                    if let Some(reply) = request.reply {
+                        nats.publish(reply, body.into()).await.unwrap();
+                    }
+                }
+            });
+        }
+
+        // NATS requester → MQTT instance.
+        let ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
+        nats_router
+            .wait_routed(&to_mqtt, &["m"], Duration::from_secs(15))
+            .await;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            nats.request(ingress.subject(&to_mqtt, "get"), "1".into()),
+        )
+        .await
+        .expect("a reply from the MQTT instance within 10 s")
+        .expect("a reply, not an error");
+        assert_eq!(&reply.payload[..], b"pong:1");
+
+        // MQTT requester → NATS instance, correlation data restored.
+        let mqtt_ingress = MqttIngress::new(&url);
+        let mqtt_router = mqtt_ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_nats, &["n"], Duration::from_secs(15))
+            .await;
+        let mut requester = Client::connect(&url, &unique("requester-"), false).await;
+        let replies = unique("replies/");
+        requester.subscribe(&format!("{replies}/#")).await;
+        requester
+            .publish_with(
+                &mqtt_ingress.topic(&to_nats, "get"),
+                QoS::AtLeastOnce,
+                "2",
+                PublishProperties {
+                    response_topic: Some(format!("{replies}/1")),
+                    correlation_data: Some(bytes::Bytes::from_static(b"c-7")),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("a reply from the NATS instance within 10 s")
+            .unwrap();
+        assert_eq!(&reply.payload[..], b"pong:2");
+        assert_eq!(
+            reply
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.as_deref()),
+            Some(&b"c-7"[..])
+        );
+    })
+    .await;
+}
