@@ -305,6 +305,28 @@ pub fn agent_on(
     Proc::spawn(&format!("agent-{adapter}-{id}"), &args)
 }
 
+/// An agent registering `spec` (a full `--register` value) through `adapter`
+/// on `broker`.
+pub fn agent_registering(adapter: &str, broker: &str, directory: &str, spec: &str) -> Proc {
+    let admin = format!("127.0.0.1:{}", free_port());
+    Proc::spawn(
+        &format!("agent-{adapter}"),
+        &[
+            "--no-router",
+            "--adapter",
+            adapter,
+            "--broker",
+            broker,
+            "--directory",
+            directory,
+            "--admin",
+            &admin,
+            "--register",
+            spec,
+        ],
+    )
+}
+
 /// What one instance's inbox received: sequence numbers with arrival times.
 #[derive(Clone, Default)]
 pub struct Inbox {
