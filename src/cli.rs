@@ -199,6 +199,13 @@ pub enum Command {
         /// Seconds each step of the story lasts.
         #[arg(long, default_value_t = 2.0)]
         phase_secs: f64,
+        /// Broker adapter the story runs on: memory (in-process, no broker),
+        /// nats, amqp or mqtt.
+        #[arg(long = "adapter", id = "demo_adapter", default_value = "memory")]
+        adapter: String,
+        /// Broker URL [default: the adapter's]
+        #[arg(long = "broker", id = "demo_broker", value_name = "URL")]
+        broker: Option<String>,
     },
     /// Write the JSON Schemas of the instance record, config file and
     /// baker-* headers into a directory.

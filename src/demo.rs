@@ -1,20 +1,21 @@
-//! `baker-mq demo`: the whole story in one process, with no broker.
+//! `baker-mq demo`: the whole story in one process, with no broker (the
+//! in-process memory broker) or against a real one (`--adapter nats|amqp|mqtt`).
 //!
-//! The embedded directory, the in-process memory broker, a router, and
-//! instances of one service, each with its own agent (and, for v1, an HTTP
-//! health check). While messages flow at a steady rate the demo walks
+//! The embedded directory, a router, and instances of one service, each with
+//! its own agent (and, for v1, an HTTP health check); the publisher and the
+//! instances use the adapter as applications would. While messages flow at a steady rate the demo walks
 //! through discovery and load balancing, a failing health check, a v2
 //! canary, the full rollout and the drain of v1, showing a live table of
 //! each instance's counts and rates, and ends with a summary: sent,
 //! delivered, lost, per version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baker_adapter_api::{IngressOptions, Message};
+use baker_adapter_api::{Adapter, Destination, Endpoint, IngressOptions, Message};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -30,8 +31,6 @@ use crate::router::{JourneyConfig, PolicyKind, RoutingTable};
 use crate::shutdown::Shutdown;
 use crate::sidecar::{start_router, RouterParts, RouterSpec};
 
-const SERVICE: &str = "greeter";
-
 /// Errors that stop the demo.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -41,6 +40,9 @@ pub enum DemoError {
     /// Some messages were lost.
     #[error("{lost} of {sent} messages were lost")]
     Lost { lost: u64, sent: u64 },
+    /// The adapter is not in this build, or cannot play applications.
+    #[error("{0}")]
+    Adapter(String),
 }
 
 /// How the demo runs.
@@ -50,6 +52,10 @@ pub struct DemoOptions {
     pub rate: u64,
     /// How long each step of the story lasts.
     pub phase: Duration,
+    /// Adapter of the broker the story runs on (`memory`: in-process).
+    pub adapter: String,
+    /// Broker URL; `None` for the adapter's default.
+    pub broker: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -57,6 +63,8 @@ impl Default for DemoOptions {
         Self {
             rate: 2000,
             phase: Duration::from_secs(2),
+            adapter: "memory".to_owned(),
+            broker: None,
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct Summary {
     pub delivered: u64,
     /// Received per version.
     pub per_version: Vec<(String, u64)>,
+    /// Messages received more than once (at-least-once brokers).
+    pub duplicates: u64,
 }
 
 /// One instance: its inbox consumer, its agent and its health.
@@ -84,9 +94,7 @@ struct Instance {
     agent: Option<JoinHandle<()>>,
     /// Stops the consumer, as the instance's process exits.
     consumer_stop: Shutdown,
-    consumer: Option<JoinHandle<u64>>,
-    /// Messages still in the inbox when the instance stopped: lost.
-    left_behind: u64,
+    consumer: Option<JoinHandle<()>>,
     gone: bool,
     /// Count and time at the last rate reading.
     last: (u64, Instant),
@@ -96,8 +104,11 @@ struct Instance {
 /// Everything the story acts on.
 struct Demo {
     client: DirectoryClient,
-    broker: Arc<baker_adapter_memory::MemoryBroker>,
+    adapter: Arc<dyn Adapter>,
     broker_url: String,
+    service: String,
+    /// Distinct sequence numbers received by any instance.
+    seen: Arc<std::sync::Mutex<HashSet<u64>>>,
     health_url: String,
     health: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
     instances: Vec<Instance>,
@@ -172,24 +183,50 @@ async fn serve_health(
 
 impl Demo {
     /// Starts an instance: its consumer, then its agent, which registers it.
-    fn add_instance(&mut self, id: &str, version: &'static str, weight: u32, checked: bool) {
-        let inbox = format!("_baker.{SERVICE}.{id}");
-        let mut subscriber = self.broker.subscribe(&format!("{inbox}.>"), None, 256);
+    async fn add_instance(
+        &mut self,
+        id: &str,
+        version: &'static str,
+        weight: u32,
+        checked: bool,
+    ) -> Result<(), DemoError> {
+        let inbox = self.adapter.default_inbox(&self.service, id);
+        let endpoint = Endpoint {
+            adapter: self.adapter.name().to_owned(),
+            broker: self.broker_url.clone(),
+            inbox: inbox.clone(),
+        };
+        let mut consumer = self
+            .adapter
+            .consume_inbox(&endpoint)
+            .await
+            .map_err(|e| DemoError::Setup(format!("consuming {inbox}: {e}")))?;
         let received = Arc::new(AtomicU64::new(0));
         let consumer_stop = Shutdown::new();
         let consumer = {
-            let (received, stop) = (received.clone(), consumer_stop.clone());
+            let (received, stop, seen) =
+                (received.clone(), consumer_stop.clone(), self.seen.clone());
+            let count = move |message: Message| {
+                received.fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
+                }
+            };
             tokio::spawn(async move {
-                while let Some(Some(_)) = stop.run_until(subscriber.recv()).await {
-                    received.fetch_add(1, Ordering::Relaxed);
+                while let Some(Some(message)) = stop.run_until(consumer.next()).await {
+                    count(message);
                 }
-                // The process exits: what is still in its inbox is lost.
-                subscriber.unsubscribe();
-                let mut left = 0;
-                while subscriber.recv().await.is_some() {
-                    left += 1;
+                // The process exits as a well-behaved consumer does: it takes
+                // nothing new and finishes what it already has.
+                consumer.close().await;
+                while let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+                {
+                    count(message);
                 }
-                left
             })
         };
         let healthy = Arc::new(AtomicBool::new(true));
@@ -209,12 +246,12 @@ impl Demo {
             fall: 2,
         });
         let record = InstanceRecord {
-            service: SERVICE.to_owned(),
+            service: self.service.clone(),
             id: id.to_owned(),
             version: version.to_owned(),
             endpoint: EndpointRecord {
-                adapter: "memory".to_owned(),
-                broker: self.broker_url.clone(),
+                adapter: endpoint.adapter,
+                broker: endpoint.broker,
                 inbox,
             },
             weight,
@@ -245,11 +282,11 @@ impl Demo {
             agent: Some(agent),
             consumer_stop,
             consumer: Some(consumer),
-            left_behind: 0,
             gone: false,
             last: (0, Instant::now()),
             rate: 0.0,
         });
+        Ok(())
     }
 
     fn instance(&mut self, id: &str) -> &mut Instance {
@@ -265,7 +302,7 @@ impl Demo {
         loop {
             let table = self.router.table.load();
             let mut routed: Vec<String> = table
-                .service(SERVICE)
+                .service(&self.service)
                 .map(|s| s.instances.iter().map(|i| i.record.id.clone()).collect())
                 .unwrap_or_default();
             routed.sort();
@@ -312,13 +349,19 @@ impl Demo {
         let instance = self.instance(id);
         instance.consumer_stop.trigger();
         if let Some(consumer) = instance.consumer.take() {
-            instance.left_behind = consumer.await.unwrap_or(0);
+            let _ = consumer.await;
         }
         instance.gone = true;
         instance.rate = 0.0;
     }
 
-    fn delivered(&self) -> u64 {
+    /// Messages received, counting each once.
+    fn distinct(&self) -> u64 {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// Messages received, duplicates included.
+    fn received(&self) -> u64 {
         self.instances
             .iter()
             .map(|i| i.received.load(Ordering::Relaxed))
@@ -351,7 +394,7 @@ impl Demo {
                 .catalog
                 .instances
                 .iter()
-                .find(|r| r.service == SERVICE && r.id == instance.id);
+                .find(|r| r.service == self.service && r.id == instance.id);
             let status = match (instance.gone, record) {
                 (true, _) => "left",
                 (false, Some(record)) => record.status.as_str(),
@@ -371,7 +414,7 @@ impl Demo {
         text.push_str(&format!(
             "  sent {}  delivered {}\n",
             self.sent.load(Ordering::Relaxed),
-            self.delivered()
+            self.distinct()
         ));
         text
     }
@@ -379,10 +422,33 @@ impl Demo {
 
 /// Runs the demo, printing the story to stdout.
 pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
+    let adapters = AdapterRegistry::builtin();
+    let adapter = adapters.get(&options.adapter).cloned().ok_or_else(|| {
+        DemoError::Adapter(format!(
+            "adapter {:?} is not built into this baker-mq; it has: {}",
+            options.adapter,
+            adapters.names().join(", ")
+        ))
+    })?;
     let shutdown = Shutdown::new();
-    let broker_name = format!("demo-{:x}", fastrand::u32(..));
-    let broker_url = format!("{}{broker_name}", baker_adapter_memory::SCHEME);
-    let broker = baker_adapter_memory::broker(&broker_name);
+    let run_id = format!("{:04x}", fastrand::u16(..));
+    // In process, a broker of its own; on a real broker, names of this run's
+    // own, so that it neither meets other traffic nor another demo.
+    let in_process = options.adapter == "memory";
+    let broker_url = match (&options.broker, in_process) {
+        (Some(url), _) => url.clone(),
+        (None, true) => format!("{}demo-{run_id}", baker_adapter_memory::SCHEME),
+        (None, false) => adapter.default_broker().to_owned(),
+    };
+    let (service, prefix, group) = if in_process {
+        ("greeter".to_owned(), "baker".to_owned(), "baker".to_owned())
+    } else {
+        (
+            format!("greeter-{run_id}"),
+            "baker-demo".to_owned(),
+            format!("demo-{run_id}"),
+        )
+    };
 
     // The embedded directory, on a free loopback port.
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -401,10 +467,19 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     ));
     let health = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let health_url = serve_health(health.clone(), shutdown.clone()).await?;
+    let where_ = if in_process { " (in-process)" } else { "" };
     println!("directory  {directory_url} (embedded)");
-    println!("broker     {broker_url} (in-process)");
     println!(
-        "traffic    {} msg/s to baker.{SERVICE}.hello, policy weighted\n",
+        "broker     {}{where_}",
+        baker_adapter_api::redact_url(&broker_url)
+    );
+    let ingress_address = match options.adapter.as_str() {
+        "amqp" => format!("exchange {prefix}, routing key {service}.hello"),
+        "mqtt" => format!("{prefix}/{service}/hello"),
+        _ => format!("{prefix}.{service}.hello"),
+    };
+    println!(
+        "traffic    {} msg/s to {ingress_address}, policy weighted\n",
         options.rate
     );
 
@@ -415,11 +490,11 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     tokio::spawn(watcher.run(shutdown.clone()));
     let router = start_router(
         RouterSpec {
-            adapter: "memory".to_owned(),
+            adapter: options.adapter.clone(),
             broker: broker_url.clone(),
             ingress: IngressOptions {
-                prefix: "baker".to_owned(),
-                queue_group: "baker".to_owned(),
+                prefix: prefix.clone(),
+                queue_group: group,
                 buffer: 1024,
             },
             journey: JourneyConfig {
@@ -428,10 +503,10 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
                 max_payload: 1024 * 1024,
             },
             max_in_flight: 1024,
-            policies: HashMap::from([(SERVICE.to_owned(), PolicyKind::Weighted)]),
+            policies: HashMap::from([(service.clone(), PolicyKind::Weighted)]),
             version_routing: HashMap::new(),
         },
-        AdapterRegistry::builtin(),
+        adapters,
         catalogs,
         shutdown.clone(),
     )
@@ -439,8 +514,10 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     let mut demo = Demo {
         client,
-        broker: broker.clone(),
-        broker_url,
+        adapter: adapter.clone(),
+        broker_url: broker_url.clone(),
+        service: service.clone(),
+        seen: Arc::default(),
         health_url,
         health,
         instances: Vec::new(),
@@ -455,37 +532,62 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     // 1. Discovery: three v1 instances register and share the load.
     let v1 = ["greeter-v1-a", "greeter-v1-b", "greeter-v1-c"];
     for id in v1 {
-        demo.add_instance(id, "1", 30, true);
+        demo.add_instance(id, "1", 30, true).await?;
     }
     let title = "1/6 discovery: three v1 instances register; the router finds them";
     demo.wait_routed(&v1, title).await?;
+    let ready = Instant::now() + Duration::from_secs(20);
     while !demo.router.ingress_up.load(Ordering::Relaxed) {
+        if Instant::now() > ready {
+            return Err(DemoError::Setup(format!(
+                "the router could not subscribe to the ingress on {} within 20 s",
+                baker_adapter_api::redact_url(&broker_url)
+            )));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Steady traffic from here to the end.
+    // Steady traffic from here to the end; each message's payload is its
+    // sequence number, so the instances can tell what arrived.
     let publishing = Shutdown::new();
+    let refused = Arc::new(AtomicU64::new(0));
     let publisher = {
-        let (broker, sent, stop, rate) = (
-            broker.clone(),
+        let (adapter, broker_url, sent, refused, stop) = (
+            adapter.clone(),
+            broker_url.clone(),
             demo.sent.clone(),
+            refused.clone(),
             publishing.clone(),
-            options.rate.max(10),
         );
+        let destination = Destination {
+            service: service.clone(),
+            topic: "hello".to_owned(),
+        };
+        let rate = options.rate.max(10);
         tokio::spawn(async move {
-            let subject = format!("baker.{SERVICE}.hello");
-            let payload = Bytes::from_static(b"hello");
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             let per_tick = (rate / 100).max(1);
+            let mut seq = 0u64;
             while stop.run_until(tick.tick()).await.is_some() {
-                for _ in 0..per_tick {
+                let batch = (seq..seq + per_tick).map(|n| {
                     let message = Message {
-                        payload: payload.clone(),
+                        payload: Bytes::from(n.to_string()),
                         ..Default::default()
                     };
-                    if broker.publish(&subject, message).await > 0 {
-                        sent.fetch_add(1, Ordering::Relaxed);
+                    let (adapter, broker_url, prefix, destination) =
+                        (&adapter, &broker_url, &prefix, &destination);
+                    async move {
+                        adapter
+                            .publish_to_ingress(broker_url, prefix, destination, &message)
+                            .await
                     }
+                });
+                seq += per_tick;
+                for result in futures::future::join_all(batch).await {
+                    match result {
+                        Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                    };
                 }
             }
         })
@@ -512,7 +614,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     // 3. Canary: v2 joins with a tenth of the weight.
     let title = "3/6 canary: greeter-v2-a (v2) joins with weight 10 against 3 x 30: 10% of traffic";
-    demo.add_instance("greeter-v2-a", "2", 10, false);
+    demo.add_instance("greeter-v2-a", "2", 10, false).await?;
     demo.wait_routed(
         &[
             "greeter-v1-a",
@@ -544,8 +646,8 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     // 4. Rollout: more v2, and the canary promoted to a full weight.
     let title = "4/6 rollout: greeter-v2-b and -c join; the canary is promoted to weight 30 in the directory";
-    demo.add_instance("greeter-v2-b", "2", 30, false);
-    demo.add_instance("greeter-v2-c", "2", 30, false);
+    demo.add_instance("greeter-v2-b", "2", 30, false).await?;
+    demo.add_instance("greeter-v2-c", "2", 30, false).await?;
     let all = [
         "greeter-v1-a",
         "greeter-v1-b",
@@ -587,8 +689,8 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     publishing.trigger();
     let _ = publisher.await;
     let sent = demo.sent.load(Ordering::Relaxed);
-    let settle = Instant::now() + Duration::from_secs(5);
-    while demo.delivered() < sent && Instant::now() < settle {
+    let settle = Instant::now() + Duration::from_secs(10);
+    while demo.distinct() < sent && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     demo.refresh(title, true);
@@ -598,8 +700,8 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         let _ = task.await;
     }
 
-    let delivered = demo.delivered();
-    let left_behind: u64 = demo.instances.iter().map(|i| i.left_behind).sum();
+    let delivered = demo.distinct();
+    let duplicates = demo.received().saturating_sub(delivered);
     let lost = sent.saturating_sub(delivered);
     let mut per_version: Vec<(String, u64)> = Vec::new();
     for instance in &demo.instances {
@@ -613,8 +715,9 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         .iter()
         .map(|(v, c)| format!("v{v} {c}"))
         .collect();
+    let refused = refused.load(Ordering::Relaxed);
     println!(
-        "\nsummary: sent {sent}, delivered {delivered}, lost {lost}; per version: {}; left in drained inboxes: {left_behind}",
+        "\nsummary: sent {sent}, delivered {delivered}, lost {lost}; per version: {}; duplicates {duplicates}; refused by the broker at publish {refused}",
         versions.join(", ")
     );
     if lost > 0 {
@@ -624,5 +727,6 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         sent,
         delivered,
         per_version,
+        duplicates,
     })
 }

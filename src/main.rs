@@ -94,13 +94,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", status::render(&doc));
             }
         }
-        Some(Command::Demo { rate, phase_secs }) => {
+        Some(Command::Demo {
+            rate,
+            phase_secs,
+            adapter,
+            broker,
+        }) => {
             install_metrics()?;
             let phase = std::time::Duration::try_from_secs_f64(*phase_secs)
                 .ok()
                 .filter(|p| (0.2..=60.0).contains(&p.as_secs_f64()))
                 .context("--phase-secs must be between 0.2 and 60")?;
-            demo::run(demo::DemoOptions { rate: *rate, phase }).await?;
+            demo::run(demo::DemoOptions {
+                rate: *rate,
+                phase,
+                adapter: adapter.clone(),
+                broker: broker.clone(),
+            })
+            .await?;
         }
         Some(Command::Schemas { dir }) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -19,6 +19,7 @@
 mod acks;
 mod convert;
 mod egress;
+mod inbox;
 mod ingress;
 mod link;
 mod publisher;
@@ -29,8 +30,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    Adapter, AdapterError, BrokerHealth, Destination, Endpoint, Ingress, IngressOptions, Message,
-    Reply, ReplyInbox, SendError, Target,
+    Adapter, AdapterError, BrokerHealth, Destination, Endpoint, InboxConsumer, Ingress,
+    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
 };
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -275,6 +276,53 @@ impl Adapter for AmqpAdapter {
                 properties,
             })
             .await
+    }
+
+    /// Publishes, confirmed, to the topic exchange `prefix` with routing
+    /// key `<service>.<topic>`.
+    async fn publish_to_ingress(
+        &self,
+        broker: &str,
+        prefix: &str,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        check_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        let mut routing_key = destination.service.clone();
+        if !destination.topic.is_empty() {
+            routing_key.push('.');
+            routing_key.push_str(&destination.topic);
+        }
+        let to_app = |value: &str, what: &str| {
+            ShortString::try_new(value)
+                .map_err(|_| SendError::Rejected(format!("{what} {value:?} is too long for AMQP")))
+        };
+        let no_topic = Destination {
+            service: destination.service.clone(),
+            topic: String::new(),
+        };
+        self.link(broker)
+            .1
+            .publish(Publish {
+                exchange: to_app(prefix, "exchange")?,
+                routing_key: to_app(&routing_key, "routing key")?,
+                mandatory: false,
+                payload: message.payload.clone(),
+                properties: convert::to_amqp(message, &no_topic).map_err(SendError::Rejected)?,
+            })
+            .await
+    }
+
+    /// Consumes the inbox queue with acknowledgements (prefetch 64), once
+    /// it exists.
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
+        check_url(&endpoint.broker)?;
+        self.validate_inbox(&endpoint.inbox)?;
+        let (link, _) = self.link(&endpoint.broker);
+        Ok(Box::new(inbox::consume(link, endpoint.inbox.clone())))
     }
 
     fn health(&self) -> Vec<BrokerHealth> {

@@ -71,6 +71,18 @@ pub trait Target: Send + Sync {
     async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError>;
 }
 
+/// An instance's side of an inbox: the messages routed to it, each
+/// acknowledged as it is taken.
+#[async_trait]
+pub trait InboxConsumer: Send {
+    /// The next message; `None` once closed and drained.
+    async fn next(&mut self) -> Option<Message>;
+
+    /// Stops taking new messages; `next` still yields what had arrived,
+    /// then `None`.
+    async fn close(&mut self);
+}
+
 /// A reply that arrived at a router's reply inbox.
 #[derive(Debug)]
 pub struct Reply {
@@ -188,6 +200,35 @@ pub trait Adapter: Send + Sync + 'static {
             "the {} adapter cannot forward replies",
             self.name()
         )))
+    }
+
+    /// Publishes `message` for `destination` as an application would: to the
+    /// ingress address under `prefix` on `broker`. Resolves once the broker
+    /// has it, as [`Target::send`]. For demos and tools; the default says
+    /// the adapter cannot.
+    async fn publish_to_ingress(
+        &self,
+        _broker: &str,
+        _prefix: &str,
+        _destination: &Destination,
+        _message: &Message,
+    ) -> Result<(), SendError> {
+        Err(SendError::Rejected(format!(
+            "the {} adapter cannot publish as an application",
+            self.name()
+        )))
+    }
+
+    /// Consumes the inbox at `endpoint` as the instance would, every topic
+    /// under it. For demos and tools; the default says the adapter cannot.
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
+        Err(AdapterError::Unsupported {
+            adapter: self.name(),
+            what: format!("consuming the inbox {}", endpoint.inbox),
+        })
     }
 
     /// Connection state of every broker this adapter has opened.

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint, Ingress,
-    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
+    AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint, InboxConsumer,
+    Ingress, IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
 };
 use tokio::sync::mpsc;
 
@@ -256,6 +256,17 @@ impl Target for MemoryTarget {
     }
 }
 
+#[async_trait]
+impl InboxConsumer for Subscriber {
+    async fn next(&mut self) -> Option<Message> {
+        self.recv().await.map(|envelope| envelope.message)
+    }
+
+    async fn close(&mut self) {
+        self.unsubscribe();
+    }
+}
+
 /// A router's reply inbox on a memory broker: the subjects
 /// `_baker.reply.<router>.<token>`.
 struct MemoryReplyInbox {
@@ -360,6 +371,38 @@ impl Adapter for MemoryAdapter {
             ))),
             _ => Ok(()),
         }
+    }
+
+    async fn publish_to_ingress(
+        &self,
+        broker: &str,
+        prefix: &str,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let broker = broker_for_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        let subject = format!("{prefix}.{}.{}", destination.service, destination.topic);
+        match broker
+            .publish(subject.trim_end_matches('.'), message.clone())
+            .await
+        {
+            0 => Err(SendError::Unavailable(format!(
+                "no subscriber on {subject}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
+        let broker = broker_for_url(&endpoint.broker)?;
+        Ok(Box::new(broker.subscribe(
+            &format!("{}.>", endpoint.inbox),
+            None,
+            256,
+        )))
     }
 
     fn health(&self) -> Vec<BrokerHealth> {

@@ -18,6 +18,7 @@ mod acks;
 mod convert;
 mod egress;
 mod error;
+mod inbox;
 mod ingress;
 mod link;
 mod reply;
@@ -29,8 +30,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    redact_url, Adapter, AdapterError, BrokerHealth, Endpoint, Ingress, IngressOptions, Message,
-    Reply, ReplyInbox, SendError, Target,
+    redact_url, Adapter, AdapterError, BrokerHealth, Destination, Endpoint, InboxConsumer, Ingress,
+    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
 };
 
 pub use error::UrlError;
@@ -189,6 +190,49 @@ impl Adapter for MqttAdapter {
     ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
         let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
         Ok(Arc::new(reply::open(&parsed, router_id, replies)))
+    }
+
+    /// Publishes at QoS 1 to `<prefix>/<service>/<topic levels>`.
+    async fn publish_to_ingress(
+        &self,
+        broker: &str,
+        prefix: &str,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let link = self
+            .link(broker)
+            .map_err(|e| SendError::Rejected(e.to_string()))?;
+        let topic = convert::inbox_topic(
+            &format!("{prefix}/{}", destination.service),
+            &destination.topic,
+        );
+        let (properties, _) = convert::to_mqtt(message);
+        match link
+            .publish(topic, message.payload.clone(), properties)
+            .await?
+        {
+            link::Accepted::Delivered => Ok(()),
+            link::Accepted::NoSubscribers => Err(SendError::Unavailable(
+                "no router subscribes to the ingress".to_owned(),
+            )),
+        }
+    }
+
+    /// Subscribes to `<inbox>/#` at QoS 1 on a connection of its own.
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
+        self.validate_inbox(&endpoint.inbox)?;
+        let parsed = BrokerUrl::parse(&endpoint.broker).map_err(|e| e.for_url(&endpoint.broker))?;
+        let consumer = inbox::consume(&parsed, &endpoint.inbox)
+            .await
+            .map_err(|reason| AdapterError::Broker {
+                url: redact_url(&endpoint.broker),
+                reason,
+            })?;
+        Ok(Box::new(consumer))
     }
 
     /// Publishes the reply at QoS 1 to the requester's response topic.

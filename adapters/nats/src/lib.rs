@@ -17,8 +17,8 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint,
-    Headers, Ingress, IngressOptions, Message, Properties, Reply, ReplyInbox, SendError, Settle,
-    Settlement, Target,
+    Headers, InboxConsumer, Ingress, IngressOptions, Message, Properties, Reply, ReplyInbox,
+    SendError, Settle, Settlement, Target,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -229,6 +229,22 @@ fn publish_error(error: async_nats::client::PublishError) -> SendError {
             SendError::Rejected(error.to_string())
         }
         _ => SendError::Unreachable(error.to_string()),
+    }
+}
+
+/// An instance's subscription to its inbox subjects.
+struct NatsInboxConsumer(async_nats::Subscriber);
+
+#[async_trait]
+impl InboxConsumer for NatsInboxConsumer {
+    async fn next(&mut self) -> Option<Message> {
+        self.0.next().await.map(message_from_nats)
+    }
+
+    async fn close(&mut self) {
+        if let Err(error) = self.0.drain().await {
+            tracing::debug!(%error, "could not drain an inbox subscription");
+        }
     }
 }
 
@@ -461,6 +477,50 @@ impl Adapter for NatsAdapter {
             }
         });
         Ok(Arc::new(NatsReplyInbox { prefix }))
+    }
+
+    async fn publish_to_ingress(
+        &self,
+        broker: &str,
+        prefix: &str,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let client = self
+            .client(broker)
+            .await
+            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+        let mut subject = format!("{prefix}.{}", destination.service);
+        if !destination.topic.is_empty() {
+            subject.push('.');
+            subject.push_str(&destination.topic);
+        }
+        let (headers, _) = nats_headers(message);
+        client
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+            .map_err(publish_error)
+    }
+
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
+        let client = self.client(&endpoint.broker).await?;
+        let subscriber = client
+            .subscribe(format!("{}.>", endpoint.inbox))
+            .await
+            .map_err(|e| AdapterError::Broker {
+                url: endpoint.broker.clone(),
+                reason: e.to_string(),
+            })?;
+        // The subscription must be at the server before the instance is
+        // registered, or the first messages routed to it go nowhere.
+        client.flush().await.map_err(|e| AdapterError::Broker {
+            url: endpoint.broker.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Box::new(NatsInboxConsumer(subscriber)))
     }
 
     async fn send_reply(

@@ -1,0 +1,85 @@
+//! An instance's side of its inbox topics, for demos and tools: a
+//! clean-session connection subscribed to `<inbox>/#` at QoS 1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baker_adapter_api::{InboxConsumer, Message};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::convert;
+use crate::link::fastrand_u32;
+use crate::url::BrokerUrl;
+
+pub struct MqttInboxConsumer {
+    messages: mpsc::Receiver<Message>,
+    client: AsyncClient,
+}
+
+#[async_trait]
+impl InboxConsumer for MqttInboxConsumer {
+    async fn next(&mut self) -> Option<Message> {
+        self.messages.recv().await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+/// Connects to `broker` and subscribes to `<inbox>/#`; resolves once the
+/// subscription is acknowledged, so nothing routed afterwards is missed.
+pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsumer, String> {
+    let id = format!("baker-inbox-{:x}-{:x}", std::process::id(), fastrand_u32());
+    let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
+    options
+        .set_clean_start(true)
+        .set_keep_alive(Duration::from_secs(broker.keep_alive.into()));
+    if let Some((user, password)) = &broker.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (sender, messages) = mpsc::channel(64);
+    let (subscribed, ready) = oneshot::channel();
+    let filter = format!("{inbox}/#");
+    let subscriber = client.clone();
+    tokio::spawn(async move {
+        let mut subscribed = Some(subscribed);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Err(error) = subscriber.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!(%error, "cannot subscribe to the inbox");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(subscribed) = subscribed.take() {
+                        let _ = subscribed.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if sender
+                        .send(convert::from_mqtt(&Arc::new(publish)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(_) if sender.is_closed() => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .map_err(|_| format!("no subscription to {inbox}/# within 10 s"))?
+        .map_err(|_| format!("the connection for {inbox}/# ended"))?;
+    Ok(MqttInboxConsumer { messages, client })
+}
