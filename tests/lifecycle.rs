@@ -412,9 +412,8 @@ async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
             .iter()
             .map(|inbox| inbox.seqs().iter().filter(|s| **s >= after_v1).count())
             .sum();
-        assert_eq!(
-            to_v2_after as u64,
-            total - after_v1,
+        assert!(
+            to_v2_after as u64 >= total - after_v1,
             "everything after the last v1 drained went to v2"
         );
         eprintln!("rolling upgrade: {total} messages, none lost, {duplicates} delivered twice");
