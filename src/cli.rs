@@ -46,6 +46,27 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// How the NATS adapter takes its ingress.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsIngress {
+    /// A queue-group subscription: at most once.
+    #[default]
+    Core,
+    /// A JetStream work-queue stream and durable consumer: at least once.
+    Jetstream,
+}
+
 /// Log output format.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, schemars::JsonSchema,
@@ -134,6 +155,11 @@ pub struct SidecarArgs {
     /// Seconds a first ejection lasts; each further one doubles it, up to 300 [default: 5]
     #[arg(long, env = "BAKER_OUTLIER_EJECTION_SECS", value_name = "SECS")]
     pub outlier_ejection_secs: Option<u64>,
+
+    /// NATS ingress: core (at most once) or jetstream (at least once, through
+    /// a work-queue stream and a shared durable consumer) [default: core]
+    #[arg(long, env = "BAKER_NATS_INGRESS", value_name = "core|jetstream")]
+    pub nats_ingress: Option<NatsIngress>,
 
     /// Longest a leaving instance waits for its inbox to empty before it is
     /// deregistered anyway [default: 30]

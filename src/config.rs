@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::adapters::AdapterRegistry;
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, LogFormat, NatsIngress};
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS, DEFAULT_WEIGHT};
 use crate::directory::{EndpointRecord, InstanceRecord, Status, DEFAULT_LISTEN};
 use crate::health::{self, HealthCheck, Probe};
@@ -78,6 +78,8 @@ pub struct FileConfig {
     /// Longest a leaving instance waits for its inbox to empty before it is
     /// deregistered anyway, in seconds.
     pub drain_timeout_secs: Option<u64>,
+    /// NATS ingress: `core` (at most once) or `jetstream` (at least once).
+    pub nats_ingress: Option<NatsIngress>,
     /// Directory where the router saves its view of the directory, to route
     /// from it when it starts while the directory is unreachable.
     pub state_dir: Option<PathBuf>,
@@ -642,6 +644,15 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
             .unwrap_or(DEFAULT_OUTLIER_FAILURES),
         base_ejection: std::time::Duration::from_secs(outlier_ejection_secs),
     };
+    let nats_ingress = args.nats_ingress.or(file.nats_ingress).unwrap_or_default();
+    let at_least_once = nats_ingress == NatsIngress::Jetstream;
+    if at_least_once && adapter != "nats" {
+        return Err(invalid(
+            args.nats_ingress.is_some(),
+            "nats_ingress",
+            format!("jetstream applies to the nats adapter, not {adapter:?}"),
+        ));
+    }
     let drain_timeout_secs = args
         .drain_timeout_secs
         .or(file.drain_timeout_secs)
@@ -701,6 +712,7 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
             prefix,
             queue_group,
             buffer: max_in_flight,
+            at_least_once,
         },
         listen,
         state_dir: args.state_dir.clone().or(file.state_dir.clone()),
@@ -881,5 +893,18 @@ fall = 2
             .unwrap_err()
             .to_string();
         assert!(err.contains("rise needs check="), "{err}");
+    }
+
+    #[test]
+    fn jetstream_ingress_is_for_the_nats_adapter_only() {
+        let s = resolve_with("nats_ingress = \"jetstream\"\n", &[]).unwrap();
+        assert!(s.ingress.at_least_once);
+        let err = resolve_with("", &["--adapter", "amqp", "--nats-ingress", "jetstream"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nats_ingress") && err.contains("amqp"),
+            "{err}"
+        );
     }
 }

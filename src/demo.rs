@@ -496,6 +496,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
                 prefix: prefix.clone(),
                 queue_group: group,
                 buffer: 1024,
+                at_least_once: false,
             },
             journey: JourneyConfig {
                 max_attempts: 3,

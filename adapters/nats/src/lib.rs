@@ -23,6 +23,10 @@ use baker_adapter_api::{
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 
+mod jetstream;
+
+pub use jetstream::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+
 /// Default broker URL.
 pub const DEFAULT_BROKER: &str = "nats://127.0.0.1:4222";
 
@@ -424,6 +428,17 @@ impl Adapter for NatsAdapter {
         options: &IngressOptions,
     ) -> Result<Box<dyn Ingress>, AdapterError> {
         let client = self.client(broker).await?;
+        if options.at_least_once {
+            let ingress = jetstream::start(
+                client,
+                broker,
+                &options.prefix,
+                &options.queue_group,
+                options.buffer,
+            )
+            .await?;
+            return Ok(Box::new(ingress));
+        }
         let subscriber = client
             .queue_subscribe(format!("{}.>", options.prefix), options.queue_group.clone())
             .await

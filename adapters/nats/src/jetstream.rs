@@ -1,0 +1,292 @@
+//! JetStream ingress: at-least-once routing on NATS.
+//!
+//! A work-queue stream captures the ingress subjects (`<prefix>.>`); one
+//! durable pull consumer, named after the queue group, is shared by every
+//! router, so routers split the messages and a restarted router resumes
+//! where the last one left off. A message is acked only after its egress
+//! was accepted; a retryable failure is nak'd with a delay; a message that
+//! cannot be delivered is published to `_baker.dlq.<service>` (kept by the
+//! stream `BAKER_DLQ`) with `baker-error` and `baker-attempts`, then acked.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::AckPolicy;
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use baker_adapter_api::{
+    header, AckHandle, AdapterError, Delivery, Destination, Ingress, Settle, Settlement,
+};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::message_from_nats;
+
+/// Subject prefix of dead letters: `_baker.dlq.<service>`.
+pub const DEAD_LETTER_PREFIX: &str = "_baker.dlq";
+/// The stream keeping dead letters.
+pub const DEAD_LETTER_STREAM: &str = "BAKER_DLQ";
+
+/// How long the server waits for a message's ack before redelivering it:
+/// longer than the slowest delivery with its retries.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Pause before a nak'd message is redelivered.
+const NAK_DELAY: Duration = Duration::from_secs(1);
+
+/// A stream name from `text`: letters, digits, `-` and `_` kept, the rest `_`.
+fn stream_name(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// One settlement for the ack task.
+enum Ack {
+    Kind(Acker, AckKind),
+    /// Answer once every settlement queued before is sent.
+    Flush(tokio::sync::oneshot::Sender<()>),
+    /// Publish the dead letter, then ack (or nak when it could not be kept).
+    DeadLetter {
+        acker: Acker,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    },
+}
+
+/// Sends each settlement to the server, in one task for every delivery.
+async fn run_acks(js: Context, mut acks: mpsc::UnboundedReceiver<Ack>) {
+    while let Some(ack) = acks.recv().await {
+        match ack {
+            Ack::Kind(acker, kind) => {
+                if let Err(error) = acker.ack_with(kind).await {
+                    tracing::debug!(%error, "could not settle a JetStream message");
+                }
+            }
+            Ack::Flush(done) => {
+                let _ = done.send(());
+            }
+            Ack::DeadLetter {
+                acker,
+                subject,
+                headers,
+                payload,
+            } => {
+                let js = js.clone();
+                // Off the ack task: a dead letter waits for its stream's ack.
+                tokio::spawn(async move {
+                    let kept = match js.publish_with_headers(subject, headers, payload).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let kind = if kept {
+                        AckKind::Ack
+                    } else {
+                        tracing::warn!(
+                            "could not keep a dead letter; the message will be redelivered"
+                        );
+                        AckKind::Nak(Some(NAK_DELAY))
+                    };
+                    let _ = acker.ack_with(kind).await;
+                });
+            }
+        }
+    }
+}
+
+/// Settles one JetStream delivery.
+struct JetStreamSettle {
+    acker: Option<Acker>,
+    acks: mpsc::UnboundedSender<Ack>,
+    service: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+}
+
+impl Settle for JetStreamSettle {
+    fn settle(mut self: Box<Self>, outcome: Settlement) {
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        let ack = match outcome {
+            Settlement::Delivered => Ack::Kind(acker, AckKind::Ack),
+            Settlement::Requeue { .. } => Ack::Kind(acker, AckKind::Nak(Some(NAK_DELAY))),
+            Settlement::DeadLetter { reason, attempts } => {
+                let mut headers = self.headers.take().unwrap_or_default();
+                headers.insert(header::ERROR, reason.replace(['\r', '\n'], " ").as_str());
+                headers.insert(header::ATTEMPTS, attempts.to_string().as_str());
+                Ack::DeadLetter {
+                    acker,
+                    subject: format!("{DEAD_LETTER_PREFIX}.{}", self.service),
+                    headers,
+                    payload: self.payload.clone(),
+                }
+            }
+        };
+        let _ = self.acks.send(ack);
+    }
+}
+
+pub struct JetStreamIngress {
+    messages: Option<jetstream::consumer::pull::Stream>,
+    acks: mpsc::UnboundedSender<Ack>,
+    prefix_len: usize,
+}
+
+/// Creates (if absent) the ingress stream, the dead-letter stream and the
+/// shared durable consumer, and starts pulling.
+pub async fn start(
+    client: async_nats::Client,
+    url: &str,
+    prefix: &str,
+    group: &str,
+    max_ack_pending: usize,
+) -> Result<JetStreamIngress, AdapterError> {
+    let broker_error = |what: &str, error: String| AdapterError::Broker {
+        url: url.to_owned(),
+        reason: format!("{what}: {error}"),
+    };
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(StreamConfig {
+            name: format!("BAKER_INGRESS_{}", stream_name(prefix)),
+            subjects: vec![format!("{prefix}.>")],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| broker_error("creating the ingress stream", e.to_string()))?;
+    js.get_or_create_stream(StreamConfig {
+        name: DEAD_LETTER_STREAM.to_owned(),
+        subjects: vec![format!("{DEAD_LETTER_PREFIX}.>")],
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| broker_error("creating the dead-letter stream", e.to_string()))?;
+    let durable = stream_name(group);
+    let consumer = stream
+        .get_or_create_consumer(
+            &durable,
+            PullConfig {
+                durable_name: Some(durable.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: i64::try_from(max_ack_pending.max(1)).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| broker_error("creating the durable consumer", e.to_string()))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| broker_error("pulling from the durable consumer", e.to_string()))?;
+    let (acks, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(run_acks(js, receiver));
+    Ok(JetStreamIngress {
+        messages: Some(messages),
+        acks,
+        prefix_len: prefix.len() + 1,
+    })
+}
+
+impl JetStreamIngress {
+    fn delivery(&self, message: jetstream::Message) -> Option<Delivery> {
+        let (message, acker) = message.split();
+        let Some(rest) = message.subject.get(self.prefix_len..) else {
+            // Not under the prefix: the stream's subjects say it cannot be.
+            let _ = self.acks.send(Ack::Kind(acker, AckKind::Term));
+            return None;
+        };
+        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
+        let destination = Destination {
+            service: service.to_owned(),
+            topic: topic.to_owned(),
+        };
+        let origin = message.subject.to_string();
+        let settle = JetStreamSettle {
+            acker: Some(acker),
+            acks: self.acks.clone(),
+            service: destination.service.clone(),
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+        };
+        let mut message = message_from_nats(message);
+        // The JetStream reply subject is the ack address, not the publisher's.
+        message.reply_to = None;
+        Some(Delivery {
+            message,
+            destination,
+            origin,
+            ack: AckHandle::new(settle),
+        })
+    }
+}
+
+#[async_trait]
+impl Ingress for JetStreamIngress {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let messages = self.messages.as_mut()?;
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    if let Some(delivery) = self.delivery(message) {
+                        return Some(delivery);
+                    }
+                }
+                Some(Err(error)) => {
+                    // Missed heartbeats and the like: the stream goes on.
+                    tracing::debug!(%error, "JetStream pull");
+                }
+                None => return None,
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            let messages = self.messages.as_mut()?;
+            match messages.next().now_or_never()?? {
+                Ok(message) => {
+                    if let Some(delivery) = self.delivery(message) {
+                        return Some(delivery);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        // Pull no more, and hand back what was pulled but not taken, for the
+        // other routers; a message still on its way here is redelivered
+        // after the ack wait.
+        if let Some(mut messages) = self.messages.take() {
+            while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+                let (_, acker) = message.split();
+                let _ = self.acks.send(Ack::Kind(acker, AckKind::Nak(None)));
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        // Settlements go out through the ack task: wait until it has sent
+        // everything queued so far (the adapter's flush then writes them).
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.acks.send(Ack::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! NATS JetStream ingress, end to end with real `baker-mq` processes on the
+//! machine's nats-server (JetStream enabled).
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+use futures::StreamExt;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out");
+}
+
+/// Publishes `start..start+count` to `subject` through JetStream, each
+/// acknowledged by the stream, at most `window` unacknowledged.
+async fn js_publish(js: &jetstream::Context, subject: &str, start: u64, count: u64, window: usize) {
+    let mut pending = Vec::with_capacity(window);
+    for seq in start..start + count {
+        pending.push(
+            js.publish(subject.to_owned(), seq.to_string().into())
+                .await
+                .expect("the ingress stream takes the message"),
+        );
+        if pending.len() >= window {
+            for ack in pending.drain(..) {
+                ack.await.expect("stream ack");
+            }
+        }
+    }
+    for ack in pending {
+        ack.await.expect("stream ack");
+    }
+}
+
+/// A JetStream router on `ingress`, and the stream to delete afterwards.
+async fn js_router(directory: &str, ingress: &Ingress) -> Router {
+    Router::start(directory, ingress, &["--nats-ingress", "jetstream"]).await
+}
+
+/// Deletes the ingress stream of `ingress`.
+async fn delete_stream(js: &jetstream::Context, ingress: &Ingress) {
+    let name = format!(
+        "BAKER_INGRESS_{}",
+        ingress.prefix.replace(['.', '*', '>'], "_")
+    );
+    let _ = js.delete_stream(name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_mid_stream_loses_nothing_on_jetstream_once_restarted() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("jskill");
+        let client = connect().await;
+        let js = jetstream::new(client.clone());
+        let a = consume_inbox(&client, &service, "a").await;
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let mut router = js_router(&dir.url(), &ingress).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        let total = 20_000u64;
+        let subject = ingress.subject(&service, "t");
+        let publisher = {
+            let (js, subject) = (js.clone(), subject.clone());
+            tokio::spawn(async move { js_publish(&js, &subject, 0, total, 500).await })
+        };
+        wait_until("some delivered", Duration::from_secs(30), || async {
+            a.count() >= 3000
+        })
+        .await;
+        router.proc.kill();
+        let _router = js_router(&dir.url(), &ingress).await;
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(90),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize, "every message at least once");
+        eprintln!(
+            "JetStream router SIGKILL mid-stream: {total} sent, {duplicates} delivered twice"
+        );
+        delete_stream(&js, &ingress).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_on_one_jetstream_ingress_split_the_load_and_deliver_each_message_once() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("jstwo");
+        let client = connect().await;
+        let js = jetstream::new(client.clone());
+        let a = consume_inbox(&client, &service, "a").await;
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let r1 = js_router(&dir.url(), &ingress).await;
+        let r2 = js_router(&dir.url(), &ingress).await;
+        for router in [&r1, &r2] {
+            router
+                .wait_routed(&service, &["a"], Duration::from_secs(15))
+                .await;
+        }
+        let total = 10_000u64;
+        js_publish(&js, &ingress.subject(&service, "t"), 0, total, 500).await;
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(60),
+            || async { a.count() >= total as usize },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!((seen.len() as u64, duplicates), (total, 0));
+        let routed = |status: serde_json::Value| {
+            status["services"][&service]["instances"][0]["delivered"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let (one, two) = (routed(r1.status().await), routed(r2.status().await));
+        assert_eq!(one + two, total);
+        assert!(
+            one > total / 10 && two > total / 10,
+            "split: {one} and {two}"
+        );
+        delete_stream(&js, &ingress).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_the_reason() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("jsnone");
+        let client = connect().await;
+        let js = jetstream::new(client.clone());
+        let _router = js_router(&dir.url(), &ingress).await;
+        js_publish(&js, &ingress.subject(&service, "t"), 0, 20, 20).await;
+
+        let stream = js
+            .get_stream("BAKER_DLQ")
+            .await
+            .expect("dead-letter stream");
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: format!("_baker.dlq.{service}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut dead = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while dead.len() < 20 && tokio::time::Instant::now() < deadline {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(20)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(Ok(message)) = batch.next().await {
+                dead.push(message);
+            }
+        }
+        assert_eq!(dead.len(), 20, "every undeliverable message kept");
+        let headers = dead[0].headers.clone().unwrap_or_default();
+        let reason = headers
+            .get("baker-error")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        assert!(reason.contains("no routable instance"), "{reason}");
+        assert_eq!(
+            headers
+                .get("baker-attempts")
+                .map(|v| v.to_string())
+                .as_deref(),
+            Some("0")
+        );
+        // Dead-lettered means settled: the ingress stream is empty.
+        let name = format!("BAKER_INGRESS_{}", ingress.prefix);
+        wait_until(
+            "the ingress stream empties",
+            Duration::from_secs(10),
+            || async {
+                let mut stream = js.get_stream(&name).await.unwrap();
+                stream.info().await.map(|i| i.state.messages).unwrap_or(1) == 0
+            },
+        )
+        .await;
+        delete_stream(&js, &ingress).await;
+    })
+    .await;
+}
