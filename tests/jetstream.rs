@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use common::*;
 use futures::StreamExt;
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
     tokio::time::timeout(TEST_TIMEOUT, test)
@@ -202,6 +202,100 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
         )
         .await;
         delete_stream(&js, &ingress).await;
+    })
+    .await;
+}
+
+/// Consumes a durable inbox's stream (`BAKER_INBOX_<inbox>`) as its
+/// instance would, acking each message, into an [`Inbox`].
+async fn consume_durable_inbox(js: &jetstream::Context, inbox: &str) -> Inbox {
+    let name = format!("BAKER_INBOX_{}", inbox.replace('.', "_"));
+    let stream = loop {
+        match js.get_stream(&name).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let inbox = Inbox::default();
+    let received = inbox.received.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let seq = std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            received
+                .lock()
+                .unwrap()
+                .push((seq, std::time::Instant::now()));
+            let _ = message.ack().await;
+        }
+    });
+    inbox
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("jsdurable");
+        let client = connect().await;
+        let js = jetstream::new(client.clone());
+        let broker = format!("{}?inbox=jetstream", nats_url());
+        let _agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
+        let inbox_name = format!("_baker.{service}.a");
+        let a = consume_durable_inbox(&js, &inbox_name).await;
+        let mut router = js_router(&dir.url(), &ingress).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        let total = 20_000u64;
+        let subject = ingress.subject(&service, "t");
+        let publisher = {
+            let (js, subject) = (js.clone(), subject.clone());
+            tokio::spawn(async move { js_publish(&js, &subject, 0, total, 500).await })
+        };
+        // Killed while it routes: the inbox stream has some, the publisher
+        // is still going.
+        let inbox_stream = format!("BAKER_INBOX_{}", inbox_name.replace('.', "_"));
+        wait_until("some routed", Duration::from_secs(30), || async {
+            let mut stream = js.get_stream(&inbox_stream).await.unwrap();
+            stream.info().await.map_or(0, |i| i.state.messages) >= 3000
+        })
+        .await;
+        router.proc.kill();
+        assert!(!publisher.is_finished(), "killed mid-stream");
+        let _router = js_router(&dir.url(), &ingress).await;
+        publisher.await.unwrap();
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(90),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        // The killed router's unacked messages come back after the ack wait
+        // (30 s) and are routed again: give them the time to land.
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!(seen.len(), total as usize, "every message delivered");
+        assert_eq!(
+            duplicates, 0,
+            "the inbox stream drops the copies a redelivery sends again"
+        );
+        delete_stream(&js, &ingress).await;
+        let _ = js
+            .delete_stream(format!("BAKER_INBOX_{}", inbox_name.replace('.', "_")))
+            .await;
     })
     .await;
 }

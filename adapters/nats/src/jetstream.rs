@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::message_from_nats;
+use crate::{message_from_nats, nats_headers};
 
 /// Subject prefix of dead letters: `_baker.dlq.<service>`.
 pub const DEAD_LETTER_PREFIX: &str = "_baker.dlq";
@@ -204,6 +204,12 @@ pub async fn start(
 
 impl JetStreamIngress {
     fn delivery(&self, message: jetstream::Message) -> Option<Delivery> {
+        // A message id that a redelivery keeps, whichever router takes it:
+        // durable inboxes de-duplicate on it.
+        let stable_id = message
+            .info()
+            .ok()
+            .map(|info| format!("{}:{}", info.stream, info.stream_sequence));
         let (message, acker) = message.split();
         let Some(rest) = message.subject.get(self.prefix_len..) else {
             // Not under the prefix: the stream's subjects say it cannot be.
@@ -226,6 +232,11 @@ impl JetStreamIngress {
         let mut message = message_from_nats(message);
         // The JetStream reply subject is the ack address, not the publisher's.
         message.reply_to = None;
+        if let Some(id) = stable_id {
+            if message.headers.get(header::MSG_ID).is_none() {
+                message.headers.insert(header::MSG_ID, id);
+            }
+        }
         Some(Delivery {
             message,
             destination,
@@ -288,5 +299,90 @@ impl Ingress for JetStreamIngress {
         if self.acks.send(Ack::Flush(done)).is_ok() {
             let _ = flushed.await;
         }
+    }
+}
+
+/// Whether the broker URL asks for a durable inbox (`?inbox=jetstream`).
+pub fn durable_inbox(url: &str) -> bool {
+    url.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "inbox=jetstream"))
+}
+
+/// The stream that keeps a durable inbox.
+pub fn inbox_stream(inbox: &str) -> String {
+    format!("BAKER_INBOX_{}", stream_name(inbox))
+}
+
+/// Creates (if absent) the stream keeping `inbox` and its topics.
+pub async fn create_inbox_stream(
+    client: async_nats::Client,
+    url: &str,
+    inbox: &str,
+) -> Result<(), AdapterError> {
+    jetstream::new(client)
+        .get_or_create_stream(StreamConfig {
+            name: inbox_stream(inbox),
+            subjects: vec![inbox.to_owned(), format!("{inbox}.>")],
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|e| AdapterError::Broker {
+            url: baker_adapter_api::redact_url(url),
+            reason: format!("creating the inbox stream of {inbox}: {e}"),
+        })
+}
+
+/// Sends to a durable inbox: resolves on the inbox stream's publish ack,
+/// with `Nats-Msg-Id` from `baker-msg-id` so that the stream drops a
+/// redelivered copy within its duplicate window.
+pub struct DurableTarget {
+    js: Context,
+    inbox: String,
+}
+
+impl DurableTarget {
+    pub fn new(client: async_nats::Client, inbox: &str) -> Self {
+        Self {
+            js: jetstream::new(client),
+            inbox: inbox.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl baker_adapter_api::Target for DurableTarget {
+    async fn send(
+        &self,
+        destination: &Destination,
+        message: &baker_adapter_api::Message,
+    ) -> Result<(), baker_adapter_api::SendError> {
+        use baker_adapter_api::SendError;
+        let subject = if destination.topic.is_empty() {
+            self.inbox.clone()
+        } else {
+            format!("{}.{}", self.inbox, destination.topic)
+        };
+        let (mut headers, _) = nats_headers(message);
+        if let Some(id) = message.headers.get(header::MSG_ID) {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+        ack.await.map(drop).map_err(|error| {
+            use async_nats::jetstream::context::PublishErrorKind;
+            match error.kind() {
+                PublishErrorKind::StreamNotFound => SendError::Unavailable(format!(
+                    "no stream keeps the inbox {} (its agent creates it)",
+                    self.inbox
+                )),
+                PublishErrorKind::MaxPayloadExceeded => SendError::Rejected(error.to_string()),
+                _ => SendError::Unreachable(error.to_string()),
+            }
+        })
     }
 }

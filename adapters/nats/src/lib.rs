@@ -39,6 +39,9 @@ pub struct NatsAdapter {
 
 impl NatsAdapter {
     async fn client(&self, url: &str) -> Result<Client, AdapterError> {
+        // The query holds Baker's settings (`inbox=jetstream`), not the
+        // connection's: one connection per server.
+        let url = url.split('?').next().unwrap_or(url);
         if let Some(client) = self.lock_clients().get(url) {
             return Ok(client.clone());
         }
@@ -220,13 +223,13 @@ fn message_from_nats(msg: async_nats::Message) -> Message {
 
 /// NATS headers for `message`: its headers and the properties NATS carries.
 /// Returns how many headers NATS could not carry.
-fn nats_headers(message: &Message) -> (HeaderMap, usize) {
+pub(crate) fn nats_headers(message: &Message) -> (HeaderMap, usize) {
     let (mut headers, skipped) = headers_to_nats(&message.headers);
     properties_to_headers(&message.properties, &mut headers);
     (headers, skipped)
 }
 
-fn publish_error(error: async_nats::client::PublishError) -> SendError {
+pub(crate) fn publish_error(error: async_nats::client::PublishError) -> SendError {
     match error.kind() {
         async_nats::client::PublishErrorKind::MaxPayloadExceeded
         | async_nats::client::PublishErrorKind::InvalidSubject => {
@@ -453,8 +456,34 @@ impl Adapter for NatsAdapter {
         }))
     }
 
+    /// The query holds Baker's settings, not the server's address.
+    fn same_broker(&self, a: &str, b: &str) -> bool {
+        a.split('?').next() == b.split('?').next()
+    }
+
+    /// With `inbox=jetstream` in the broker URL, creates the stream that
+    /// keeps the inbox (`BAKER_INBOX_<inbox>`, capturing `<inbox>.>`).
+    async fn prepare_inbox(
+        &self,
+        endpoint: &Endpoint,
+        _options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        if !jetstream::durable_inbox(&endpoint.broker) {
+            return Ok(());
+        }
+        self.validate_inbox(&endpoint.inbox)?;
+        let client = self.client(&endpoint.broker).await?;
+        jetstream::create_inbox_stream(client, &endpoint.broker, &endpoint.inbox).await
+    }
+
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
+        if jetstream::durable_inbox(&endpoint.broker) {
+            return Ok(Arc::new(jetstream::DurableTarget::new(
+                self.client(&endpoint.broker).await?,
+                &endpoint.inbox,
+            )));
+        }
         Ok(Arc::new(NatsTarget {
             client: self.client(&endpoint.broker).await?,
             inbox: endpoint.inbox.clone(),
