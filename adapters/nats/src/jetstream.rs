@@ -37,6 +37,73 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Pause before a nak'd message is redelivered.
 const NAK_DELAY: Duration = Duration::from_secs(1);
 
+/// The stream settings a broker URL's query can give (`storage`, `replicas`,
+/// `max_bytes`, `max_age_secs`), applied when Baker creates a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSettings {
+    pub storage: StorageType,
+    pub replicas: usize,
+    pub max_bytes: i64,
+    pub max_age: Duration,
+}
+
+impl StreamSettings {
+    /// The settings in `url`'s query, or why they are not valid.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let mut settings = StreamSettings {
+            storage: StorageType::File,
+            replicas: 1,
+            max_bytes: -1,
+            max_age: Duration::ZERO,
+        };
+        let Some((_, query)) = url.split_once('?') else {
+            return Ok(settings);
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{key}={value:?} is not a whole number"))
+            };
+            match key {
+                "storage" => {
+                    settings.storage = match value {
+                        "file" => StorageType::File,
+                        "memory" => StorageType::Memory,
+                        _ => return Err(format!("storage={value:?}: expected file or memory")),
+                    }
+                }
+                "replicas" => {
+                    settings.replicas = match number()? {
+                        n @ 1..=5 => n as usize,
+                        n => return Err(format!("replicas={n}: expected 1 to 5")),
+                    }
+                }
+                "max_bytes" => settings.max_bytes = i64::try_from(number()?).unwrap_or(i64::MAX),
+                "max_age_secs" => settings.max_age = Duration::from_secs(number()?),
+                "inbox" if value == "jetstream" => {}
+                _ => {
+                    return Err(format!(
+                        "unknown setting {pair:?} (expected storage, replicas, max_bytes, max_age_secs, inbox=jetstream)"
+                    ))
+                }
+            }
+        }
+        Ok(settings)
+    }
+
+    fn apply(&self, config: StreamConfig) -> StreamConfig {
+        StreamConfig {
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_bytes: self.max_bytes,
+            max_age: self.max_age,
+            ..config
+        }
+    }
+}
+
 /// A stream name from `text`: letters, digits, `-` and `_` kept, the rest `_`.
 fn stream_name(text: &str) -> String {
     text.chars()
@@ -156,23 +223,25 @@ pub async fn start(
         url: url.to_owned(),
         reason: format!("{what}: {error}"),
     };
+    let settings = StreamSettings::from_url(url).map_err(|reason| AdapterError::InvalidBroker {
+        url: baker_adapter_api::redact_url(url),
+        reason,
+    })?;
     let js = jetstream::new(client);
     let stream = js
-        .get_or_create_stream(StreamConfig {
+        .get_or_create_stream(settings.apply(StreamConfig {
             name: format!("BAKER_INGRESS_{}", stream_name(prefix)),
             subjects: vec![format!("{prefix}.>")],
             retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
             ..Default::default()
-        })
+        }))
         .await
         .map_err(|e| broker_error("creating the ingress stream", e.to_string()))?;
-    js.get_or_create_stream(StreamConfig {
+    js.get_or_create_stream(settings.apply(StreamConfig {
         name: DEAD_LETTER_STREAM.to_owned(),
         subjects: vec![format!("{DEAD_LETTER_PREFIX}.>")],
-        storage: StorageType::File,
         ..Default::default()
-    })
+    }))
     .await
     .map_err(|e| broker_error("creating the dead-letter stream", e.to_string()))?;
     let durable = stream_name(group);
@@ -319,13 +388,16 @@ pub async fn create_inbox_stream(
     url: &str,
     inbox: &str,
 ) -> Result<(), AdapterError> {
+    let settings = StreamSettings::from_url(url).map_err(|reason| AdapterError::InvalidBroker {
+        url: baker_adapter_api::redact_url(url),
+        reason,
+    })?;
     jetstream::new(client)
-        .get_or_create_stream(StreamConfig {
+        .get_or_create_stream(settings.apply(StreamConfig {
             name: inbox_stream(inbox),
             subjects: vec![inbox.to_owned(), format!("{inbox}.>")],
-            storage: StorageType::File,
             ..Default::default()
-        })
+        }))
         .await
         .map(drop)
         .map_err(|e| AdapterError::Broker {
@@ -384,5 +456,32 @@ impl baker_adapter_api::Target for DurableTarget {
                 _ => SendError::Unreachable(error.to_string()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_settings_come_from_the_url_query() {
+        let plain = StreamSettings::from_url("nats://127.0.0.1:4222").unwrap();
+        assert_eq!((plain.storage, plain.replicas), (StorageType::File, 1));
+        let set = StreamSettings::from_url(
+            "nats://h:4222?storage=memory&replicas=3&max_bytes=1048576&max_age_secs=60&inbox=jetstream",
+        )
+        .unwrap();
+        assert_eq!(set.storage, StorageType::Memory);
+        assert_eq!(set.replicas, 3);
+        assert_eq!(set.max_bytes, 1_048_576);
+        assert_eq!(set.max_age, Duration::from_secs(60));
+        assert!(StreamSettings::from_url("nats://h?replicas=7")
+            .unwrap_err()
+            .contains("1 to 5"));
+        assert!(StreamSettings::from_url("nats://h?colour=blue")
+            .unwrap_err()
+            .contains("unknown setting"));
+        assert!(durable_inbox("nats://h?storage=memory&inbox=jetstream"));
+        assert!(!durable_inbox("nats://h?storage=memory"));
     }
 }
