@@ -209,6 +209,16 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
 /// Consumes a durable inbox's stream (`BAKER_INBOX_<inbox>`) as its
 /// instance would, acking each message, into an [`Inbox`].
 async fn consume_durable_inbox(js: &jetstream::Context, inbox: &str) -> Inbox {
+    consume_durable_inbox_paced(js, inbox, None).await
+}
+
+/// [`consume_durable_inbox`], pausing 1 ms after every `pace` messages
+/// (a slow instance) when given.
+async fn consume_durable_inbox_paced(
+    js: &jetstream::Context,
+    inbox: &str,
+    pace: Option<u64>,
+) -> Inbox {
     let name = format!("BAKER_INBOX_{}", inbox.replace('.', "_"));
     let stream = loop {
         match js.get_stream(&name).await {
@@ -227,7 +237,12 @@ async fn consume_durable_inbox(js: &jetstream::Context, inbox: &str) -> Inbox {
     let inbox = Inbox::default();
     let received = inbox.received.clone();
     tokio::spawn(async move {
+        let mut taken = 0u64;
         while let Some(Ok(message)) = messages.next().await {
+            taken += 1;
+            if pace.is_some_and(|every| taken.is_multiple_of(every)) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let seq = std::str::from_utf8(&message.payload)
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -403,6 +418,51 @@ async fn a_rolling_upgrade_on_jetstream_ingress_loses_nothing() {
             "JetStream rolling upgrade: {total} messages, none lost, {duplicates} delivered twice"
         );
         delete_stream(&js, &ingress).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_instance_with_a_durable_inbox_loses_nothing_and_router_memory_stays_bounded() {
+    bounded(async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("jsslow");
+        let client = connect().await;
+        let js = jetstream::new(client.clone());
+        let broker = format!("{}?inbox=jetstream", nats_url());
+        let _agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
+        let inbox_name = format!("_baker.{service}.a");
+        // About 2,000 messages a second at most, far below what is published.
+        let a = consume_durable_inbox_paced(&js, &inbox_name, Some(2)).await;
+        let router = js_router(&dir.url(), &ingress).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        let rss_before = rss_kib(router.proc.pid());
+
+        let total = 20_000u64;
+        js_publish(&js, &ingress.subject(&service, "t"), 0, total, 500).await;
+        let backlog = total as usize - a.count();
+        assert!(backlog > 5_000, "the instance is behind: {backlog} waiting");
+        wait_until(
+            "the slow instance gets every message",
+            Duration::from_secs(90),
+            || async { tally(&[&a]).1.len() >= total as usize },
+        )
+        .await;
+        let grown_kib = rss_kib(router.proc.pid()).saturating_sub(rss_before);
+        let (duplicates, seen) = tally(&[&a]);
+        assert_eq!((seen.len() as u64, duplicates), (total, 0));
+        assert!(
+            grown_kib < 32 * 1024,
+            "the backlog waits in the inbox stream, not the router: it grew by {grown_kib} KiB"
+        );
+        eprintln!("slow instance: {total} messages, backlog {backlog} at the end of publishing, router RSS +{grown_kib} KiB");
+        delete_stream(&js, &ingress).await;
+        let _ = js
+            .delete_stream(format!("BAKER_INBOX_{}", inbox_name.replace('.', "_")))
+            .await;
     })
     .await;
 }

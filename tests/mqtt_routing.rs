@@ -817,18 +817,6 @@ async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_wh
     .await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_memory_and_loses_nothing(
 ) {

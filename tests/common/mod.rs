@@ -327,6 +327,19 @@ pub fn agent_registering(adapter: &str, broker: &str, directory: &str, spec: &st
     )
 }
 
+/// Resident memory of process `pid`, in KiB (0 when unknown).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// What one instance's inbox received: sequence numbers with arrival times.
 #[derive(Clone, Default)]
 pub struct Inbox {
