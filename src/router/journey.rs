@@ -233,8 +233,7 @@ impl Journey {
         destination: &Destination,
         message: &mut Message,
     ) -> Result<(), Failure> {
-        let mut last_error = String::new();
-        let mut only_unreachable = true;
+        let mut failed = FailedAttempts::default();
         let mut cursor = first;
         for attempt in 1..=self.config.max_attempts {
             let index = admitted_from(service, cursor);
@@ -245,35 +244,14 @@ impl Journey {
                 .insert(header::ATTEMPT, attempt_text(attempt));
             match self.send(instance, destination, message).await {
                 Ok(()) => return Ok(()),
-                Err(SendError::Rejected(reason)) => {
-                    return Err(Failure::new(
-                        Cause::Rejected,
-                        format!("rejected by {}: {reason}", instance.record.id),
-                        attempt,
-                    ))
-                }
-                Err(SendError::Unavailable(reason)) => {
-                    only_unreachable = false;
-                    last_error = format!("{}: {reason}", instance.record.id);
-                }
-                Err(SendError::Unreachable(reason)) => {
-                    last_error = format!("{}: {reason}", instance.record.id);
-                }
+                Err(error) => failed.record(instance, error, attempt)?,
             }
             if attempt < self.config.max_attempts {
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
             }
         }
-        Err(Failure::new(
-            if only_unreachable {
-                Cause::Unreachable
-            } else {
-                Cause::Unavailable
-            },
-            format!(
-                "undeliverable after {} attempts; last error from {last_error}",
-                self.config.max_attempts
-            ),
+        Err(failed.exhausted(
+            format!("undeliverable after {} attempts", self.config.max_attempts),
             self.config.max_attempts,
         ))
     }
@@ -289,37 +267,16 @@ impl Journey {
         message.headers.insert(header::ATTEMPT, "1");
         let message = &*message;
         let copies = service.instances.iter().map(|instance| async move {
-            let mut last = None;
-            let mut only_unreachable = true;
+            let mut failed = FailedAttempts::default();
             for attempt in 1..=self.config.max_attempts {
                 match self.send(instance, destination, message).await {
                     Ok(()) => return Ok(()),
-                    Err(SendError::Rejected(reason)) => {
-                        return Err(Failure::new(
-                            Cause::Rejected,
-                            format!("rejected by {}: {reason}", instance.record.id),
-                            attempt,
-                        ))
-                    }
-                    Err(SendError::Unavailable(reason)) => {
-                        only_unreachable = false;
-                        last = Some(reason);
-                    }
-                    Err(SendError::Unreachable(reason)) => last = Some(reason),
+                    Err(error) => failed.record(instance, error, attempt)?,
                 }
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
             }
-            Err(Failure::new(
-                if only_unreachable {
-                    Cause::Unreachable
-                } else {
-                    Cause::Unavailable
-                },
-                format!(
-                    "copy to {} undeliverable: {}",
-                    instance.record.id,
-                    last.unwrap_or_default()
-                ),
+            Err(failed.exhausted(
+                format!("copy to {} undeliverable", instance.record.id),
                 self.config.max_attempts,
             ))
         });
@@ -398,6 +355,66 @@ impl Journey {
         let endpoint = &instance.record.endpoint;
         (message.reply_to.is_some() && proxy.needed_for(&endpoint.adapter, &endpoint.broker))
             .then_some(proxy)
+    }
+}
+
+/// What the failed attempts of one delivery said.
+struct FailedAttempts {
+    /// The last failure, as `instance: reason`.
+    last_error: String,
+    /// Every failure was an unreachable broker (the message goes back to the
+    /// ingress rather than to the dead letters).
+    only_unreachable: bool,
+}
+
+impl Default for FailedAttempts {
+    fn default() -> Self {
+        Self {
+            last_error: String::new(),
+            only_unreachable: true,
+        }
+    }
+}
+
+impl FailedAttempts {
+    /// Records a failed send; a rejection ends the delivery at once, since
+    /// any other instance would refuse the message as well.
+    fn record(
+        &mut self,
+        instance: &InstanceRoute,
+        error: SendError,
+        attempt: u32,
+    ) -> Result<(), Failure> {
+        let reason = match error {
+            SendError::Rejected(reason) => {
+                return Err(Failure::new(
+                    Cause::Rejected,
+                    format!("rejected by {}: {reason}", instance.record.id),
+                    attempt,
+                ))
+            }
+            SendError::Unavailable(reason) => {
+                self.only_unreachable = false;
+                reason
+            }
+            SendError::Unreachable(reason) => reason,
+        };
+        self.last_error = format!("{}: {reason}", instance.record.id);
+        Ok(())
+    }
+
+    /// The failure once every attempt failed.
+    fn exhausted(self, what: String, attempts: u32) -> Failure {
+        let cause = if self.only_unreachable {
+            Cause::Unreachable
+        } else {
+            Cause::Unavailable
+        };
+        Failure::new(
+            cause,
+            format!("{what}; last error from {}", self.last_error),
+            attempts,
+        )
     }
 }
 
