@@ -72,6 +72,34 @@ impl AmqpAdapter {
     }
 }
 
+impl AmqpAdapter {
+    /// Declares the inbox queue of `endpoint` on a channel of its own: a
+    /// refused declaration (a queue of another type, a passive declare of a
+    /// missing queue) closes the channel it was made on, which must not be
+    /// the one carrying the egress publishes.
+    async fn declare_inbox(
+        &self,
+        endpoint: &Endpoint,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+        doing: &str,
+    ) -> Result<lapin::Queue, AdapterError> {
+        let broker_error = |reason: String| AdapterError::Broker {
+            url: redact(&endpoint.broker),
+            reason,
+        };
+        let (link, _) = self.link(&endpoint.broker);
+        let channel = link.open_channel().await.map_err(broker_error)?;
+        let declared = channel
+            .queue_declare(endpoint.inbox.as_str().into(), options, arguments)
+            .await;
+        let _ = channel.close(200, "inbox declared".into()).await;
+        declared.map_err(|error| {
+            broker_error(format!("{doing} inbox queue {}: {error}", endpoint.inbox))
+        })
+    }
+}
+
 fn check_url(url: &str) -> Result<(), AdapterError> {
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
         Ok(())
@@ -159,33 +187,13 @@ impl Adapter for AmqpAdapter {
                 })
             }
         }
-        let broker_error = |reason: String| AdapterError::Broker {
-            url: redact(&endpoint.broker),
-            reason,
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
         };
-        let (link, _) = self.link(&endpoint.broker);
-        // A channel of its own: a refused declaration (an existing queue of
-        // another type, say) closes the channel it was made on, which must
-        // not be the one carrying the egress publishes.
-        let channel = link.open_channel().await.map_err(broker_error)?;
-        let declared = channel
-            .queue_declare(
-                endpoint.inbox.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
-            )
-            .await;
-        let _ = channel.close(200, "inbox declared".into()).await;
-        if let Err(error) = declared {
-            return Err(broker_error(format!(
-                "declaring inbox queue {}: {error}",
-                endpoint.inbox
-            )));
-        }
-        Ok(())
+        self.declare_inbox(endpoint, durable, arguments, "declaring")
+            .await
+            .map(drop)
     }
 
     /// The inbox queue's ready messages (a passive declare). Messages the
@@ -193,28 +201,13 @@ impl Adapter for AmqpAdapter {
     /// them, so the instance must finish them before it exits.
     async fn inbox_backlog(&self, endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
         check_url(&endpoint.broker)?;
-        let broker_error = |reason: String| AdapterError::Broker {
-            url: redact(&endpoint.broker),
-            reason,
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
         };
-        let (link, _) = self.link(&endpoint.broker);
-        // A channel of its own: a passive declare of a missing queue closes
-        // the channel it is made on.
-        let channel = link.open_channel().await.map_err(broker_error)?;
-        let declared = channel
-            .queue_declare(
-                endpoint.inbox.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = channel.close(200, "backlog read".into()).await;
-        let queue = declared.map_err(|error| {
-            broker_error(format!("reading inbox queue {}: {error}", endpoint.inbox))
-        })?;
+        let queue = self
+            .declare_inbox(endpoint, passive, FieldTable::default(), "reading")
+            .await?;
         Ok(Some(u64::from(queue.message_count())))
     }
 

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::{message_from_nats, nats_headers};
+use crate::{message_from_parts, nats_headers};
 
 /// Subject prefix of dead letters: `_baker.dlq.<service>`.
 pub const DEAD_LETTER_PREFIX: &str = "_baker.dlq";
@@ -291,16 +291,23 @@ impl JetStreamIngress {
             topic: topic.to_owned(),
         };
         let origin = message.subject.to_string();
+        // The original headers go with the settlement (a dead letter keeps
+        // them), so Baker's copy is made from them rather than from a clone.
+        // The JetStream reply subject is the ack address, not the
+        // publisher's: none.
+        let async_nats::Message {
+            headers: native_headers,
+            payload,
+            ..
+        } = message;
+        let mut message = message_from_parts(native_headers.as_ref(), None, payload.clone());
         let settle = JetStreamSettle {
             acker: Some(acker),
             acks: self.acks.clone(),
             service: destination.service.clone(),
-            headers: message.headers.clone(),
-            payload: message.payload.clone(),
+            headers: native_headers,
+            payload,
         };
-        let mut message = message_from_nats(message);
-        // The JetStream reply subject is the ack address, not the publisher's.
-        message.reply_to = None;
         if let Some(id) = stable_id {
             if message.headers.get(header::MSG_ID).is_none() {
                 message.headers.insert(header::MSG_ID, id);

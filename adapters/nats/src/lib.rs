@@ -210,12 +210,25 @@ pub fn headers_to_nats(headers: &Headers) -> (HeaderMap, usize) {
 
 /// Baker's form of a message received from NATS.
 fn message_from_nats(msg: async_nats::Message) -> Message {
-    let mut headers = headers_from_nats(msg.headers.as_ref());
+    message_from_parts(
+        msg.headers.as_ref(),
+        msg.reply.map(|r| r.to_string()),
+        msg.payload,
+    )
+}
+
+/// Baker's form of a NATS message given as its parts.
+pub(crate) fn message_from_parts(
+    headers: Option<&HeaderMap>,
+    reply_to: Option<String>,
+    payload: Bytes,
+) -> Message {
+    let mut headers = headers_from_nats(headers);
     let properties = properties_from_headers(&mut headers);
     Message {
         headers,
-        reply_to: msg.reply.map(|r| r.to_string()),
-        payload: msg.payload,
+        reply_to,
+        payload,
         properties,
         native: None,
     }
