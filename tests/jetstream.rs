@@ -52,6 +52,47 @@ async fn delete_stream(js: &jetstream::Context, ingress: &Ingress) {
     let _ = js.delete_stream(name).await;
 }
 
+/// Publishes 20,000 messages through the JetStream ingress to `service`,
+/// kills `router` with SIGKILL once `mid_stream` says it is under way (while
+/// the publisher still runs), starts another router, and waits until
+/// `inbox` has every message. Returns the total and the new router.
+async fn kill_router_mid_stream<F, Fut>(
+    js: &jetstream::Context,
+    directory: &str,
+    ingress: &Ingress,
+    service: &str,
+    mut router: Router,
+    inbox: &Inbox,
+    mid_stream: F,
+) -> (u64, Router)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let total = 20_000u64;
+    let publisher = {
+        let (js, subject) = (js.clone(), ingress.subject(service, "t"));
+        tokio::spawn(async move { js_publish(&js, &subject, 0, total, 500).await })
+    };
+    wait_until(
+        "the router is under way",
+        Duration::from_secs(30),
+        mid_stream,
+    )
+    .await;
+    router.proc.kill();
+    assert!(!publisher.is_finished(), "killed mid-stream");
+    let router = js_router(directory, ingress).await;
+    publisher.await.unwrap();
+    wait_until(
+        "every message delivered",
+        Duration::from_secs(90),
+        || async { tally(&[inbox]).1.len() >= total as usize },
+    )
+    .await;
+    (total, router)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_mid_stream_loses_nothing_on_jetstream_once_restarted() {
     bounded(async {
@@ -62,30 +103,15 @@ async fn a_router_killed_mid_stream_loses_nothing_on_jetstream_once_restarted() 
         let js = jetstream::new(client.clone());
         let a = consume_inbox(&client, &service, "a").await;
         let _agent = agent(&dir.url(), &service, "a", &[]);
-        let mut router = js_router(&dir.url(), &ingress).await;
+        let router = js_router(&dir.url(), &ingress).await;
         router
             .wait_routed(&service, &["a"], Duration::from_secs(15))
             .await;
-
-        let total = 20_000u64;
-        let subject = ingress.subject(&service, "t");
-        let publisher = {
-            let (js, subject) = (js.clone(), subject.clone());
-            tokio::spawn(async move { js_publish(&js, &subject, 0, total, 500).await })
-        };
-        wait_until("some delivered", Duration::from_secs(30), || async {
-            a.count() >= 3000
-        })
-        .await;
-        router.proc.kill();
-        let _router = js_router(&dir.url(), &ingress).await;
-        publisher.await.unwrap();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(90),
-            || async { tally(&[&a]).1.len() >= total as usize },
-        )
-        .await;
+        let (total, _router) =
+            kill_router_mid_stream(&js, &dir.url(), &ingress, &service, router, &a, || async {
+                a.count() >= 3000
+            })
+            .await;
         let (duplicates, seen) = tally(&[&a]);
         assert_eq!(seen.len(), total as usize, "every message at least once");
         eprintln!(
@@ -269,35 +295,19 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
         let _agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
         let inbox_name = format!("_baker.{service}.a");
         let a = consume_durable_inbox(&js, &inbox_name).await;
-        let mut router = js_router(&dir.url(), &ingress).await;
+        let router = js_router(&dir.url(), &ingress).await;
         router
             .wait_routed(&service, &["a"], Duration::from_secs(15))
             .await;
-
-        let total = 20_000u64;
-        let subject = ingress.subject(&service, "t");
-        let publisher = {
-            let (js, subject) = (js.clone(), subject.clone());
-            tokio::spawn(async move { js_publish(&js, &subject, 0, total, 500).await })
-        };
         // Killed while it routes: the inbox stream has some, the publisher
         // is still going.
         let inbox_stream = format!("BAKER_INBOX_{}", inbox_name.replace('.', "_"));
-        wait_until("some routed", Duration::from_secs(30), || async {
-            let mut stream = js.get_stream(&inbox_stream).await.unwrap();
-            stream.info().await.map_or(0, |i| i.state.messages) >= 3000
-        })
-        .await;
-        router.proc.kill();
-        assert!(!publisher.is_finished(), "killed mid-stream");
-        let _router = js_router(&dir.url(), &ingress).await;
-        publisher.await.unwrap();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(90),
-            || async { tally(&[&a]).1.len() >= total as usize },
-        )
-        .await;
+        let (total, _router) =
+            kill_router_mid_stream(&js, &dir.url(), &ingress, &service, router, &a, || async {
+                let mut stream = js.get_stream(&inbox_stream).await.unwrap();
+                stream.info().await.map_or(0, |i| i.state.messages) >= 3000
+            })
+            .await;
         // The killed router's unacked messages come back after the ack wait
         // (30 s) and are routed again: give them the time to land.
         tokio::time::sleep(Duration::from_secs(35)).await;
@@ -308,18 +318,13 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
             "the inbox stream drops the copies a redelivery sends again"
         );
         delete_stream(&js, &ingress).await;
-        let _ = js
-            .delete_stream(format!("BAKER_INBOX_{}", inbox_name.replace('.', "_")))
-            .await;
+        let _ = js.delete_stream(&inbox_stream).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_on_jetstream_ingress_loses_nothing() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-
     bounded(async {
         let dir = Directory::start().await;
         let ingress = Ingress::new();
@@ -340,19 +345,11 @@ async fn a_rolling_upgrade_on_jetstream_ingress_loses_nothing() {
             .wait_routed(&service, &["v1-0", "v1-1", "v1-2"], Duration::from_secs(15))
             .await;
 
-        // Steady traffic throughout: 50 messages every 20 ms.
-        let published = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let publisher = {
+        let traffic = {
             let (js, subject) = (js.clone(), ingress.subject(&service, "work"));
-            let (published, stop) = (published.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let start = published.load(Ordering::Relaxed);
-                    js_publish(&js, &subject, start, 50, 50).await;
-                    published.store(start + 50, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            SteadyTraffic::start(move |start, count| {
+                let (js, subject) = (js.clone(), subject.clone());
+                async move { js_publish(&js, &subject, start, count, 50).await }
             })
         };
         let _v2_agents: Vec<Proc> = (0..3)
@@ -367,53 +364,8 @@ async fn a_rolling_upgrade_on_jetstream_ingress_loses_nothing() {
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let mut cutoffs = Vec::new();
-        for (i, agent) in v1_agents.iter_mut().enumerate() {
-            let id = format!("v1-{i}");
-            std::process::Command::new("kill")
-                .args(["-TERM", &agent.pid().to_string()])
-                .status()
-                .unwrap();
-            wait_until(
-                "the router stops routing to it",
-                Duration::from_secs(10),
-                || async { !router.routed(&service).await.contains(&id) },
-            )
-            .await;
-            // The batch being published now may have gone out before; the
-            // next one cannot have.
-            cutoffs.push(published.load(Ordering::Relaxed) + 50);
-            assert_eq!(
-                agent.terminate(Duration::from_secs(40)),
-                Some(0),
-                "{id}'s agent drains and exits 0: {}",
-                agent.log_text()
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.store(true, Ordering::Relaxed);
-        publisher.await.unwrap();
-        let total = published.load(Ordering::Relaxed);
-        let all: Vec<&Inbox> = inboxes.iter().collect();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(30),
-            || async { tally(&all).1.len() as u64 >= total },
-        )
-        .await;
-        let (duplicates, seen) = tally(&all);
-        assert_eq!(seen.len() as u64, total, "none lost");
-        for (i, cutoff) in cutoffs.iter().enumerate() {
-            let late = inboxes[i]
-                .seqs()
-                .into_iter()
-                .filter(|s| s >= cutoff)
-                .count();
-            assert_eq!(
-                late, 0,
-                "v1-{i} got messages published after its drain began"
-            );
-        }
+        let (total, duplicates) =
+            drain_old_instances(&router, &service, &mut v1_agents, traffic, &inboxes).await;
         eprintln!(
             "JetStream rolling upgrade: {total} messages, none lost, {duplicates} delivered twice"
         );

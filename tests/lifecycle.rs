@@ -277,7 +277,6 @@ impl InstanceApp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
     use common::amqp::{self, Vhost};
-    use std::sync::atomic::AtomicU64;
 
     bounded(async {
         let vhost = Vhost::create();
@@ -309,18 +308,11 @@ async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
             .wait_routed("up", &["v1-0", "v1-1", "v1-2"], Duration::from_secs(15))
             .await;
 
-        // Steady traffic throughout: 50 messages every 20 ms.
-        let published = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let publisher = {
-            let (channel, published, stop) = (channel.clone(), published.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let start = published.load(Ordering::Relaxed);
-                    amqp::publish(&channel, "baker", "up.work", start, 50, 50).await;
-                    published.store(start + 50, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+        let traffic = {
+            let channel = channel.clone();
+            SteadyTraffic::start(move |start, count| {
+                let channel = channel.clone();
+                async move { amqp::publish(&channel, "baker", "up.work", start, count, 50).await }
             })
         };
 
@@ -350,20 +342,7 @@ async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
             // The instance is slow for a moment as its drain begins, so its
             // inbox holds a backlog that the drain has to wait out.
             app.pause_for(Duration::from_millis(1500));
-            let pid = agent.pid().to_string();
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap();
-            wait_until(
-                "the router stops routing to it",
-                Duration::from_secs(10),
-                || async { !router.routed("up").await.contains(&id) },
-            )
-            .await;
-            // The batch being published now may have gone out before; the
-            // next one cannot have.
-            cutoffs.push(published.load(Ordering::Relaxed) + 50);
+            cutoffs.push(begin_drain(&router, "up", &id, agent, &traffic).await);
             assert_eq!(
                 agent.terminate(Duration::from_secs(40)),
                 Some(0),
@@ -380,34 +359,11 @@ async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
             let stranded = app.stop().await;
             assert_eq!(stranded, 0, "{id}'s inbox was empty when it left");
         }
-        let after_v1 = published.load(Ordering::Relaxed);
+        let after_v1 = traffic.published();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.store(true, Ordering::Relaxed);
-        publisher.await.unwrap();
-        let total = published.load(Ordering::Relaxed);
+        let total = traffic.stop().await;
         let all: Vec<&Inbox> = inboxes.iter().collect();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(30),
-            || async { tally(&all).1.len() as u64 >= total },
-        )
-        .await;
-        tokio::time::sleep(amqp::SETTLE).await;
-        let (duplicates, seen) = tally(&all);
-        assert_eq!(seen.len() as u64, total, "none lost");
-        for (i, cutoff) in cutoffs.iter().enumerate() {
-            let late: Vec<u64> = inboxes[i]
-                .seqs()
-                .into_iter()
-                .filter(|s| s >= cutoff)
-                .collect();
-            assert!(
-                late.is_empty(),
-                "v1-{i} got {} messages published after its drain began: {:?}",
-                late.len(),
-                &late[..late.len().min(5)]
-            );
-        }
+        let duplicates = assert_rolling_upgrade(&all, &all[..3], &cutoffs, total).await;
         let to_v2_after: usize = inboxes[3..]
             .iter()
             .map(|inbox| inbox.seqs().iter().filter(|s| **s >= after_v1).count())

@@ -1127,9 +1127,6 @@ async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_rolling_upgrade_under_load_loses_nothing() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-
     bounded(async {
         let url = mqtt::mqtt_url();
         let dir = Directory::start().await;
@@ -1148,20 +1145,14 @@ async fn an_mqtt_rolling_upgrade_under_load_loses_nothing() {
             .wait_routed(&service, &["v1-0", "v1-1", "v1-2"], Duration::from_secs(15))
             .await;
 
-        // Steady traffic throughout: 50 messages every 20 ms.
-        let published = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let publisher = {
-            let (url, topic) = (url.clone(), ingress.topic(&service, "work"));
-            let (published, stop) = (published.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut client = Client::connect(&url, &unique("pub-"), false).await;
-                while !stop.load(Ordering::Relaxed) {
-                    let start = published.load(Ordering::Relaxed);
-                    client.publish_seq(&topic, start, 50).await;
-                    published.store(start + 50, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+        let traffic = {
+            let client = std::sync::Arc::new(tokio::sync::Mutex::new(
+                Client::connect(&url, &unique("pub-"), false).await,
+            ));
+            let topic = ingress.topic(&service, "work");
+            SteadyTraffic::start(move |start, count| {
+                let (client, topic) = (client.clone(), topic.clone());
+                async move { client.lock().await.publish_seq(&topic, start, count).await }
             })
         };
         let _v2_agents: Vec<Proc> = (0..3)
@@ -1176,62 +1167,8 @@ async fn an_mqtt_rolling_upgrade_under_load_loses_nothing() {
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let mut cutoffs = Vec::new();
-        for (i, agent) in v1_agents.iter_mut().enumerate() {
-            let id = format!("v1-{i}");
-            std::process::Command::new("kill")
-                .args(["-TERM", &agent.pid().to_string()])
-                .status()
-                .unwrap();
-            wait_until(
-                "the router stops routing to it",
-                Duration::from_secs(10),
-                || async { !router.routed(&service).await.contains(&id) },
-            )
-            .await;
-            // The batch being published now may have gone out before; the
-            // next one cannot have.
-            cutoffs.push(published.load(Ordering::Relaxed) + 50);
-            assert_eq!(
-                agent.terminate(Duration::from_secs(40)),
-                Some(0),
-                "{id}'s agent drains and exits 0: {}",
-                agent.log_text()
-            );
-        }
-        let after_v1 = published.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.store(true, Ordering::Relaxed);
-        publisher.await.unwrap();
-        let total = published.load(Ordering::Relaxed);
-        let all: Vec<&Inbox> = inboxes.iter().collect();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(30),
-            || async { tally(&all).1.len() as u64 >= total },
-        )
-        .await;
-        let (duplicates, seen) = tally(&all);
-        assert_eq!(seen.len() as u64, total, "none lost");
-        for (i, cutoff) in cutoffs.iter().enumerate() {
-            let late = inboxes[i]
-                .seqs()
-                .into_iter()
-                .filter(|s| s >= cutoff)
-                .count();
-            assert_eq!(
-                late, 0,
-                "v1-{i} got messages published after its drain began"
-            );
-        }
-        let to_v2_after: usize = inboxes[3..]
-            .iter()
-            .map(|inbox| inbox.seqs().iter().filter(|s| **s >= after_v1).count())
-            .sum();
-        assert!(
-            to_v2_after as u64 >= total - after_v1,
-            "everything after the last v1 drained went to v2"
-        );
+        let (total, duplicates) =
+            drain_old_instances(&router, &service, &mut v1_agents, traffic, &inboxes).await;
         eprintln!(
             "MQTT rolling upgrade: {total} messages, none lost, {duplicates} delivered twice"
         );

@@ -286,8 +286,18 @@ pub fn agent_on(
     id: &str,
     extra: &[&str],
 ) -> Proc {
-    let admin = format!("127.0.0.1:{}", free_port());
     let spec = format!("service={service},id={id}");
+    spawn_agent(adapter, broker, directory, &spec, extra)
+}
+
+/// An agent registering `spec` (a full `--register` value) through `adapter`
+/// on `broker`.
+pub fn agent_registering(adapter: &str, broker: &str, directory: &str, spec: &str) -> Proc {
+    spawn_agent(adapter, broker, directory, spec, &[])
+}
+
+fn spawn_agent(adapter: &str, broker: &str, directory: &str, spec: &str, extra: &[&str]) -> Proc {
+    let admin = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
         "--no-router",
         "--adapter",
@@ -299,32 +309,10 @@ pub fn agent_on(
         "--admin",
         &admin,
         "--register",
-        &spec,
+        spec,
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(&format!("agent-{adapter}-{id}"), &args)
-}
-
-/// An agent registering `spec` (a full `--register` value) through `adapter`
-/// on `broker`.
-pub fn agent_registering(adapter: &str, broker: &str, directory: &str, spec: &str) -> Proc {
-    let admin = format!("127.0.0.1:{}", free_port());
-    Proc::spawn(
-        &format!("agent-{adapter}"),
-        &[
-            "--no-router",
-            "--adapter",
-            adapter,
-            "--broker",
-            broker,
-            "--directory",
-            directory,
-            "--admin",
-            &admin,
-            "--register",
-            spec,
-        ],
-    )
+    Proc::spawn(&format!("agent-{adapter}"), &args)
 }
 
 /// Resident memory of process `pid`, in KiB (0 when unknown).
@@ -450,6 +438,156 @@ pub fn spawn_publisher(
 ) -> tokio::task::JoinHandle<()> {
     let client = client.clone();
     tokio::spawn(async move { publish_paced(&client, &subject, 0, count, per_batch, pause).await })
+}
+
+/// Steady traffic for the rolling-upgrade tests: a batch of [`BATCH`]
+/// sequence numbers every 20 ms, published by `publish(start, count)` (which
+/// returns once the broker has the batch), until stopped.
+pub struct SteadyTraffic {
+    published: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Messages per batch of [`SteadyTraffic`].
+pub const BATCH: u64 = 50;
+
+impl SteadyTraffic {
+    pub fn start<F, Fut>(mut publish: F) -> SteadyTraffic
+    where
+        F: FnMut(u64, u64) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        use std::sync::atomic::Ordering;
+        let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (published, stop) = (published.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let start = published.load(Ordering::Relaxed);
+                    publish(start, BATCH).await;
+                    published.store(start + BATCH, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        SteadyTraffic {
+            published,
+            stop,
+            task,
+        }
+    }
+
+    /// Messages published so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A sequence number no message published before this call reaches:
+    /// the batch going out now may be out already, the next one is not.
+    pub fn cutoff(&self) -> u64 {
+        self.published() + BATCH
+    }
+
+    /// Stops after the current batch; returns how many were published.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let published = self.published.clone();
+        self.task.await.unwrap();
+        published.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Starts draining the instance `id` of `agent` (SIGTERM) and waits until
+/// `router` no longer routes to it. Returns the cutoff: no message from it
+/// on may reach the instance.
+pub async fn begin_drain(
+    router: &Router,
+    service: &str,
+    id: &str,
+    agent: &Proc,
+    traffic: &SteadyTraffic,
+) -> u64 {
+    Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_until(
+        "the router stops routing to the draining instance",
+        Duration::from_secs(10),
+        || async { !router.routed(service).await.iter().any(|r| r == id) },
+    )
+    .await;
+    traffic.cutoff()
+}
+
+/// The checks of a rolling upgrade once the traffic stopped at `total`:
+/// every message delivered, and none published after an old instance's
+/// drain began reached it (`old[i]` drained from `cutoffs[i]`). Returns the
+/// duplicates.
+pub async fn assert_rolling_upgrade(
+    all: &[&Inbox],
+    old: &[&Inbox],
+    cutoffs: &[u64],
+    total: u64,
+) -> usize {
+    wait_until(
+        "every message delivered",
+        Duration::from_secs(30),
+        || async { tally(all).1.len() as u64 >= total },
+    )
+    .await;
+    let (duplicates, seen) = tally(all);
+    assert_eq!(seen.len() as u64, total, "none lost");
+    for (i, (inbox, cutoff)) in old.iter().zip(cutoffs).enumerate() {
+        let late = inbox.seqs().into_iter().filter(|s| s >= cutoff).count();
+        assert_eq!(
+            late, 0,
+            "old instance {i} got messages published after its drain began"
+        );
+    }
+    duplicates
+}
+
+/// The second half of a rolling upgrade whose old instances (`inboxes[..n]`,
+/// `old_agents`) need nothing but their drain: drains and stops them one at
+/// a time, stops the traffic, and checks what [`assert_rolling_upgrade`]
+/// checks, and that everything after the last drain went to the new ones.
+/// Returns the messages published and the duplicates.
+pub async fn drain_old_instances(
+    router: &Router,
+    service: &str,
+    old_agents: &mut [Proc],
+    traffic: SteadyTraffic,
+    inboxes: &[Inbox],
+) -> (u64, usize) {
+    let mut cutoffs = Vec::new();
+    for (i, agent) in old_agents.iter_mut().enumerate() {
+        let id = format!("v1-{i}");
+        cutoffs.push(begin_drain(router, service, &id, agent, &traffic).await);
+        assert_eq!(
+            agent.terminate(Duration::from_secs(40)),
+            Some(0),
+            "{id}'s agent drains and exits 0: {}",
+            agent.log_text()
+        );
+    }
+    let after_old = traffic.published();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = traffic.stop().await;
+    let all: Vec<&Inbox> = inboxes.iter().collect();
+    let old = old_agents.len();
+    let duplicates = assert_rolling_upgrade(&all, &all[..old], &cutoffs, total).await;
+    let to_new_after: usize = inboxes[old..]
+        .iter()
+        .map(|inbox| inbox.seqs().iter().filter(|s| **s >= after_old).count())
+        .sum();
+    assert!(
+        to_new_after as u64 >= total - after_old,
+        "everything after the last drain went to the new instances"
+    );
+    (total, duplicates)
 }
 
 pub mod amqp;
