@@ -988,7 +988,10 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_whose_broker_never_answers_does_not_slow_the_others() {
     bounded(async {
-        let url = mqtt::mqtt_url();
+        // 3,000 published at once queue up for the router: the shared
+        // broker's default queue limit (1,000) would drop some of them.
+        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let url = broker.url();
         let dir = Directory::start().await;
         let service = unique("deadbroker");
         let a = mqtt::consume_inbox(&url, &service, "a", false).await;
