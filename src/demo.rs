@@ -484,7 +484,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     );
 
     // The router, as a sidecar runs it.
-    let client = DirectoryClient::new(&directory_url);
+    let client = DirectoryClient::http(&directory_url);
     let watcher = Watcher::new(client.clone(), None);
     let catalogs = watcher.subscribe();
     tokio::spawn(watcher.run(shutdown.clone()));

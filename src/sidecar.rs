@@ -36,6 +36,9 @@ pub enum SidecarError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory cannot be used.
+    #[error("{0}")]
+    Directory(#[source] crate::directory::ClientError),
     /// The ingress adapter is not in this build.
     #[error("adapter {0:?} is not built into this baker-mq")]
     UnknownAdapter(String),
@@ -191,10 +194,22 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     let shutdown = Shutdown::new();
     let adapters = AdapterRegistry::builtin();
-    let client = DirectoryClient::new(&settings.directory.url());
+    let client = match &settings.directory {
+        DirectoryTarget::Auto(_) | DirectoryTarget::Url(_) => {
+            DirectoryClient::http(&settings.directory.url())
+        }
+        #[cfg(feature = "nats")]
+        DirectoryTarget::Kv(kv) => DirectoryClient::Kv(
+            crate::directory::kv::KvDirectory::new(kv.clone())
+                .await
+                .map_err(SidecarError::Directory)?,
+        ),
+        #[cfg(not(feature = "nats"))]
+        DirectoryTarget::Kv(_) => unreachable!("refused by the configuration without nats"),
+    };
     let takeover = match settings.directory {
         DirectoryTarget::Auto(addr) => Some(addr),
-        DirectoryTarget::Url(_) => None,
+        DirectoryTarget::Url(_) | DirectoryTarget::Kv(_) => None,
     };
     let mut watcher = Watcher::new(client.clone(), takeover);
     if let (true, Some(dir)) = (settings.router, &settings.state_dir) {

@@ -1,7 +1,11 @@
-//! HTTP client of the embedded directory.
+//! The directory as agents and routers use it, whichever engine holds it:
+//! the embedded directory over HTTP, or a JetStream key-value bucket.
 
 use std::time::Duration;
 
+use super::http::HttpDirectory;
+#[cfg(feature = "nats")]
+use super::kv::KvDirectory;
 use super::record::{Catalog, InstanceRecord};
 
 /// Errors talking to the directory.
@@ -12,7 +16,7 @@ pub enum ClientError {
     Unreachable {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The lease is unknown to the directory (expired or lost in a restart).
     #[error("lease unknown to the directory")]
@@ -22,131 +26,83 @@ pub enum ClientError {
     Refused { status: u16, body: String },
 }
 
-/// Talks to one directory over HTTP/JSON.
+/// A directory: where agents register their instances and routers watch
+/// the catalog.
 #[derive(Clone, Debug)]
-pub struct DirectoryClient {
-    base: String,
-    http: reqwest::Client,
+pub enum DirectoryClient {
+    /// The embedded directory, over HTTP/JSON.
+    Http(HttpDirectory),
+    /// A JetStream key-value bucket.
+    #[cfg(feature = "nats")]
+    Kv(KvDirectory),
 }
 
-/// Timeout of the short calls (register, renew, deregister, list).
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
 impl DirectoryClient {
-    /// A client of the directory at `base` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
-        }
+    /// A client of the embedded directory at `base` (e.g.
+    /// `http://127.0.0.1:7070`).
+    pub fn http(base: &str) -> Self {
+        Self::Http(HttpDirectory::new(base))
     }
 
-    /// The directory's base URL.
+    /// The directory's URL, password redacted.
     pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    fn unreachable(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
+        match self {
+            Self::Http(http) => http.url(),
+            #[cfg(feature = "nats")]
+            Self::Kv(kv) => kv.url(),
         }
-    }
-
-    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(ClientError::LeaseUnknown);
-        }
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(ClientError::Refused {
-                status: status.as_u16(),
-                body,
-            });
-        }
-        Ok(response)
-    }
-
-    fn instance_url(&self, service: &str, id: &str) -> String {
-        format!("{}/v1/services/{service}/instances/{id}", self.base)
     }
 
     /// Registers `record`, starting its lease.
     pub async fn register(&self, record: &InstanceRecord) -> Result<(), ClientError> {
-        let response = self
-            .http
-            .put(self.instance_url(&record.service, &record.id))
-            .timeout(CALL_TIMEOUT)
-            .json(record)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(response).await.map(drop)
+        match self {
+            Self::Http(http) => http.register(record).await,
+            #[cfg(feature = "nats")]
+            Self::Kv(kv) => kv.register(record).await,
+        }
     }
 
-    /// Extends a lease. [`ClientError::LeaseUnknown`] means: register again.
-    pub async fn renew(&self, service: &str, id: &str) -> Result<(), ClientError> {
-        let response = self
-            .http
-            .post(format!("{}/renew", self.instance_url(service, id)))
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(response).await.map(drop)
+    /// Extends `record`'s lease. [`ClientError::LeaseUnknown`] means:
+    /// register again.
+    pub async fn renew(&self, record: &InstanceRecord) -> Result<(), ClientError> {
+        match self {
+            Self::Http(http) => http.renew(&record.service, &record.id).await,
+            // A bucket entry carries its own lease: renewing is writing it
+            // again.
+            #[cfg(feature = "nats")]
+            Self::Kv(kv) => kv.register(record).await,
+        }
     }
 
     /// Removes a registration.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
-        let response = self
-            .http
-            .delete(self.instance_url(service, id))
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        match self.check(response).await {
-            Ok(_) | Err(ClientError::LeaseUnknown) => Ok(()),
-            Err(e) => Err(e),
+        match self {
+            Self::Http(http) => http.deregister(service, id).await,
+            #[cfg(feature = "nats")]
+            Self::Kv(kv) => kv.deregister(service, id).await,
         }
     }
 
-    /// The whole catalog; when `after` is given, waits up to `wait` for it to
+    /// The live catalog; when `after` is given, waits up to `wait` for it to
     /// change from that (epoch, index).
     pub async fn catalog(
         &self,
         after: Option<(u64, u64)>,
         wait: Duration,
     ) -> Result<Catalog, ClientError> {
-        let (epoch, index) = after.unwrap_or((0, 0));
-        let response = self
-            .http
-            .get(format!("{}/v1/catalog", self.base))
-            .query(&[("epoch", epoch), ("index", index), ("wait", wait.as_secs())])
-            .timeout(wait + CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(response)
-            .await?
-            .json()
-            .await
-            .map_err(|e| self.unreachable(e))
+        match self {
+            Self::Http(http) => http.catalog(after, wait).await,
+            #[cfg(feature = "nats")]
+            Self::Kv(kv) => kv.catalog(after, wait).await,
+        }
     }
 
-    /// True when the directory answers its health endpoint.
+    /// True when the directory answers.
     pub async fn ping(&self) -> bool {
-        matches!(
-            self.http
-                .get(format!("{}/healthz", self.base))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await,
-            Ok(r) if r.status().is_success()
-        )
+        match self {
+            Self::Http(http) => http.ping().await,
+            #[cfg(feature = "nats")]
+            Self::Kv(kv) => kv.ping(),
+        }
     }
 }

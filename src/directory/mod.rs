@@ -1,8 +1,11 @@
 //! Service discovery: instance records, the embedded directory (store and
-//! HTTP server), its client, and the watcher that keeps a router's last known
-//! view of it.
+//! HTTP server) and its client, the directory on a JetStream key-value
+//! bucket, and the watcher that keeps a router's last known view of either.
 
 pub mod client;
+pub mod http;
+#[cfg(feature = "nats")]
+pub mod kv;
 pub mod record;
 pub mod server;
 pub mod snapshot;

@@ -30,7 +30,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn log_dir() -> PathBuf {
+pub fn log_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("baker-logs");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -592,3 +592,4 @@ pub async fn drain_old_instances(
 
 pub mod amqp;
 pub mod mqtt;
+pub mod nats_server;

@@ -25,7 +25,31 @@ use futures::{FutureExt, StreamExt};
 
 mod jetstream;
 
+pub use async_nats;
 pub use jetstream::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+
+/// The servers of a broker URL: `nats://HOST:PORT`, or several separated by
+/// commas (`nats://a:4222,b:4222`; the scheme may be given once), query
+/// removed.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let url = url.split('?').next().unwrap_or(url);
+    let scheme = url.split_once("://").map_or("nats", |(scheme, _)| scheme);
+    if scheme != "nats" && scheme != "tls" {
+        return Err("expected nats://HOST:PORT[,HOST:PORT...]".to_owned());
+    }
+    url.split(',')
+        .map(|server| {
+            let server = server.trim();
+            let full = if server.contains("://") {
+                server.to_owned()
+            } else {
+                format!("{scheme}://{server}")
+            };
+            full.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{server:?}: {e}"))
+        })
+        .collect()
+}
 
 /// Default broker URL.
 pub const DEFAULT_BROKER: &str = "nats://127.0.0.1:4222";
@@ -45,12 +69,10 @@ impl NatsAdapter {
         if let Some(client) = self.lock_clients().get(url) {
             return Ok(client.clone());
         }
-        if !url.starts_with("nats://") && !url.starts_with("tls://") && url.contains("://") {
-            return Err(AdapterError::InvalidBroker {
-                url: url.to_owned(),
-                reason: "expected nats://HOST:PORT".to_owned(),
-            });
-        }
+        let servers = server_addrs(url).map_err(|reason| AdapterError::InvalidBroker {
+            url: url.to_owned(),
+            reason,
+        })?;
         let broker = url.to_owned();
         // retry_on_initial_connect: an unreachable broker must not stall the
         // router; async-nats keeps reconnecting with backoff and buffers
@@ -62,7 +84,7 @@ impl NatsAdapter {
                 let broker = broker.clone();
                 async move { report_event(&broker, event) }
             })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|e| AdapterError::Broker {
                 url: url.to_owned(),
@@ -619,5 +641,22 @@ impl Adapter for NatsAdapter {
                 connected: client.connection_state() == async_nats::connection::State::Connected,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_url_may_list_several_servers() {
+        let servers = server_addrs("nats://a:4222,b:4223,tls://c:4224?inbox=jetstream").unwrap();
+        let hosts: Vec<_> = servers
+            .iter()
+            .map(|s| format!("{}:{}", s.host(), s.port()))
+            .collect();
+        assert_eq!(hosts, ["a:4222", "b:4223", "c:4224"]);
+        assert!(server_addrs("amqp://a:5672").is_err());
+        assert_eq!(server_addrs("127.0.0.1:4222").unwrap().len(), 1);
     }
 }

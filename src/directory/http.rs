@@ -1,0 +1,135 @@
+//! HTTP client of the embedded directory.
+
+use std::time::Duration;
+
+use super::client::ClientError;
+use super::record::{Catalog, InstanceRecord};
+
+/// Talks to one directory over HTTP/JSON.
+#[derive(Clone, Debug)]
+pub struct HttpDirectory {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Timeout of the short calls (register, renew, deregister, list).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl HttpDirectory {
+    /// A client of the directory at `base` (e.g. `http://127.0.0.1:7070`).
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The directory's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source: source.into(),
+        }
+    }
+
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(ClientError::LeaseUnknown);
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(response)
+    }
+
+    fn instance_url(&self, service: &str, id: &str) -> String {
+        format!("{}/v1/services/{service}/instances/{id}", self.base)
+    }
+
+    /// Registers `record`, starting its lease.
+    pub async fn register(&self, record: &InstanceRecord) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .put(self.instance_url(&record.service, &record.id))
+            .timeout(CALL_TIMEOUT)
+            .json(record)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(response).await.map(drop)
+    }
+
+    /// Extends a lease. [`ClientError::LeaseUnknown`] means: register again.
+    pub async fn renew(&self, service: &str, id: &str) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .post(format!("{}/renew", self.instance_url(service, id)))
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(response).await.map(drop)
+    }
+
+    /// Removes a registration.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .delete(self.instance_url(service, id))
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        match self.check(response).await {
+            Ok(_) | Err(ClientError::LeaseUnknown) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The whole catalog; when `after` is given, waits up to `wait` for it to
+    /// change from that (epoch, index).
+    pub async fn catalog(
+        &self,
+        after: Option<(u64, u64)>,
+        wait: Duration,
+    ) -> Result<Catalog, ClientError> {
+        let (epoch, index) = after.unwrap_or((0, 0));
+        let response = self
+            .http
+            .get(format!("{}/v1/catalog", self.base))
+            .query(&[("epoch", epoch), ("index", index), ("wait", wait.as_secs())])
+            .timeout(wait + CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// True when the directory answers its health endpoint.
+    pub async fn ping(&self) -> bool {
+        matches!(
+            self.http
+                .get(format!("{}/healthz", self.base))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+}

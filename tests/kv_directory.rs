@@ -1,0 +1,283 @@
+//! The directory on a JetStream key-value bucket (`--directory nats://...`),
+//! with real `baker-mq` processes: on the machine's nats-server (a bucket of
+//! each test's own), or on a nats-server of the test's own when it is
+//! stopped.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use common::nats_server::NatsNode;
+use common::*;
+use futures::StreamExt;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out");
+}
+
+/// A bucket of the test's own on `nats`, deleted when dropped.
+struct Bucket {
+    name: String,
+    url: String,
+    js: jetstream::Context,
+}
+
+impl Bucket {
+    async fn new(nats: &str) -> Bucket {
+        let name = unique("dir-");
+        let js = jetstream::new(async_nats::connect(nats).await.unwrap());
+        Bucket {
+            url: format!("{nats}?bucket={name}"),
+            name,
+            js,
+        }
+    }
+
+    async fn store(&self) -> kv::Store {
+        self.js.get_key_value(&self.name).await.unwrap()
+    }
+
+    /// Writes a record the way an agent does: the record as JSON under
+    /// `<service>.<id>`.
+    async fn put(&self, service: &str, id: &str, ttl_secs: u64) {
+        let record = serde_json::json!({
+            "service": service,
+            "id": id,
+            "endpoint": {
+                "adapter": "nats",
+                "broker": nats_url(),
+                "inbox": format!("_baker.{service}.{id}"),
+            },
+            "ttl_secs": ttl_secs,
+        });
+        self.store()
+            .await
+            .put(
+                format!("{service}.{id}"),
+                serde_json::to_vec(&record).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Bucket {
+    fn drop(&mut self) {
+        let js = self.js.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), js.delete_key_value(name)).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// How long until `router` routes `service` to exactly `ids`.
+async fn time_to_route(router: &Router, service: &str, ids: &[&str]) -> Duration {
+    let started = Instant::now();
+    router
+        .wait_routed(service, ids, Duration::from_secs(15))
+        .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_renew_and_leave_through_the_bucket_and_routers_follow_within_a_second() {
+    bounded(async {
+        let bucket = Bucket::new(&nats_url()).await;
+        let ingress = Ingress::new();
+        let service = unique("kv");
+        let nats = connect().await;
+        let a_inbox = consume_inbox(&nats, &service, "a").await;
+        let mut a = agent(&bucket.url, &service, "a", &["--ttl", "3"]);
+        let router = Router::start(&bucket.url, &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        // Messages flow on the bucket's view.
+        publish_paced(
+            &nats,
+            &ingress.subject(&service, "t"),
+            0,
+            200,
+            50,
+            Duration::from_millis(10),
+        )
+        .await;
+        wait_until("a has 200", Duration::from_secs(10), || async {
+            a_inbox.count() >= 200
+        })
+        .await;
+
+        // Leases outlive their TTL while renewed.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(router.routed(&service).await, ["a"]);
+
+        // Written from outside, the way an agent does: the watch brings it
+        // within a second, and a delete takes it away as fast.
+        bucket.put(&service, "b", 30).await;
+        let appeared = time_to_route(&router, &service, &["a", "b"]).await;
+        bucket
+            .store()
+            .await
+            .delete(format!("{service}.b"))
+            .await
+            .unwrap();
+        let left = time_to_route(&router, &service, &["a"]).await;
+        eprintln!("watch propagation: put {appeared:?}, delete {left:?}");
+        assert!(appeared < Duration::from_secs(1), "put took {appeared:?}");
+        assert!(left < Duration::from_secs(1), "delete took {left:?}");
+
+        // A stopped agent deregisters its instance.
+        assert_eq!(a.terminate(Duration::from_secs(20)), Some(0));
+        router
+            .wait_routed(&service, &[], Duration::from_secs(2))
+            .await;
+        let entry = bucket
+            .store()
+            .await
+            .get(format!("{service}.a"))
+            .await
+            .unwrap();
+        assert_eq!(entry, None, "the deregistered key is gone");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agents_instance_leaves_within_its_ttl_plus_a_second() {
+    bounded(async {
+        let bucket = Bucket::new(&nats_url()).await;
+        let ingress = Ingress::new();
+        let service = unique("kvkill");
+        let mut doomed = agent(&bucket.url, &service, "k", &["--ttl", "2"]);
+        let _stays = agent(&bucket.url, &service, "s", &["--ttl", "2"]);
+        let router = Router::start(&bucket.url, &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["k", "s"], Duration::from_secs(15))
+            .await;
+        doomed.kill();
+        let gone = time_to_route(&router, &service, &["s"]).await;
+        eprintln!("killed agent's instance left the view after {gone:?} (ttl 2 s)");
+        assert!(gone <= Duration::from_secs(3), "took {gone:?}");
+        // The other one keeps renewing.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(router.routed(&service).await, ["s"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_runs_out_on_a_bucket_that_sends_no_event_for_it() {
+    bounded(async {
+        // A bucket without per-key TTLs or markers, as an older server (or
+        // an operator) would have made it: nothing removes an expired key
+        // and no watcher hears of it.
+        let bucket = Bucket::new(&nats_url()).await;
+        bucket
+            .js
+            .create_key_value(kv::Config {
+                bucket: bucket.name.clone(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let store = bucket.store().await;
+        let mut events = store.watch_all().await.unwrap();
+        let ingress = Ingress::new();
+        let service = unique("kvquiet");
+        let router = Router::start(&bucket.url, &ingress, &[]).await;
+        bucket.put(&service, "q", 2).await;
+        let written = Instant::now();
+        let put = events.next().await.unwrap().unwrap();
+        assert_eq!(put.operation, kv::Operation::Put);
+        router
+            .wait_routed(&service, &["q"], Duration::from_secs(5))
+            .await;
+        router
+            .wait_routed(&service, &[], Duration::from_secs(5))
+            .await;
+        let gone = written.elapsed();
+        eprintln!("unrenewed lease left the view {gone:?} after its write (ttl 2 s)");
+        assert!(gone <= Duration::from_secs(3), "took {gone:?}");
+        let event = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+        assert!(
+            event.is_err(),
+            "the bucket sent an event after all: {event:?}"
+        );
+        assert!(
+            store.get(format!("{service}.q")).await.unwrap().is_some(),
+            "the key is still in the bucket"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_routers_keep_their_view_and_a_new_router_starts_from_its_snapshot() {
+    bounded(async {
+        let mut nats = NatsNode::single().await;
+        let directory = format!("{}?bucket=baker-directory", nats.url());
+        let service = unique("kvdown");
+        let state = tempfile::tempdir().unwrap();
+        let state_dir = state.path().to_str().unwrap().to_owned();
+        let _agent = agent(&directory, &service, "a", &["--ttl", "3"]);
+        let ingress = Ingress::new();
+        let router = Router::start(&directory, &ingress, &["--state-dir", &state_dir]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        nats.kill();
+        wait_until(
+            "router reports the directory unreachable",
+            Duration::from_secs(15),
+            || async { router.status().await["directory"]["reachable"] == false },
+        )
+        .await;
+        // Well past the lease: the last known view stands.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(router.routed(&service).await, ["a"]);
+
+        // A router started now routes from the snapshot the first one saved.
+        let second = Router::start(&directory, &Ingress::new(), &["--state-dir", &state_dir]).await;
+        second
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        let status = second.status().await;
+        assert_eq!(status["directory"]["view_source"], "snapshot", "{status}");
+
+        // NATS back (its store kept the bucket): both follow it again.
+        nats.start().await;
+        for router in [&router, &second] {
+            wait_until(
+                "directory reachable again",
+                Duration::from_secs(20),
+                || async {
+                    let status = router.status().await;
+                    status["directory"]["reachable"] == true
+                        && status["directory"]["view_source"] == "directory"
+                },
+            )
+            .await;
+            router
+                .wait_routed(&service, &["a"], Duration::from_secs(10))
+                .await;
+        }
+    })
+    .await;
+}
