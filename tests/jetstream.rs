@@ -232,57 +232,6 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
     .await;
 }
 
-/// Consumes a durable inbox's stream (`BAKER_INBOX_<inbox>`) as its
-/// instance would, acking each message, into an [`Inbox`].
-async fn consume_durable_inbox(js: &jetstream::Context, inbox: &str) -> Inbox {
-    consume_durable_inbox_paced(js, inbox, None).await
-}
-
-/// [`consume_durable_inbox`], pausing 1 ms after every `pace` messages
-/// (a slow instance) when given.
-async fn consume_durable_inbox_paced(
-    js: &jetstream::Context,
-    inbox: &str,
-    pace: Option<u64>,
-) -> Inbox {
-    let name = format!("BAKER_INBOX_{}", inbox.replace('.', "_"));
-    let stream = loop {
-        match js.get_stream(&name).await {
-            Ok(stream) => break stream,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let inbox = Inbox::default();
-    let received = inbox.received.clone();
-    tokio::spawn(async move {
-        let mut taken = 0u64;
-        while let Some(Ok(message)) = messages.next().await {
-            taken += 1;
-            if pace.is_some_and(|every| taken.is_multiple_of(every)) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let seq = std::str::from_utf8(&message.payload)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(u64::MAX);
-            received
-                .lock()
-                .unwrap()
-                .push((seq, std::time::Instant::now()));
-            let _ = message.ack().await;
-        }
-    });
-    inbox
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
     bounded(async {

@@ -56,6 +56,9 @@ const BUCKET_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 /// out, and the marker of a deregistration.
 const MARKER_TTL: Duration = Duration::from_secs(60);
 
+/// How long a first read of the catalog waits for a first connection.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a first read of the catalog waits for the bucket to load.
 const FIRST_LOAD_WAIT: Duration = Duration::from_secs(5);
 
@@ -158,6 +161,15 @@ impl View {
         }
     }
 
+    /// The keys whose lease ran out by `now`.
+    fn due(&self, now: SystemTime) -> Vec<String> {
+        self.leases
+            .iter()
+            .filter(|(_, lease)| lease.expires <= now)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Drops the leases that ran out; true when any did.
     fn expire(&mut self, now: SystemTime) -> bool {
         let before = self.leases.len();
@@ -169,13 +181,11 @@ impl View {
         self.leases.values().map(|l| l.expires).min()
     }
 
-    fn catalog(&self, now: SystemTime) -> Catalog {
-        let mut instances: Vec<InstanceRecord> = self
-            .leases
-            .values()
-            .filter(|l| l.expires > now)
-            .map(|l| l.record.clone())
-            .collect();
+    /// Every record held. A lease that ran out stays until the bucket
+    /// confirms it ([`end_leases`]), which takes one request.
+    fn catalog(&self) -> Catalog {
+        let mut instances: Vec<InstanceRecord> =
+            self.leases.values().map(|l| l.record.clone()).collect();
         instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
         Catalog {
             epoch: KV_EPOCH,
@@ -323,6 +333,14 @@ impl KvDirectory {
         if !self.inner.watching.swap(true, Ordering::Relaxed) {
             tokio::spawn(follow_bucket(self.inner.clone()));
         }
+        if self.inner.client.connection_state() == State::Pending {
+            // Never connected yet: give the first connection a moment (as
+            // long as an HTTP connect may take) before calling it an outage.
+            let deadline = tokio::time::Instant::now() + FIRST_CONNECT_WAIT.min(wait);
+            while !self.ping() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         if !self.ping() {
             return Err(self.unreachable("not connected to any NATS server"));
         }
@@ -342,7 +360,7 @@ impl KvDirectory {
                     self.inner.settings.bucket
                 )));
             }
-            return Ok(self.lock_view().catalog(SystemTime::now()));
+            return Ok(self.lock_view().catalog());
         }
         if let Some((epoch, index)) = after {
             if epoch == KV_EPOCH {
@@ -352,7 +370,7 @@ impl KvDirectory {
         if !self.ping() {
             return Err(self.unreachable("not connected to any NATS server"));
         }
-        Ok(self.lock_view().catalog(SystemTime::now()))
+        Ok(self.lock_view().catalog())
     }
 
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -529,10 +547,7 @@ async fn read_bucket(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
                 }
             }
             _ = tokio::time::sleep(expiry_in), if next_expiry.is_some() => {
-                let mut view = inner.lock_view();
-                if view.expire(SystemTime::now()) {
-                    inner.bump(&mut view);
-                }
+                end_leases(inner, bucket).await?;
             }
             // Keys present when the watch began can leave before it
             // delivers them; then no entry ends the history.
@@ -544,6 +559,45 @@ async fn read_bucket(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
             _ = tokio::time::sleep_until(reload_at) => return Ok(()),
         }
     }
+}
+
+/// Ends the leases that ran out, once the bucket confirms each: the watch
+/// can be behind it (a server lost under a watch is noticed only after
+/// missed heartbeats), and renewals it missed must not end a lease. A
+/// renewal found this way means the watch is behind: the error makes it
+/// read the bucket again. While the bucket does not answer, a lease stays
+/// (the last known view) and is asked about again a second later.
+async fn end_leases(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
+    let due = inner.lock_view().due(SystemTime::now());
+    for key in due {
+        let latest = tokio::time::timeout(CALL_TIMEOUT, bucket.store.entry(key.clone())).await;
+        let now = SystemTime::now();
+        let renewed = match latest {
+            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
+                Lease::parse(&entry.value, written_at(&entry))
+                    .ok()
+                    .filter(|lease| lease.expires > now)
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) | Err(_) => {
+                if let Some(lease) = inner.lock_view().leases.get_mut(&key) {
+                    lease.expires = now + Duration::from_secs(1);
+                }
+                continue;
+            }
+        };
+        let behind = renewed.is_some();
+        let mut view = inner.lock_view();
+        if view.apply(&key, renewed, now) {
+            inner.bump(&mut view);
+        }
+        if behind {
+            return Err(format!(
+                "the watch is behind the bucket: it missed a renewal of {key}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces the live view with a complete read of the bucket.
@@ -577,18 +631,14 @@ mod tests {
         assert!(view.apply("s.b", Some(lease("b", 30, t0)), t0));
         assert_eq!(view.next_expiry(), Some(t0 + Duration::from_secs(10)));
 
-        // No event for a: at 10 s it is out of the catalog, and expire()
-        // says the view changed.
+        // No event for a: at 10 s its lease is due (to be confirmed with
+        // the bucket), b's is not.
         let at = t0 + Duration::from_secs(10);
-        let ids: Vec<_> = view
-            .catalog(at)
-            .instances
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        assert_eq!(view.due(at), ["s.a"]);
+        assert!(view.due(at - Duration::from_millis(1)).is_empty());
+        assert!(view.apply("s.a", None, at));
+        let ids: Vec<_> = view.catalog().instances.into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["b"]);
-        assert!(view.expire(at));
-        assert!(!view.expire(at));
     }
 
     #[test]
@@ -616,6 +666,6 @@ mod tests {
         let mut view = View::default();
         let now = t0 + Duration::from_secs(60);
         assert!(!view.apply("s.a", Some(lease("a", 10, t0)), now));
-        assert!(view.catalog(now).instances.is_empty());
+        assert!(view.catalog().instances.is_empty());
     }
 }

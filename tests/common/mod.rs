@@ -590,6 +590,66 @@ pub async fn drain_old_instances(
     (total, duplicates)
 }
 
+/// Consumes a durable inbox's stream (`BAKER_INBOX_<inbox>`) as its
+/// instance would, acking each message, into an [`Inbox`].
+pub async fn consume_durable_inbox(js: &async_nats::jetstream::Context, inbox: &str) -> Inbox {
+    consume_durable_inbox_paced(js, inbox, None).await
+}
+
+/// [`consume_durable_inbox`], pausing 1 ms after every `pace` messages
+/// (a slow instance) when given.
+pub async fn consume_durable_inbox_paced(
+    js: &async_nats::jetstream::Context,
+    inbox: &str,
+    pace: Option<u64>,
+) -> Inbox {
+    let name = format!("BAKER_INBOX_{}", inbox.replace('.', "_"));
+    let stream = loop {
+        match js.get_stream(&name).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    // Durable, so the consumer has the stream's replicas and outlives the
+    // loss of a cluster node; a failed pull is made again.
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(unique("inbox-")),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let inbox = Inbox::default();
+    let received = inbox.received.clone();
+    tokio::spawn(async move {
+        let mut taken = 0u64;
+        loop {
+            let Ok(mut messages) = consumer.messages().await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            while let Some(next) = messages.next().await {
+                let Ok(message) = next else { continue };
+                taken += 1;
+                if pace.is_some_and(|every| taken.is_multiple_of(every)) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let seq = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u64::MAX);
+                received
+                    .lock()
+                    .unwrap()
+                    .push((seq, std::time::Instant::now()));
+                let _ = message.ack().await;
+            }
+        }
+    });
+    inbox
+}
+
 pub mod amqp;
 pub mod mqtt;
 pub mod nats_server;
