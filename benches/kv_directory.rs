@@ -133,17 +133,27 @@ async fn run() {
 
     eprintln!("registering {instances} instances at {rate}/s, {routers} routers following");
     let started = Instant::now();
-    let mut written = Vec::with_capacity(instances);
+    // Registrations run as agents do, each waiting for its write's ack, up
+    // to 64 at once so the pace does not depend on one round trip.
+    let written: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; instances]));
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..instances {
         let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
-        written.push(Instant::now());
-        writer.register(&record(i)).await.expect("registered");
+        let slot = slots.clone().acquire_owned().await.unwrap();
+        let (writer, written) = (writer.clone(), written.clone());
+        tokio::spawn(async move {
+            written.lock().unwrap()[i] = Some(Instant::now());
+            writer.register(&record(i)).await.expect("registered");
+            drop(slot);
+        });
         if (i + 1) % 2_000 == 0 {
             eprintln!("  {} registered", i + 1);
         }
     }
+    let _ = slots.acquire_many(64).await.unwrap();
     let writes_done = started.elapsed();
+    let written: Vec<Instant> = written.lock().unwrap().iter().map(|t| t.unwrap()).collect();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let complete = |seen: &Seen| seen.lock().unwrap().len() >= instances;

@@ -56,6 +56,12 @@ const BUCKET_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 /// out, and the marker of a deregistration.
 const MARKER_TTL: Duration = Duration::from_secs(60);
 
+/// Time between two catalogs built for a reader under a burst of changes:
+/// ten times what building one took, within these bounds, so a burst costs
+/// a router at most about a tenth of a core.
+const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_REBUILD_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long a first read of the catalog waits for a first connection.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -93,6 +99,8 @@ struct Inner {
     /// The view's index, bumped on every change of the live records.
     changes: watch::Sender<u64>,
     watching: AtomicBool,
+    /// When the last catalog was built, and how long that took.
+    built: Mutex<(tokio::time::Instant, Duration)>,
 }
 
 #[derive(Clone)]
@@ -227,6 +235,7 @@ impl KvDirectory {
             view: Mutex::new(View::default()),
             changes: watch::Sender::new(0),
             watching: AtomicBool::new(false),
+            built: Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
         });
         tokio::spawn(open_bucket(inner.clone()));
         Ok(Self { inner })
@@ -364,13 +373,31 @@ impl KvDirectory {
         }
         if let Some((epoch, index)) = after {
             if epoch == KV_EPOCH {
-                let _ = tokio::time::timeout(wait, changes.wait_for(|i| *i != index)).await;
+                let changed = tokio::time::timeout(wait, changes.wait_for(|i| *i != index))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                // Under a burst of changes (many instances registering at
+                // once), a catalog (and the router's table after it) is built
+                // once per interval rather than once per change.
+                let (built_at, took) = *self.lock_built();
+                let interval = (took * 10).clamp(MIN_REBUILD_INTERVAL, MAX_REBUILD_INTERVAL);
+                let since = built_at.elapsed();
+                if changed && since < interval {
+                    tokio::time::sleep(interval - since).await;
+                }
             }
         }
         if !self.ping() {
             return Err(self.unreachable("not connected to any NATS server"));
         }
-        Ok(self.lock_view().catalog())
+        let started = tokio::time::Instant::now();
+        let catalog = self.lock_view().catalog();
+        *self.lock_built() = (started, started.elapsed());
+        Ok(catalog)
+    }
+
+    fn lock_built(&self) -> std::sync::MutexGuard<'_, (tokio::time::Instant, Duration)> {
+        self.inner.built.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
