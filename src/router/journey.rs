@@ -152,9 +152,11 @@ impl Journey {
             origin,
             ack,
         } = delivery;
-        let outcome = self
-            .route(&mut message, &destination, origin, started)
-            .await;
+        let route = self.route(&mut message, &destination, origin, started);
+        let (outcome, ack) = match ack.progress_interval() {
+            None => (route.await, ack),
+            Some(every) => with_progress(route, ack, every).await,
+        };
         match &outcome {
             Outcome::Delivered => ack.ack(),
             Outcome::Undeliverable(failure) => {
@@ -453,6 +455,24 @@ async fn send_proxied(
     sent
 }
 
+/// Runs `route`, telling the broker every `every` that the message is still
+/// being worked on, so that retries taking longer than the broker's
+/// redelivery timer do not bring a second copy.
+async fn with_progress(
+    route: impl std::future::Future<Output = Outcome>,
+    ack: baker_adapter_api::AckHandle,
+    every: Duration,
+) -> (Outcome, baker_adapter_api::AckHandle) {
+    tokio::pin!(route);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            outcome = &mut route => return (outcome, ack),
+            _ = ticks.tick() => ack.progress(),
+        }
+    }
+}
+
 /// The `baker-attempt` value; small numbers are constants, so the first
 /// attempt allocates nothing.
 fn attempt_text(attempt: u32) -> HeaderText {
@@ -491,6 +511,44 @@ mod tests {
         fn settle(self: Box<Self>, outcome: Settlement) {
             self.0.lock().unwrap().push(outcome);
         }
+    }
+
+    /// A settlement that wants progress every 10 s and counts it.
+    struct Patient(Arc<std::sync::atomic::AtomicU32>);
+
+    impl Settle for Patient {
+        fn settle(self: Box<Self>, _: Settlement) {}
+
+        fn progress_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(10))
+        }
+
+        fn progress(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_held_long_tells_the_broker_it_is_in_progress() {
+        let broker = baker_adapter_memory::broker("journey-progress");
+        // Room for one message: the second send waits until it is read.
+        let mut a = broker.subscribe("_baker.s.a.>", None, 1);
+        let journey =
+            Arc::new(journey("journey-progress", &["a"], PolicyKind::RoundRobin, 1024).await);
+        let (first, _) = delivery("s", b"1");
+        assert_eq!(journey.carry(first).await, Outcome::Delivered);
+        let progress = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (mut held, _) = delivery("s", b"2");
+        held.ack = AckHandle::new(Patient(progress.clone()));
+        let carried = tokio::spawn({
+            let journey = journey.clone();
+            async move { journey.carry(held).await }
+        });
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), 3);
+        a.recv().await.unwrap();
+        assert_eq!(carried.await.unwrap(), Outcome::Delivered);
+        a.recv().await.unwrap();
     }
 
     /// A journey over instances of service `s` on a fresh memory broker.

@@ -1,6 +1,7 @@
 //! The ack handle: a finalizer that settles an ingress message exactly once.
 
 use std::fmt;
+use std::time::Duration;
 
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,16 @@ pub enum Settlement {
 pub trait Settle: Send + 'static {
     /// Settles the original message. Called at most once.
     fn settle(self: Box<Self>, outcome: Settlement);
+
+    /// How often a message held unsettled must tell the broker it is still
+    /// being worked on, where the broker redelivers a message held too long
+    /// (JetStream's ack wait); `None` where it does not.
+    fn progress_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Tells the broker the message is still being worked on.
+    fn progress(&self) {}
 }
 
 /// Settles one ingress message exactly once.
@@ -56,6 +67,18 @@ impl AckHandle {
     pub fn settle(mut self, outcome: Settlement) {
         if let Some(settle) = self.settle.take() {
             settle.settle(outcome);
+        }
+    }
+
+    /// See [`Settle::progress_interval`].
+    pub fn progress_interval(&self) -> Option<Duration> {
+        self.settle.as_ref().and_then(|s| s.progress_interval())
+    }
+
+    /// See [`Settle::progress`].
+    pub fn progress(&self) {
+        if let Some(settle) = &self.settle {
+            settle.progress();
         }
     }
 

@@ -36,6 +36,8 @@ pub const DEAD_LETTER_STREAM: &str = "BAKER_DLQ";
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Pause before a nak'd message is redelivered.
 const NAK_DELAY: Duration = Duration::from_secs(1);
+/// How often a message held longer (by retries) restarts its ack wait.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The stream settings a broker URL's query can give (`storage`, `replicas`,
 /// `max_bytes`, `max_age_secs`), applied when Baker creates a stream.
@@ -120,6 +122,8 @@ fn stream_name(text: &str) -> String {
 /// One settlement for the ack task.
 enum Ack {
     Kind(Acker, AckKind),
+    /// Work in progress: restart the message's ack wait.
+    Progress(async_nats::Subject),
     /// Answer once every settlement queued before is sent.
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Publish the dead letter, then ack (or nak when it could not be kept).
@@ -142,6 +146,11 @@ async fn run_acks(js: Context, mut acks: mpsc::UnboundedReceiver<Ack>) {
             }
             Ack::Flush(done) => {
                 let _ = done.send(());
+            }
+            Ack::Progress(reply) => {
+                if let Err(error) = js.client().publish(reply, "+WPI".into()).await {
+                    tracing::debug!(%error, "could not send a JetStream progress ack");
+                }
             }
             Ack::DeadLetter {
                 acker,
@@ -174,6 +183,8 @@ async fn run_acks(js: Context, mut acks: mpsc::UnboundedReceiver<Ack>) {
 /// Settles one JetStream delivery.
 struct JetStreamSettle {
     acker: Option<Acker>,
+    /// The message's ack subject, for progress acks.
+    reply: Option<async_nats::Subject>,
     acks: mpsc::UnboundedSender<Ack>,
     service: String,
     headers: Option<HeaderMap>,
@@ -201,6 +212,16 @@ impl Settle for JetStreamSettle {
             }
         };
         let _ = self.acks.send(ack);
+    }
+
+    fn progress_interval(&self) -> Option<Duration> {
+        Some(PROGRESS_EVERY)
+    }
+
+    fn progress(&self) {
+        if let Some(reply) = &self.reply {
+            let _ = self.acks.send(Ack::Progress(reply.clone()));
+        }
     }
 }
 
@@ -279,6 +300,7 @@ impl JetStreamIngress {
             .info()
             .ok()
             .map(|info| format!("{}:{}", info.stream, info.stream_sequence));
+        let reply = message.reply.clone();
         let (message, acker) = message.split();
         let Some(rest) = message.subject.get(self.prefix_len..) else {
             // Not under the prefix: the stream's subjects say it cannot be.
@@ -303,6 +325,7 @@ impl JetStreamIngress {
         let mut message = message_from_parts(native_headers.as_ref(), None, payload.clone());
         let settle = JetStreamSettle {
             acker: Some(acker),
+            reply,
             acks: self.acks.clone(),
             service: destination.service.clone(),
             headers: native_headers,
