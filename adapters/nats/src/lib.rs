@@ -54,6 +54,9 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
 /// Default broker URL.
 pub const DEFAULT_BROKER: &str = "nats://127.0.0.1:4222";
 
+/// How long the server may take to confirm the ingress subscription.
+const SUBSCRIBE_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The NATS adapter. Keeps one connection per broker URL, opened on first use
 /// and reconnected by async-nats itself.
 #[derive(Default)]
@@ -484,6 +487,24 @@ impl Adapter for NatsAdapter {
                 url: broker.to_owned(),
                 reason: e.to_string(),
             })?;
+        // The subscription counts once the server has it (the PONG of a
+        // flush follows the SUB): until then the router is not ready, and
+        // core NATS would give what is published meanwhile to nobody.
+        match tokio::time::timeout(SUBSCRIBE_CONFIRM_TIMEOUT, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(AdapterError::Broker {
+                    url: baker_adapter_api::redact_url(broker),
+                    reason: format!("subscription not confirmed: {error}"),
+                })
+            }
+            Err(_) => {
+                return Err(AdapterError::Broker {
+                    url: baker_adapter_api::redact_url(broker),
+                    reason: "subscription not confirmed: the server did not answer".to_owned(),
+                })
+            }
+        }
         Ok(Box::new(NatsIngress {
             subscriber,
             client,
