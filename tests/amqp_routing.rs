@@ -551,14 +551,30 @@ async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
         let closed = amqp::close_baker_connections(&vhost);
         assert!(closed >= 1, "closed the baker-mq connections ({closed})");
         publisher.await.unwrap();
-        wait_until(
-            "every message delivered after the reconnection",
-            Duration::from_secs(60),
-            || async { tally(&[&a]).1.len() >= total as usize },
-        )
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while tally(&[&a]).1.len() < total as usize && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let (duplicates, seen) = tally(&[&a]);
-        assert_eq!(seen.len(), total as usize);
+        if seen.len() < total as usize {
+            let missing: Vec<u64> = (0..total).filter(|s| !seen.contains_key(s)).take(10).collect();
+            let queues = std::process::Command::new("rabbitmqctl")
+                .args(["list_queues", "-p", &vhost.name, "name", "messages_ready", "messages_unacknowledged", "consumers"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let channels = std::process::Command::new("rabbitmqctl")
+                .args(["list_channels", "vhost", "name", "consumer_count", "messages_unacknowledged", "prefetch_count"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "after the reconnection only {} of {total} delivered (dead-lettered {}), first missing {missing:?}; queues:\n{queues}\nchannels:\n{channels}\nrouter metrics:\n{}",
+                seen.len(),
+                dead.count(),
+                router.metrics().await
+            );
+        }
         eprintln!("connection loss: {total} sent, {duplicates} duplicates delivered");
         assert_eq!(
             dead.count(),
@@ -636,12 +652,18 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
             .unwrap();
         }
         nats.flush().await.unwrap();
-        wait_until(
-            "NATS messages in the AMQP inbox",
-            Duration::from_secs(20),
-            || async { to_amqp.count() >= 100 },
-        )
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while to_amqp.count() < 100 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to_amqp.count() < 100 {
+            panic!(
+                "only {} of 100 NATS messages reached the AMQP inbox; router metrics:\n{}\nlog:\n{}",
+                to_amqp.count(),
+                nats_router.metrics().await,
+                nats_router.proc.log_text()
+            );
+        }
         let first = received.lock().unwrap()[0].clone();
         assert_eq!(
             first.header("trace"),

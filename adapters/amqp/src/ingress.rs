@@ -59,6 +59,47 @@ pub struct AmqpIngress {
     closing: bool,
     outage_reported: bool,
     retry: Duration,
+    /// The connection attempt under way, kept across calls to `next`: the
+    /// router drops a pending `next` whenever another message finishes, and
+    /// a consumer made by an attempt dropped halfway would hold a prefetch
+    /// of messages that nobody reads.
+    connecting: Option<tokio::task::JoinHandle<Result<(Channel, Consumer), String>>>,
+    /// No new attempt before this, after a failed one.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// Opens a channel on `link`, declares the topology and starts consuming.
+async fn open_consumer(
+    link: Arc<Link>,
+    names: Names,
+    prefetch: u16,
+    consumer_tag: ShortString,
+) -> Result<(Channel, Consumer), String> {
+    let channel = link.open_channel().await?;
+    let setup = async {
+        declare(&channel, &names).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        channel
+            .basic_consume(
+                names.queue.clone(),
+                consumer_tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    };
+    match setup.await {
+        Ok(consumer) => Ok((channel, consumer)),
+        Err(error) => {
+            link.reset();
+            Err(format!(
+                "setting up the ingress queue {}: {error}",
+                names.queue
+            ))
+        }
+    }
 }
 
 async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
@@ -112,40 +153,33 @@ impl AmqpIngress {
             closing: false,
             outage_reported: false,
             retry: Duration::from_millis(200),
+            connecting: None,
+            retry_at: None,
         }
     }
 
-    /// Declares the topology and starts consuming.
+    /// Declares the topology and starts consuming. Cancel-safe: dropped
+    /// halfway, the attempt goes on and the next call takes its result.
     pub async fn connect(&mut self) -> Result<(), String> {
-        let channel = self.link.open_channel().await?;
-        let setup = async {
-            declare(&channel, &self.names).await?;
-            channel
-                .basic_qos(self.prefetch, BasicQosOptions::default())
-                .await?;
-            channel
-                .basic_consume(
-                    self.names.queue.clone(),
-                    self.consumer_tag.clone(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        };
-        match setup.await {
-            Ok(consumer) => {
+        let attempt = self.connecting.get_or_insert_with(|| {
+            tokio::spawn(open_consumer(
+                self.link.clone(),
+                self.names.clone(),
+                self.prefetch,
+                self.consumer_tag.clone(),
+            ))
+        });
+        let result = attempt.await;
+        self.connecting = None;
+        match result {
+            Ok(Ok((channel, consumer))) => {
                 tracing::info!(broker = %redact(self.link.url()), queue = %self.names.queue, "consuming AMQP ingress");
                 self.consumer = Some((channel, consumer));
                 self.acks = Acks::start();
                 Ok(())
             }
-            Err(error) => {
-                self.link.reset();
-                Err(format!(
-                    "setting up the ingress queue {}: {error}",
-                    self.names.queue
-                ))
-            }
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(format!("connection attempt failed: {error}")),
         }
     }
 
@@ -193,6 +227,10 @@ impl Ingress for AmqpIngress {
                 if self.closing {
                     return None;
                 }
+                if let Some(at) = self.retry_at {
+                    tokio::time::sleep_until(at).await;
+                    self.retry_at = None;
+                }
                 match self.connect().await {
                     Ok(()) => {
                         if self.outage_reported {
@@ -206,7 +244,7 @@ impl Ingress for AmqpIngress {
                             tracing::warn!(%error, "AMQP ingress unavailable; reconnecting with backoff");
                             self.outage_reported = true;
                         }
-                        tokio::time::sleep(self.retry).await;
+                        self.retry_at = Some(tokio::time::Instant::now() + self.retry);
                         self.retry = (self.retry * 2).min(Duration::from_secs(10));
                     }
                 }
