@@ -478,8 +478,12 @@ impl baker_adapter_api::Target for DurableTarget {
         ack.await.map(drop).map_err(|error| {
             use async_nats::jetstream::context::PublishErrorKind;
             match error.kind() {
-                PublishErrorKind::StreamNotFound => SendError::Unavailable(format!(
-                    "no stream keeps the inbox {} (its agent creates it)",
+                // Also what a cluster answers while the stream's leader is
+                // being elected again (a node lost): hand the message back
+                // for a later try rather than dead-letter it.
+                PublishErrorKind::StreamNotFound => SendError::Unreachable(format!(
+                    "no stream answers for the inbox {} (its agent creates it; in a cluster, \
+                     its leader may be moving)",
                     self.inbox
                 )),
                 PublishErrorKind::MaxPayloadExceeded => SendError::Rejected(error.to_string()),
