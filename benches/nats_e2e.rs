@@ -45,14 +45,13 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use bytes::Bytes;
 use futures::StreamExt;
 
 use common::{
     cpu_per_msg, env_or, epoch, free_addr, http_client, kill_children, log_tail, median, now_ns,
-    pace, per_second, percentile_us, pids_named, publish_on_own_thread, range, ratio, read_stamp,
-    responds_ok, sidecar_state, spawn_baker_mq, spawn_child, spawn_directory, stamped_payload,
-    with_child, CleanupGuard, CpuProbe, CpuUse, Directory, READY_TIMEOUT, RUN_DEADLINE, STAMP,
+    pace, payload, pids_named, publish_on_own_thread, range, ratio, read_stamp, responds_ok,
+    sidecar_state, spawn_baker_mq, spawn_child, spawn_directory, with_child, CleanupGuard,
+    CpuProbe, CpuUse, Directory, Outcome, READY_TIMEOUT, RUN_DEADLINE, STAMP,
 };
 
 /// Selects relay mode when this binary re-executes itself.
@@ -163,44 +162,6 @@ enum Mode {
     /// As fast as possible with at most this many sent but not yet received
     /// (closed loop: the path's sustainable rate, without loss).
     Window(u64),
-}
-
-#[derive(Default)]
-struct Outcome {
-    sent: u64,
-    received: u64,
-    duplicates: u64,
-    /// From the first publish to the last message received.
-    elapsed: Duration,
-    /// From the first publish to the end of the final flush.
-    publish_elapsed: Duration,
-    /// Latencies in ns, sorted.
-    latencies: Vec<u64>,
-    /// The run hit a deadline (or a window that never reopened).
-    timed_out: bool,
-}
-
-impl Outcome {
-    fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.received)
-    }
-
-    fn rate(&self) -> f64 {
-        per_second(self.received, self.elapsed)
-    }
-
-    fn publish_rate(&self) -> f64 {
-        self.sent as f64 / self.publish_elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn percentile_us(&self, p: f64) -> f64 {
-        percentile_us(&self.latencies, p)
-    }
-}
-
-/// A payload for message `seq`: just the stamp, padded to `size`.
-fn payload(seq: u64, size: usize) -> Bytes {
-    Bytes::from(stamped_payload(seq, &[], size))
 }
 
 /// Publishes `count` messages to `publish_to` as `mode` says, and counts what

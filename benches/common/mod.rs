@@ -530,3 +530,44 @@ pub fn ratio(a: f64, b: f64) -> f64 {
         f64::NAN
     }
 }
+
+/// What one measured run of one path gave.
+#[derive(Default)]
+pub struct Outcome {
+    pub sent: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    /// Publishes the broker did not acknowledge (JetStream; 0 elsewhere).
+    pub publish_errors: u64,
+    /// From the first publish to the last message received.
+    pub elapsed: Duration,
+    /// From the first publish to the last publish ack (or final flush).
+    pub publish_elapsed: Duration,
+    /// Latencies in ns, sorted.
+    pub latencies: Vec<u64>,
+    /// The run hit a deadline (or a window that never reopened).
+    pub timed_out: bool,
+}
+
+impl Outcome {
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    pub fn rate(&self) -> f64 {
+        per_second(self.received, self.elapsed)
+    }
+
+    pub fn publish_rate(&self) -> f64 {
+        self.sent as f64 / self.publish_elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn percentile_us(&self, p: f64) -> f64 {
+        percentile_us(&self.latencies, p)
+    }
+}
+
+/// A payload for message `seq`: just the stamp, padded to `size`.
+pub fn payload(seq: u64, size: usize) -> bytes::Bytes {
+    bytes::Bytes::from(stamped_payload(seq, &[], size))
+}

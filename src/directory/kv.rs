@@ -401,7 +401,7 @@ impl KvDirectory {
     }
 
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
-        self.inner.view.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock_view()
     }
 }
 

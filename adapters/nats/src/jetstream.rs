@@ -107,7 +107,7 @@ impl StreamSettings {
 }
 
 /// A stream name from `text`: letters, digits, `-` and `_` kept, the rest `_`.
-fn stream_name(text: &str) -> String {
+pub fn stream_name(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

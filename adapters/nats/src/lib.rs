@@ -26,7 +26,7 @@ use futures::{FutureExt, StreamExt};
 mod jetstream;
 
 pub use async_nats;
-pub use jetstream::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+pub use jetstream::{stream_name, DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
 
 /// The servers of a broker URL: `nats://HOST:PORT`, or several separated by
 /// commas (`nats://a:4222,b:4222`; the scheme may be given once), query
