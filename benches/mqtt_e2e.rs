@@ -14,8 +14,10 @@
 //! The sidecars share a `baker-mq directory` of their own.
 //!
 //! Both brokers are started by the bench on free ports, with
-//! `max_queued_messages 0` (Baker's setting: nothing dropped) and no
-//! persistence. Per path and round, interleaved across paths:
+//! `max_queued_messages 0` (Baker's setting: nothing dropped),
+//! `max_inflight_messages 1000` (the README's: Mosquitto's default window of
+//! 20 unacknowledged messages per connection, not the paths, would set the
+//! pace) and no persistence. Per path and round, interleaved across paths:
 //!
 //! * throughput: `BAKER_BENCH_MQTT_MESSAGES` messages published as fast as
 //!   the broker's PUBACKs allow; received msgs/s from the first publish to
@@ -92,7 +94,7 @@ fn start_mosquitto(name: &str, dir: &Path, extra: &str) -> u16 {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
-             max_queued_messages 0\npersistence false\nlog_dest none\n{extra}"
+             max_queued_messages 0\nmax_inflight_messages 1000\npersistence false\nlog_dest none\n{extra}"
         ),
     )
     .expect("mosquitto config");
