@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use axum::extract::State;
@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use baker_adapter_api::IngressStatus;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -35,14 +36,45 @@ pub struct AdminState {
     pub adapters: AdapterRegistry,
     /// Renders `/metrics`; `None` when no recorder is installed.
     pub prometheus: Option<PrometheusHandle>,
-    /// Whether the router's ingress subscription is up.
-    pub ingress_up: Arc<AtomicBool>,
+    /// The router's ingress: subscribed, and connected.
+    pub ingress: IngressState,
     /// Registration state of each instance this process registers.
     pub registered: Arc<Vec<AtomicBool>>,
     /// Drains single instances this process registers.
     pub drains: DrainRequests,
     /// Triggered to stop the whole process gracefully, as SIGTERM does.
     pub stop_requested: Shutdown,
+}
+
+/// The router's ingress as the health endpoints see it. The router task owns
+/// the ingress; this is what it shares.
+#[derive(Clone, Default)]
+pub struct IngressState {
+    subscribed: Arc<AtomicBool>,
+    status: Arc<OnceLock<IngressStatus>>,
+}
+
+impl IngressState {
+    /// The router has subscribed; `status` follows the ingress's connection.
+    pub fn started(&self, status: IngressStatus) {
+        let _ = self.status.set(status);
+        self.subscribed.store(true, Ordering::Relaxed);
+    }
+
+    /// The router has stopped consuming.
+    pub fn stopped(&self) {
+        self.subscribed.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the router consumes its ingress.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the ingress's broker connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.status.get().is_some_and(IngressStatus::is_connected)
+    }
 }
 
 /// One instance in `/v1/status`.
@@ -98,8 +130,10 @@ impl AdminState {
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.table.is_some() {
-            if !self.ingress_up.load(Ordering::Relaxed) {
+            if !self.ingress.is_subscribed() {
                 problems.push("ingress not subscribed".to_owned());
+            } else if !self.ingress.is_connected() {
+                problems.push("ingress disconnected from its broker; reconnecting".to_owned());
             }
             if !self.directory.has_view() {
                 problems.push("no directory view yet".to_owned());
@@ -181,6 +215,10 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         "status": "alive",
         "directory": state.directory_json(),
         "brokers": state.brokers_json(),
+        "ingress": state.table.as_ref().map(|_| serde_json::json!({
+            "subscribed": state.ingress.is_subscribed(),
+            "connected": state.ingress.is_connected(),
+        })),
     }))
     .into_response()
 }

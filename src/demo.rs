@@ -538,7 +538,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let title = "1/6 discovery: three v1 instances register; the router finds them";
     demo.wait_routed(&v1, title).await?;
     let ready = Instant::now() + Duration::from_secs(20);
-    while !demo.router.ingress_up.load(Ordering::Relaxed) {
+    while !demo.router.ingress.is_subscribed() {
         if Instant::now() > ready {
             return Err(DemoError::Setup(format!(
                 "the router could not subscribe to the ingress on {} within 20 s",

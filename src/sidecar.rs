@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::AdapterRegistry;
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, IngressState};
 use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::{DirectoryTarget, Settings};
@@ -48,8 +47,8 @@ pub enum SidecarError {
 pub struct RouterParts {
     /// The live routing table.
     pub table: Arc<ArcSwap<RoutingTable>>,
-    /// Set once the ingress subscription is up.
-    pub ingress_up: Arc<AtomicBool>,
+    /// The ingress's state, for the health endpoints.
+    pub ingress: IngressState,
     /// The router's tasks.
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -99,7 +98,7 @@ pub fn start_router(
         undelivered.clone(),
         Some(replies.clone()),
     ));
-    let ingress_up = Arc::new(AtomicBool::new(false));
+    let ingress_state = IngressState::default();
     let mut tasks = vec![tokio::spawn(router::follow_catalog(
         catalogs,
         builder,
@@ -112,7 +111,7 @@ pub fn start_router(
     }
     tasks.push(tokio::spawn(replies.run(shutdown.clone())));
     {
-        let ingress_up = ingress_up.clone();
+        let ingress_state = ingress_state.clone();
         let table = table.clone();
         tasks.push(tokio::spawn(async move {
             // No view yet means every message would be undeliverable: leave
@@ -153,14 +152,14 @@ pub fn start_router(
             };
             tracing::info!(adapter = adapter.name(), broker = %baker_adapter_api::redact_url(&spec.broker),
                 prefix = %spec.ingress.prefix, group = %spec.ingress.queue_group, "routing");
-            ingress_up.store(true, Ordering::Relaxed);
+            ingress_state.started(ingress.status());
             router::run(journey, ingress, spec.max_in_flight, shutdown).await;
-            ingress_up.store(false, Ordering::Relaxed);
+            ingress_state.stopped();
         }));
     }
     Ok(RouterParts {
         table,
-        ingress_up,
+        ingress: ingress_state,
         tasks,
     })
 }
@@ -231,7 +230,7 @@ pub async fn run(
         tasks.push(tokio::spawn(watcher.run(shutdown)));
     }
 
-    let (table, ingress_up) = if settings.router {
+    let (table, ingress) = if settings.router {
         let parts = start_router(
             RouterSpec {
                 adapter: settings.adapter.clone(),
@@ -247,9 +246,9 @@ pub async fn run(
             shutdown.clone(),
         )?;
         tasks.extend(parts.tasks);
-        (Some(parts.table), parts.ingress_up)
+        (Some(parts.table), parts.ingress)
     } else {
-        (None, Arc::new(AtomicBool::new(false)))
+        (None, IngressState::default())
     };
 
     // The agent stops first: its instances leave the directory (which this
@@ -272,7 +271,7 @@ pub async fn run(
         directory: directory_health,
         adapters: adapters.clone(),
         prometheus,
-        ingress_up,
+        ingress,
         registered,
         drains,
         stop_requested: stop_requested.clone(),

@@ -1000,3 +1000,51 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_when_the_ingress_has_lost_its_broker() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let readyz = format!("http://{}/readyz", router.admin);
+        let healthz = format!("http://{}/healthz", router.admin);
+        wait_until("ready", Duration::from_secs(15), || http_ok(&readyz)).await;
+
+        // The broker refuses the router from now on, as an outage would.
+        amqp::rabbitmqctl(&["clear_permissions", "-p", &vhost.name, "guest"]);
+        assert!(amqp::close_baker_connections(&vhost) > 0);
+        wait_until(
+            "not ready, saying the ingress is disconnected",
+            Duration::from_secs(15),
+            || async {
+                let response = reqwest::get(&readyz).await.unwrap();
+                response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && response
+                        .text()
+                        .await
+                        .unwrap()
+                        .contains("ingress disconnected")
+            },
+        )
+        .await;
+        let health: serde_json::Value = reqwest::get(&healthz).await.unwrap().json().await.unwrap();
+        assert_eq!(health["status"], "alive", "{health}");
+        assert_eq!(health["ingress"]["connected"], false, "{health}");
+
+        amqp::rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost.name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        // The ingress retries with a backoff of at most 10 s.
+        wait_until("ready again", Duration::from_secs(30), || http_ok(&readyz)).await;
+        let health: serde_json::Value = reqwest::get(&healthz).await.unwrap().json().await.unwrap();
+        assert_eq!(health["ingress"]["connected"], true, "{health}");
+    })
+    .await;
+}

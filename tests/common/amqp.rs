@@ -14,7 +14,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::{unique, Inbox};
 
-fn rabbitmqctl(args: &[&str]) {
+pub fn rabbitmqctl(args: &[&str]) {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()

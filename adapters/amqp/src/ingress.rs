@@ -1,12 +1,13 @@
 //! Consuming the shared ingress queue, with acknowledgements that wait for
 //! the egress.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, Delivery, Destination, Ingress, Message, Settle, Settlement,
+    header, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message, Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -66,6 +67,8 @@ pub struct AmqpIngress {
     connecting: Option<tokio::task::JoinHandle<Result<(Channel, Consumer), String>>>,
     /// No new attempt before this, after a failed one.
     retry_at: Option<tokio::time::Instant>,
+    /// Whether a consumer is running, for the health endpoints.
+    consuming: Arc<AtomicBool>,
 }
 
 /// Opens a channel on `link`, declares the topology and starts consuming.
@@ -155,6 +158,7 @@ impl AmqpIngress {
             retry: Duration::from_millis(200),
             connecting: None,
             retry_at: None,
+            consuming: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -175,6 +179,7 @@ impl AmqpIngress {
             Ok(Ok((channel, consumer))) => {
                 tracing::info!(broker = %redact(self.link.url()), queue = %self.names.queue, "consuming AMQP ingress");
                 self.consumer = Some((channel, consumer));
+                self.consuming.store(true, Ordering::Relaxed);
                 self.acks = Acks::start();
                 Ok(())
             }
@@ -221,6 +226,10 @@ impl AmqpIngress {
 
 #[async_trait]
 impl Ingress for AmqpIngress {
+    fn status(&self) -> IngressStatus {
+        IngressStatus::flag(self.consuming.clone())
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let Some((_, consumer)) = self.consumer.as_mut() else {
@@ -256,12 +265,14 @@ impl Ingress for AmqpIngress {
                     tracing::warn!(%error, "AMQP ingress lost; reconnecting");
                     self.outage_reported = true;
                     self.consumer = None;
+                    self.consuming.store(false, Ordering::Relaxed);
                     self.link.reset();
                 }
                 None if self.closing => return None,
                 None => {
                     tracing::warn!("AMQP ingress consumer cancelled by the broker; reconnecting");
                     self.consumer = None;
+                    self.consuming.store(false, Ordering::Relaxed);
                 }
             }
         }

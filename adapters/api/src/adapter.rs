@@ -2,6 +2,7 @@
 //! factory that makes both.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -38,6 +39,41 @@ pub struct IngressOptions {
     pub at_least_once: bool,
 }
 
+/// Whether an ingress is connected to its broker right now, readable by the
+/// health endpoints while the router owns the ingress.
+#[derive(Clone)]
+pub struct IngressStatus(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl IngressStatus {
+    /// Reads the connection state with `connected`.
+    pub fn new(connected: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(connected))
+    }
+
+    /// Follows a flag the ingress sets as its connection comes and goes.
+    pub fn flag(connected: Arc<AtomicBool>) -> Self {
+        Self::new(move || connected.load(Ordering::Relaxed))
+    }
+
+    /// For an ingress with no connection to lose (in-process).
+    pub fn always_connected() -> Self {
+        Self::new(|| true)
+    }
+
+    /// Whether the ingress is connected now.
+    pub fn is_connected(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for IngressStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("IngressStatus")
+            .field(&self.is_connected())
+            .finish()
+    }
+}
+
 /// A stream of deliveries from one broker.
 #[async_trait]
 pub trait Ingress: Send {
@@ -60,6 +96,10 @@ pub trait Ingress: Send {
     /// broker, so that nothing already delivered is redelivered after the
     /// process exits. The default has nothing to wait for.
     async fn finish(&mut self) {}
+
+    /// Its connection state, for `/healthz` and `/readyz`: an ingress that
+    /// lost its broker and is reconnecting is not ready.
+    fn status(&self) -> IngressStatus;
 }
 
 /// A bound egress: sends to one instance's endpoint.

@@ -14,8 +14,8 @@ mod message;
 
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{
-    Adapter, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions, Reply, ReplyInbox,
-    Target,
+    Adapter, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions, IngressStatus, Reply,
+    ReplyInbox, Target,
 };
 pub use error::{AdapterError, SendError};
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};

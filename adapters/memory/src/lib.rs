@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use async_trait::async_trait;
 use baker_adapter_api::{
     AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint, InboxConsumer,
-    Ingress, IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
+    Ingress, IngressOptions, IngressStatus, Message, Reply, ReplyInbox, SendError, Target,
 };
 use tokio::sync::mpsc;
 
@@ -211,6 +211,10 @@ impl Ingress for MemoryIngress {
                 return Some(delivery);
             }
         }
+    }
+
+    fn status(&self) -> IngressStatus {
+        IngressStatus::always_connected()
     }
 
     async fn close(&mut self) {

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, Settle, Settlement};
+use baker_adapter_api::{
+    AckHandle, Delivery, Destination, Ingress, IngressStatus, Settle, Settlement,
+};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -369,6 +371,10 @@ async fn run(
 
 #[async_trait]
 impl Ingress for MqttIngress {
+    fn status(&self) -> IngressStatus {
+        IngressStatus::flag(self.shared.connected.clone())
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         tokio::select! {
             biased;

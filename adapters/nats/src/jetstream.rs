@@ -18,7 +18,8 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, AdapterError, Delivery, Destination, Ingress, Settle, Settlement,
+    header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus, Settle,
+    Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -226,6 +227,7 @@ impl Settle for JetStreamSettle {
 }
 
 pub struct JetStreamIngress {
+    client: async_nats::Client,
     messages: Option<jetstream::consumer::pull::Stream>,
     acks: mpsc::UnboundedSender<Ack>,
     prefix_len: usize,
@@ -248,7 +250,7 @@ pub async fn start(
         url: baker_adapter_api::redact_url(url),
         reason,
     })?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(settings.apply(StreamConfig {
             name: format!("BAKER_INGRESS_{}", stream_name(prefix)),
@@ -286,6 +288,7 @@ pub async fn start(
     let (acks, receiver) = mpsc::unbounded_channel();
     tokio::spawn(run_acks(js, receiver));
     Ok(JetStreamIngress {
+        client,
         messages: Some(messages),
         acks,
         prefix_len: prefix.len() + 1,
@@ -347,6 +350,10 @@ impl JetStreamIngress {
 
 #[async_trait]
 impl Ingress for JetStreamIngress {
+    fn status(&self) -> IngressStatus {
+        crate::connection_status(&self.client)
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let messages = self.messages.as_mut()?;

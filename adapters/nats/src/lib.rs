@@ -17,8 +17,8 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint,
-    Headers, InboxConsumer, Ingress, IngressOptions, Message, Properties, Reply, ReplyInbox,
-    SendError, Settle, Settlement, Target,
+    Headers, InboxConsumer, Ingress, IngressOptions, IngressStatus, Message, Properties, Reply,
+    ReplyInbox, SendError, Settle, Settlement, Target,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -305,6 +305,15 @@ impl ReplyInbox for NatsReplyInbox {
     }
 }
 
+/// Follows `client`'s connection: async-nats reconnects by itself and
+/// resubscribes, so the connection is the ingress's state.
+fn connection_status(client: &Client) -> IngressStatus {
+    let client = client.clone();
+    IngressStatus::new(move || {
+        client.connection_state() == async_nats::connection::State::Connected
+    })
+}
+
 struct NatsIngress {
     subscriber: async_nats::Subscriber,
     client: Client,
@@ -367,6 +376,10 @@ impl NatsIngress {
 
 #[async_trait]
 impl Ingress for NatsIngress {
+    fn status(&self) -> IngressStatus {
+        connection_status(&self.client)
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let msg = self.subscriber.next().await?;
