@@ -355,6 +355,31 @@ impl Demo {
         instance.rate = 0.0;
     }
 
+    /// Stops the consumers still running, then removes what the run made on
+    /// a real broker (its inboxes and its ingress), so that a demo leaves
+    /// nothing behind. Only empty ones go: a message is never thrown away.
+    async fn clean_up(&mut self, ingress: &IngressOptions) {
+        for instance in &mut self.instances {
+            instance.consumer_stop.trigger();
+            if let Some(consumer) = instance.consumer.take() {
+                let _ = consumer.await;
+            }
+        }
+        for instance in &self.instances {
+            let endpoint = Endpoint {
+                adapter: self.adapter.name().to_owned(),
+                broker: self.broker_url.clone(),
+                inbox: self.adapter.default_inbox(&self.service, &instance.id),
+            };
+            if let Err(error) = self.adapter.remove_inbox(&endpoint).await {
+                tracing::warn!(%error, "could not remove a demo inbox");
+            }
+        }
+        if let Err(error) = self.adapter.remove_ingress(&self.broker_url, ingress).await {
+            tracing::warn!(%error, "could not remove the demo's ingress");
+        }
+    }
+
     /// Messages received, counting each once.
     fn distinct(&self) -> u64 {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
@@ -484,6 +509,12 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     );
 
     // The router, as a sidecar runs it.
+    let ingress_options = IngressOptions {
+        prefix: prefix.clone(),
+        queue_group: group,
+        buffer: 1024,
+        at_least_once: false,
+    };
     let client = DirectoryClient::http(&directory_url);
     let watcher = Watcher::new(client.clone(), None);
     let catalogs = watcher.subscribe();
@@ -492,12 +523,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         RouterSpec {
             adapter: options.adapter.clone(),
             broker: broker_url.clone(),
-            ingress: IngressOptions {
-                prefix: prefix.clone(),
-                queue_group: group,
-                buffer: 1024,
-                at_least_once: false,
-            },
+            ingress: ingress_options.clone(),
             journey: JourneyConfig {
                 max_attempts: 3,
                 outlier: Default::default(),
@@ -699,6 +725,9 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let tasks = std::mem::take(&mut demo.router.tasks);
     for task in tasks {
         let _ = task.await;
+    }
+    if !in_process {
+        demo.clean_up(&ingress_options).await;
     }
 
     let delivered = demo.distinct();

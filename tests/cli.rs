@@ -114,6 +114,26 @@ fn the_demo_runs_the_same_story_on_nats() {
 fn the_demo_runs_the_same_story_on_rabbitmq() {
     let vhost = common::amqp::Vhost::create();
     demo_on("amqp", Some(&vhost.url()));
+    // The run's inboxes and ingress queue are gone; the shared dead-letter
+    // queue stays.
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "--no-table-headers",
+            "list_queues",
+            "-p",
+            &vhost.name,
+            "name",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let queues = String::from_utf8_lossy(&out.stdout);
+    let left: Vec<&str> = queues
+        .lines()
+        .map(str::trim)
+        .filter(|q| !q.is_empty() && *q != "baker-demo.dead-letters")
+        .collect();
+    assert!(left.is_empty(), "the demo left queues behind: {left:?}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ use baker_adapter_api::{
     Adapter, AdapterError, BrokerHealth, Destination, Endpoint, InboxConsumer, Ingress,
     IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
 };
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use egress::AmqpTarget;
@@ -97,6 +97,29 @@ impl AmqpAdapter {
         declared.map_err(|error| {
             broker_error(format!("{doing} inbox queue {}: {error}", endpoint.inbox))
         })
+    }
+}
+
+impl AmqpAdapter {
+    /// Deletes `queue` if it is empty, on a channel of its own (a refusal
+    /// closes the channel).
+    async fn delete_if_empty(&self, broker: &str, queue: &str) -> Result<(), AdapterError> {
+        check_url(broker)?;
+        let broker_error = |reason: String| AdapterError::Broker {
+            url: redact(broker),
+            reason,
+        };
+        let (link, _) = self.link(broker);
+        let channel = link.open_channel().await.map_err(broker_error)?;
+        let options = QueueDeleteOptions {
+            if_empty: true,
+            ..Default::default()
+        };
+        let deleted = channel.queue_delete(queue.into(), options).await;
+        let _ = channel.close(200, "queue deleted".into()).await;
+        deleted
+            .map(drop)
+            .map_err(|error| broker_error(format!("deleting queue {queue}: {error}")))
     }
 }
 
@@ -209,6 +232,23 @@ impl Adapter for AmqpAdapter {
             .declare_inbox(endpoint, passive, FieldTable::default(), "reading")
             .await?;
         Ok(Some(u64::from(queue.message_count())))
+    }
+
+    /// Deletes the inbox queue if it is empty.
+    async fn remove_inbox(&self, endpoint: &Endpoint) -> Result<(), AdapterError> {
+        self.delete_if_empty(&endpoint.broker, &endpoint.inbox)
+            .await
+    }
+
+    /// Deletes the group's ingress queue if it is empty. The exchanges and
+    /// the dead-letter queue stay: other groups share them.
+    async fn remove_ingress(
+        &self,
+        broker: &str,
+        options: &IngressOptions,
+    ) -> Result<(), AdapterError> {
+        let names = Names::new(&options.prefix, &options.queue_group);
+        self.delete_if_empty(broker, names.queue.as_str()).await
     }
 
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {

@@ -193,6 +193,24 @@ pub trait Adapter: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Removes what [`Adapter::prepare_inbox`] created for `endpoint`, if it
+    /// holds no message: for an instance that will not come back (the
+    /// demo's own). The default has nothing to remove.
+    async fn remove_inbox(&self, _endpoint: &Endpoint) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    /// Removes the ingress state the broker keeps for `options.queue_group`
+    /// (an AMQP queue), if it holds no message: for a group that will not
+    /// come back (the demo's own). The default has nothing to remove.
+    async fn remove_ingress(
+        &self,
+        _broker: &str,
+        _options: &IngressOptions,
+    ) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
     /// How many messages wait in the inbox at `endpoint`, not yet taken by
     /// the instance: what a draining instance still has to work through.
     /// `None` when the broker cannot tell (subject-addressed inboxes keep no
