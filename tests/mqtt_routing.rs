@@ -1124,6 +1124,34 @@ async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
                 .and_then(|p| p.correlation_data.as_deref()),
             Some(&b"c-7"[..])
         );
+
+        // Correlation data that is not text survives the proxy too.
+        let binary = bytes::Bytes::from_static(&[0xc7, 0x00, 0xff, 0x01]);
+        requester
+            .publish_with(
+                &mqtt_ingress.topic(&to_nats, "get"),
+                QoS::AtLeastOnce,
+                "3",
+                PublishProperties {
+                    response_topic: Some(format!("{replies}/2")),
+                    correlation_data: Some(binary.clone()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("a reply from the NATS instance within 10 s")
+            .unwrap();
+        assert_eq!(&reply.payload[..], b"pong:3");
+        assert_eq!(
+            reply
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.clone()),
+            Some(binary),
+            "binary correlation data restored exactly"
+        );
     })
     .await;
 }

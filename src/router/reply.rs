@@ -47,6 +47,7 @@ const SHARDS: usize = 16;
 struct Pending {
     reply_to: String,
     correlation_id: Option<String>,
+    correlation_data: Option<bytes::Bytes>,
     since: Instant,
 }
 
@@ -130,6 +131,7 @@ impl ReplyProxy {
             Pending {
                 reply_to,
                 correlation_id: message.properties.correlation_id.clone(),
+                correlation_data: message.properties.correlation_data.clone(),
                 since: Instant::now(),
             },
         );
@@ -231,6 +233,7 @@ impl ReplyProxy {
             return;
         };
         message.properties.correlation_id = pending.correlation_id;
+        message.properties.correlation_data = pending.correlation_data;
         message.reply_to = None;
         message.native = None;
         let outcome = match self

@@ -38,6 +38,7 @@ pub fn from_amqp(properties: &BasicProperties) -> (Headers, Option<String>, Prop
         content_type: text(properties.content_type()),
         content_encoding: text(properties.content_encoding()),
         correlation_id: text(properties.correlation_id()),
+        correlation_data: None,
         message_id: text(properties.message_id()),
         persistent: properties.delivery_mode().map(|m| m == PERSISTENT),
         expiration_ms: properties

@@ -127,6 +127,10 @@ pub struct Properties {
     pub content_encoding: Option<String>,
     /// Correlates a reply with its request.
     pub correlation_id: Option<String>,
+    /// Correlation data that is not text (MQTT 5 allows any bytes), exactly
+    /// as published; `correlation_id` is then `None`. Adapters whose
+    /// correlation ids are text leave it out.
+    pub correlation_data: Option<Bytes>,
     /// The publisher's own message id.
     pub message_id: Option<String>,
     /// Whether the broker should keep the message on disk (AMQP delivery

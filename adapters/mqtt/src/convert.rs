@@ -59,6 +59,10 @@ pub fn from_mqtt(publish: &Arc<Publish>) -> Message {
             .as_ref()
             .and_then(|c| std::str::from_utf8(c).ok())
             .map(str::to_owned),
+        correlation_data: p
+            .correlation_data
+            .clone()
+            .filter(|c| std::str::from_utf8(c).is_err()),
         expiration_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
         ..Default::default()
     };
@@ -94,13 +98,14 @@ pub fn to_mqtt(message: &Message) -> (PublishProperties, usize) {
         }
     }
     let p = &message.properties;
-    let correlation_data = match native.and_then(|n| n.correlation_data.clone()) {
-        Some(data) => Some(data),
-        None => p
-            .correlation_id
-            .as_ref()
-            .map(|c| bytes::Bytes::copy_from_slice(c.as_bytes())),
-    };
+    let correlation_data = native
+        .and_then(|n| n.correlation_data.clone())
+        .or_else(|| p.correlation_data.clone())
+        .or_else(|| {
+            p.correlation_id
+                .as_ref()
+                .map(|c| bytes::Bytes::copy_from_slice(c.as_bytes()))
+        });
     let message_expiry_interval = native.and_then(|n| n.message_expiry_interval).or_else(|| {
         p.expiration_ms
             .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX))
@@ -184,6 +189,10 @@ mod tests {
         assert_eq!(message.headers.get("trace"), Some("abc"));
         assert_eq!(message.reply_to.as_deref(), Some("replies/me"));
         assert_eq!(message.properties.correlation_id, None, "not UTF-8");
+        assert_eq!(
+            message.properties.correlation_data, properties.correlation_data,
+            "kept as bytes"
+        );
         message.headers.insert("baker-attempt", "1");
         let (sent, skipped) = to_mqtt(&message);
         assert_eq!(skipped, 0);
