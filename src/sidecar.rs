@@ -227,7 +227,12 @@ pub async fn run(
     let mut tasks = Vec::new();
     {
         let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(watcher.run(shutdown)));
+        // An agent alone needs no view, only takeover duty in auto mode.
+        tasks.push(if settings.router || takeover.is_some() {
+            tokio::spawn(watcher.run(shutdown))
+        } else {
+            tokio::spawn(watcher.report_reachability(shutdown))
+        });
     }
 
     let (table, ingress) = if settings.router {

@@ -281,3 +281,41 @@ async fn with_nats_down_routers_keep_their_view_and_a_new_router_starts_from_its
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_without_a_router_do_not_watch_the_bucket() {
+    bounded(async {
+        let bucket = Bucket::new(&nats_url()).await;
+        let service = unique("kvquiet");
+        let _agents: Vec<Proc> = ["a", "b"]
+            .iter()
+            .map(|id| agent(&bucket.url, &service, id, &[]))
+            .collect();
+        wait_until("both registered", Duration::from_secs(15), || async {
+            let Ok(store) = bucket.js.get_key_value(&bucket.name).await else {
+                return false;
+            };
+            let (a, b) = (
+                store.get(format!("{service}.a")).await,
+                store.get(format!("{service}.b")).await,
+            );
+            matches!((a, b), (Ok(Some(_)), Ok(Some(_))))
+        })
+        .await;
+        let consumers = || async {
+            let mut stream = bucket.store().await.stream;
+            stream.info().await.unwrap().state.consumer_count
+        };
+        // Long enough for a watch to have been made had they started one.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(consumers().await, 0, "agents alone watch nothing");
+
+        // A router does watch: the count above can tell.
+        let router = Router::start(&bucket.url, &Ingress::new(), &[]).await;
+        router
+            .wait_routed(&service, &["a", "b"], Duration::from_secs(15))
+            .await;
+        assert!(consumers().await >= 1, "the router watches the bucket");
+    })
+    .await;
+}

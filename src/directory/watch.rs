@@ -253,6 +253,35 @@ impl Watcher {
         true
     }
 
+    /// For a process that needs no view (an agent without a router, with no
+    /// directory to take over): only says whether the directory answers,
+    /// once a second, until shutdown. Following it would have every such
+    /// process fetch every change; on the KV directory, each would be one
+    /// more watcher of the whole bucket on the servers.
+    pub async fn report_reachability(self, shutdown: Shutdown) {
+        let mut outage_reported = false;
+        loop {
+            let Some(answered) = shutdown.run_until(self.client.ping()).await else {
+                return;
+            };
+            self.health.reachable.store(answered, Ordering::Relaxed);
+            if answered && outage_reported {
+                tracing::info!(url = self.client.url(), "directory reachable again");
+                outage_reported = false;
+            } else if !answered && !outage_reported {
+                tracing::warn!(url = self.client.url(), "directory unreachable");
+                outage_reported = true;
+            }
+            if shutdown
+                .run_until(tokio::time::sleep(Duration::from_secs(1)))
+                .await
+                .is_none()
+            {
+                return;
+            }
+        }
+    }
+
     /// Follows the directory until shutdown.
     pub async fn run(self, shutdown: Shutdown) {
         let mut after: Option<(u64, u64)> = None;
