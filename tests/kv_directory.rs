@@ -319,3 +319,59 @@ async fn agents_without_a_router_do_not_watch_the_bucket() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_bucket_is_created_again_and_routing_goes_on() {
+    bounded(async {
+        let bucket = Bucket::new(&nats_url()).await;
+        let ingress = Ingress::new();
+        let service = unique("kvgone");
+        let nats = connect().await;
+        let inbox = consume_inbox(&nats, &service, "a").await;
+        // Renewals every 10 s: the router reads the new bucket before the
+        // agent writes its record there again.
+        let _agent = agent(&bucket.url, &service, "a", &["--ttl", "30"]);
+        let router = Router::start(&bucket.url, &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+
+        bucket.js.delete_key_value(&bucket.name).await.unwrap();
+        // Traffic for 12 s across the deletion: routed from the last view,
+        // then from the new bucket, with no gap between the two.
+        let total = 600;
+        publish_paced(
+            &nats,
+            &ingress.subject(&service, "t"),
+            0,
+            total,
+            10,
+            Duration::from_millis(200),
+        )
+        .await;
+        wait_until(
+            "the bucket is back, with the agent's record",
+            Duration::from_secs(30),
+            || async {
+                match bucket.js.get_key_value(&bucket.name).await {
+                    Ok(store) => matches!(store.get(format!("{service}.a")).await, Ok(Some(_))),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
+        wait_until(
+            "every message delivered",
+            Duration::from_secs(10),
+            || async { inbox.count() >= total as usize },
+        )
+        .await;
+        assert_eq!(router.routed(&service).await, ["a"]);
+        assert!(
+            router.proc.log_text().contains("is a new one"),
+            "the router saw the new bucket: {}",
+            router.proc.log_text()
+        );
+    })
+    .await;
+}

@@ -28,7 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use baker_adapter_nats::async_nats::{
     self,
     connection::State,
-    jetstream::{self, context::CreateKeyValueErrorKind, kv},
+    jetstream::{
+        self,
+        context::{CreateKeyValueErrorKind, GetStreamErrorKind},
+        kv, ErrorCode,
+    },
     HeaderMap,
 };
 use bytes::Bytes;
@@ -40,8 +44,11 @@ use super::record::{Catalog, InstanceRecord};
 use crate::backoff::Backoff;
 use crate::config::KvSettings;
 
-/// Epoch of every catalog read from a bucket. The bucket outlives its
-/// readers, so unlike the embedded directory it never restarts empty.
+/// Epoch of the catalogs read from a bucket. The bucket outlives its
+/// readers, so unlike the embedded directory it does not restart empty,
+/// unless someone deletes it: each re-creation is a new epoch, so that
+/// routers keep the records the new bucket does not have yet for one lease,
+/// as they do for a restarted embedded directory.
 pub const KV_EPOCH: u64 = 1;
 
 /// Safety net against a watch that silently stopped: the whole bucket is
@@ -99,6 +106,15 @@ struct Inner {
     /// The view's index, bumped on every change of the live records.
     changes: watch::Sender<u64>,
     watching: AtomicBool,
+    /// Set while the bucket, found deleted, is being created again.
+    recreating: AtomicBool,
+    /// Creation time (ns since the epoch) of the bucket's stream at the last
+    /// read: a different one means the bucket was deleted and created again,
+    /// by this process or another.
+    created_ns: Mutex<Option<i128>>,
+    /// Set when the bucket was created again, until the first complete read
+    /// of the new one starts a new epoch.
+    recreated: AtomicBool,
     /// When the last catalog was built, and how long that took.
     built: Mutex<(tokio::time::Instant, Duration)>,
 }
@@ -118,6 +134,8 @@ struct View {
     /// True once a whole read of the bucket has completed.
     loaded: bool,
     index: u64,
+    /// Times the bucket was found deleted and created again.
+    recreations: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +214,7 @@ impl View {
             self.leases.values().map(|l| l.record.clone()).collect();
         instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
         Catalog {
-            epoch: KV_EPOCH,
+            epoch: KV_EPOCH + self.recreations,
             index: self.index,
             instances,
         }
@@ -235,6 +253,9 @@ impl KvDirectory {
             view: Mutex::new(View::default()),
             changes: watch::Sender::new(0),
             watching: AtomicBool::new(false),
+            recreating: AtomicBool::new(false),
+            created_ns: Mutex::new(None),
+            recreated: AtomicBool::new(false),
             built: Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
         });
         tokio::spawn(open_bucket(inner.clone()));
@@ -302,7 +323,12 @@ impl KvDirectory {
         };
         match tokio::time::timeout(CALL_TIMEOUT, write).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(self.unreachable(error)),
+            Ok(Err(error)) => {
+                // Agents without a router follow no bucket: a bucket deleted
+                // under them is noticed here.
+                tokio::spawn(recreate_if_deleted(self.inner.clone(), bucket));
+                Err(self.unreachable(error))
+            }
             Err(_) => Err(self.unreachable("no acknowledgement from the bucket")),
         }
     }
@@ -372,7 +398,7 @@ impl KvDirectory {
             return Ok(self.lock_view().catalog());
         }
         if let Some((epoch, index)) = after {
-            if epoch == KV_EPOCH {
+            if epoch == KV_EPOCH + self.lock_view().recreations {
                 let changed = tokio::time::timeout(wait, changes.wait_for(|i| *i != index))
                     .await
                     .is_ok_and(|r| r.is_ok());
@@ -484,6 +510,35 @@ async fn create_bucket(js: &jetstream::Context, inner: &Inner) -> Result<kv::Sto
     }
 }
 
+/// Whether the bucket's stream no longer exists (someone deleted the
+/// bucket), as opposed to a server that does not answer.
+async fn bucket_deleted(bucket: &Bucket) -> bool {
+    match bucket.js.get_stream(&bucket.store.stream_name).await {
+        Ok(_) => false,
+        Err(error) => matches!(error.kind(),
+            GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND),
+    }
+}
+
+/// Creates the bucket again if it was deleted while this process ran, so the
+/// directory heals without a restart: agents write their records into the
+/// new bucket at their next renewal. Routers keep their last view meanwhile.
+/// Returns whether the bucket was found deleted.
+async fn recreate_if_deleted(inner: Arc<Inner>, bucket: Bucket) -> bool {
+    if !bucket_deleted(&bucket).await {
+        return false;
+    }
+    if inner.recreating.swap(true, Ordering::AcqRel) {
+        return true;
+    }
+    tracing::warn!(url = %inner.url, bucket = %inner.settings.bucket,
+        "the directory bucket was deleted; creating it again");
+    inner.bucket.send_replace(None);
+    open_bucket(inner.clone()).await;
+    inner.recreating.store(false, Ordering::Release);
+    true
+}
+
 /// Keeps the view in step with the bucket for as long as the process runs.
 async fn follow_bucket(inner: Arc<Inner>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -497,6 +552,9 @@ async fn follow_bucket(inner: Arc<Inner>) {
         let Some(bucket) = bucket else { return };
         match read_bucket(&inner, &bucket).await {
             Ok(()) => backoff.reset(),
+            Err(_) if recreate_if_deleted(inner.clone(), bucket).await => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
             Err(error) => {
                 tracing::warn!(url = %inner.url, bucket = %inner.settings.bucket, %error,
                     "directory bucket watch failed; reading it again");
@@ -518,13 +576,19 @@ async fn read_bucket(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
     // live one once complete, so readers never see half a bucket.
     let mut fresh: Option<View> = Some(View::default());
     let mut stream = bucket.store.stream.clone();
-    let empty = stream
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .messages
-        == 0;
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    let created = info.created.unix_timestamp_nanos();
+    let previous = inner
+        .created_ns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(created);
+    if previous.is_some_and(|previous| previous != created) {
+        tracing::warn!(url = %inner.url, bucket = %inner.settings.bucket,
+            "the directory bucket is a new one (it was deleted); keeping the records it lacks for one lease");
+        inner.recreated.store(true, Ordering::Release);
+    }
+    let empty = info.state.messages == 0;
     if empty {
         adopt(inner, fresh.take().expect("not adopted yet"));
     }
@@ -632,7 +696,11 @@ fn adopt(inner: &Inner, mut fresh: View) {
     let now = SystemTime::now();
     fresh.expire(now);
     let mut view = inner.lock_view();
-    let changed = !view.loaded || view.leases != fresh.leases;
+    let mut changed = !view.loaded || view.leases != fresh.leases;
+    if inner.recreated.swap(false, Ordering::AcqRel) {
+        view.recreations += 1;
+        changed = true;
+    }
     view.leases = fresh.leases;
     view.loaded = true;
     if changed {
