@@ -1100,58 +1100,39 @@ async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
         let mut requester = Client::connect(&url, &unique("requester-"), false).await;
         let replies = unique("replies/");
         requester.subscribe(&format!("{replies}/#")).await;
-        requester
-            .publish_with(
-                &mqtt_ingress.topic(&to_nats, "get"),
-                QoS::AtLeastOnce,
-                "2",
-                PublishProperties {
-                    response_topic: Some(format!("{replies}/1")),
-                    correlation_data: Some(bytes::Bytes::from_static(b"c-7")),
-                    ..Default::default()
-                },
-            )
-            .await;
-        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
-            .await
-            .expect("a reply from the NATS instance within 10 s")
-            .unwrap();
-        assert_eq!(&reply.payload[..], b"pong:2");
-        assert_eq!(
-            reply
-                .properties
-                .as_ref()
-                .and_then(|p| p.correlation_data.as_deref()),
-            Some(&b"c-7"[..])
-        );
-
-        // Correlation data that is not text survives the proxy too.
-        let binary = bytes::Bytes::from_static(&[0xc7, 0x00, 0xff, 0x01]);
-        requester
-            .publish_with(
-                &mqtt_ingress.topic(&to_nats, "get"),
-                QoS::AtLeastOnce,
-                "3",
-                PublishProperties {
-                    response_topic: Some(format!("{replies}/2")),
-                    correlation_data: Some(binary.clone()),
-                    ..Default::default()
-                },
-            )
-            .await;
-        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
-            .await
-            .expect("a reply from the NATS instance within 10 s")
-            .unwrap();
-        assert_eq!(&reply.payload[..], b"pong:3");
-        assert_eq!(
-            reply
-                .properties
-                .as_ref()
-                .and_then(|p| p.correlation_data.clone()),
-            Some(binary),
-            "binary correlation data restored exactly"
-        );
+        // Text correlation data, then data that is not text: both restored
+        // exactly.
+        let topic = mqtt_ingress.topic(&to_nats, "get");
+        for (n, correlation) in [
+            (2, bytes::Bytes::from_static(b"c-7")),
+            (3, bytes::Bytes::from_static(&[0xc7, 0x00, 0xff, 0x01])),
+        ] {
+            requester
+                .publish_with(
+                    &topic,
+                    QoS::AtLeastOnce,
+                    n.to_string(),
+                    PublishProperties {
+                        response_topic: Some(format!("{replies}/{n}")),
+                        correlation_data: Some(correlation.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+                .await
+                .expect("a reply from the NATS instance within 10 s")
+                .unwrap();
+            assert_eq!(reply.payload, format!("pong:{n}").as_bytes());
+            assert_eq!(
+                reply
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_data.clone()),
+                Some(correlation),
+                "correlation data restored exactly"
+            );
+        }
     })
     .await;
 }
