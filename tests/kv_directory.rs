@@ -375,3 +375,45 @@ async fn a_deleted_bucket_is_created_again_and_routing_goes_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_write_to_a_bucket_replaced_by_one_without_per_key_ttl() {
+    bounded(async {
+        let bucket = Bucket::new(&nats_url()).await;
+        let service = unique("kvswap");
+        let _agent = agent(&bucket.url, &service, "a", &["--ttl", "3"]);
+        let key = format!("{service}.a");
+        let has_record = || async {
+            match bucket.js.get_key_value(&bucket.name).await {
+                Ok(store) => matches!(store.get(&key).await, Ok(Some(_))),
+                Err(_) => false,
+            }
+        };
+        wait_until("registered", Duration::from_secs(15), has_record).await;
+        let ttl_allowed = || async {
+            let mut stream = bucket.store().await.stream;
+            stream.info().await.unwrap().config.allow_message_ttl
+        };
+        assert!(ttl_allowed().await, "Baker's bucket takes per-key TTLs");
+
+        // Someone replaces the bucket with one of default settings (again,
+        // should the agent re-create it in between).
+        loop {
+            let _ = bucket.js.delete_key_value(&bucket.name).await;
+            let config = kv::Config {
+                bucket: bucket.name.clone(),
+                ..Default::default()
+            };
+            if bucket.js.create_key_value(config).await.is_ok() && !ttl_allowed().await {
+                break;
+            }
+        }
+        wait_until(
+            "the agent's record in the replaced bucket",
+            Duration::from_secs(15),
+            has_record,
+        )
+        .await;
+    })
+    .await;
+}

@@ -325,8 +325,8 @@ impl KvDirectory {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => {
                 // Agents without a router follow no bucket: a bucket deleted
-                // under them is noticed here.
-                tokio::spawn(recreate_if_deleted(self.inner.clone(), bucket));
+                // or replaced under them is noticed here.
+                tokio::spawn(heal_after_refused_write(self.inner.clone(), bucket));
                 Err(self.unreachable(error))
             }
             Err(_) => Err(self.unreachable("no acknowledgement from the bucket")),
@@ -537,6 +537,29 @@ async fn recreate_if_deleted(inner: Arc<Inner>, bucket: Bucket) -> bool {
     open_bucket(inner.clone()).await;
     inner.recreating.store(false, Ordering::Release);
     true
+}
+
+/// After a refused write: creates the bucket again if it was deleted, and
+/// otherwise reads its settings again, in case someone re-created it with
+/// others (a bucket that allows no per-key TTL refuses writes that carry one).
+async fn heal_after_refused_write(inner: Arc<Inner>, bucket: Bucket) {
+    if recreate_if_deleted(inner.clone(), bucket.clone()).await {
+        return;
+    }
+    let mut stream = bucket.store.stream.clone();
+    let Ok(info) = stream.info().await else {
+        return;
+    };
+    let ttl_headers = info.config.allow_message_ttl;
+    if ttl_headers != bucket.ttl_headers {
+        tracing::warn!(url = %inner.url, bucket = %inner.settings.bucket, per_key_ttl = ttl_headers,
+            "the directory bucket's settings changed; writing to match them");
+        inner.bucket.send_modify(|open| {
+            if let Some(open) = open {
+                open.ttl_headers = ttl_headers;
+            }
+        });
+    }
 }
 
 /// Keeps the view in step with the bucket for as long as the process runs.
