@@ -112,9 +112,6 @@ struct Inner {
     /// read: a different one means the bucket was deleted and created again,
     /// by this process or another.
     created_ns: Mutex<Option<i128>>,
-    /// Set when the bucket was created again, until the first complete read
-    /// of the new one starts a new epoch.
-    recreated: AtomicBool,
     /// When the last catalog was built, and how long that took.
     built: Mutex<(tokio::time::Instant, Duration)>,
 }
@@ -255,7 +252,6 @@ impl KvDirectory {
             watching: AtomicBool::new(false),
             recreating: AtomicBool::new(false),
             created_ns: Mutex::new(None),
-            recreated: AtomicBool::new(false),
             built: Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
         });
         tokio::spawn(open_bucket(inner.clone()));
@@ -606,14 +602,15 @@ async fn read_bucket(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .replace(created);
-    if previous.is_some_and(|previous| previous != created) {
+    // The first complete read of a new bucket starts a new epoch.
+    let new_bucket = previous.is_some_and(|previous| previous != created);
+    if new_bucket {
         tracing::warn!(url = %inner.url, bucket = %inner.settings.bucket,
             "the directory bucket is a new one (it was deleted); keeping the records it lacks for one lease");
-        inner.recreated.store(true, Ordering::Release);
     }
     let empty = info.state.messages == 0;
     if empty {
-        adopt(inner, fresh.take().expect("not adopted yet"));
+        adopt(inner, fresh.take().expect("not adopted yet"), new_bucket);
     }
     let reload_at = tokio::time::Instant::now() + RELOAD;
     let mut reported_bad_keys = false;
@@ -649,7 +646,7 @@ async fn read_bucket(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
                     Some(view) => {
                         view.apply(&entry.key, lease, now);
                         if entry.delta == 0 {
-                            adopt(inner, fresh.take().expect("checked"));
+                            adopt(inner, fresh.take().expect("checked"), new_bucket);
                         }
                     }
                     None => {
@@ -667,7 +664,7 @@ async fn read_bucket(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
             // delivers them; then no entry ends the history.
             _ = tokio::time::sleep(STALLED_HISTORY), if fresh.is_some() => {
                 if stream.info().await.map_err(|e| e.to_string())?.state.messages == 0 {
-                    adopt(inner, fresh.take().expect("checked"));
+                    adopt(inner, fresh.take().expect("checked"), new_bucket);
                 }
             }
             _ = tokio::time::sleep_until(reload_at) => return Ok(()),
@@ -715,14 +712,13 @@ async fn end_leases(inner: &Inner, bucket: &Bucket) -> Result<(), String> {
 }
 
 /// Replaces the live view with a complete read of the bucket.
-fn adopt(inner: &Inner, mut fresh: View) {
+fn adopt(inner: &Inner, mut fresh: View, new_bucket: bool) {
     let now = SystemTime::now();
     fresh.expire(now);
     let mut view = inner.lock_view();
-    let mut changed = !view.loaded || view.leases != fresh.leases;
-    if inner.recreated.swap(false, Ordering::AcqRel) {
+    let changed = new_bucket || !view.loaded || view.leases != fresh.leases;
+    if new_bucket {
         view.recreations += 1;
-        changed = true;
     }
     view.leases = fresh.leases;
     view.loaded = true;

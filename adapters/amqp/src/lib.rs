@@ -84,33 +84,24 @@ impl AmqpAdapter {
         arguments: FieldTable,
         doing: &str,
     ) -> Result<lapin::Queue, AdapterError> {
-        let broker_error = |reason: String| AdapterError::Broker {
-            url: redact(&endpoint.broker),
-            reason,
-        };
-        let (link, _) = self.link(&endpoint.broker);
-        let channel = link.open_channel().await.map_err(broker_error)?;
+        let channel = self.own_channel(&endpoint.broker).await?;
         let declared = channel
             .queue_declare(endpoint.inbox.as_str().into(), options, arguments)
             .await;
         let _ = channel.close(200, "inbox declared".into()).await;
         declared.map_err(|error| {
-            broker_error(format!("{doing} inbox queue {}: {error}", endpoint.inbox))
+            broker_error(
+                &endpoint.broker,
+                format!("{doing} inbox queue {}: {error}", endpoint.inbox),
+            )
         })
     }
-}
 
-impl AmqpAdapter {
     /// Deletes `queue` if it is empty, on a channel of its own (a refusal
     /// closes the channel).
     async fn delete_if_empty(&self, broker: &str, queue: &str) -> Result<(), AdapterError> {
         check_url(broker)?;
-        let broker_error = |reason: String| AdapterError::Broker {
-            url: redact(broker),
-            reason,
-        };
-        let (link, _) = self.link(broker);
-        let channel = link.open_channel().await.map_err(broker_error)?;
+        let channel = self.own_channel(broker).await?;
         let options = QueueDeleteOptions {
             if_empty: true,
             ..Default::default()
@@ -119,7 +110,23 @@ impl AmqpAdapter {
         let _ = channel.close(200, "queue deleted".into()).await;
         deleted
             .map(drop)
-            .map_err(|error| broker_error(format!("deleting queue {queue}: {error}")))
+            .map_err(|error| broker_error(broker, format!("deleting queue {queue}: {error}")))
+    }
+
+    /// A channel for one request, apart from the one carrying the egress
+    /// publishes.
+    async fn own_channel(&self, broker: &str) -> Result<lapin::Channel, AdapterError> {
+        let (link, _) = self.link(broker);
+        link.open_channel()
+            .await
+            .map_err(|reason| broker_error(broker, reason))
+    }
+}
+
+fn broker_error(broker: &str, reason: String) -> AdapterError {
+    AdapterError::Broker {
+        url: redact(broker),
+        reason,
     }
 }
 
@@ -178,10 +185,7 @@ impl Adapter for AmqpAdapter {
         ingress
             .connect()
             .await
-            .map_err(|reason| AdapterError::Broker {
-                url: redact(broker),
-                reason,
-            })?;
+            .map_err(|reason| broker_error(broker, reason))?;
         Ok(Box::new(ingress))
     }
 
@@ -272,10 +276,7 @@ impl Adapter for AmqpAdapter {
         let (link, _) = self.link(broker);
         let inbox = reply::open(link, format!("_baker.reply.{router_id}"), replies)
             .await
-            .map_err(|reason| AdapterError::Broker {
-                url: redact(broker),
-                reason,
-            })?;
+            .map_err(|reason| broker_error(broker, reason))?;
         Ok(Arc::new(inbox))
     }
 

@@ -52,17 +52,19 @@ pub fn from_mqtt(publish: &Arc<Publish>) -> Message {
     }
     message.headers = headers;
     message.reply_to = p.response_topic.clone();
+    // Text correlation data is also the correlation id other protocols
+    // carry; the rest is kept as bytes.
+    let (correlation_id, correlation_data) = match &p.correlation_data {
+        Some(data) => match std::str::from_utf8(data) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (None, Some(data.clone())),
+        },
+        None => (None, None),
+    };
     message.properties = Properties {
         content_type: p.content_type.clone(),
-        correlation_id: p
-            .correlation_data
-            .as_ref()
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .map(str::to_owned),
-        correlation_data: p
-            .correlation_data
-            .clone()
-            .filter(|c| std::str::from_utf8(c).is_err()),
+        correlation_id,
+        correlation_data,
         expiration_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
         ..Default::default()
     };
