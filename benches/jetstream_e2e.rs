@@ -12,7 +12,7 @@
 //!   `BAKER_BENCH_RELAY_MAX_IN_FLIGHT` messages in flight, baker-mq's
 //!   default of 1024) → the pull consumer;
 //! * `baker-mq`: JetStream publish with ack → `BAKER_INGRESS_<prefix>` → a
-//!   `baker-mq --nats-ingress jetstream` sidecar (with its own `baker-mq
+//!   `baker-mq` sidecar with `?ingress=jetstream` in its broker URL (with its own `baker-mq
 //!   directory`) registering instance `i1` with a durable inbox
 //!   (`broker=…?inbox=jetstream`) → `BAKER_INBOX__baker_<svc>_i1` → the pull
 //!   consumer.
@@ -854,10 +854,8 @@ async fn start_baker(run: &str, logs: &Path) -> (Route, SocketAddr) {
         &[
             "--adapter",
             "nats",
-            "--nats-ingress",
-            "jetstream",
             "--broker",
-            &nats_url(),
+            &format!("{}?ingress=jetstream", nats_url()),
             "--directory",
             &format!("http://{directory}"),
             "--admin",

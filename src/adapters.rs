@@ -1,9 +1,20 @@
-//! The adapters built into this binary. Adding a protocol is one crate under
-//! `adapters/` and one line here.
+//! The adapters built into this binary, and the settings that moved into
+//! an adapter's own. Adding a protocol is a crate under `adapters/` and a line
+//! here.
 
 use std::sync::Arc;
 
 use baker_adapter_api::{Adapter, BrokerHealth};
+
+/// The adapter of the ingress and of registered instances unless the
+/// configuration names another.
+pub const DEFAULT_ADAPTER: &str = "nats";
+
+/// Default log filter: Baker's own events (the adapters' included), and only
+/// warnings from libraries (lapin warns once per returned message, which
+/// Baker handles and counts).
+pub const DEFAULT_LOG: &str =
+    "warn,lapin::returned_messages=error,baker_mq=info,baker_adapter_api=info,baker_adapter_amqp=info,baker_adapter_nats=info,baker_adapter_mqtt=info,baker_adapter_memory=info";
 
 /// Every adapter this build has, by name.
 #[derive(Clone)]
@@ -50,3 +61,24 @@ impl AdapterRegistry {
         self.adapters.iter().flat_map(|a| a.health()).collect()
     }
 }
+
+/// A setting that moved into an adapter's broker URL: naming it is an error
+/// that says what to write instead (silently ignoring it would change how a
+/// router takes its messages).
+pub struct MovedSetting {
+    /// Its config-file key.
+    pub key: &'static str,
+    /// Its environment variable.
+    pub variable: &'static str,
+    /// What to write instead.
+    pub instead: &'static str,
+}
+
+/// Every setting that moved into an adapter (the flags are gone too; clap
+/// refuses them).
+pub const MOVED_SETTINGS: &[MovedSetting] = &[MovedSetting {
+    key: "nats_ingress",
+    variable: "BAKER_NATS_INGRESS",
+    instead: "the NATS ingress is chosen in the broker URL now: \
+              nats://HOST:PORT?ingress=jetstream (or ?ingress=core, the default)",
+}];

@@ -513,7 +513,6 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         prefix: prefix.clone(),
         queue_group: group,
         buffer: 1024,
-        at_least_once: false,
     };
     let client = DirectoryClient::http(&directory_url);
     let watcher = Watcher::new(client.clone(), None);

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use baker_mq::cli::{Cli, Command, LogFormat};
-use baker_mq::{adapters::AdapterRegistry, config, demo, directory, shutdown, sidecar, status};
+use baker_mq::config::Config;
+use baker_mq::{adapters::AdapterRegistry, demo, directory, shutdown, sidecar, status};
 use clap::Parser;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -50,18 +51,18 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (filter, format) = config::logging(&cli)?;
-    let quiet_demo = matches!(cli.command, Some(Command::Demo { .. })) && cli.log.is_none();
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    let (filter, format) = config.logging();
+    let quiet_demo = matches!(cli.command, Some(Command::Demo { .. })) && !config.log_given();
     init_logging(if quiet_demo { "error" } else { &filter }, format)?;
     match &cli.command {
         None => {
-            let settings = config::resolve(&cli, &AdapterRegistry::builtin())?;
+            let settings = config.resolve(&AdapterRegistry::builtin())?;
             let prometheus = install_metrics()?;
             sidecar::run(settings, Some(prometheus)).await?;
         }
         Some(Command::Directory { .. }) => {
-            let settings = config::resolve(&cli, &AdapterRegistry::builtin())?;
+            let settings = config.resolve(&AdapterRegistry::builtin())?;
             let shutdown = shutdown::Shutdown::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -77,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin,
             timeout_secs,
         }) => {
-            let addr = admin_address(&cli, *admin)?;
+            let addr = admin.unwrap_or_else(|| config.admin());
             baker_mq::drain::run(
                 addr,
                 instance.as_deref(),
@@ -86,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
         }
         Some(Command::Status { admin, json }) => {
-            let addr = admin_address(&cli, *admin)?;
+            let addr = admin.unwrap_or_else(|| config.admin());
             let doc = status::fetch(addr).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -126,45 +127,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin address to talk to: the flag, else the config file's, else the
-/// default.
-fn admin_address(
-    cli: &Cli,
-    flag: Option<std::net::SocketAddr>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    if let Some(addr) = flag {
-        return Ok(addr);
-    }
-    let file = match &cli.config {
-        Some(path) => config::read_file(path)?,
-        None => Default::default(),
-    };
-    Ok(file.admin.unwrap_or(config::DEFAULT_ADMIN.parse()?))
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = config::worker_threads(&cli)
-        .map_err(anyhow::Error::from)
-        .and_then(|threads| {
-            let mut builder = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut builder = tokio::runtime::Builder::new_multi_thread();
-                builder.worker_threads(threads);
-                builder
-            };
-            builder.enable_all().build().context("starting the runtime")
-        });
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(error) => Err(error),
-    };
-    match result {
+    match start(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("baker-mq: error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads the configuration, then runs the chosen role on a runtime of the
+/// configured size.
+fn start(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli)?;
+    let threads = config.worker_threads()?;
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(cli, config))
 }

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::config::FileConfig;
+use crate::config::Options;
 use crate::directory::InstanceRecord;
 
 /// The `baker-*` headers Baker sets on or reads from routed messages. Every
@@ -54,10 +54,7 @@ pub fn all() -> Vec<(&'static str, String)> {
             "instance-record.schema.json",
             render(schemars::schema_for!(InstanceRecord)),
         ),
-        (
-            "config.schema.json",
-            render(schemars::schema_for!(FileConfig)),
-        ),
+        ("config.schema.json", render(schemars::schema_for!(Options))),
         (
             "headers.schema.json",
             render(schemars::schema_for!(BakerHeaders)),

@@ -52,6 +52,20 @@ fn unknown_flag_fails_with_usage() {
 }
 
 #[test]
+fn a_variable_of_a_setting_moved_into_an_adapter_stops_the_start() {
+    let out = Command::new(BIN)
+        .env("BAKER_NATS_INGRESS", "jetstream")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BAKER_NATS_INGRESS") && stderr.contains("?ingress=jetstream"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_environment_variable_is_reported() {
     let out = Command::new(BIN)
         .env("BAKER_MAX_IN_FLIGHT", "lots")

@@ -10,6 +10,9 @@ use common::*;
 use futures::StreamExt;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+/// A short ack wait for the tests that wait for redeliveries (the default is
+/// 30 s).
+const ACK_WAIT_QUERY: &str = "&ack_wait_secs=3";
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
     tokio::time::timeout(TEST_TIMEOUT, test)
@@ -40,7 +43,27 @@ async fn js_publish(js: &jetstream::Context, subject: &str, start: u64, count: u
 
 /// A JetStream router on `ingress`, and the stream to delete afterwards.
 async fn js_router(directory: &str, ingress: &Ingress) -> Router {
-    Router::start(directory, ingress, &["--nats-ingress", "jetstream"]).await
+    js_router_with(directory, ingress, "").await
+}
+
+/// A JetStream router on `ingress` with more settings in its broker URL's
+/// query (`&key=value...`).
+async fn js_router_with(directory: &str, ingress: &Ingress, query: &str) -> Router {
+    let broker = format!("{}?ingress=jetstream{query}", nats_url());
+    Router::spawn(
+        directory,
+        &[
+            "--adapter",
+            "nats",
+            "--broker",
+            &broker,
+            "--ingress-prefix",
+            &ingress.prefix,
+            "--queue-group",
+            &ingress.group,
+        ],
+    )
+    .await
 }
 
 /// Deletes the ingress stream of `ingress`.
@@ -103,7 +126,7 @@ async fn a_router_killed_mid_stream_loses_nothing_on_jetstream_once_restarted() 
         let js = jetstream::new(client.clone());
         let a = consume_inbox(&client, &service, "a").await;
         let _agent = agent(&dir.url(), &service, "a", &[]);
-        let router = js_router(&dir.url(), &ingress).await;
+        let router = js_router_with(&dir.url(), &ingress, ACK_WAIT_QUERY).await;
         router
             .wait_routed(&service, &["a"], Duration::from_secs(15))
             .await;
@@ -244,7 +267,9 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
         let _agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
         let inbox_name = format!("_baker.{service}.a");
         let a = consume_durable_inbox(&js, &inbox_name).await;
-        let router = js_router(&dir.url(), &ingress).await;
+        // A short ack wait, so that the killed router's messages come back
+        // soon.
+        let router = js_router_with(&dir.url(), &ingress, ACK_WAIT_QUERY).await;
         router
             .wait_routed(&service, &["a"], Duration::from_secs(15))
             .await;
@@ -257,9 +282,25 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
                 stream.info().await.map_or(0, |i| i.state.messages) >= 3000
             })
             .await;
-        // The killed router's unacked messages come back after the ack wait
-        // (30 s) and are routed again: give them the time to land.
-        tokio::time::sleep(Duration::from_secs(35)).await;
+        // The killed router's unacked messages came back after the ack wait
+        // and were routed again; once the consumer has nothing pending or
+        // unacked, no copy can come any more.
+        let ingress_stream = format!(
+            "BAKER_INGRESS_{}",
+            baker_adapter_nats::stream_name(&ingress.prefix)
+        );
+        wait_until(
+            "the ingress consumer has nothing pending",
+            Duration::from_secs(30),
+            || async {
+                let stream = js.get_stream(&ingress_stream).await.unwrap();
+                stream
+                    .consumer_info(baker_adapter_nats::stream_name(&ingress.group))
+                    .await
+                    .is_ok_and(|i| i.num_ack_pending == 0 && i.num_pending == 0)
+            },
+        )
+        .await;
         let (duplicates, seen) = tally(&[&a]);
         assert_eq!(seen.len(), total as usize, "every message delivered");
         assert_eq!(

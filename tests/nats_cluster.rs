@@ -70,7 +70,7 @@ async fn a_three_node_cluster_loses_a_node_mid_stream_and_routing_and_the_direct
             })
             .collect();
         let router_on = |i: usize| {
-            let broker = format!("{}?replicas=3", node(i));
+            let broker = format!("{}?replicas=3&ingress=jetstream", node(i));
             let prefix = ingress.prefix.clone();
             let group = ingress.group.clone();
             let dir = directory(i);
@@ -80,8 +80,6 @@ async fn a_three_node_cluster_loses_a_node_mid_stream_and_routing_and_the_direct
                     &[
                         "--adapter",
                         "nats",
-                        "--nats-ingress",
-                        "jetstream",
                         "--broker",
                         &broker,
                         "--ingress-prefix",

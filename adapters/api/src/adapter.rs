@@ -34,9 +34,6 @@ pub struct IngressOptions {
     pub queue_group: String,
     /// How many deliveries the adapter may buffer ahead of the core.
     pub buffer: usize,
-    /// Ask for an at-least-once ingress where the protocol offers both an
-    /// at-most-once and an at-least-once one (NATS: core or JetStream).
-    pub at_least_once: bool,
 }
 
 /// Whether an ingress is connected to its broker right now, readable by the

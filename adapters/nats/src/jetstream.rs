@@ -25,29 +25,31 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::{message_from_parts, nats_headers};
+use crate::convert::{message_from_parts, nats_headers};
 
 /// Subject prefix of dead letters: `_baker.dlq.<service>`.
 pub const DEAD_LETTER_PREFIX: &str = "_baker.dlq";
 /// The stream keeping dead letters.
 pub const DEAD_LETTER_STREAM: &str = "BAKER_DLQ";
 
-/// How long the server waits for a message's ack before redelivering it:
-/// longer than the slowest delivery with its retries.
+/// How long the server waits for a message's ack before redelivering it,
+/// unless the broker URL says (`ack_wait_secs`): longer than the slowest
+/// delivery with its retries. A message held longer sends progress acks.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Pause before a nak'd message is redelivered.
 const NAK_DELAY: Duration = Duration::from_secs(1);
-/// How often a message held longer (by retries) restarts its ack wait.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// The stream settings a broker URL's query can give (`storage`, `replicas`,
-/// `max_bytes`, `max_age_secs`), applied when Baker creates a stream.
+/// The JetStream settings a broker URL's query can give: `storage`,
+/// `replicas`, `max_bytes`, `max_age_secs`, applied when Baker creates a
+/// stream, and `ack_wait_secs`, applied when it creates the ingress's
+/// durable consumer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSettings {
     pub storage: StorageType,
     pub replicas: usize,
     pub max_bytes: i64,
     pub max_age: Duration,
+    pub ack_wait: Duration,
 }
 
 impl StreamSettings {
@@ -58,6 +60,7 @@ impl StreamSettings {
             replicas: 1,
             max_bytes: -1,
             max_age: Duration::ZERO,
+            ack_wait: ACK_WAIT,
         };
         let Some((_, query)) = url.split_once('?') else {
             return Ok(settings);
@@ -85,10 +88,17 @@ impl StreamSettings {
                 }
                 "max_bytes" => settings.max_bytes = i64::try_from(number()?).unwrap_or(i64::MAX),
                 "max_age_secs" => settings.max_age = Duration::from_secs(number()?),
+                "ack_wait_secs" => {
+                    settings.ack_wait = match number()? {
+                        n @ 1..=3600 => Duration::from_secs(n),
+                        n => return Err(format!("ack_wait_secs={n}: expected 1 to 3600")),
+                    }
+                }
                 "inbox" if value == "jetstream" => {}
+                "ingress" if value == "jetstream" || value == "core" => {}
                 _ => {
                     return Err(format!(
-                        "unknown setting {pair:?} (expected storage, replicas, max_bytes, max_age_secs, inbox=jetstream)"
+                        "unknown setting {pair:?} (expected ingress=core|jetstream, inbox=jetstream, storage, replicas, max_bytes, max_age_secs, ack_wait_secs)"
                     ))
                 }
             }
@@ -187,6 +197,8 @@ struct JetStreamSettle {
     /// The message's ack subject, for progress acks.
     reply: Option<async_nats::Subject>,
     acks: mpsc::UnboundedSender<Ack>,
+    /// How often a held message restarts its ack wait: a third of it.
+    progress_every: Duration,
     service: String,
     headers: Option<HeaderMap>,
     payload: Bytes,
@@ -216,7 +228,7 @@ impl Settle for JetStreamSettle {
     }
 
     fn progress_interval(&self) -> Option<Duration> {
-        Some(PROGRESS_EVERY)
+        Some(self.progress_every)
     }
 
     fn progress(&self) {
@@ -230,6 +242,7 @@ pub struct JetStreamIngress {
     client: async_nats::Client,
     messages: Option<jetstream::consumer::pull::Stream>,
     acks: mpsc::UnboundedSender<Ack>,
+    progress_every: Duration,
     prefix_len: usize,
 }
 
@@ -274,13 +287,16 @@ pub async fn start(
             PullConfig {
                 durable_name: Some(durable.clone()),
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
+                ack_wait: settings.ack_wait,
                 max_ack_pending: i64::try_from(max_ack_pending.max(1)).unwrap_or(i64::MAX),
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| broker_error("creating the durable consumer", e.to_string()))?;
+    // The consumer's own ack wait counts: it may have been made by a router
+    // with other settings.
+    let progress_every = consumer.cached_info().config.ack_wait / 3;
     let messages = consumer
         .messages()
         .await
@@ -291,6 +307,7 @@ pub async fn start(
         client,
         messages: Some(messages),
         acks,
+        progress_every,
         prefix_len: prefix.len() + 1,
     })
 }
@@ -330,6 +347,7 @@ impl JetStreamIngress {
             acker: Some(acker),
             reply,
             acks: self.acks.clone(),
+            progress_every: self.progress_every,
             service: destination.service.clone(),
             headers: native_headers,
             payload,
@@ -351,7 +369,7 @@ impl JetStreamIngress {
 #[async_trait]
 impl Ingress for JetStreamIngress {
     fn status(&self) -> IngressStatus {
-        crate::connection_status(&self.client)
+        crate::link::connection_status(&self.client)
     }
 
     async fn next(&mut self) -> Option<Delivery> {
@@ -410,8 +428,17 @@ impl Ingress for JetStreamIngress {
 
 /// Whether the broker URL asks for a durable inbox (`?inbox=jetstream`).
 pub fn durable_inbox(url: &str) -> bool {
+    has_setting(url, "inbox=jetstream")
+}
+
+/// Whether the broker URL asks for the JetStream ingress (`?ingress=jetstream`).
+pub fn jetstream_ingress(url: &str) -> bool {
+    has_setting(url, "ingress=jetstream")
+}
+
+fn has_setting(url: &str, pair: &str) -> bool {
     url.split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "inbox=jetstream"))
+        .is_some_and(|(_, query)| query.split('&').any(|p| p == pair))
 }
 
 /// The stream that keeps a durable inbox.
@@ -516,9 +543,19 @@ mod tests {
         assert_eq!(set.replicas, 3);
         assert_eq!(set.max_bytes, 1_048_576);
         assert_eq!(set.max_age, Duration::from_secs(60));
+        assert_eq!(plain.ack_wait, ACK_WAIT);
+        let short = StreamSettings::from_url("nats://h?ack_wait_secs=3").unwrap();
+        assert_eq!(short.ack_wait, Duration::from_secs(3));
+        assert!(StreamSettings::from_url("nats://h?ack_wait_secs=0").is_err());
         assert!(StreamSettings::from_url("nats://h?replicas=7")
             .unwrap_err()
             .contains("1 to 5"));
+        assert!(StreamSettings::from_url("nats://h?ingress=jetstream&inbox=jetstream").is_ok());
+        assert!(jetstream_ingress(
+            "nats://h?storage=memory&ingress=jetstream"
+        ));
+        assert!(!jetstream_ingress("nats://h?ingress=core"));
+        assert!(StreamSettings::from_url("nats://h?ingress=jetsream").is_err());
         assert!(StreamSettings::from_url("nats://h?colour=blue")
             .unwrap_err()
             .contains("unknown setting"));

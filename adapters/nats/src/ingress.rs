@@ -1,0 +1,151 @@
+//! Core NATS ingress: a queue-group subscription to `<prefix>.>`, so routers
+//! sharing a group split the messages. At most once: the ack handle only
+//! matters for requests, which get an error reply when they cannot be
+//! delivered.
+
+use async_nats::{Client, HeaderMap, Subject};
+use async_trait::async_trait;
+use baker_adapter_api::{
+    header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressOptions, IngressStatus,
+    Settle, Settlement,
+};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+
+use crate::convert::message_from_nats;
+use crate::link::connection_status;
+
+/// How long the server may take to confirm the ingress subscription.
+const SUBSCRIBE_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Subscribes to the ingress of `options` on `client`, once the server
+/// confirms the subscription.
+pub(crate) async fn subscribe(
+    client: Client,
+    broker: &str,
+    options: &IngressOptions,
+) -> Result<NatsIngress, AdapterError> {
+    let subscriber = client
+        .queue_subscribe(format!("{}.>", options.prefix), options.queue_group.clone())
+        .await
+        .map_err(|e| AdapterError::Broker {
+            url: broker.to_owned(),
+            reason: e.to_string(),
+        })?;
+    // The subscription counts once the server has it (the PONG of a
+    // flush follows the SUB): until then the router is not ready, and
+    // core NATS would give what is published meanwhile to nobody.
+    match tokio::time::timeout(SUBSCRIBE_CONFIRM_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Err(AdapterError::Broker {
+                url: baker_adapter_api::redact_url(broker),
+                reason: format!("subscription not confirmed: {error}"),
+            })
+        }
+        Err(_) => {
+            return Err(AdapterError::Broker {
+                url: baker_adapter_api::redact_url(broker),
+                reason: "subscription not confirmed: the server did not answer".to_owned(),
+            })
+        }
+    }
+    Ok(NatsIngress {
+        subscriber,
+        client,
+        prefix_len: options.prefix.len() + 1,
+    })
+}
+
+pub(crate) struct NatsIngress {
+    subscriber: async_nats::Subscriber,
+    client: Client,
+    prefix_len: usize,
+}
+
+/// Answers a request that could not be delivered, so the requester learns why
+/// instead of waiting for its timeout.
+struct ErrorReply {
+    client: Client,
+    reply: Subject,
+}
+
+impl Settle for ErrorReply {
+    fn settle(self: Box<Self>, outcome: Settlement) {
+        let reason = match outcome {
+            Settlement::Delivered => return,
+            Settlement::DeadLetter { reason, .. } | Settlement::Requeue { reason } => reason,
+        };
+        let mut headers = HeaderMap::new();
+        // A header value may not hold line breaks; reasons can quote names
+        // that came from elsewhere.
+        let reason = reason.replace(['\r', '\n'], " ");
+        headers.insert(header::ERROR, reason.as_str());
+        tokio::spawn(async move {
+            if let Err(error) = self
+                .client
+                .publish_with_headers(self.reply, headers, Bytes::new())
+                .await
+            {
+                tracing::debug!(%error, "could not send error reply");
+            }
+        });
+    }
+}
+
+impl NatsIngress {
+    fn delivery(&self, msg: async_nats::Message) -> Option<Delivery> {
+        let rest = msg.subject.get(self.prefix_len..)?;
+        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
+        let destination = Destination {
+            service: service.to_owned(),
+            topic: topic.to_owned(),
+        };
+        let ack = match &msg.reply {
+            Some(reply) => AckHandle::new(ErrorReply {
+                client: self.client.clone(),
+                reply: reply.clone(),
+            }),
+            None => AckHandle::noop(),
+        };
+        Some(Delivery {
+            origin: msg.subject.to_string(),
+            message: message_from_nats(msg),
+            destination,
+            ack,
+        })
+    }
+}
+
+#[async_trait]
+impl Ingress for NatsIngress {
+    fn status(&self) -> IngressStatus {
+        connection_status(&self.client)
+    }
+
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let msg = self.subscriber.next().await?;
+            if let Some(delivery) = self.delivery(msg) {
+                return Some(delivery);
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            let msg = self.subscriber.next().now_or_never()??;
+            if let Some(delivery) = self.delivery(msg) {
+                return Some(delivery);
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        // Drain: the server stops sending to this member of the queue group,
+        // and the stream ends after the messages already on the wire.
+        if let Err(error) = self.subscriber.drain().await {
+            tracing::warn!(%error, "could not drain the ingress subscription");
+        }
+    }
+}

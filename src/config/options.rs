@@ -1,0 +1,233 @@
+//! The options of the sidecar, in one type read from three places: flags,
+//! `BAKER_*` variables (both by clap) and the config file (by serde). The
+//! file's keys are the long flags' names with `_` for `-`; the flag wins over
+//! the variable, the variable over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, ValueEnum};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+
+use super::registration::Registration;
+use crate::router::PolicyKind;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The options of baker-mq. Every one is optional; what is unset takes its
+/// default when the settings are resolved.
+#[derive(Debug, Clone, Default, Args, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Broker adapter for the ingress and for registered instances [default: nats]
+    #[arg(long, env = "BAKER_ADAPTER", value_name = "NAME")]
+    pub adapter: Option<String>,
+
+    /// Broker URL; its query holds the adapter's own settings (see docs/protocols.md)
+    /// [default: the adapter's local default, e.g. nats://127.0.0.1:4222]
+    #[arg(long, env = "BAKER_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Directory URL: http://HOST:PORT (embedded directory) or
+    /// nats://HOST:PORT[,HOST:PORT...] (JetStream key-value bucket). Without
+    /// it, baker-mq uses the directory at http://127.0.0.1:7070 and serves it
+    /// there itself when nothing answers.
+    #[arg(long, env = "BAKER_DIRECTORY", value_name = "URL")]
+    pub directory: Option<String>,
+
+    /// Admin HTTP address (/healthz, /readyz, /metrics, /v1/status)
+    /// [default: 127.0.0.1:7071, or a free port if that is taken]
+    #[arg(long, env = "BAKER_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Instances to register. On the command line:
+    /// service=NAME,id=ID[,version=V][,weight=W][,zone=Z][,ttl=SECS][,adapter=A][,broker=URL][,inbox=ADDR][,check=URL][,check_interval_ms=N][,rise=N][,fall=N];
+    /// repeatable, and in BAKER_REGISTER separated by ';'. In the file: `[[register]]` tables.
+    #[arg(
+        long = "register",
+        env = "BAKER_REGISTER",
+        value_delimiter = ';',
+        value_name = "SPEC"
+    )]
+    #[serde(default)]
+    pub register: Vec<Registration>,
+
+    /// Routing policy per service: SERVICE=POLICY on the command line
+    /// (repeatable; ';' between several in BAKER_POLICY), `orders =
+    /// "consistent_hash"` in a `[policy]` table. POLICY is one of round_robin,
+    /// random, least_outstanding, weighted, consistent_hash, broadcast.
+    #[arg(
+        long = "policy",
+        env = "BAKER_POLICY",
+        value_delimiter = ';',
+        value_name = "SERVICE=POLICY"
+    )]
+    #[serde(default, deserialize_with = "service_map")]
+    #[schemars(with = "BTreeMap<String, PolicyKind>")]
+    pub policy: Vec<ServicePolicy>,
+
+    /// Services routed by version: a message carrying the header (default
+    /// baker-version) goes only to instances of the version it names.
+    /// SERVICE[=HEADER] on the command line (repeatable), `orders =
+    /// "baker-version"` in a `[version_routing]` table.
+    #[arg(
+        long = "version-routing",
+        env = "BAKER_VERSION_ROUTING",
+        value_name = "SERVICE[=HEADER]",
+        value_delimiter = ';'
+    )]
+    #[serde(default, deserialize_with = "service_map")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub version_routing: Vec<VersionRoute>,
+
+    /// Do not route: only register instances (agent only).
+    #[arg(long, env = "BAKER_NO_ROUTER")]
+    #[serde(default)]
+    pub no_router: bool,
+
+    /// Lease TTL of registered instances, in seconds [default: 10]
+    #[arg(long, env = "BAKER_TTL", value_name = "SECS")]
+    pub ttl: Option<u64>,
+
+    /// Most messages between ingress and settlement at once [default: 1024]
+    #[arg(long, env = "BAKER_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+
+    /// Send attempts per message before it is dead-lettered [default: 3]
+    #[arg(long, env = "BAKER_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+
+    /// Failed sends in a row that eject an instance from routing for a while;
+    /// 0 never ejects [default: 5]
+    #[arg(long, env = "BAKER_OUTLIER_FAILURES", value_name = "N")]
+    pub outlier_failures: Option<u32>,
+
+    /// Seconds a first ejection lasts; each further one doubles it, up to 300 [default: 5]
+    #[arg(long, env = "BAKER_OUTLIER_EJECTION_SECS", value_name = "SECS")]
+    pub outlier_ejection_secs: Option<u64>,
+
+    /// Longest a leaving instance waits for its inbox to empty before it is
+    /// deregistered anyway, in seconds [default: 30]
+    #[arg(long, env = "BAKER_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+
+    /// Directory where the router saves its view of the directory, to route
+    /// from it when it starts while the directory is unreachable [default: none]
+    #[arg(long, env = "BAKER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Largest payload routed, in bytes; larger ones are dead-lettered [default: 1048576]
+    #[arg(long, env = "BAKER_MAX_PAYLOAD", value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+
+    /// Address prefix apps publish under [default: baker]
+    #[arg(long, env = "BAKER_INGRESS_PREFIX", value_name = "PREFIX")]
+    pub ingress_prefix: Option<String>,
+
+    /// Queue group shared by routers splitting one ingress [default: baker]
+    #[arg(long, env = "BAKER_QUEUE_GROUP", value_name = "NAME")]
+    pub queue_group: Option<String>,
+
+    /// Log filter, e.g. `debug` or `baker_mq=debug` [default: Baker at info, libraries at warn]
+    #[arg(long, env = "BAKER_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Log format [default: text]
+    #[arg(long, env = "BAKER_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Runtime threads; 1 runs everything on one thread, which is the most
+    /// efficient for a sidecar routing one broker's ingress [default: 1]
+    #[arg(long, env = "BAKER_WORKER_THREADS", global = true, value_name = "N")]
+    pub worker_threads: Option<usize>,
+
+    /// Listen address of `baker-mq directory` (on the command line:
+    /// `baker-mq directory --listen`) [default: 127.0.0.1:7070]
+    #[arg(skip)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// A service's routing policy (`SERVICE=POLICY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// The service.
+    pub service: String,
+    /// Its policy.
+    pub policy: PolicyKind,
+}
+
+impl FromStr for ServicePolicy {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (service, policy) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?} is not SERVICE=POLICY"))?;
+        Ok(Self {
+            service: service.to_owned(),
+            policy: policy.parse()?,
+        })
+    }
+}
+
+/// A service routed by version, and the header naming the version
+/// (`SERVICE[=HEADER]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRoute {
+    /// The service.
+    pub service: String,
+    /// The header that names the version.
+    pub header: String,
+}
+
+impl FromStr for VersionRoute {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (service, header) = spec
+            .split_once('=')
+            .unwrap_or((spec, baker_adapter_api::header::VERSION));
+        Ok(Self {
+            service: service.to_owned(),
+            header: header.to_owned(),
+        })
+    }
+}
+
+/// A per-service setting: a `SERVICE=VALUE` pair on the command line, a
+/// `service = value` entry of a table in the file.
+trait PerService: Sized {
+    type Value: serde::de::DeserializeOwned;
+    fn new(service: String, value: Self::Value) -> Self;
+}
+
+impl PerService for ServicePolicy {
+    type Value = PolicyKind;
+    fn new(service: String, policy: PolicyKind) -> Self {
+        Self { service, policy }
+    }
+}
+
+impl PerService for VersionRoute {
+    type Value = String;
+    fn new(service: String, header: String) -> Self {
+        Self { service, header }
+    }
+}
+
+/// Reads a `[table]` of per-service values, in the order of its keys.
+fn service_map<'de, D: Deserializer<'de>, T: PerService>(de: D) -> Result<Vec<T>, D::Error> {
+    let map = BTreeMap::<String, T::Value>::deserialize(de)?;
+    Ok(map.into_iter().map(|(s, v)| T::new(s, v)).collect())
+}

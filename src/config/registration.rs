@@ -1,0 +1,165 @@
+//! Instances to register: a `[[register]]` table or a `--register` spec,
+//! resolved into the record that goes into the directory.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::check::CheckConfig;
+use crate::adapters::AdapterRegistry;
+use crate::directory::record::DEFAULT_WEIGHT;
+use crate::directory::{EndpointRecord, InstanceRecord, Status};
+use crate::health::HealthCheck;
+
+/// One instance to register (a `[[register]]` table, or a `--register` spec).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Service name.
+    pub service: String,
+    /// Instance id, unique within the service.
+    pub id: String,
+    /// Software version.
+    pub version: Option<String>,
+    /// Relative share of traffic under the `weighted` policy (default 100).
+    pub weight: Option<u32>,
+    /// Zone label.
+    pub zone: Option<String>,
+    /// Lease TTL in seconds (default: the `ttl` setting).
+    pub ttl: Option<u64>,
+    /// Adapter of the instance's inbox (default: the `adapter` setting).
+    pub adapter: Option<String>,
+    /// Broker of the instance's inbox (default: the `broker` setting).
+    pub broker: Option<String>,
+    /// Inbox address (default: the adapter's convention, `_baker.<service>.<id>`).
+    pub inbox: Option<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Active health check of the instance.
+    pub check: Option<CheckConfig>,
+}
+
+/// An instance this process registers, with its health check.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// What goes into the directory.
+    pub record: InstanceRecord,
+    /// The active health check, if it has one.
+    pub check: Option<HealthCheck>,
+}
+
+impl FromStr for Registration {
+    type Err = String;
+
+    /// Parses a `--register` spec: `service=NAME,id=ID[,key=value...]`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut r = Registration::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let value = value.to_owned();
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{key}={v:?} is not a whole number"))
+            };
+            match key {
+                "service" => r.service = value,
+                "id" => r.id = value,
+                "version" => r.version = Some(value),
+                "weight" => {
+                    r.weight = Some(
+                        u32::try_from(number(&value)?).map_err(|_| format!("weight {value} is too large"))?,
+                    )
+                }
+                "zone" => r.zone = Some(value),
+                "ttl" => r.ttl = Some(number(&value)?),
+                "adapter" => r.adapter = Some(value),
+                "broker" => r.broker = Some(value),
+                "inbox" => r.inbox = Some(value),
+                "check" => r.check = Some(CheckConfig::from_spec(&value)?),
+                "check_interval_ms" | "rise" | "fall" => {
+                    let n = number(&value)?;
+                    let check = r.check.as_mut().ok_or_else(|| format!("{key} needs check= before it"))?;
+                    let small = || u32::try_from(n).map_err(|_| format!("{key} {n} is too large"));
+                    match key {
+                        "check_interval_ms" => check.interval_ms = Some(n),
+                        "rise" => check.rise = Some(small()?),
+                        _ => check.fall = Some(small()?),
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} (expected service, id, version, weight, zone, ttl, adapter, broker, inbox, check, check_interval_ms, rise, fall)"
+                    ))
+                }
+            }
+        }
+        if r.service.is_empty() || r.id.is_empty() {
+            return Err("service= and id= are required".to_owned());
+        }
+        Ok(r)
+    }
+}
+
+/// What a registration takes from the sidecar's settings when it does not
+/// say.
+pub(super) struct Defaults<'a> {
+    pub adapter: &'a str,
+    pub broker: &'a str,
+    pub ttl_secs: u64,
+}
+
+impl Registration {
+    /// The record and check of this registration, or the key (relative to
+    /// the registration: `""`, `"adapter"`, `"inbox"`, `"check"`) that is
+    /// wrong and why.
+    pub(super) fn resolve(
+        &self,
+        defaults: &Defaults<'_>,
+        adapters: &AdapterRegistry,
+    ) -> Result<Registered, (&'static str, String)> {
+        let adapter_name = self.adapter.as_deref().unwrap_or(defaults.adapter);
+        let adapter = adapters
+            .get(adapter_name)
+            .ok_or_else(|| ("adapter", format!("unknown adapter {adapter_name:?}")))?;
+        let inbox = self
+            .inbox
+            .clone()
+            .unwrap_or_else(|| adapter.default_inbox(&self.service, &self.id));
+        adapter
+            .validate_inbox(&inbox)
+            .map_err(|e| ("inbox", e.to_string()))?;
+        let check = self
+            .check
+            .as_ref()
+            .map(CheckConfig::resolve)
+            .transpose()
+            .map_err(|reason| ("check", reason))?;
+        let record = InstanceRecord {
+            service: self.service.clone(),
+            id: self.id.clone(),
+            version: self.version.clone().unwrap_or_default(),
+            endpoint: EndpointRecord {
+                adapter: adapter_name.to_owned(),
+                broker: self.broker.as_deref().unwrap_or(defaults.broker).to_owned(),
+                inbox,
+            },
+            weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
+            zone: self.zone.clone(),
+            metadata: self.metadata.clone(),
+            // An instance with a check is admitted by its first passing probe.
+            status: if check.is_some() {
+                Status::Critical
+            } else {
+                Status::Passing
+            },
+            ttl_secs: self.ttl.unwrap_or(defaults.ttl_secs),
+        };
+        record.validate().map_err(|e| ("", e.to_string()))?;
+        Ok(Registered { record, check })
+    }
+}
