@@ -10,6 +10,10 @@ use baker_adapter_api::{Adapter, BrokerHealth};
 /// configuration names another.
 pub const DEFAULT_ADAPTER: &str = "nats";
 
+/// The adapter `baker-mq demo` runs on unless told otherwise: one that needs
+/// no broker.
+pub const DEMO_ADAPTER: &str = "memory";
+
 /// Default log filter: Baker's own events (the adapters' included), and only
 /// warnings from libraries (lapin warns once per returned message, which
 /// Baker handles and counts).

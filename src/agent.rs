@@ -217,7 +217,13 @@ impl Agent {
             broker: record.endpoint.broker.clone(),
             inbox: record.endpoint.inbox.clone(),
         };
-        let Some(adapter) = self.adapters.get(&endpoint.adapter) else {
+        // An adapter with nothing provisioned has no backlog to see: the
+        // propagation pause is all.
+        let Some(adapter) = self
+            .adapters
+            .get(&endpoint.adapter)
+            .and_then(|a| a.provisioning())
+        else {
             return;
         };
         let mut empty_readings = 0;
@@ -275,8 +281,12 @@ impl Agent {
 /// instance), retrying until it succeeds: registering an instance whose inbox
 /// does not exist would send its messages nowhere.
 async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord) {
-    let Some(adapter) = adapters.get(&record.endpoint.adapter) else {
-        // Config validation refuses unknown adapters; nothing to prepare.
+    // Config validation refuses unknown adapters; an adapter without
+    // provisioning needs nothing.
+    let Some(adapter) = adapters
+        .get(&record.endpoint.adapter)
+        .and_then(|a| a.provisioning())
+    else {
         return;
     };
     let endpoint = Endpoint {

@@ -76,8 +76,8 @@ async fn delete_stream(js: &jetstream::Context, ingress: &Ingress) {
 }
 
 /// Publishes 20,000 messages through the JetStream ingress to `service`,
-/// kills `router` with SIGKILL once `mid_stream` says it is under way (while
-/// the publisher still runs), starts another router, and waits until
+/// kills `router` with SIGKILL once `mid_stream` says it is under way (before
+/// it has routed everything), starts another router, and waits until
 /// `inbox` has every message. Returns the total and the new router.
 async fn kill_router_mid_stream<F, Fut>(
     js: &jetstream::Context,
@@ -104,7 +104,13 @@ where
     )
     .await;
     router.proc.kill();
-    assert!(!publisher.is_finished(), "killed mid-stream");
+    // Mid-stream: the router had not routed everything yet (the publisher
+    // may have finished first on a loaded machine; that is no matter).
+    let routed = tally(&[inbox]).1.len();
+    assert!(
+        routed < total as usize,
+        "killed mid-stream, but {routed} of {total} were already delivered"
+    );
     let router = js_router(directory, ingress).await;
     publisher.await.unwrap();
     wait_until(

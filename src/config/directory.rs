@@ -86,7 +86,7 @@ impl KvSettings {
             }
         }
         #[cfg(feature = "nats")]
-        baker_adapter_nats::server_addrs(servers)?;
+        baker_adapter_nats::server_addrs(servers).map_err(|e| e.to_string())?;
         #[cfg(not(feature = "nats"))]
         return Err("this baker-mq is built without the nats feature".to_owned());
         #[cfg(feature = "nats")]

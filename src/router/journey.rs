@@ -397,9 +397,9 @@ impl FailedAttempts {
             }
             SendError::Unavailable(reason) => {
                 self.only_unreachable = false;
-                reason
+                reason.to_string()
             }
-            SendError::Unreachable(reason) => reason,
+            SendError::Unreachable(reason) => reason.to_string(),
         };
         self.last_error = format!("{}: {reason}", instance.record.id);
         Ok(())

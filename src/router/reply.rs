@@ -121,7 +121,7 @@ impl ReplyProxy {
         };
         let inbox = self.inbox(adapter, broker).await?;
         if self.pending_count.load(Ordering::Relaxed) >= MAX_PENDING {
-            return Err(SendError::Unreachable(format!(
+            return Err(SendError::unreachable(format!(
                 "{MAX_PENDING} requests already wait for replies"
             )));
         }
@@ -173,18 +173,20 @@ impl ReplyProxy {
         if let Some(inbox) = self.inboxes.load().get(&key) {
             return Ok(inbox.clone());
         }
-        let inbox = self
+        let replies = self
             .adapters
             .get(adapter)
-            .ok_or_else(|| SendError::Rejected(format!("adapter {adapter:?} is not built in")))?
+            .ok_or_else(|| SendError::rejected(format!("adapter {adapter:?} is not built in")))?
+            .replies()
+            .ok_or_else(|| {
+                SendError::rejected(format!(
+                    "cannot proxy the reply: the {adapter} adapter has no reply inbox"
+                ))
+            })?;
+        let inbox = replies
             .reply_inbox(broker, &self.router_id, self.replies.clone())
             .await
-            .map_err(|error| match error {
-                baker_adapter_api::AdapterError::Unsupported { .. } => {
-                    SendError::Rejected(format!("cannot proxy the reply: {error}"))
-                }
-                other => SendError::Unreachable(format!("opening the reply inbox: {other}")),
-            })?;
+            .map_err(|error| SendError::unreachable(format!("opening the reply inbox: {error}")))?;
         tracing::info!(%adapter, broker = %baker_adapter_api::redact_url(broker),
             "reply inbox open: replies from this broker are forwarded to requesters");
         self.inboxes.rcu(|inboxes| {
@@ -236,8 +238,11 @@ impl ReplyProxy {
         message.properties.correlation_data = pending.correlation_data;
         message.reply_to = None;
         message.native = None;
-        let outcome = match self
-            .ingress
+        let Some(replies) = self.ingress.replies() else {
+            metrics::counter!("baker_replies_total", "outcome" => "failed").increment(1);
+            return;
+        };
+        let outcome = match replies
             .send_reply(&self.ingress_broker, &pending.reply_to, &message)
             .await
         {

@@ -10,6 +10,8 @@ use baker_adapter_api::{header, Destination, Headers, Message, Properties};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
+use crate::AmqpError;
+
 /// AMQP delivery mode of a persistent message.
 const PERSISTENT: u8 = 2;
 const TRANSIENT: u8 = 1;
@@ -52,16 +54,18 @@ pub fn from_amqp(properties: &BasicProperties) -> (Headers, Option<String>, Prop
 }
 
 /// An AMQP short string (at most 255 bytes), or why `value` is not one.
-fn short(what: &str, value: &str) -> Result<ShortString, String> {
-    ShortString::try_new(value)
-        .map_err(|_| format!("{what} of {} bytes does not fit AMQP's 255", value.len()))
+fn short(what: &'static str, value: &str) -> Result<ShortString, AmqpError> {
+    ShortString::try_new(value).map_err(|_| AmqpError::TooLong {
+        what,
+        len: value.len(),
+    })
 }
 
 /// AMQP properties for `message`, sent for `destination`: the ingress's own
 /// AMQP properties when it had some, with Baker's headers and fields laid
 /// over them. Fails when a value from another protocol cannot be carried
 /// (over 255 bytes where AMQP allows no more).
-pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProperties, String> {
+pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProperties, AmqpError> {
     let native = message
         .native
         .as_ref()
@@ -222,7 +226,10 @@ mod tests {
             topic: String::new(),
         };
         let error = to_amqp(&message, &d).unwrap_err();
-        assert!(error.contains("correlation id of 300 bytes"), "{error}");
+        assert!(
+            error.to_string().contains("correlation id of 300 bytes"),
+            "{error}"
+        );
         message.properties.correlation_id = None;
         message.headers.append("y".repeat(256), "v");
         assert!(to_amqp(&message, &d).is_err());

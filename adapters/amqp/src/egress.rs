@@ -2,7 +2,7 @@
 //! confirm.
 
 use async_trait::async_trait;
-use baker_adapter_api::{Destination, Message, SendError, Target};
+use baker_adapter_api::{Cause, Destination, Message, SendError, Target};
 use lapin::types::ShortString;
 
 use crate::convert;
@@ -33,12 +33,13 @@ impl Target for AmqpTarget {
                 // A missing inbox queue comes back, and the core reroutes.
                 mandatory: true,
                 payload: message.payload.clone(),
-                properties: convert::to_amqp(message, destination).map_err(SendError::Rejected)?,
+                properties: convert::to_amqp(message, destination)
+                    .map_err(|e| SendError::rejected(Cause::new(e)))?,
             })
             .await
             .map_err(|error| match error {
                 SendError::Unavailable(reason) => {
-                    SendError::Unavailable(format!("inbox queue {}: {reason}", self.inbox))
+                    SendError::unavailable(format!("inbox queue {}: {reason}", self.inbox))
                 }
                 other => other,
             })

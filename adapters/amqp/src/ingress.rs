@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message, Settle, Settlement,
+    header, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message, SendError, Settle,
+    Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -23,6 +24,7 @@ use crate::acks::{Acks, Verdict};
 use crate::convert;
 use crate::link::{redact, Link};
 use crate::publisher::{Publish, Publisher};
+use crate::AmqpError;
 
 /// Pause before handing a message back to the broker, so a message whose
 /// instance's broker is down does not come straight back, over and over.
@@ -64,7 +66,7 @@ pub struct AmqpIngress {
     /// router drops a pending `next` whenever another message finishes, and
     /// a consumer made by an attempt dropped halfway would hold a prefetch
     /// of messages that nobody reads.
-    connecting: Option<tokio::task::JoinHandle<Result<(Channel, Consumer), String>>>,
+    connecting: Option<tokio::task::JoinHandle<Result<(Channel, Consumer), AmqpError>>>,
     /// No new attempt before this, after a failed one.
     retry_at: Option<tokio::time::Instant>,
     /// Whether a consumer is running, for the health endpoints.
@@ -77,7 +79,7 @@ async fn open_consumer(
     names: Names,
     prefetch: u16,
     consumer_tag: ShortString,
-) -> Result<(Channel, Consumer), String> {
+) -> Result<(Channel, Consumer), AmqpError> {
     let channel = link.open_channel().await?;
     let setup = async {
         declare(&channel, &names).await?;
@@ -97,10 +99,11 @@ async fn open_consumer(
         Ok(consumer) => Ok((channel, consumer)),
         Err(error) => {
             link.reset();
-            Err(format!(
-                "setting up the ingress queue {}: {error}",
-                names.queue
-            ))
+            Err(AmqpError::Setup {
+                role: "ingress",
+                queue: names.queue.to_string(),
+                source: error,
+            })
         }
     }
 }
@@ -164,7 +167,7 @@ impl AmqpIngress {
 
     /// Declares the topology and starts consuming. Cancel-safe: dropped
     /// halfway, the attempt goes on and the next call takes its result.
-    pub async fn connect(&mut self) -> Result<(), String> {
+    pub async fn connect(&mut self) -> Result<(), AmqpError> {
         let attempt = self.connecting.get_or_insert_with(|| {
             tokio::spawn(open_consumer(
                 self.link.clone(),
@@ -184,7 +187,7 @@ impl AmqpIngress {
                 Ok(())
             }
             Ok(Err(error)) => Err(error),
-            Err(error) => Err(format!("connection attempt failed: {error}")),
+            Err(error) => Err(AmqpError::Attempt(error)),
         }
     }
 
@@ -319,7 +322,7 @@ impl Ingress for AmqpIngress {
 /// Logs a failed dead-lettering at most every 10 s, with how many failed
 /// since the last line: a dead-letter exchange with nowhere to put messages
 /// fails them all, again at each redelivery.
-fn report_dead_letter_failure(error: &str) {
+fn report_dead_letter_failure(error: &SendError) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static FAILED: AtomicU64 = AtomicU64::new(0);
     static LAST_LOG_SECS: AtomicU64 = AtomicU64::new(0);
@@ -361,7 +364,7 @@ impl DeliverySettler {
         });
     }
 
-    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), String> {
+    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), SendError> {
         self.publisher
             .publish(Publish {
                 exchange: self.dlx.clone(),
@@ -374,7 +377,6 @@ impl DeliverySettler {
                 properties: convert::dead_lettered(&self.properties, reason, attempts),
             })
             .await
-            .map_err(|e| e.to_string())
     }
 }
 

@@ -19,6 +19,7 @@
 mod acks;
 mod convert;
 mod egress;
+mod error;
 mod inbox;
 mod ingress;
 mod link;
@@ -30,13 +31,14 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    Adapter, AdapterError, BrokerHealth, Destination, Endpoint, InboxConsumer, Ingress,
-    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
+    Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer,
+    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, SendError, Target,
 };
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use egress::AmqpTarget;
+pub use error::AmqpError;
 use ingress::{AmqpIngress, Names};
 use link::{redact, Link};
 use publisher::{Publish, Publisher};
@@ -123,10 +125,10 @@ impl AmqpAdapter {
     }
 }
 
-fn broker_error(broker: &str, reason: String) -> AdapterError {
+fn broker_error(broker: &str, reason: impl std::fmt::Display) -> AdapterError {
     AdapterError::Broker {
         url: redact(broker),
-        reason,
+        reason: reason.to_string(),
     }
 }
 
@@ -146,15 +148,12 @@ impl Adapter for AmqpAdapter {
     fn name(&self) -> &'static str {
         "amqp"
     }
-
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }
-
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }
-
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         let reason = if inbox.is_empty() || inbox.len() > 255 {
             "a queue name must be 1-255 bytes"
@@ -168,7 +167,6 @@ impl Adapter for AmqpAdapter {
             reason: reason.to_owned(),
         })
     }
-
     async fn ingress(
         &self,
         broker: &str,
@@ -188,7 +186,96 @@ impl Adapter for AmqpAdapter {
             .map_err(|reason| broker_error(broker, reason))?;
         Ok(Box::new(ingress))
     }
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
+        check_url(&endpoint.broker)?;
+        self.validate_inbox(&endpoint.inbox)?;
+        Ok(Arc::new(AmqpTarget::new(
+            self.link(&endpoint.broker).1,
+            &endpoint.inbox,
+        )))
+    }
+    fn health(&self) -> Vec<BrokerHealth> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .map(|(link, _)| BrokerHealth {
+                adapter: "amqp",
+                broker: redact(link.url()),
+                connected: link.connected(),
+            })
+            .collect()
+    }
+    async fn flush(&self) {
+        // Every publish already waited for its confirm.
+    }
 
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+
+    fn provisioning(&self) -> Option<&dyn Provisioning> {
+        Some(self)
+    }
+
+    fn app_client(&self) -> Option<&dyn AppClient> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Replies for AmqpAdapter {
+    /// The reply queue `_baker.reply.<router>`, auto-deleted 5 minutes
+    /// after its router last consumed from it.
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: tokio::sync::mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        check_url(broker)?;
+        let (link, _) = self.link(broker);
+        let inbox = reply::open(link, format!("_baker.reply.{router_id}"), replies)
+            .await
+            .map_err(|reason| broker_error(broker, reason))?;
+        Ok(Arc::new(inbox))
+    }
+
+    /// Publishes the reply through the default exchange to the queue named
+    /// `reply_to` (RabbitMQ's direct reply-to names included), confirmed.
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        check_url(broker).map_err(|e| SendError::rejected(Cause::new(e)))?;
+        let routing_key = ShortString::try_new(reply_to).map_err(|_| {
+            SendError::rejected(format!(
+                "reply-to of {} bytes does not fit AMQP's 255",
+                reply_to.len()
+            ))
+        })?;
+        let no_topic = Destination {
+            service: String::new(),
+            topic: String::new(),
+        };
+        let properties =
+            convert::to_amqp(message, &no_topic).map_err(|e| SendError::rejected(Cause::new(e)))?;
+        self.link(broker)
+            .1
+            .publish(Publish {
+                exchange: ShortString::from(""),
+                routing_key,
+                mandatory: false,
+                payload: message.payload.clone(),
+                properties,
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Provisioning for AmqpAdapter {
     /// Declares the inbox queue, durable. Metadata key `queue_type`:
     /// `classic` (default) or `quorum`.
     async fn prepare_inbox(
@@ -254,64 +341,10 @@ impl Adapter for AmqpAdapter {
         let names = Names::new(&options.prefix, &options.queue_group);
         self.delete_if_empty(broker, names.queue.as_str()).await
     }
+}
 
-    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
-        check_url(&endpoint.broker)?;
-        self.validate_inbox(&endpoint.inbox)?;
-        Ok(Arc::new(AmqpTarget::new(
-            self.link(&endpoint.broker).1,
-            &endpoint.inbox,
-        )))
-    }
-
-    /// The reply queue `_baker.reply.<router>`, auto-deleted 5 minutes
-    /// after its router last consumed from it.
-    async fn reply_inbox(
-        &self,
-        broker: &str,
-        router_id: &str,
-        replies: tokio::sync::mpsc::Sender<Reply>,
-    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
-        check_url(broker)?;
-        let (link, _) = self.link(broker);
-        let inbox = reply::open(link, format!("_baker.reply.{router_id}"), replies)
-            .await
-            .map_err(|reason| broker_error(broker, reason))?;
-        Ok(Arc::new(inbox))
-    }
-
-    /// Publishes the reply through the default exchange to the queue named
-    /// `reply_to` (RabbitMQ's direct reply-to names included), confirmed.
-    async fn send_reply(
-        &self,
-        broker: &str,
-        reply_to: &str,
-        message: &Message,
-    ) -> Result<(), SendError> {
-        check_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
-        let routing_key = ShortString::try_new(reply_to).map_err(|_| {
-            SendError::Rejected(format!(
-                "reply-to of {} bytes does not fit AMQP's 255",
-                reply_to.len()
-            ))
-        })?;
-        let no_topic = Destination {
-            service: String::new(),
-            topic: String::new(),
-        };
-        let properties = convert::to_amqp(message, &no_topic).map_err(SendError::Rejected)?;
-        self.link(broker)
-            .1
-            .publish(Publish {
-                exchange: ShortString::from(""),
-                routing_key,
-                mandatory: false,
-                payload: message.payload.clone(),
-                properties,
-            })
-            .await
-    }
-
+#[async_trait]
+impl AppClient for AmqpAdapter {
     /// Publishes, confirmed, to the topic exchange `prefix` with routing
     /// key `<service>.<topic>`.
     async fn publish_to_ingress(
@@ -321,7 +354,7 @@ impl Adapter for AmqpAdapter {
         destination: &Destination,
         message: &Message,
     ) -> Result<(), SendError> {
-        check_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        check_url(broker).map_err(|e| SendError::rejected(Cause::new(e)))?;
         let mut routing_key = destination.service.clone();
         if !destination.topic.is_empty() {
             routing_key.push('.');
@@ -329,7 +362,7 @@ impl Adapter for AmqpAdapter {
         }
         let to_app = |value: &str, what: &str| {
             ShortString::try_new(value)
-                .map_err(|_| SendError::Rejected(format!("{what} {value:?} is too long for AMQP")))
+                .map_err(|_| SendError::rejected(format!("{what} {value:?} is too long for AMQP")))
         };
         let no_topic = Destination {
             service: destination.service.clone(),
@@ -342,7 +375,8 @@ impl Adapter for AmqpAdapter {
                 routing_key: to_app(&routing_key, "routing key")?,
                 mandatory: false,
                 payload: message.payload.clone(),
-                properties: convert::to_amqp(message, &no_topic).map_err(SendError::Rejected)?,
+                properties: convert::to_amqp(message, &no_topic)
+                    .map_err(|e| SendError::rejected(Cause::new(e)))?,
             })
             .await
     }
@@ -359,19 +393,10 @@ impl Adapter for AmqpAdapter {
         Ok(Box::new(inbox::consume(link, endpoint.inbox.clone())))
     }
 
-    fn health(&self) -> Vec<BrokerHealth> {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        links
-            .values()
-            .map(|(link, _)| BrokerHealth {
-                adapter: "amqp",
-                broker: redact(link.url()),
-                connected: link.connected(),
-            })
-            .collect()
-    }
-
-    async fn flush(&self) {
-        // Every publish already waited for its confirm.
+    fn describe_ingress(&self, prefix: &str, destination: &Destination) -> String {
+        format!(
+            "exchange {prefix}, routing key {}.{}",
+            destination.service, destination.topic
+        )
     }
 }

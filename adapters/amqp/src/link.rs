@@ -13,6 +13,8 @@ use arc_swap::ArcSwapOption;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 
+use crate::AmqpError;
+
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -64,7 +66,7 @@ impl Link {
     }
 
     /// A usable channel, connecting first if needed.
-    pub async fn channel(&self) -> Result<Channel, String> {
+    pub async fn channel(&self) -> Result<Channel, AmqpError> {
         if let Some(channel) = self.usable() {
             return Ok(channel);
         }
@@ -86,8 +88,13 @@ impl Link {
         };
         let (connection, channel) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| format!("connecting to {} timed out", redact(&self.url)))?
-            .map_err(|e| format!("connecting to {}: {e}", redact(&self.url)))?;
+            .map_err(|_| AmqpError::ConnectTimeout {
+                broker: redact(&self.url),
+            })?
+            .map_err(|source| AmqpError::Connect {
+                broker: redact(&self.url),
+                source,
+            })?;
         tracing::info!(broker = %redact(&self.url), "connected to AMQP broker");
         self.current
             .store(Some(Arc::new((connection, channel.clone()))));
@@ -97,14 +104,17 @@ impl Link {
 
     /// A further channel on the link's connection (for consuming), connecting
     /// first if needed.
-    pub async fn open_channel(&self) -> Result<Channel, String> {
+    pub async fn open_channel(&self) -> Result<Channel, AmqpError> {
         self.channel().await?;
-        let current = self.current.load_full().ok_or("connection lost")?;
+        let current = self.current.load_full().ok_or(AmqpError::ConnectionLost)?;
         current
             .0
             .create_channel()
             .await
-            .map_err(|e| format!("opening a channel on {}: {e}", redact(&self.url)))
+            .map_err(|source| AmqpError::Channel {
+                broker: redact(&self.url),
+                source,
+            })
     }
 
     /// Forgets the channel after an error, so the next caller reconnects;

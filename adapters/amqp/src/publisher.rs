@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baker_adapter_api::{header, SendError};
+use baker_adapter_api::{header, Cause, SendError};
 use bytes::Bytes;
 use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
@@ -28,6 +28,7 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{redact, Link};
+use crate::AmqpError;
 
 /// One message to publish.
 pub struct Publish {
@@ -91,10 +92,10 @@ impl Publisher {
         self.requests
             .send(Request { publish, reply })
             .await
-            .map_err(|_| SendError::Unreachable("publisher stopped".to_owned()))?;
+            .map_err(|_| SendError::unreachable("publisher stopped".to_owned()))?;
         verdict
             .await
-            .unwrap_or_else(|_| Err(SendError::Unreachable("publisher stopped".to_owned())))
+            .unwrap_or_else(|_| Err(SendError::unreachable("publisher stopped".to_owned())))
     }
 }
 
@@ -108,7 +109,7 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection attempt running beside the publisher task.
-type Connecting = Pin<Box<dyn Future<Output = Result<Channel, String>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Channel, AmqpError>> + Send>>;
 
 /// The publisher task's state.
 struct Task {
@@ -120,7 +121,7 @@ struct Task {
     connecting: Option<Connecting>,
     /// The last connection attempt failed: requests fail at once, rather
     /// than each waiting for an attempt of its own, until one succeeds.
-    unreachable: Option<String>,
+    unreachable: Option<Cause>,
     /// Requests waiting for the attempt in progress (a first connection, or
     /// a reconnection right after a connection was lost).
     waiting: Vec<Request>,
@@ -173,7 +174,7 @@ impl Task {
         self.connecting = Some(Box::pin(async move { link.channel().await }));
     }
 
-    async fn connected(&mut self, result: Result<Channel, String>) {
+    async fn connected(&mut self, result: Result<Channel, AmqpError>) {
         match result {
             Ok(_) => {
                 if self.unreachable.take().is_some() {
@@ -184,13 +185,14 @@ impl Task {
                 }
             }
             Err(error) => {
+                let error = Cause::new(error);
                 if self.unreachable.is_none() {
                     tracing::warn!(%error, "AMQP broker unreachable; sends to it fail until it answers again");
                 }
                 for request in self.waiting.drain(..) {
                     let _ = request
                         .reply
-                        .send(Err(SendError::Unreachable(error.clone())));
+                        .send(Err(SendError::unreachable(error.clone())));
                 }
                 self.unreachable = Some(error);
             }
@@ -203,7 +205,7 @@ impl Task {
         } else if let Some(error) = &self.unreachable {
             let _ = request
                 .reply
-                .send(Err(SendError::Unreachable(error.clone())));
+                .send(Err(SendError::unreachable(error.clone())));
         } else {
             self.waiting.push(request);
             if self.connecting.is_none() {
@@ -214,7 +216,7 @@ impl Task {
 
     async fn publish(&mut self, Request { publish, reply }: Request) {
         let Some(channel) = self.link.usable() else {
-            let _ = reply.send(Err(SendError::Unreachable("connection lost".to_owned())));
+            let _ = reply.send(Err(SendError::unreachable("connection lost".to_owned())));
             return;
         };
         let key = message_id(&publish.properties).map(|id| (id, publish.routing_key.clone()));
@@ -243,11 +245,11 @@ impl Task {
                 if !channel.status().connected() {
                     self.link.reset();
                 }
-                let _ = reply.send(Err(SendError::Unreachable(error.to_string())));
+                let _ = reply.send(Err(SendError::unreachable(Cause::new(error))));
             }
             Err(_) => {
                 self.link.abandon();
-                let _ = reply.send(Err(SendError::Unreachable(format!(
+                let _ = reply.send(Err(SendError::unreachable(format!(
                     "the broker took no publish within {} s",
                     PUBLISH_TIMEOUT.as_secs()
                 ))));
@@ -262,7 +264,7 @@ impl Task {
             .is_some_and(|f| f.sent.elapsed() > CONFIRM_TIMEOUT)
         {
             let expired = self.in_flight.pop_front().expect("checked");
-            let _ = expired.reply.send(Err(SendError::Unreachable(format!(
+            let _ = expired.reply.send(Err(SendError::unreachable(format!(
                 "no confirm from the broker within {} s",
                 CONFIRM_TIMEOUT.as_secs()
             ))));
@@ -294,19 +296,19 @@ impl Task {
                 .as_ref()
                 .is_some_and(|key| self.returned.remove(key));
             let verdict = match result {
-                Ok(_) if was_returned => Err(SendError::Unavailable(
+                Ok(_) if was_returned => Err(SendError::unavailable(
                     "no queue took the message (returned by the broker)".to_owned(),
                 )),
                 Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Ok(()),
                 // RabbitMQ nacks for passing reasons (a quorum queue without
                 // a leader, a full queue rejecting publishes): redeliver
                 // rather than dead-letter.
-                Ok(Confirmation::Nack(_)) => Err(SendError::Unreachable(
+                Ok(Confirmation::Nack(_)) => Err(SendError::unreachable(
                     "the broker did not take the message (nack)".to_owned(),
                 )),
                 Err(error) => {
                     self.link.reset();
-                    Err(SendError::Unreachable(error.to_string()))
+                    Err(SendError::unreachable(Cause::new(error)))
                 }
             };
             let _ = entry.reply.send(verdict);

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::convert;
 use crate::link::Link;
+use crate::AmqpError;
 
 /// How long the reply queue outlives its last consumer (`x-expires`): a
 /// router that reconnects within it finds the replies that came meanwhile,
@@ -41,13 +42,13 @@ pub async fn open(
     link: Arc<Link>,
     queue: String,
     replies: mpsc::Sender<Reply>,
-) -> Result<AmqpReplyInbox, String> {
+) -> Result<AmqpReplyInbox, AmqpError> {
     let consumer = consume(&link, &queue).await?;
     tokio::spawn(forward(link, queue.clone(), consumer, replies));
     Ok(AmqpReplyInbox { queue })
 }
 
-async fn consume(link: &Link, queue: &str) -> Result<(Channel, Consumer), String> {
+async fn consume(link: &Link, queue: &str) -> Result<(Channel, Consumer), AmqpError> {
     let channel = link.open_channel().await?;
     let mut arguments = FieldTable::default();
     arguments.insert("x-expires".into(), AMQPValue::LongUInt(QUEUE_EXPIRES_MS));
@@ -73,7 +74,11 @@ async fn consume(link: &Link, queue: &str) -> Result<(Channel, Consumer), String
         Ok(consumer) => Ok((channel, consumer)),
         Err(error) => {
             link.reset();
-            Err(format!("setting up the reply queue {queue}: {error}"))
+            Err(AmqpError::Setup {
+                role: "reply",
+                queue: queue.to_owned(),
+                source: error,
+            })
         }
     }
 }

@@ -156,7 +156,13 @@ pub struct BrokerHealth {
     pub connected: bool,
 }
 
-/// A broker protocol: makes ingresses and egress targets for its URLs.
+/// A broker protocol, as routing sees it: its names and addresses, the
+/// ingress, and egress targets for its URLs.
+///
+/// What some protocols do besides is in role traits an adapter hands out
+/// when it has them: [`Replies`] (proxying replies across brokers),
+/// [`Provisioning`] (broker state an inbox or ingress needs) and [`AppClient`]
+/// (playing the applications, for the demo and tools).
 #[async_trait]
 pub trait Adapter: Send + Sync + 'static {
     /// Name used in config and instance records, e.g. `nats`.
@@ -171,54 +177,6 @@ pub trait Adapter: Send + Sync + 'static {
     /// Checks that `inbox` is a usable inbox address for this adapter.
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError>;
 
-    /// Starts consuming the ingress on `broker`.
-    async fn ingress(
-        &self,
-        broker: &str,
-        options: &IngressOptions,
-    ) -> Result<Box<dyn Ingress>, AdapterError>;
-
-    /// Creates what an instance's inbox needs on its broker before the
-    /// instance is registered (an AMQP queue, say). `options` are the
-    /// instance's metadata; adapters document the keys they read.
-    /// The default does nothing: subject-addressed inboxes need no setup.
-    async fn prepare_inbox(
-        &self,
-        _endpoint: &Endpoint,
-        _options: &BTreeMap<String, String>,
-    ) -> Result<(), AdapterError> {
-        Ok(())
-    }
-
-    /// Removes what [`Adapter::prepare_inbox`] created for `endpoint`, if it
-    /// holds no message: for an instance that will not come back (the
-    /// demo's own). The default has nothing to remove.
-    async fn remove_inbox(&self, _endpoint: &Endpoint) -> Result<(), AdapterError> {
-        Ok(())
-    }
-
-    /// Removes the ingress state the broker keeps for `options.queue_group`
-    /// (an AMQP queue), if it holds no message: for a group that will not
-    /// come back (the demo's own). The default has nothing to remove.
-    async fn remove_ingress(
-        &self,
-        _broker: &str,
-        _options: &IngressOptions,
-    ) -> Result<(), AdapterError> {
-        Ok(())
-    }
-
-    /// How many messages wait in the inbox at `endpoint`, not yet taken by
-    /// the instance: what a draining instance still has to work through.
-    /// `None` when the broker cannot tell (subject-addressed inboxes keep no
-    /// backlog the adapter can see).
-    async fn inbox_backlog(&self, _endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
-        Ok(None)
-    }
-
-    /// Binds a target for `endpoint`, connecting to its broker if needed.
-    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;
-
     /// Whether the URLs `a` and `b` name the same broker, so that an
     /// address on one is valid on the other. The default compares them as
     /// strings; adapters whose URLs carry per-connection settings compare
@@ -227,67 +185,15 @@ pub trait Adapter: Send + Sync + 'static {
         a == b
     }
 
-    /// Opens the reply inbox of the router called `router_id` on `broker`,
-    /// and keeps it open (across reconnections) for the life of the process.
-    /// Replies that arrive there are sent to `replies`.
-    ///
-    /// The default says the adapter cannot proxy replies: requests that need
-    /// a proxy to reach an instance on this adapter are not delivered there.
-    async fn reply_inbox(
+    /// Starts consuming the ingress on `broker`.
+    async fn ingress(
         &self,
         broker: &str,
-        _router_id: &str,
-        _replies: mpsc::Sender<Reply>,
-    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
-        Err(AdapterError::Unsupported {
-            adapter: self.name(),
-            what: format!("a reply inbox (on {})", crate::redact_url(broker)),
-        })
-    }
+        options: &IngressOptions,
+    ) -> Result<Box<dyn Ingress>, AdapterError>;
 
-    /// Sends `message` as the answer to a request that arrived on this
-    /// adapter's ingress on `broker` asking for replies at `reply_to`.
-    /// Resolves once the broker has taken the reply, as [`Target::send`].
-    async fn send_reply(
-        &self,
-        _broker: &str,
-        _reply_to: &str,
-        _message: &Message,
-    ) -> Result<(), SendError> {
-        Err(SendError::Rejected(format!(
-            "the {} adapter cannot forward replies",
-            self.name()
-        )))
-    }
-
-    /// Publishes `message` for `destination` as an application would: to the
-    /// ingress address under `prefix` on `broker`. Resolves once the broker
-    /// has it, as [`Target::send`]. For demos and tools; the default says
-    /// the adapter cannot.
-    async fn publish_to_ingress(
-        &self,
-        _broker: &str,
-        _prefix: &str,
-        _destination: &Destination,
-        _message: &Message,
-    ) -> Result<(), SendError> {
-        Err(SendError::Rejected(format!(
-            "the {} adapter cannot publish as an application",
-            self.name()
-        )))
-    }
-
-    /// Consumes the inbox at `endpoint` as the instance would, every topic
-    /// under it. For demos and tools; the default says the adapter cannot.
-    async fn consume_inbox(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
-        Err(AdapterError::Unsupported {
-            adapter: self.name(),
-            what: format!("consuming the inbox {}", endpoint.inbox),
-        })
-    }
+    /// Binds a target for `endpoint`, connecting to its broker if needed.
+    async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError>;
 
     /// Connection state of every broker this adapter has opened.
     fn health(&self) -> Vec<BrokerHealth>;
@@ -296,4 +202,121 @@ pub trait Adapter: Send + Sync + 'static {
     /// before the process exits, so that a send that resolved is not lost in
     /// a client-side buffer.
     async fn flush(&self);
+
+    /// Its reply proxying, if it can: without it, requests that need a proxy
+    /// to reach an instance on this adapter are not delivered there.
+    fn replies(&self) -> Option<&dyn Replies> {
+        None
+    }
+
+    /// Its broker-side setup, if inboxes or ingresses need any: without it,
+    /// there is nothing to create or remove, and no backlog to see.
+    fn provisioning(&self) -> Option<&dyn Provisioning> {
+        None
+    }
+
+    /// Its application client, if it has one: for the demo and tools.
+    fn app_client(&self) -> Option<&dyn AppClient> {
+        None
+    }
+}
+
+/// Proxying replies: for requests whose requester is on another broker or
+/// protocol than the instance (see [`ReplyInbox`]).
+#[async_trait]
+pub trait Replies: Send + Sync {
+    /// Opens the reply inbox of the router called `router_id` on `broker`,
+    /// and keeps it open (across reconnections) for the life of the process.
+    /// Replies that arrive there are sent to `replies`.
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError>;
+
+    /// Sends `message` as the answer to a request that arrived on this
+    /// adapter's ingress on `broker` asking for replies at `reply_to`.
+    /// Resolves once the broker has taken the reply, as [`Target::send`].
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError>;
+}
+
+/// Broker state that inboxes and ingresses need (an AMQP queue, say), and
+/// what can be seen of it.
+#[async_trait]
+pub trait Provisioning: Send + Sync {
+    /// Creates what an instance's inbox needs on its broker before the
+    /// instance is registered. `options` are the instance's metadata;
+    /// adapters document the keys they read. The default needs nothing.
+    async fn prepare_inbox(
+        &self,
+        _endpoint: &Endpoint,
+        _options: &BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    /// How many messages wait in the inbox at `endpoint`, not yet taken by
+    /// the instance: what a draining instance still has to work through.
+    /// `None` when the broker cannot tell (the default).
+    async fn inbox_backlog(&self, _endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
+        Ok(None)
+    }
+
+    /// Removes what [`Provisioning::prepare_inbox`] created for `endpoint`,
+    /// if it holds no message: for an instance that will not come back (the
+    /// demo's own). The default has nothing to remove.
+    async fn remove_inbox(&self, _endpoint: &Endpoint) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    /// Removes the ingress state the broker keeps for `options.queue_group`,
+    /// if it holds no message: for a group that will not come back (the
+    /// demo's own). The default has nothing to remove.
+    async fn remove_ingress(
+        &self,
+        _broker: &str,
+        _options: &IngressOptions,
+    ) -> Result<(), AdapterError> {
+        Ok(())
+    }
+}
+
+/// The applications' side, for the demo and tools: publishing to a service
+/// and consuming an instance's inbox as the applications would.
+#[async_trait]
+pub trait AppClient: Send + Sync {
+    /// Publishes `message` for `destination` to the ingress address under
+    /// `prefix` on `broker`. Resolves once the broker has it, as
+    /// [`Target::send`].
+    async fn publish_to_ingress(
+        &self,
+        broker: &str,
+        prefix: &str,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError>;
+
+    /// Consumes the inbox at `endpoint` as the instance would, every topic
+    /// under it.
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError>;
+
+    /// Where an application publishes for `destination` under `prefix`, in
+    /// this protocol's words (e.g. a subject, or an exchange and routing
+    /// key).
+    fn describe_ingress(&self, prefix: &str, destination: &Destination) -> String;
+
+    /// A broker of its own called `name`, where the adapter can make one (an
+    /// in-process broker): a run on it meets no other traffic.
+    fn private_broker(&self, _name: &str) -> Option<String> {
+        None
+    }
 }

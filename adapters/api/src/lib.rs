@@ -14,10 +14,10 @@ mod message;
 
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{
-    Adapter, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions, IngressStatus, Reply,
-    ReplyInbox, Target,
+    Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
+    IngressStatus, Provisioning, Replies, Reply, ReplyInbox, Target,
 };
-pub use error::{AdapterError, SendError};
+pub use error::{AdapterError, Cause, SendError};
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
 
 /// `url` with any password replaced by `***`, for logs and health output.

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    AckHandle, Adapter, AdapterError, BrokerHealth, Delivery, Destination, Endpoint, InboxConsumer,
-    Ingress, IngressOptions, IngressStatus, Message, Reply, ReplyInbox, SendError, Target,
+    AckHandle, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Delivery, Destination,
+    Endpoint, InboxConsumer, Ingress, IngressOptions, IngressStatus, Message, Provisioning,
+    Replies, Reply, ReplyInbox, SendError, Target,
 };
 use tokio::sync::mpsc;
 
@@ -252,7 +253,7 @@ impl Target for MemoryTarget {
             format!("{}.{}", self.inbox, destination.topic)
         };
         match self.broker.publish(&subject, message.clone()).await {
-            0 => Err(SendError::Unavailable(format!(
+            0 => Err(SendError::unavailable(format!(
                 "no subscriber on {subject}"
             ))),
             _ => Ok(()),
@@ -288,15 +289,12 @@ impl Adapter for MemoryAdapter {
     fn name(&self) -> &'static str {
         "memory"
     }
-
     fn default_broker(&self) -> &'static str {
         "memory://default"
     }
-
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }
-
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         if inbox.is_empty()
             || inbox
@@ -310,7 +308,6 @@ impl Adapter for MemoryAdapter {
         }
         Ok(())
     }
-
     async fn ingress(
         &self,
         broker: &str,
@@ -323,14 +320,6 @@ impl Adapter for MemoryAdapter {
             prefix_len: options.prefix.len() + 1,
         }))
     }
-
-    /// Messages buffered for the inbox's subscribers.
-    async fn inbox_backlog(&self, endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
-        let broker = broker_for_url(&endpoint.broker)?;
-        let pattern = format!("{}.>", endpoint.inbox);
-        Ok(Some(broker.buffered(&pattern)))
-    }
-
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         Ok(Arc::new(MemoryTarget {
@@ -338,7 +327,26 @@ impl Adapter for MemoryAdapter {
             inbox: endpoint.inbox.clone(),
         }))
     }
+    fn health(&self) -> Vec<BrokerHealth> {
+        Vec::new()
+    }
+    async fn flush(&self) {}
 
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+
+    fn provisioning(&self) -> Option<&dyn Provisioning> {
+        Some(self)
+    }
+
+    fn app_client(&self) -> Option<&dyn AppClient> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Replies for MemoryAdapter {
     async fn reply_inbox(
         &self,
         broker: &str,
@@ -368,15 +376,28 @@ impl Adapter for MemoryAdapter {
         reply_to: &str,
         message: &Message,
     ) -> Result<(), SendError> {
-        let broker = broker_for_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        let broker = broker_for_url(broker).map_err(|e| SendError::rejected(Cause::new(e)))?;
         match broker.publish(reply_to, message.clone()).await {
-            0 => Err(SendError::Unavailable(format!(
+            0 => Err(SendError::unavailable(format!(
                 "no subscriber on {reply_to}"
             ))),
             _ => Ok(()),
         }
     }
+}
 
+#[async_trait]
+impl Provisioning for MemoryAdapter {
+    /// Messages buffered for the inbox's subscribers.
+    async fn inbox_backlog(&self, endpoint: &Endpoint) -> Result<Option<u64>, AdapterError> {
+        let broker = broker_for_url(&endpoint.broker)?;
+        let pattern = format!("{}.>", endpoint.inbox);
+        Ok(Some(broker.buffered(&pattern)))
+    }
+}
+
+#[async_trait]
+impl AppClient for MemoryAdapter {
     async fn publish_to_ingress(
         &self,
         broker: &str,
@@ -384,13 +405,13 @@ impl Adapter for MemoryAdapter {
         destination: &Destination,
         message: &Message,
     ) -> Result<(), SendError> {
-        let broker = broker_for_url(broker).map_err(|e| SendError::Rejected(e.to_string()))?;
+        let broker = broker_for_url(broker).map_err(|e| SendError::rejected(Cause::new(e)))?;
         let subject = format!("{prefix}.{}.{}", destination.service, destination.topic);
         match broker
             .publish(subject.trim_end_matches('.'), message.clone())
             .await
         {
-            0 => Err(SendError::Unavailable(format!(
+            0 => Err(SendError::unavailable(format!(
                 "no subscriber on {subject}"
             ))),
             _ => Ok(()),
@@ -409,11 +430,14 @@ impl Adapter for MemoryAdapter {
         )))
     }
 
-    fn health(&self) -> Vec<BrokerHealth> {
-        Vec::new()
+    fn describe_ingress(&self, prefix: &str, destination: &Destination) -> String {
+        format!("{prefix}.{}.{}", destination.service, destination.topic)
     }
 
-    async fn flush(&self) {}
+    /// Every name is a broker of its own, in this process.
+    fn private_broker(&self, name: &str) -> Option<String> {
+        Some(format!("{SCHEME}{name}"))
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ impl Target for MqttTarget {
         {
             Accepted::Delivered => Ok(()),
             // The broker would discard it: nobody consumes this inbox now.
-            Accepted::NoSubscribers => Err(SendError::Unavailable(format!(
+            Accepted::NoSubscribers => Err(SendError::unavailable(format!(
                 "no subscriber on inbox {} (the broker would discard the message)",
                 self.inbox
             ))),

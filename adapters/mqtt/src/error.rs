@@ -1,4 +1,6 @@
-//! The adapter's own errors, turned into the API's errors at its edge.
+//! The adapter's own errors, turned into the API's errors at its edge. Each
+//! message says what was being done; rumqttc's error stays reachable as the
+//! source.
 
 use baker_adapter_api::{redact_url, AdapterError};
 
@@ -25,6 +27,37 @@ impl UrlError {
     /// The API error naming `url` (password redacted).
     pub fn for_url(self, url: &str) -> AdapterError {
         AdapterError::InvalidBroker {
+            url: redact_url(url),
+            reason: self.to_string(),
+        }
+    }
+}
+
+/// Why the MQTT adapter could not connect or subscribe.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The connection could not be made.
+    #[error("connecting to {broker}: {source}")]
+    Connect {
+        broker: String,
+        #[source]
+        source: rumqttc::v5::ConnectionError,
+    },
+    /// The broker refused the subscription.
+    #[error("the broker refused the subscription {filter}: {codes}")]
+    SubscriptionRefused { filter: String, codes: String },
+    /// No subscription was granted in time.
+    #[error("no subscription to {filter} within {secs} s")]
+    SubscribeTimeout { filter: String, secs: u64 },
+    /// The connection's task ended before the subscription was granted.
+    #[error("the connection for {filter} ended before it subscribed")]
+    Ended { filter: String },
+}
+
+impl MqttError {
+    /// The API error for `url` (password redacted).
+    pub fn for_url(self, url: &str) -> AdapterError {
+        AdapterError::Broker {
             url: redact_url(url),
             reason: self.to_string(),
         }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{InboxConsumer, Message};
+
+use crate::MqttError;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -33,7 +35,7 @@ impl InboxConsumer for MqttInboxConsumer {
 
 /// Connects to `broker` and subscribes to `<inbox>/#`; resolves once the
 /// subscription is acknowledged, so nothing routed afterwards is missed.
-pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsumer, String> {
+pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsumer, MqttError> {
     let id = format!("baker-inbox-{:x}-{:x}", std::process::id(), fastrand_u32());
     let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
     options
@@ -46,7 +48,7 @@ pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsume
     let (sender, messages) = mpsc::channel(64);
     let (subscribed, ready) = oneshot::channel();
     let filter = format!("{inbox}/#");
-    let subscriber = client.clone();
+    let (subscriber, wanted) = (client.clone(), filter.clone());
     tokio::spawn(async move {
         let mut subscribed = Some(subscribed);
         loop {
@@ -79,7 +81,10 @@ pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsume
     });
     tokio::time::timeout(Duration::from_secs(10), ready)
         .await
-        .map_err(|_| format!("no subscription to {inbox}/# within 10 s"))?
-        .map_err(|_| format!("the connection for {inbox}/# ended"))?;
+        .map_err(|_| MqttError::SubscribeTimeout {
+            filter: wanted.clone(),
+            secs: 10,
+        })?
+        .map_err(|_| MqttError::Ended { filter: wanted })?;
     Ok(MqttInboxConsumer { messages, client })
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    AckHandle, Delivery, Destination, Ingress, IngressStatus, Settle, Settlement,
+    AckHandle, Delivery, Destination, Ingress, IngressStatus, SendError, Settle, Settlement,
 };
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -35,6 +35,7 @@ use crate::acks::Acks;
 use crate::convert;
 use crate::link::{Accepted, Link};
 use crate::url::BrokerUrl;
+use crate::MqttError;
 
 /// Prefix of the dead-letter topics: `_baker-dlq/<original topic>`.
 pub const DEAD_LETTER_PREFIX: &str = "_baker-dlq";
@@ -126,7 +127,8 @@ impl MqttIngress {
     pub async fn start(
         spec: IngressSpec,
         dlq: Arc<Link>,
-    ) -> Result<(MqttIngress, IngressState), String> {
+    ) -> Result<(MqttIngress, IngressState), MqttError> {
+        let filter = spec.filter.clone();
         let capacity = usize::from(spec.receive_max) + 64;
         let (deliveries_tx, deliveries) = mpsc::channel(capacity);
         let (requeue, requeued) = mpsc::unbounded_channel();
@@ -169,14 +171,14 @@ impl MqttIngress {
             }
             Ok(Err(_)) => {
                 task.abort();
-                Err("the connection task stopped".to_owned())
+                Err(MqttError::Ended { filter })
             }
             Err(_) => {
                 task.abort();
-                Err(format!(
-                    "no subscription within {} s",
-                    FIRST_CONNECT_TIMEOUT.as_secs()
-                ))
+                Err(MqttError::SubscribeTimeout {
+                    filter,
+                    secs: FIRST_CONNECT_TIMEOUT.as_secs(),
+                })
             }
         }
     }
@@ -256,7 +258,7 @@ impl Shared {
 async fn run(
     shared: Arc<Shared>,
     deliveries: mpsc::Sender<Delivery>,
-    first: oneshot::Sender<Result<(), String>>,
+    first: oneshot::Sender<Result<(), MqttError>>,
 ) {
     let mut first = Some(first);
     let mut backoff = BACKOFF_START;
@@ -330,16 +332,16 @@ async fn run(
                     let result = if refused.is_empty() {
                         Ok(())
                     } else {
-                        Err(format!(
-                            "the broker refused the subscription {}: {refused:?}",
-                            shared.spec.filter
-                        ))
+                        Err(MqttError::SubscriptionRefused {
+                            filter: shared.spec.filter.clone(),
+                            codes: format!("{refused:?}"),
+                        })
                     };
                     match (first.take(), result) {
                         (Some(first), result) => {
                             let _ = first.send(result);
                         }
-                        (None, Err(reason)) => tracing::error!(broker = %url, %reason),
+                        (None, Err(error)) => tracing::error!(broker = %url, %error),
                         (None, Ok(())) => {}
                     }
                 }
@@ -356,7 +358,10 @@ async fn run(
             break;
         }
         if let Some(first) = first.take() {
-            let _ = first.send(Err(format!("connecting to {url}: {error}")));
+            let _ = first.send(Err(MqttError::Connect {
+                broker: url.to_string(),
+                source: error,
+            }));
             break;
         }
         if !outage_reported {
@@ -445,7 +450,7 @@ struct Settler {
 }
 
 impl Settler {
-    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), String> {
+    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), SendError> {
         let topic = std::str::from_utf8(&self.publish.topic).unwrap_or("?");
         let dlq_topic = format!("{DEAD_LETTER_PREFIX}/{topic}");
         let properties = convert::dead_lettered(&self.publish, reason, attempts);
@@ -466,7 +471,7 @@ impl Settler {
                     tracing::warn!(prefix = DEAD_LETTER_PREFIX, "a dead letter had no subscriber and the broker discarded it; keep a persistent session subscribed to {DEAD_LETTER_PREFIX}/# (counted in baker_mqtt_dead_letters_unheard_total; logged at most every 10 s)");
                 }
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(error),
         }
         if let Some(reply) = reply {
             // A requester waiting on its response topic learns why at once

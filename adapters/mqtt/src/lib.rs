@@ -30,11 +30,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    redact_url, Adapter, AdapterError, BrokerHealth, Destination, Endpoint, InboxConsumer, Ingress,
-    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
+    redact_url, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint,
+    InboxConsumer, Ingress, IngressOptions, Message, Replies, Reply, ReplyInbox, SendError, Target,
 };
 
-pub use error::UrlError;
+pub use error::{MqttError, UrlError};
 pub use ingress::DEAD_LETTER_PREFIX;
 pub use url::BrokerUrl;
 
@@ -82,15 +82,12 @@ impl Adapter for MqttAdapter {
     fn name(&self) -> &'static str {
         "mqtt"
     }
-
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }
-
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker/{service}/{instance}")
     }
-
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         let reason = if !convert::valid_topic_name(inbox) {
             "must be a non-empty MQTT topic name without wildcards (+, #)"
@@ -106,7 +103,6 @@ impl Adapter for MqttAdapter {
             reason: reason.to_owned(),
         })
     }
-
     /// Same host and port: the query holds per-connection settings.
     fn same_broker(&self, a: &str, b: &str) -> bool {
         match (BrokerUrl::parse(a), BrokerUrl::parse(b)) {
@@ -114,7 +110,6 @@ impl Adapter for MqttAdapter {
             _ => a == b,
         }
     }
-
     async fn ingress(
         &self,
         broker: &str,
@@ -154,20 +149,15 @@ impl Adapter for MqttAdapter {
         };
         let dlq = self.link(broker)?;
         let filter = spec.filter.clone();
-        let (ingress, state) =
-            MqttIngress::start(spec, dlq)
-                .await
-                .map_err(|reason| AdapterError::Broker {
-                    url: redact_url(broker),
-                    reason,
-                })?;
+        let (ingress, state) = MqttIngress::start(spec, dlq)
+            .await
+            .map_err(|error| error.for_url(broker))?;
         tracing::info!(broker = %redact_url(broker), %filter, "consuming MQTT ingress");
         let mut ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
         ingresses.retain(|i| !*i.finished.borrow());
         ingresses.push(state);
         Ok(Box::new(ingress))
     }
-
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         let consumer_v311 = BrokerUrl::parse(&endpoint.broker)
@@ -179,84 +169,6 @@ impl Adapter for MqttAdapter {
             consumer_v311,
         )))
     }
-
-    /// The topics `_baker/reply/<router>/<token>`, subscribed at QoS 0 on a
-    /// connection of their own.
-    async fn reply_inbox(
-        &self,
-        broker: &str,
-        router_id: &str,
-        replies: tokio::sync::mpsc::Sender<Reply>,
-    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
-        let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
-        Ok(Arc::new(reply::open(&parsed, router_id, replies)))
-    }
-
-    /// Publishes at QoS 1 to `<prefix>/<service>/<topic levels>`.
-    async fn publish_to_ingress(
-        &self,
-        broker: &str,
-        prefix: &str,
-        destination: &Destination,
-        message: &Message,
-    ) -> Result<(), SendError> {
-        let link = self
-            .link(broker)
-            .map_err(|e| SendError::Rejected(e.to_string()))?;
-        let topic = convert::inbox_topic(
-            &format!("{prefix}/{}", destination.service),
-            &destination.topic,
-        );
-        let (properties, _) = convert::to_mqtt(message);
-        match link
-            .publish(topic, message.payload.clone(), properties)
-            .await?
-        {
-            link::Accepted::Delivered => Ok(()),
-            link::Accepted::NoSubscribers => Err(SendError::Unavailable(
-                "no router subscribes to the ingress".to_owned(),
-            )),
-        }
-    }
-
-    /// Subscribes to `<inbox>/#` at QoS 1 on a connection of its own.
-    async fn consume_inbox(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
-        self.validate_inbox(&endpoint.inbox)?;
-        let parsed = BrokerUrl::parse(&endpoint.broker).map_err(|e| e.for_url(&endpoint.broker))?;
-        let consumer = inbox::consume(&parsed, &endpoint.inbox)
-            .await
-            .map_err(|reason| AdapterError::Broker {
-                url: redact_url(&endpoint.broker),
-                reason,
-            })?;
-        Ok(Box::new(consumer))
-    }
-
-    /// Publishes the reply at QoS 1 to the requester's response topic.
-    async fn send_reply(
-        &self,
-        broker: &str,
-        reply_to: &str,
-        message: &Message,
-    ) -> Result<(), SendError> {
-        let link = self
-            .link(broker)
-            .map_err(|e| SendError::Rejected(e.to_string()))?;
-        let (properties, _) = convert::to_mqtt(message);
-        match link
-            .publish(reply_to.to_owned(), message.payload.clone(), properties)
-            .await?
-        {
-            link::Accepted::Delivered => Ok(()),
-            link::Accepted::NoSubscribers => Err(SendError::Unavailable(format!(
-                "nobody subscribes to the response topic {reply_to}"
-            ))),
-        }
-    }
-
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
@@ -279,7 +191,6 @@ impl Adapter for MqttAdapter {
             )
             .collect()
     }
-
     /// Every egress publish already waited for its PUBACK; this waits for
     /// closed ingresses to send their last acks and disconnect.
     async fn flush(&self) {
@@ -291,5 +202,100 @@ impl Adapter for MqttAdapter {
         for mut ingress in pending {
             let _ = ingress.finished.wait_for(|f| *f).await;
         }
+    }
+
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+
+    fn app_client(&self) -> Option<&dyn AppClient> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Replies for MqttAdapter {
+    /// The topics `_baker/reply/<router>/<token>`, subscribed at QoS 0 on a
+    /// connection of their own.
+    async fn reply_inbox(
+        &self,
+        broker: &str,
+        router_id: &str,
+        replies: tokio::sync::mpsc::Sender<Reply>,
+    ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
+        let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
+        Ok(Arc::new(reply::open(&parsed, router_id, replies)))
+    }
+
+    /// Publishes the reply at QoS 1 to the requester's response topic.
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let link = self
+            .link(broker)
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
+        let (properties, _) = convert::to_mqtt(message);
+        match link
+            .publish(reply_to.to_owned(), message.payload.clone(), properties)
+            .await?
+        {
+            link::Accepted::Delivered => Ok(()),
+            link::Accepted::NoSubscribers => Err(SendError::unavailable(format!(
+                "nobody subscribes to the response topic {reply_to}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl AppClient for MqttAdapter {
+    /// Publishes at QoS 1 to `<prefix>/<service>/<topic levels>`.
+    async fn publish_to_ingress(
+        &self,
+        broker: &str,
+        prefix: &str,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let link = self
+            .link(broker)
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
+        let topic = convert::inbox_topic(
+            &format!("{prefix}/{}", destination.service),
+            &destination.topic,
+        );
+        let (properties, _) = convert::to_mqtt(message);
+        match link
+            .publish(topic, message.payload.clone(), properties)
+            .await?
+        {
+            link::Accepted::Delivered => Ok(()),
+            link::Accepted::NoSubscribers => Err(SendError::unavailable(
+                "no router subscribes to the ingress".to_owned(),
+            )),
+        }
+    }
+
+    /// Subscribes to `<inbox>/#` at QoS 1 on a connection of its own.
+    async fn consume_inbox(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
+        self.validate_inbox(&endpoint.inbox)?;
+        let parsed = BrokerUrl::parse(&endpoint.broker).map_err(|e| e.for_url(&endpoint.broker))?;
+        let consumer = inbox::consume(&parsed, &endpoint.inbox)
+            .await
+            .map_err(|error| error.for_url(&endpoint.broker))?;
+        Ok(Box::new(consumer))
+    }
+
+    fn describe_ingress(&self, prefix: &str, destination: &Destination) -> String {
+        format!(
+            "topic {prefix}/{}/{}",
+            destination.service, destination.topic
+        )
     }
 }

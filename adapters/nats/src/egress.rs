@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::Client;
 use async_trait::async_trait;
-use baker_adapter_api::{Destination, Message, SendError, Target};
+use baker_adapter_api::{Cause, Destination, Message, SendError, Target};
 
 use crate::convert::nats_headers;
 
@@ -24,9 +24,9 @@ pub(crate) fn publish_error(error: async_nats::client::PublishError) -> SendErro
     match error.kind() {
         async_nats::client::PublishErrorKind::MaxPayloadExceeded
         | async_nats::client::PublishErrorKind::InvalidSubject => {
-            SendError::Rejected(error.to_string())
+            SendError::rejected(Cause::new(error))
         }
-        _ => SendError::Unreachable(error.to_string()),
+        _ => SendError::unreachable(Cause::new(error)),
     }
 }
 

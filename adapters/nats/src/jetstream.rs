@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus, Settle,
+    header, AckHandle, AdapterError, Cause, Delivery, Destination, Ingress, IngressStatus, Settle,
     Settlement,
 };
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::convert::{message_from_parts, nats_headers};
+use crate::UrlError;
 
 /// Subject prefix of dead letters: `_baker.dlq.<service>`.
 pub const DEAD_LETTER_PREFIX: &str = "_baker.dlq";
@@ -54,7 +55,7 @@ pub struct StreamSettings {
 
 impl StreamSettings {
     /// The settings in `url`'s query, or why they are not valid.
-    pub fn from_url(url: &str) -> Result<Self, String> {
+    pub fn from_url(url: &str) -> Result<Self, UrlError> {
         let mut settings = StreamSettings {
             storage: StorageType::File,
             replicas: 1,
@@ -67,23 +68,24 @@ impl StreamSettings {
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| format!("{key}={value:?} is not a whole number"))
+            let invalid = |expected| UrlError::Value {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                expected,
             };
+            let number = || value.parse::<u64>().map_err(|_| invalid("a whole number"));
             match key {
                 "storage" => {
                     settings.storage = match value {
                         "file" => StorageType::File,
                         "memory" => StorageType::Memory,
-                        _ => return Err(format!("storage={value:?}: expected file or memory")),
+                        _ => return Err(invalid("file or memory")),
                     }
                 }
                 "replicas" => {
                     settings.replicas = match number()? {
                         n @ 1..=5 => n as usize,
-                        n => return Err(format!("replicas={n}: expected 1 to 5")),
+                        _ => return Err(invalid("1 to 5")),
                     }
                 }
                 "max_bytes" => settings.max_bytes = i64::try_from(number()?).unwrap_or(i64::MAX),
@@ -91,16 +93,12 @@ impl StreamSettings {
                 "ack_wait_secs" => {
                     settings.ack_wait = match number()? {
                         n @ 1..=3600 => Duration::from_secs(n),
-                        n => return Err(format!("ack_wait_secs={n}: expected 1 to 3600")),
+                        _ => return Err(invalid("1 to 3600")),
                     }
                 }
                 "inbox" if value == "jetstream" => {}
                 "ingress" if value == "jetstream" || value == "core" => {}
-                _ => {
-                    return Err(format!(
-                        "unknown setting {pair:?} (expected ingress=core|jetstream, inbox=jetstream, storage, replicas, max_bytes, max_age_secs, ack_wait_secs)"
-                    ))
-                }
+                _ => return Err(UrlError::Unknown(pair.to_owned())),
             }
         }
         Ok(settings)
@@ -259,10 +257,7 @@ pub async fn start(
         url: url.to_owned(),
         reason: format!("{what}: {error}"),
     };
-    let settings = StreamSettings::from_url(url).map_err(|reason| AdapterError::InvalidBroker {
-        url: baker_adapter_api::redact_url(url),
-        reason,
-    })?;
+    let settings = StreamSettings::from_url(url).map_err(|e| e.for_url(url))?;
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(settings.apply(StreamConfig {
@@ -452,10 +447,7 @@ pub async fn create_inbox_stream(
     url: &str,
     inbox: &str,
 ) -> Result<(), AdapterError> {
-    let settings = StreamSettings::from_url(url).map_err(|reason| AdapterError::InvalidBroker {
-        url: baker_adapter_api::redact_url(url),
-        reason,
-    })?;
+    let settings = StreamSettings::from_url(url).map_err(|e| e.for_url(url))?;
     jetstream::new(client)
         .get_or_create_stream(settings.apply(StreamConfig {
             name: inbox_stream(inbox),
@@ -508,20 +500,20 @@ impl baker_adapter_api::Target for DurableTarget {
             .js
             .publish_with_headers(subject, headers, message.payload.clone())
             .await
-            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+            .map_err(|e| SendError::unreachable(Cause::new(e)))?;
         ack.await.map(drop).map_err(|error| {
             use async_nats::jetstream::context::PublishErrorKind;
             match error.kind() {
                 // Also what a cluster answers while the stream's leader is
                 // being elected again (a node lost): hand the message back
                 // for a later try rather than dead-letter it.
-                PublishErrorKind::StreamNotFound => SendError::Unreachable(format!(
+                PublishErrorKind::StreamNotFound => SendError::unreachable(format!(
                     "no stream answers for the inbox {} (its agent creates it; in a cluster, \
                      its leader may be moving)",
                     self.inbox
                 )),
-                PublishErrorKind::MaxPayloadExceeded => SendError::Rejected(error.to_string()),
-                _ => SendError::Unreachable(error.to_string()),
+                PublishErrorKind::MaxPayloadExceeded => SendError::rejected(Cause::new(error)),
+                _ => SendError::unreachable(Cause::new(error)),
             }
         })
     }
@@ -549,6 +541,7 @@ mod tests {
         assert!(StreamSettings::from_url("nats://h?ack_wait_secs=0").is_err());
         assert!(StreamSettings::from_url("nats://h?replicas=7")
             .unwrap_err()
+            .to_string()
             .contains("1 to 5"));
         assert!(StreamSettings::from_url("nats://h?ingress=jetstream&inbox=jetstream").is_ok());
         assert!(jetstream_ingress(
@@ -556,9 +549,10 @@ mod tests {
         ));
         assert!(!jetstream_ingress("nats://h?ingress=core"));
         assert!(StreamSettings::from_url("nats://h?ingress=jetsream").is_err());
-        assert!(StreamSettings::from_url("nats://h?colour=blue")
-            .unwrap_err()
-            .contains("unknown setting"));
+        assert_eq!(
+            StreamSettings::from_url("nats://h?colour=blue"),
+            Err(UrlError::Unknown("colour=blue".into()))
+        );
         assert!(durable_inbox("nats://h?storage=memory&inbox=jetstream"));
         assert!(!durable_inbox("nats://h?storage=memory"));
     }

@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 use async_nats::Client;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    Adapter, AdapterError, BrokerHealth, Destination, Endpoint, InboxConsumer, Ingress,
-    IngressOptions, Message, Reply, ReplyInbox, SendError, Target,
+    Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer,
+    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, SendError, Target,
 };
 
 mod convert;
 mod egress;
+mod error;
 mod inbox;
 mod ingress;
 mod jetstream;
@@ -30,6 +31,7 @@ mod url;
 
 pub use async_nats;
 pub use convert::{headers_from_nats, headers_to_nats, properties_from_headers};
+pub use error::UrlError;
 pub use jetstream::{stream_name, DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
 pub use url::{server_addrs, DEFAULT_BROKER};
 
@@ -45,15 +47,12 @@ impl Adapter for NatsAdapter {
     fn name(&self) -> &'static str {
         "nats"
     }
-
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }
-
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }
-
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         if egress::valid_subject(inbox) {
             Ok(())
@@ -64,7 +63,6 @@ impl Adapter for NatsAdapter {
             })
         }
     }
-
     async fn ingress(
         &self,
         broker: &str,
@@ -72,12 +70,7 @@ impl Adapter for NatsAdapter {
     ) -> Result<Box<dyn Ingress>, AdapterError> {
         // The query's settings are checked whichever ingress they choose: a
         // misspelt `ingress=` must not quietly fall back to core NATS.
-        jetstream::StreamSettings::from_url(broker).map_err(|reason| {
-            AdapterError::InvalidBroker {
-                url: baker_adapter_api::redact_url(broker),
-                reason,
-            }
-        })?;
+        jetstream::StreamSettings::from_url(broker).map_err(|e| e.for_url(broker))?;
         let client = self.client(broker).await?;
         if jetstream::jetstream_ingress(broker) {
             let ingress = jetstream::start(
@@ -92,27 +85,10 @@ impl Adapter for NatsAdapter {
         }
         Ok(Box::new(ingress::subscribe(client, broker, options).await?))
     }
-
     /// The query holds Baker's settings, not the server's address.
     fn same_broker(&self, a: &str, b: &str) -> bool {
         a.split('?').next() == b.split('?').next()
     }
-
-    /// With `inbox=jetstream` in the broker URL, creates the stream that
-    /// keeps the inbox (`BAKER_INBOX_<inbox>`, capturing `<inbox>.>`).
-    async fn prepare_inbox(
-        &self,
-        endpoint: &Endpoint,
-        _options: &BTreeMap<String, String>,
-    ) -> Result<(), AdapterError> {
-        if !jetstream::durable_inbox(&endpoint.broker) {
-            return Ok(());
-        }
-        self.validate_inbox(&endpoint.inbox)?;
-        let client = self.client(&endpoint.broker).await?;
-        jetstream::create_inbox_stream(client, &endpoint.broker, &endpoint.inbox).await
-    }
-
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         if jetstream::durable_inbox(&endpoint.broker) {
@@ -127,7 +103,28 @@ impl Adapter for NatsAdapter {
             reported_skipped: AtomicBool::new(false),
         }))
     }
+    async fn flush(&self) {
+        self.flush_all().await;
+    }
+    fn health(&self) -> Vec<BrokerHealth> {
+        self.connections()
+    }
 
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+
+    fn provisioning(&self) -> Option<&dyn Provisioning> {
+        Some(self)
+    }
+
+    fn app_client(&self) -> Option<&dyn AppClient> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Replies for NatsAdapter {
     async fn reply_inbox(
         &self,
         broker: &str,
@@ -139,6 +136,40 @@ impl Adapter for NatsAdapter {
         Ok(Arc::new(inbox))
     }
 
+    async fn send_reply(
+        &self,
+        broker: &str,
+        reply_to: &str,
+        message: &Message,
+    ) -> Result<(), SendError> {
+        let client = self
+            .client(broker)
+            .await
+            .map_err(|e| SendError::unreachable(Cause::new(e)))?;
+        egress::publish(&client, reply_to.to_owned(), message).await
+    }
+}
+
+#[async_trait]
+impl Provisioning for NatsAdapter {
+    /// With `inbox=jetstream` in the broker URL, creates the stream that
+    /// keeps the inbox (`BAKER_INBOX_<inbox>`, capturing `<inbox>.>`).
+    async fn prepare_inbox(
+        &self,
+        endpoint: &Endpoint,
+        _options: &BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        if !jetstream::durable_inbox(&endpoint.broker) {
+            return Ok(());
+        }
+        self.validate_inbox(&endpoint.inbox)?;
+        let client = self.client(&endpoint.broker).await?;
+        jetstream::create_inbox_stream(client, &endpoint.broker, &endpoint.inbox).await
+    }
+}
+
+#[async_trait]
+impl AppClient for NatsAdapter {
     async fn publish_to_ingress(
         &self,
         broker: &str,
@@ -149,7 +180,7 @@ impl Adapter for NatsAdapter {
         let client = self
             .client(broker)
             .await
-            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+            .map_err(|e| SendError::unreachable(Cause::new(e)))?;
         let mut subject = format!("{prefix}.{}", destination.service);
         if !destination.topic.is_empty() {
             subject.push('.');
@@ -167,24 +198,10 @@ impl Adapter for NatsAdapter {
         Ok(Box::new(consumer))
     }
 
-    async fn send_reply(
-        &self,
-        broker: &str,
-        reply_to: &str,
-        message: &Message,
-    ) -> Result<(), SendError> {
-        let client = self
-            .client(broker)
-            .await
-            .map_err(|e| SendError::Unreachable(e.to_string()))?;
-        egress::publish(&client, reply_to.to_owned(), message).await
-    }
-
-    async fn flush(&self) {
-        self.flush_all().await;
-    }
-
-    fn health(&self) -> Vec<BrokerHealth> {
-        self.connections()
+    fn describe_ingress(&self, prefix: &str, destination: &Destination) -> String {
+        format!(
+            "subject {prefix}.{}.{}",
+            destination.service, destination.topic
+        )
     }
 }

@@ -19,10 +19,7 @@ impl NatsAdapter {
         if let Some(client) = self.lock_clients().get(url) {
             return Ok(client.clone());
         }
-        let servers = server_addrs(url).map_err(|reason| AdapterError::InvalidBroker {
-            url: url.to_owned(),
-            reason,
-        })?;
+        let servers = server_addrs(url).map_err(|e| e.for_url(url))?;
         let broker = url.to_owned();
         // retry_on_initial_connect: an unreachable broker must not stall the
         // router; async-nats keeps reconnecting with backoff and buffers

@@ -1,14 +1,16 @@
 //! Broker URLs: the servers to connect to; the query holds Baker's settings
 //! (read by [`crate::jetstream::StreamSettings`]), not the connection's.
 
+use crate::UrlError;
+
 /// The servers of a broker URL: `nats://HOST:PORT`, or several separated by
 /// commas (`nats://a:4222,b:4222`; the scheme may be given once), query
 /// removed.
-pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, UrlError> {
     let url = url.split('?').next().unwrap_or(url);
     let scheme = url.split_once("://").map_or("nats", |(scheme, _)| scheme);
     if scheme != "nats" && scheme != "tls" {
-        return Err("expected nats://HOST:PORT[,HOST:PORT...]".to_owned());
+        return Err(UrlError::Scheme);
     }
     url.split(',')
         .map(|server| {
@@ -19,7 +21,10 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
                 format!("{scheme}://{server}")
             };
             full.parse::<async_nats::ServerAddr>()
-                .map_err(|e| format!("{server:?}: {e}"))
+                .map_err(|e| UrlError::Server {
+                    server: server.to_owned(),
+                    reason: e.to_string(),
+                })
         })
         .collect()
 }
