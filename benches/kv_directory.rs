@@ -20,9 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baker_mq::config::KvSettings;
-use baker_mq::directory::kv::{KvDirectory, KV_EPOCH};
-use baker_mq::directory::{EndpointRecord, InstanceRecord, Status};
+use baker_directory_kv::{KvDirectory, KvSettings, KV_EPOCH};
+use baker_mq::directory::{Directory, EndpointRecord, InstanceRecord, Status};
 use common::{env_or, invoked_as_bench, percentile_us, run_id};
 use futures::StreamExt;
 

@@ -1,18 +1,22 @@
-//! The adapters built into this binary, and the settings that moved into
-//! an adapter's own. Adding a protocol is a crate under `adapters/` and a line
-//! here.
+//! What this binary has built in that names a protocol: the adapters, the
+//! directory engines besides the embedded one, and the settings that moved
+//! into an adapter's own. Adding a protocol is a crate under `adapters/` (or
+//! `directory/`) and lines here.
 
 use std::sync::Arc;
 
 use baker_adapter_api::{Adapter, BrokerHealth};
 
+use crate::directory::{ClientError, DirectoryClient};
+
 /// The adapter of the ingress and of registered instances unless the
 /// configuration names another.
 pub const DEFAULT_ADAPTER: &str = "nats";
 
-/// The adapter `baker-mq demo` runs on unless told otherwise: one that needs
-/// no broker.
-pub const DEMO_ADAPTER: &str = "memory";
+/// The adapter that needs no broker (its brokers live in the process): what
+/// `baker-mq demo` runs on unless told otherwise, and what unit tests route
+/// through.
+pub const IN_PROCESS_ADAPTER: &str = "memory";
 
 /// Default log filter: Baker's own events (the adapters' included), and only
 /// warnings from libraries (lapin warns once per returned message, which
@@ -86,3 +90,55 @@ pub const MOVED_SETTINGS: &[MovedSetting] = &[MovedSetting {
     instead: "the NATS ingress is chosen in the broker URL now: \
               nats://HOST:PORT?ingress=jetstream (or ?ingress=core, the default)",
 }];
+
+/// A directory engine other than the embedded one, chosen by its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryEngine {
+    /// A JetStream key-value bucket
+    /// (`nats://HOST:PORT[,HOST:PORT...][?bucket=NAME&replicas=N]`).
+    #[cfg(feature = "nats")]
+    Kv(baker_directory_kv::KvSettings),
+}
+
+impl DirectoryEngine {
+    /// The engine `url` names: `None` when no engine of this build claims
+    /// it, else the engine or why the URL is not valid for it.
+    pub fn for_url(url: &str) -> Option<Result<Self, String>> {
+        #[cfg(feature = "nats")]
+        if baker_directory_kv::KvSettings::claims(url) {
+            return Some(
+                baker_directory_kv::KvSettings::parse(url)
+                    .map(Self::Kv)
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        let _ = url;
+        None
+    }
+
+    /// The URL forms the engines of this build take, for error messages.
+    pub fn url_forms() -> &'static [&'static str] {
+        &[
+            #[cfg(feature = "nats")]
+            "nats://HOST:PORT[,HOST:PORT...] (JetStream key-value bucket)",
+        ]
+    }
+
+    /// The engine's URL, in canonical form.
+    pub fn url(&self) -> String {
+        match *self {
+            #[cfg(feature = "nats")]
+            Self::Kv(ref settings) => settings.display_url(),
+        }
+    }
+
+    /// A client of the engine, connecting in the background.
+    pub async fn open(&self) -> Result<DirectoryClient, ClientError> {
+        match *self {
+            #[cfg(feature = "nats")]
+            Self::Kv(ref settings) => Ok(DirectoryClient::new(
+                baker_directory_kv::KvDirectory::new(settings.clone()).await?,
+            )),
+        }
+    }
+}

@@ -23,10 +23,10 @@ use baker_adapter_api::Endpoint;
 use tokio::sync::watch;
 
 use crate::adapters::AdapterRegistry;
-use crate::backoff::Backoff;
 use crate::config::Registered;
 use crate::directory::{ClientError, DirectoryClient, InstanceRecord, Status};
 use crate::shutdown::Shutdown;
+use baker_adapter_api::Backoff;
 
 /// Keeps a set of instances registered.
 pub struct Agent {

@@ -78,7 +78,7 @@ pub enum Command {
         phase_secs: f64,
         /// Broker adapter the story runs on: memory (in-process, no broker),
         /// nats, amqp or mqtt.
-        #[arg(long = "adapter", id = "demo_adapter", default_value = crate::adapters::DEMO_ADAPTER)]
+        #[arg(long = "adapter", id = "demo_adapter", default_value = crate::adapters::IN_PROCESS_ADAPTER)]
         adapter: String,
         /// Broker URL [default: the adapter's]
         #[arg(long = "broker", id = "demo_broker", value_name = "URL")]

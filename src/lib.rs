@@ -7,7 +7,6 @@
 pub mod adapters;
 pub mod admin;
 pub mod agent;
-pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -16,7 +16,6 @@ use tokio::task::JoinHandle;
 use crate::adapters::AdapterRegistry;
 use crate::admin::{self, AdminState, IngressState};
 use crate::agent::Agent;
-use crate::backoff::Backoff;
 use crate::config::{DirectoryTarget, Settings};
 use crate::directory::snapshot::Snapshot;
 use crate::directory::{Catalog, DirectoryClient, Watcher};
@@ -24,6 +23,7 @@ use crate::router::reply::ReplyProxy;
 use crate::router::undelivered::UndeliveredReporter;
 use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
 use crate::shutdown::{self, Shutdown};
+use baker_adapter_api::Backoff;
 
 /// Errors that stop the sidecar from starting.
 #[derive(Debug, thiserror::Error)]
@@ -197,18 +197,11 @@ pub async fn run(
         DirectoryTarget::Auto(_) | DirectoryTarget::Url(_) => {
             DirectoryClient::http(&settings.directory.url())
         }
-        #[cfg(feature = "nats")]
-        DirectoryTarget::Kv(kv) => DirectoryClient::Kv(
-            crate::directory::kv::KvDirectory::new(kv.clone())
-                .await
-                .map_err(SidecarError::Directory)?,
-        ),
-        #[cfg(not(feature = "nats"))]
-        DirectoryTarget::Kv(_) => unreachable!("refused by the configuration without nats"),
+        DirectoryTarget::Engine(engine) => engine.open().await.map_err(SidecarError::Directory)?,
     };
     let takeover = match settings.directory {
         DirectoryTarget::Auto(addr) => Some(addr),
-        DirectoryTarget::Url(_) | DirectoryTarget::Kv(_) => None,
+        DirectoryTarget::Url(_) | DirectoryTarget::Engine(_) => None,
     };
     let mut watcher = Watcher::new(client.clone(), takeover);
     if let (true, Some(dir)) = (settings.router, &settings.state_dir) {

@@ -20,7 +20,7 @@ use baker_adapter_api::IngressOptions;
 use serde::Deserialize as _;
 
 pub use check::{CheckConfig, CheckKind};
-pub use directory::{DirectoryTarget, KvSettings, DEFAULT_BUCKET};
+pub use directory::DirectoryTarget;
 pub use error::{ConfigError, Origin};
 pub use options::{LogFormat, Options, ServicePolicy, VersionRoute};
 pub use registration::{Registered, Registration};
@@ -439,42 +439,19 @@ mod tests {
     }
 
     #[test]
-    fn a_nats_directory_url_names_a_bucket_and_its_errors_name_the_key() {
-        let s = resolve_with(
-            "",
-            &[
-                "--directory",
-                "nats://a:4222,b:4222?bucket=dir-1&replicas=3",
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            s.directory,
-            DirectoryTarget::Kv(KvSettings {
-                servers: "nats://a:4222,b:4222".into(),
-                bucket: "dir-1".into(),
-                replicas: 3,
-            })
-        );
-        let s = resolve_with("directory = \"nats://127.0.0.1:4222\"\n", &[]).unwrap();
-        assert_eq!(
-            s.directory,
-            DirectoryTarget::Kv(KvSettings {
-                servers: "nats://127.0.0.1:4222".into(),
-                bucket: DEFAULT_BUCKET.into(),
-                replicas: 1,
-            })
-        );
-        for (url, says) in [
-            ("nats://a:4222?replicas=7", "replicas"),
-            ("nats://a:4222?bucket=a.b", "bucket"),
-            ("nats://a:4222?colour=red", "colour"),
-        ] {
-            let err = resolve_with("", &["--directory", url])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("directory") && err.contains(says), "{err}");
+    fn a_directory_url_errors_name_the_key() {
+        for url in ["ftp://a:1", "a:7070"] {
+            let err = resolve_with("", &["--directory", url]).unwrap_err();
+            assert!(
+                err.contains("key `directory`") && err.contains("http://HOST:PORT"),
+                "{err}"
+            );
         }
+        let s = resolve_with("directory = \"http://10.0.0.5:7070/\"\n", &[]).unwrap();
+        assert_eq!(
+            s.directory,
+            DirectoryTarget::Url("http://10.0.0.5:7070".into())
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Default for DemoOptions {
         Self {
             rate: 2000,
             phase: Duration::from_secs(2),
-            adapter: crate::adapters::DEMO_ADAPTER.to_owned(),
+            adapter: crate::adapters::IN_PROCESS_ADAPTER.to_owned(),
             broker: None,
         }
     }

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use super::client::ClientError;
-use super::record::{Catalog, InstanceRecord};
+use async_trait::async_trait;
+
+use super::{Catalog, ClientError, Directory, InstanceRecord};
 
 /// Talks to one directory over HTTP/JSON.
 #[derive(Clone, Debug)]
@@ -25,11 +26,6 @@ impl HttpDirectory {
                 .build()
                 .unwrap_or_default(),
         }
-    }
-
-    /// The directory's base URL.
-    pub fn url(&self) -> &str {
-        &self.base
     }
 
     fn unreachable(&self, source: reqwest::Error) -> ClientError {
@@ -57,9 +53,17 @@ impl HttpDirectory {
     fn instance_url(&self, service: &str, id: &str) -> String {
         format!("{}/v1/services/{service}/instances/{id}", self.base)
     }
+}
+
+#[async_trait]
+impl Directory for HttpDirectory {
+    /// The directory's base URL.
+    fn url(&self) -> &str {
+        &self.base
+    }
 
     /// Registers `record`, starting its lease.
-    pub async fn register(&self, record: &InstanceRecord) -> Result<(), ClientError> {
+    async fn register(&self, record: &InstanceRecord) -> Result<(), ClientError> {
         let response = self
             .http
             .put(self.instance_url(&record.service, &record.id))
@@ -72,10 +76,13 @@ impl HttpDirectory {
     }
 
     /// Extends a lease. [`ClientError::LeaseUnknown`] means: register again.
-    pub async fn renew(&self, service: &str, id: &str) -> Result<(), ClientError> {
+    async fn renew(&self, record: &InstanceRecord) -> Result<(), ClientError> {
         let response = self
             .http
-            .post(format!("{}/renew", self.instance_url(service, id)))
+            .post(format!(
+                "{}/renew",
+                self.instance_url(&record.service, &record.id)
+            ))
             .timeout(CALL_TIMEOUT)
             .send()
             .await
@@ -84,7 +91,7 @@ impl HttpDirectory {
     }
 
     /// Removes a registration.
-    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
+    async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
         let response = self
             .http
             .delete(self.instance_url(service, id))
@@ -100,7 +107,7 @@ impl HttpDirectory {
 
     /// The whole catalog; when `after` is given, waits up to `wait` for it to
     /// change from that (epoch, index).
-    pub async fn catalog(
+    async fn catalog(
         &self,
         after: Option<(u64, u64)>,
         wait: Duration,
@@ -122,7 +129,7 @@ impl HttpDirectory {
     }
 
     /// True when the directory answers its health endpoint.
-    pub async fn ping(&self) -> bool {
+    async fn ping(&self) -> bool {
         matches!(
             self.http
                 .get(format!("{}/healthz", self.base))

@@ -1,19 +1,21 @@
-//! Service discovery: instance records, the embedded directory (store and
-//! HTTP server) and its client, the directory on a JetStream key-value
-//! bucket, and the watcher that keeps a router's last known view of either.
+//! Service discovery in the core: the embedded directory (store and HTTP
+//! server) and its client, the client every engine is used through, and the
+//! watcher that keeps a router's last known view. The records and the
+//! [`Directory`] trait are `baker-directory-api`'s; other engines are crates
+//! of their own, listed in [`crate::adapters`].
 
 pub mod client;
 pub mod http;
-#[cfg(feature = "nats")]
-pub mod kv;
-pub mod record;
 pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod watch;
 
-pub use client::{ClientError, DirectoryClient};
-pub use record::{Catalog, EndpointRecord, InstanceRecord, Status};
+pub use baker_directory_api::record;
+pub use baker_directory_api::{
+    Catalog, ClientError, Directory, EndpointRecord, InstanceRecord, Status,
+};
+pub use client::DirectoryClient;
 pub use watch::{DirectoryHealth, DirectoryStatus, Watcher};
 
 /// Where the directory is when none is configured.

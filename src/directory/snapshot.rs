@@ -92,7 +92,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::store::tests::record;
+    use baker_directory_api::testing::record;
 
     #[tokio::test]
     async fn a_saved_view_loads_back() {

@@ -146,27 +146,9 @@ impl Store {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::directory::record::{EndpointRecord, Status};
-
-    pub(crate) fn record(service: &str, id: &str, ttl_secs: u64) -> InstanceRecord {
-        InstanceRecord {
-            service: service.into(),
-            id: id.into(),
-            version: "1".into(),
-            endpoint: EndpointRecord {
-                adapter: "memory".into(),
-                broker: "memory://t".into(),
-                inbox: format!("_baker.{service}.{id}"),
-            },
-            weight: 100,
-            zone: None,
-            metadata: Default::default(),
-            status: Status::Passing,
-            ttl_secs,
-        }
-    }
+    use baker_directory_api::testing::record;
 
     #[test]
     fn lease_expires_unless_renewed() {
@@ -193,7 +175,7 @@ pub(crate) mod tests {
         let first = store.register(record("s", "a", 5), now).unwrap();
         assert_eq!(store.register(record("s", "a", 5), now).unwrap(), first);
         let mut changed = record("s", "a", 5);
-        changed.status = Status::Draining;
+        changed.status = crate::directory::Status::Draining;
         assert!(store.register(changed, now).unwrap() > first);
     }
 

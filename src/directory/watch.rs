@@ -30,8 +30,8 @@ use super::record::{Catalog, InstanceRecord};
 use super::server;
 use super::snapshot::Snapshot;
 use super::store::Store;
-use crate::backoff::Backoff;
 use crate::shutdown::Shutdown;
+use baker_adapter_api::Backoff;
 
 /// Longest time between two full catalogs while the directory is reachable.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -380,7 +380,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::store::tests::record;
+    use baker_directory_api::testing::record;
 
     fn catalog(epoch: u64, index: u64, ids: &[&str]) -> Catalog {
         Catalog {

@@ -501,9 +501,9 @@ mod tests {
 
     use super::*;
     use crate::adapters::AdapterRegistry;
-    use crate::directory::store::tests::record;
     use crate::directory::{Catalog, InstanceRecord};
     use crate::router::{PolicyKind, TableBuilder};
+    use baker_directory_api::testing::record;
 
     struct Recorder(Arc<Mutex<Vec<Settlement>>>);
 
@@ -713,7 +713,10 @@ mod tests {
         let instances = baker_adapter_memory::broker("journey-reply-b");
         let adapters = AdapterRegistry::builtin();
         let proxy = Arc::new(ReplyProxy::new(
-            adapters.get("memory").unwrap().clone(),
+            adapters
+                .get(crate::adapters::IN_PROCESS_ADAPTER)
+                .unwrap()
+                .clone(),
             "memory://journey-reply-a",
             adapters,
         ));
@@ -770,7 +773,10 @@ mod tests {
         let broker = baker_adapter_memory::broker("journey-reply-same");
         let adapters = AdapterRegistry::builtin();
         let proxy = Arc::new(ReplyProxy::new(
-            adapters.get("memory").unwrap().clone(),
+            adapters
+                .get(crate::adapters::IN_PROCESS_ADAPTER)
+                .unwrap()
+                .clone(),
             "memory://journey-reply-same",
             adapters,
         ));

@@ -313,8 +313,8 @@ impl TableBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::store::tests::record;
     use crate::directory::Status;
+    use baker_directory_api::testing::record;
 
     fn catalog(index: u64, records: Vec<InstanceRecord>) -> Arc<Catalog> {
         Arc::new(Catalog {

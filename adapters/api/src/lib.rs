@@ -9,6 +9,7 @@
 
 mod ack;
 mod adapter;
+mod backoff;
 mod error;
 mod message;
 
@@ -17,6 +18,7 @@ pub use adapter::{
     Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
     IngressStatus, Provisioning, Replies, Reply, ReplyInbox, Target,
 };
+pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
 
