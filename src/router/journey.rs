@@ -18,7 +18,7 @@ use super::outlier::{OutlierConfig, Transition};
 use super::policy::{Pick, PolicyKind};
 use super::reply::ReplyProxy;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
-use super::undelivered::UndeliveredReporter;
+use super::undelivered::{Cause, UndeliveredReporter};
 
 /// Tunables of the journey.
 #[derive(Debug, Clone)]
@@ -54,34 +54,6 @@ impl MessageIds {
     }
 }
 
-/// Why a message could not be delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The service has no routable instance.
-    NoRoute,
-    /// The payload exceeds `max_payload`.
-    TooLarge,
-    /// An instance's broker refused the message itself.
-    Rejected,
-    /// Every attempt failed on an unavailable instance.
-    Unavailable,
-    /// Every attempt failed because the instances' brokers were unreachable:
-    /// the message goes back to the ingress for redelivery.
-    Unreachable,
-}
-
-impl Cause {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::NoRoute => "no_route",
-            Cause::TooLarge => "too_large",
-            Cause::Rejected => "rejected",
-            Cause::Unavailable => "unavailable",
-            Cause::Unreachable => "unreachable",
-        }
-    }
-}
 
 /// Why a delivery failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]

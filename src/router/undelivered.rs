@@ -6,8 +6,36 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::journey::Cause;
 use crate::shutdown::Shutdown;
+
+/// Why a message could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The service has no routable instance.
+    NoRoute,
+    /// The payload exceeds `max_payload`.
+    TooLarge,
+    /// An instance's broker refused the message itself.
+    Rejected,
+    /// Every attempt failed on an unavailable instance.
+    Unavailable,
+    /// Every attempt failed because the instances' brokers were unreachable:
+    /// the message goes back to the ingress for redelivery.
+    Unreachable,
+}
+
+impl Cause {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NoRoute => "no_route",
+            Cause::TooLarge => "too_large",
+            Cause::Rejected => "rejected",
+            Cause::Unavailable => "unavailable",
+            Cause::Unreachable => "unreachable",
+        }
+    }
+}
 
 /// Most distinct services named in the metrics and logs over the process's
 /// life; the rest are summed under [`OTHER`], so that publishers addressing
