@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ensures the three shared test brokers answer on their default local ports:
-# NATS (with JetStream) on 4222, RabbitMQ on 5672, Mosquitto on 1883.
+# NATS (with JetStream) on 4222, RabbitMQ on 5672 with its management API on
+# 15672 (the AMQP tests make their vhosts through it), Mosquitto on 1883.
 # Installs a broker when it is missing and starts it when it is stopped; fails
 # with a message naming the broker when it cannot be had. Never stops a broker.
 set -euo pipefail
@@ -83,6 +84,22 @@ ensure_rabbitmq() {
   log "RabbitMQ started"
 }
 
+# The AMQP tests create, change and delete vhosts and close connections
+# through the management HTTP API. Enabling the plugin applies to the running
+# node (no restart) and is recorded in its enabled_plugins file.
+ensure_rabbitmq_management() {
+  if port_open 15672; then log "RabbitMQ management API answers on 127.0.0.1:15672"; return 0; fi
+  export PATH="$PATH:/usr/sbin:/usr/lib/rabbitmq/bin"
+  command -v rabbitmq-plugins >/dev/null \
+    || die "RabbitMQ answers on 5672 but nothing on 15672, and there is no rabbitmq-plugins here to enable the management plugin; enable it on that broker (rabbitmq-plugins enable rabbitmq_management)"
+  log "enabling the RabbitMQ management plugin: rabbitmq-plugins enable rabbitmq_management"
+  as_root timeout 120 rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 \
+    || die "RabbitMQ: 'rabbitmq-plugins enable rabbitmq_management' failed; run it and check that 127.0.0.1:15672 answers"
+  wait_port 15672 30 \
+    || die "RabbitMQ: the management plugin is enabled but nothing answers on 127.0.0.1:15672; check it with: rabbitmq-plugins list -e"
+  log "RabbitMQ management API enabled"
+}
+
 ensure_mosquitto() {
   if port_open 1883; then log "Mosquitto answers on 127.0.0.1:1883"; return 0; fi
   if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
@@ -101,4 +118,5 @@ ensure_mosquitto() {
 
 ensure_nats
 ensure_rabbitmq
+ensure_rabbitmq_management
 ensure_mosquitto

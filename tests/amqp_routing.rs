@@ -548,7 +548,8 @@ async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
             a.count() >= 2000
         })
         .await;
-        let closed = amqp::close_baker_connections(&vhost);
+        // The agent's connection and the router's.
+        let closed = amqp::close_baker_connections(&vhost, 2).await;
         assert!(closed >= 1, "closed the baker-mq connections ({closed})");
         publisher.await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -558,18 +559,11 @@ async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
         let (duplicates, seen) = tally(&[&a]);
         if seen.len() < total as usize {
             let missing: Vec<u64> = (0..total).filter(|s| !seen.contains_key(s)).take(10).collect();
-            let queues = std::process::Command::new("rabbitmqctl")
-                .args(["list_queues", "-p", &vhost.name, "name", "messages_ready", "messages_unacknowledged", "consumers"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let channels = std::process::Command::new("rabbitmqctl")
-                .args(["list_channels", "vhost", "name", "consumer_count", "messages_unacknowledged", "prefetch_count"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
+            let queues = vhost.queues("name,messages_ready,messages_unacknowledged,consumers");
+            let channels =
+                vhost.channels("name,consumer_count,messages_unacknowledged,prefetch_count");
             panic!(
-                "after the reconnection only {} of {total} delivered (dead-lettered {}), first missing {missing:?}; queues:\n{queues}\nchannels:\n{channels}\nrouter metrics:\n{}",
+                "after the reconnection only {} of {total} delivered (dead-lettered {}), first missing {missing:?}; queues:\n{queues:?}\nchannels:\n{channels:?}\nrouter metrics:\n{}",
                 seen.len(),
                 dead.count(),
                 router.metrics().await
@@ -1012,8 +1006,8 @@ async fn readiness_says_when_the_ingress_has_lost_its_broker() {
         wait_until("ready", Duration::from_secs(15), || http_ok(&readyz)).await;
 
         // The broker refuses the router from now on, as an outage would.
-        amqp::rabbitmqctl(&["clear_permissions", "-p", &vhost.name, "guest"]);
-        assert!(amqp::close_baker_connections(&vhost) > 0);
+        vhost.revoke_guest();
+        assert!(amqp::close_baker_connections(&vhost, 1).await > 0);
         wait_until(
             "not ready, saying the ingress is disconnected",
             Duration::from_secs(15),
@@ -1032,15 +1026,7 @@ async fn readiness_says_when_the_ingress_has_lost_its_broker() {
         assert_eq!(health["status"], "alive", "{health}");
         assert_eq!(health["ingress"]["connected"], false, "{health}");
 
-        amqp::rabbitmqctl(&[
-            "set_permissions",
-            "-p",
-            &vhost.name,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ]);
+        vhost.grant_guest();
         // The ingress retries with a backoff of at most 10 s.
         wait_until("ready again", Duration::from_secs(30), || http_ok(&readyz)).await;
         let health: serde_json::Value = reqwest::get(&healthz).await.unwrap().json().await.unwrap();

@@ -130,22 +130,17 @@ fn the_demo_runs_the_same_story_on_rabbitmq() {
     demo_on("amqp", Some(&vhost.url()));
     // The run's inboxes and ingress queue are gone; the shared dead-letter
     // queue stays.
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "--no-table-headers",
-            "list_queues",
-            "-p",
-            &vhost.name,
-            "name",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let queues = String::from_utf8_lossy(&out.stdout);
-    let left: Vec<&str> = queues
-        .lines()
-        .map(str::trim)
-        .filter(|q| !q.is_empty() && *q != "baker-demo.dead-letters")
+    let queues = vhost
+        .queues("name")
+        .unwrap_or_else(|e| panic!("RabbitMQ management API: {e}"));
+    let names: Vec<&str> = queues.iter().filter_map(|q| q["name"].as_str()).collect();
+    assert!(
+        names.contains(&"baker-demo.dead-letters"),
+        "the dead-letter queue is listed: {queues:?}"
+    );
+    let left: Vec<&str> = names
+        .into_iter()
+        .filter(|q| *q != "baker-demo.dead-letters")
         .collect();
     assert!(left.is_empty(), "the demo left queues behind: {left:?}");
 }

@@ -1,5 +1,5 @@
-//! RabbitMQ helpers: a vhost per test, a confirming publisher and inbox
-//! consumers.
+//! RabbitMQ helpers: a vhost per test (made, changed and deleted through the
+//! management HTTP API), a confirming publisher and inbox consumers.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,19 +11,88 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use reqwest::Method;
+use serde_json::{json, Value};
 
 use super::{unique, Inbox};
 
-pub fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl must be installed (integration/run.sh installs RabbitMQ)");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// RabbitMQ's management API (the `rabbitmq_management` plugin, which
+/// `integration/brokers.sh` enables and the compose file's image has).
+pub fn management_url() -> String {
+    std::env::var("BAKER_TEST_AMQP_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
+}
+
+/// `value` as one segment of a management API path (vhost and connection
+/// names may hold `/`, spaces and `>`).
+fn segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One management API request as guest/guest: the status and the body, or
+/// why there was no answer. Runs on a thread and runtime of its own, so
+/// plain tests, async tests and `Drop` can all call it.
+fn request(method: Method, path: &str, body: Option<Value>) -> Result<(u16, String), String> {
+    let url = format!("{}/api/{path}", management_url().trim_end_matches('/'));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut request = client
+                .request(method.clone(), &url)
+                .basic_auth("guest", Some("guest"));
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let no_answer = |e: reqwest::Error| {
+                format!(
+                    "{method} {url}: {e}; the AMQP tests manage RabbitMQ through its management \
+                     API: enable it with `rabbitmq-plugins enable rabbitmq_management` \
+                     (integration/brokers.sh does) or set BAKER_TEST_AMQP_MANAGEMENT_URL"
+                )
+            };
+            let response = request.send().await.map_err(no_answer)?;
+            let status = response.status().as_u16();
+            let text = response.text().await.map_err(no_answer)?;
+            Ok((status, text))
+        })
+    })
+    .join()
+    .expect("management API thread")
+}
+
+/// [`request`] that must succeed (2xx); the body.
+fn management(method: Method, path: &str, body: Option<Value>) -> String {
+    let what = format!("{method} /api/{path}");
+    match request(method, path, body) {
+        Ok((status, text)) if (200..300).contains(&status) => text,
+        Ok((status, text)) => panic!("RabbitMQ management API: {what} answered {status}: {text}"),
+        Err(e) => panic!("RabbitMQ management API: {e}"),
+    }
+}
+
+/// A GET of a JSON list.
+fn list(path: &str) -> Result<Vec<Value>, String> {
+    match request(Method::GET, path, None)? {
+        (200, text) => {
+            serde_json::from_str(&text).map_err(|e| format!("GET /api/{path}: {e}: {text}"))
+        }
+        (status, text) => Err(format!("GET /api/{path} answered {status}: {text}")),
+    }
 }
 
 /// A RabbitMQ vhost of the test's own, deleted when dropped.
@@ -33,10 +102,48 @@ pub struct Vhost {
 
 impl Vhost {
     pub fn create() -> Vhost {
-        let name = unique("baker-test-");
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Vhost { name }
+        let vhost = Vhost {
+            name: unique("baker-test-"),
+        };
+        management(
+            Method::PUT,
+            &format!("vhosts/{}", segment(&vhost.name)),
+            None,
+        );
+        vhost.grant_guest();
+        vhost
+    }
+
+    /// Gives guest every permission on the vhost (`rabbitmqctl
+    /// set_permissions -p VHOST guest '.*' '.*' '.*'`).
+    pub fn grant_guest(&self) {
+        let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+        management(Method::PUT, &self.guest_permissions(), Some(all));
+    }
+
+    /// Takes guest's permissions on the vhost away (`rabbitmqctl
+    /// clear_permissions`): new connections are refused, open ones stay.
+    pub fn revoke_guest(&self) {
+        management(Method::DELETE, &self.guest_permissions(), None);
+    }
+
+    fn guest_permissions(&self) -> String {
+        format!("permissions/{}/guest", segment(&self.name))
+    }
+
+    /// The vhost's queues as the management API lists them, with `columns`
+    /// (e.g. `name,messages_ready`).
+    pub fn queues(&self, columns: &str) -> Result<Vec<Value>, String> {
+        list(&format!("queues/{}?columns={columns}", segment(&self.name)))
+    }
+
+    /// The vhost's channels, with `columns`; the management API lists them
+    /// from its statistics, up to a few seconds late.
+    pub fn channels(&self, columns: &str) -> Result<Vec<Value>, String> {
+        list(&format!(
+            "vhosts/{}/channels?columns={columns}",
+            segment(&self.name)
+        ))
     }
 
     pub fn url(&self) -> String {
@@ -60,9 +167,11 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .output();
+        let _ = request(
+            Method::DELETE,
+            &format!("vhosts/{}", segment(&self.name)),
+            None,
+        );
     }
 }
 
@@ -191,33 +300,40 @@ pub async fn consume(channel: &Channel, queue: &str) -> (Inbox, Arc<Mutex<Vec<Re
 pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// Closes every connection baker-mq processes hold in `vhost`, as a broker
-/// restart or a network cut would, without touching other tests' vhosts.
-pub fn close_baker_connections(vhost: &Vhost) -> usize {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "--no-table-headers",
-            "list_connections",
-            "pid",
-            "vhost",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let mut closed = 0;
-    for line in listing.lines() {
-        let fields: Vec<&str> = line.split('\t').collect();
-        if let [pid, vhost_name, client_properties] = fields.as_slice() {
+/// restart or a network cut would, without touching other tests' vhosts;
+/// returns how many it closed. The management API lists connections from
+/// its statistics, which it collects every 5 s by default, so a connection
+/// opened moments ago may not be listed yet: this waits (at most 15 s) until
+/// at least `expected` baker-mq connections are listed.
+pub async fn close_baker_connections(vhost: &Vhost, expected: usize) -> usize {
+    let path = format!("vhosts/{}/connections", segment(&vhost.name));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let names = loop {
+        let names: Vec<String> = list(&path)
+            .unwrap_or_else(|e| panic!("RabbitMQ management API: {e}"))
+            .iter()
             // baker-mq names its connections "baker-mq".
-            if *vhost_name == vhost.name && client_properties.contains("baker-mq") {
-                let status = std::process::Command::new("rabbitmqctl")
-                    .args(["close_connection", pid, "test: simulated connection loss"])
-                    .output()
-                    .expect("rabbitmqctl");
-                if status.status.success() {
-                    closed += 1;
-                }
+            .filter(|c| c["client_properties"]["connection_name"] == "baker-mq")
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect();
+        if names.len() >= expected {
+            break names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the management API lists {} baker-mq connections in {} after 15 s, not {expected}",
+            names.len(),
+            vhost.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut closed = 0;
+    for name in names {
+        // A connection closed since its listing answers 404.
+        let path = format!("connections/{}", segment(&name));
+        if let Ok((status, _)) = request(Method::DELETE, &path, None) {
+            if (200..300).contains(&status) {
+                closed += 1;
             }
         }
     }

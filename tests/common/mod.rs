@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +34,40 @@ pub fn log_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("baker-logs");
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The `name` binary of a broker a test starts processes of its own: the
+/// path in `var` when it is set, else the first of `places` that exists,
+/// else `name` on PATH. Without one it panics with one message saying where
+/// it looked and `how` to get one.
+pub fn broker_binary(name: &str, var: &str, places: &[&str], how: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
+        assert!(
+            is_executable(Path::new(&path)),
+            "this test starts {name} processes of its own, but {var}={path} is not an \
+             executable file; {how}"
+        );
+        return path.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    places
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path).map(|dir| dir.join(name)))
+        .find(|p| is_executable(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "this test starts {name} processes of its own and found no {name} binary: \
+                 {var} is unset, there is none at {}, and none on PATH ({}); {how}",
+                places.join(" or "),
+                path.to_string_lossy()
+            )
+        })
 }
 
 /// A child process killed (SIGKILL) when dropped.

@@ -2,8 +2,9 @@
 //! publisher, all with rumqttc's MQTT 5 client.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -62,12 +63,19 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    fn bin() -> PathBuf {
-        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("mosquitto"))
+    /// The mosquitto binary, looked for once: `BAKER_TEST_MOSQUITTO`, else
+    /// Debian's, else on PATH.
+    fn bin() -> &'static Path {
+        static BIN: OnceLock<PathBuf> = OnceLock::new();
+        BIN.get_or_init(|| {
+            super::broker_binary(
+                "mosquitto",
+                "BAKER_TEST_MOSQUITTO",
+                &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
+                "install Mosquitto 2.0.11 (Debian 12: apt-get install mosquitto) or run \
+                 integration/brokers.sh, which installs it",
+            )
+        })
     }
 
     /// Starts the broker (again, on the same port and store).
@@ -84,7 +92,7 @@ impl Mosquitto {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("mosquitto must be installed (integration/brokers.sh installs it)");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Self::bin().display()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {

@@ -3,21 +3,27 @@
 
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::{free_port, log_dir, unique, wait_until};
 
-/// The nats-server binary: `BAKER_TEST_NATS_SERVER` (set by
-/// `integration/run.sh`), else where `integration/brokers.sh` installs it.
-pub fn bin() -> String {
-    std::env::var("BAKER_TEST_NATS_SERVER").unwrap_or_else(|_| {
-        let installed = "/var/tmp/baker-brokers/nats-venv/bin/nats-server";
-        assert!(
-            std::path::Path::new(installed).exists(),
-            "no nats-server: run integration/brokers.sh (it installs one) or set BAKER_TEST_NATS_SERVER"
-        );
-        installed.to_owned()
+/// The nats-server binary, looked for once: `BAKER_TEST_NATS_SERVER` (set
+/// by `integration/run.sh`), else where `integration/brokers.sh` installs it,
+/// else on PATH.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        super::broker_binary(
+            "nats-server",
+            "BAKER_TEST_NATS_SERVER",
+            &["/var/tmp/baker-brokers/nats-venv/bin/nats-server"],
+            "install nats-server 2.15.1 (2.11 or later) and set BAKER_TEST_NATS_SERVER to it, \
+             or run integration/brokers.sh, which installs one (integration/run.sh then sets \
+             BAKER_TEST_NATS_SERVER)",
+        )
     })
 }
 
@@ -82,7 +88,7 @@ impl NatsNode {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn nats-server");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         wait_until(
