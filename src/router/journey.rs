@@ -54,7 +54,6 @@ impl MessageIds {
     }
 }
 
-
 /// Why a delivery failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
