@@ -140,7 +140,11 @@ fn main() -> ExitCode {
 /// Reads the configuration, then runs the chosen role on a runtime of the
 /// configured size.
 fn start(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli)?;
+    let mut options = cli.options.clone();
+    if let Some(Command::Directory { listen: Some(addr) }) = &cli.command {
+        options.listen = Some(*addr);
+    }
+    let config = Config::load(options, cli.config.as_deref())?;
     let threads = config.worker_threads()?;
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -26,7 +26,6 @@ pub use options::{LogFormat, Options, ServicePolicy, VersionRoute};
 pub use registration::{Registered, Registration};
 
 use crate::adapters::{self, AdapterRegistry};
-use crate::cli::{Cli, Command};
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS};
 use crate::directory::DEFAULT_LISTEN;
 use crate::router::outlier::OutlierConfig;
@@ -83,7 +82,6 @@ pub struct Config {
     cli: Options,
     file: Options,
     file_origin: Origin,
-    listen_flag: Option<SocketAddr>,
 }
 
 /// Reads and parses a config file.
@@ -111,10 +109,11 @@ pub fn read_file(path: &Path) -> Result<Options, ConfigError> {
 }
 
 impl Config {
-    /// The command line's options, and the file's when it names one.
-    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
-        let (file, file_origin) = match &cli.config {
-            Some(path) => (read_file(path)?, Origin::File(path.clone())),
+    /// The command line's options (flags and variables), over those of the
+    /// config file at `file` if there is one.
+    pub fn load(command_line: Options, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let (file, file_origin) = match file {
+            Some(path) => (read_file(path)?, Origin::File(path.to_owned())),
             None => (Options::default(), Origin::CommandLine),
         };
         let mut moved = adapters::MOVED_SETTINGS.iter();
@@ -125,15 +124,10 @@ impl Config {
                 reason: moved.instead.to_owned(),
             });
         }
-        let listen_flag = match &cli.command {
-            Some(Command::Directory { listen }) => *listen,
-            _ => None,
-        };
         Ok(Self {
-            cli: cli.options.clone(),
+            cli: command_line,
             file,
             file_origin,
-            listen_flag,
         })
     }
 
@@ -248,10 +242,10 @@ impl Config {
         let queue_group = self
             .get_or(|o| &o.queue_group, DEFAULT_QUEUE_GROUP.to_owned())
             .0;
-        let listen = self
-            .listen_flag
-            .or(self.get(|o| &o.listen).map(|(addr, _)| addr))
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let listen = self.get(|o| &o.listen).map_or_else(
+            || DEFAULT_LISTEN.parse().expect("valid default"),
+            |(a, _)| a,
+        );
         Ok(Settings {
             adapter,
             broker,
@@ -372,6 +366,7 @@ fn invalid(origin: Origin, key: &str, reason: impl Into<String>) -> ConfigError 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
     use crate::directory::Status;
     use crate::health::Probe;
     use clap::Parser;
@@ -386,7 +381,7 @@ mod tests {
         let mut argv = vec!["baker-mq", "--config", &path];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        Config::load(&cli)
+        Config::load(cli.options, cli.config.as_deref())
             .and_then(|config| config.resolve(&AdapterRegistry::builtin()))
             .map_err(|e| e.to_string())
     }

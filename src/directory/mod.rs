@@ -2,7 +2,7 @@
 //! server) and its client, the client every engine is used through, and the
 //! watcher that keeps a router's last known view. The records and the
 //! [`Directory`] trait are `baker-directory-api`'s; other engines are crates
-//! of their own, listed in [`crate::adapters`].
+//! of their own, listed in `src/adapters.rs`.
 
 pub mod client;
 pub mod http;
