@@ -11,7 +11,7 @@ use common::*;
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
+    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
         .await
         .expect("test timed out");
 }
@@ -25,48 +25,6 @@ async fn amqp_router(directory: &str, vhost: &Vhost, extra: &[&str]) -> Router {
     let mut args = vec!["--adapter", "amqp", "--broker", &url];
     args.extend_from_slice(extra);
     Router::spawn(directory, &args).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_split_30000_persistent_messages_with_none_lost_or_duplicated() {
-    bounded(async {
-        let vhost = Vhost::create();
-        let dir = Directory::start().await;
-        let (_conn, channel) = vhost.channel().await;
-        let service = "orders";
-        let mut inboxes = Vec::new();
-        for id in ["a", "b", "c"] {
-            inboxes.push(
-                amqp::consume(&channel, &format!("_baker.{service}.{id}"))
-                    .await
-                    .0,
-            );
-        }
-        let _agents: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|id| amqp_agent(&dir.url(), &vhost, service, id))
-            .collect();
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
-        router
-            .wait_routed(service, &["a", "b", "c"], Duration::from_secs(15))
-            .await;
-
-        let total = 30_000u64;
-        amqp::publish(&channel, "baker", "orders.created", 0, total, 1000).await;
-        wait_until("all delivered", Duration::from_secs(90), || async {
-            inboxes.iter().map(Inbox::count).sum::<usize>() >= total as usize
-        })
-        .await;
-        tokio::time::sleep(amqp::SETTLE).await;
-        let (duplicates, seen) = tally(&inboxes.iter().collect::<Vec<_>>());
-        assert_eq!(seen.len(), total as usize, "none lost");
-        assert_eq!(duplicates, 0, "none duplicated");
-        for inbox in &inboxes {
-            let share = inbox.count() as f64 / total as f64;
-            assert!((share - 1.0 / 3.0).abs() <= 0.05 / 3.0, "share {share}");
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,104 +379,6 @@ async fn a_failing_instance_is_ejected_then_readmitted() {
             b_status(router.status().await)["ejected"] == serde_json::json!(false)
         })
         .await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_killed_mid_stream_loses_nothing_once_restarted() {
-    bounded(async {
-        let vhost = Vhost::create();
-        let dir = Directory::start().await;
-        let (_conn, channel) = vhost.channel().await;
-        let (a, _) = amqp::consume(&channel, "_baker.crash.a").await;
-        let _agent = amqp_agent(&dir.url(), &vhost, "crash", "a");
-        let mut router = amqp_router(&dir.url(), &vhost, &[]).await;
-        router
-            .wait_routed("crash", &["a"], Duration::from_secs(15))
-            .await;
-
-        let total = 20_000u64;
-        let publisher = {
-            let channel = channel.clone();
-            tokio::spawn(
-                async move { amqp::publish(&channel, "baker", "crash.t", 0, total, 500).await },
-            )
-        };
-        wait_until("some delivered", Duration::from_secs(30), || async {
-            a.count() >= 3000
-        })
-        .await;
-        router.proc.kill();
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
-        router
-            .wait_routed("crash", &["a"], Duration::from_secs(15))
-            .await;
-        publisher.await.unwrap();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(90),
-            || async { tally(&[&a]).1.len() >= total as usize },
-        )
-        .await;
-        tokio::time::sleep(amqp::SETTLE).await;
-        let (duplicates, seen) = tally(&[&a]);
-        assert_eq!(
-            seen.len(),
-            total as usize,
-            "every message delivered at least once"
-        );
-        eprintln!(
-            "router SIGKILL mid-stream: {total} sent, {} duplicates delivered",
-            duplicates
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_stopped_with_sigterm_mid_stream_hands_over_with_nothing_lost_or_duplicated() {
-    bounded(async {
-        let vhost = Vhost::create();
-        let dir = Directory::start().await;
-        let (_conn, channel) = vhost.channel().await;
-        let (a, _) = amqp::consume(&channel, "_baker.handover.a").await;
-        let _agent = amqp_agent(&dir.url(), &vhost, "handover", "a");
-        let mut r1 = amqp_router(&dir.url(), &vhost, &[]).await;
-        let r2 = amqp_router(&dir.url(), &vhost, &[]).await;
-        for router in [&r1, &r2] {
-            router
-                .wait_routed("handover", &["a"], Duration::from_secs(15))
-                .await;
-        }
-
-        let total = 20_000u64;
-        let publisher = {
-            let channel = channel.clone();
-            tokio::spawn(async move {
-                amqp::publish(&channel, "baker", "handover.t", 0, total, 500).await
-            })
-        };
-        wait_until("some delivered", Duration::from_secs(30), || async {
-            a.count() >= 3000
-        })
-        .await;
-        let code = r1.proc.terminate(Duration::from_secs(20));
-        assert_eq!(code, Some(0), "r1 exits cleanly: {}", r1.proc.log_text());
-        publisher.await.unwrap();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(60),
-            || async { tally(&[&a]).1.len() >= total as usize },
-        )
-        .await;
-        tokio::time::sleep(amqp::SETTLE).await;
-        let (duplicates, seen) = tally(&[&a]);
-        assert_eq!(seen.len(), total as usize, "none lost");
-        assert_eq!(
-            duplicates, 0,
-            "a graceful stop acknowledges everything it delivered"
-        );
     })
     .await;
 }

@@ -15,7 +15,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 const ACK_WAIT_QUERY: &str = "&ack_wait_secs=3";
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
+    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
         .await
         .expect("test timed out");
 }
@@ -120,35 +120,6 @@ where
     )
     .await;
     (total, router)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_killed_mid_stream_loses_nothing_on_jetstream_once_restarted() {
-    bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("jskill");
-        let client = connect().await;
-        let js = jetstream::new(client.clone());
-        let a = consume_inbox(&client, &service, "a").await;
-        let _agent = agent(&dir.url(), &service, "a", &[]);
-        let router = js_router_with(&dir.url(), &ingress, ACK_WAIT_QUERY).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
-            .await;
-        let (total, _router) =
-            kill_router_mid_stream(&js, &dir.url(), &ingress, &service, router, &a, || async {
-                a.count() >= 3000
-            })
-            .await;
-        let (duplicates, seen) = tally(&[&a]);
-        assert_eq!(seen.len(), total as usize, "every message at least once");
-        eprintln!(
-            "JetStream router SIGKILL mid-stream: {total} sent, {duplicates} delivered twice"
-        );
-        delete_stream(&js, &ingress).await;
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use futures::StreamExt;
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
+    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
         .await
         .expect("test timed out");
 }

@@ -13,115 +13,13 @@ use common::*;
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
+    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
         .await
         .expect("test timed out");
 }
 
 fn mqtt_agent(directory: &str, broker: &str, service: &str, id: &str) -> Proc {
     agent_on("mqtt", broker, directory, service, id, &[])
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_split_30000_qos1_messages_evenly_with_none_lost() {
-    bounded(async {
-        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
-        let url = broker.url();
-        let dir = Directory::start().await;
-        let service = unique("split");
-        let mut inboxes = Vec::new();
-        for id in ["a", "b", "c"] {
-            inboxes.push(mqtt::consume_inbox(&url, &service, id, false).await);
-        }
-        let _agents: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|id| mqtt_agent(&dir.url(), &url, &service, id))
-            .collect();
-        let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &[]).await;
-        router
-            .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(15))
-            .await;
-
-        let total = 30_000u64;
-        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
-        let started = std::time::Instant::now();
-        publisher
-            .publish_seq(&ingress.topic(&service, "work"), 0, total)
-            .await;
-        wait_until("all delivered", Duration::from_secs(90), || async {
-            inboxes.iter().map(Inbox::count).sum::<usize>() >= total as usize
-        })
-        .await;
-        eprintln!("{total} QoS 1 messages routed in {:?}", started.elapsed());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (duplicates, seen) = tally(&inboxes.iter().collect::<Vec<_>>());
-        assert_eq!(seen.len(), total as usize, "none lost");
-        assert_eq!(duplicates, 0, "none duplicated");
-        for inbox in &inboxes {
-            let share = inbox.count() as f64 / total as f64;
-            assert!((share - 1.0 / 3.0).abs() <= 0.05 / 3.0, "share {share}");
-        }
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_killed_mid_stream_loses_nothing_once_restarted() {
-    bounded(async {
-        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
-        let url = broker.url();
-        let dir = Directory::start().await;
-        let service = unique("crash");
-        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
-        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
-        let ingress = MqttIngress::new(&url);
-        let mut router = ingress.router(&dir.url(), &[]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
-            .await;
-
-        let total = 20_000u64;
-        let topic = ingress.topic(&service, "t");
-        let publisher = {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut client = Client::connect(&url, &unique("pub-"), false).await;
-                // Paced over about 4 s, so the kill lands mid-stream.
-                for batch in 0..(total / 500) {
-                    client.publish_seq(&topic, batch * 500, 500).await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
-        wait_until("some delivered", Duration::from_secs(30), || async {
-            a.count() >= 3000
-        })
-        .await;
-        router.proc.kill();
-        let killed_at = a.count();
-        assert!(!publisher.is_finished(), "killed mid-stream");
-        // Same client id: the restarted router resumes the session the
-        // broker kept, with its unacknowledged and queued messages.
-        let router = ingress.router(&dir.url(), &[]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
-            .await;
-        publisher.await.unwrap();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(90),
-            || async { tally(&[&a]).1.len() >= total as usize },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (duplicates, seen) = tally(&[&a]);
-        assert_eq!(seen.len(), total as usize, "every message delivered at least once");
-        eprintln!(
-            "router SIGKILL mid-stream (after {killed_at} delivered): {total} sent, {duplicates} duplicates delivered"
-        );
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,68 +438,6 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
                 .and_then(|p| p.content_type.as_deref()),
             Some("application/json")
         );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_stopped_gracefully_mid_stream_hands_over_to_the_other_with_none_lost() {
-    bounded(async {
-        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
-        let url = broker.url();
-        let dir = Directory::start().await;
-        let service = unique("handover");
-        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
-        let b = mqtt::consume_inbox(&url, &service, "b", false).await;
-        let _agents = [
-            mqtt_agent(&dir.url(), &url, &service, "a"),
-            mqtt_agent(&dir.url(), &url, &service, "b"),
-        ];
-        let ingress = MqttIngress::new(&url);
-        let mut r1 = ingress.router(&dir.url(), &[]).await;
-        // Same prefix and group, its own client id (and so session).
-        let second = MqttIngress {
-            client_id: unique("router-"),
-            ..MqttIngress::new(&url)
-        };
-        let second = MqttIngress {
-            prefix: ingress.prefix.clone(),
-            group: ingress.group.clone(),
-            ..second
-        };
-        let r2 = second.router(&dir.url(), &[]).await;
-        for r in [&r1, &r2] {
-            r.wait_routed(&service, &["a", "b"], Duration::from_secs(15))
-                .await;
-        }
-        let total = 12_000u64;
-        let topic = ingress.topic(&service, "t");
-        let publisher = {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut client = Client::connect(&url, &unique("pub-"), false).await;
-                for batch in 0..(total / 200) {
-                    client.publish_seq(&topic, batch * 200, 200).await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
-        wait_until("traffic flowing", Duration::from_secs(10), || async {
-            a.count() + b.count() >= 3000
-        })
-        .await;
-        assert!(!publisher.is_finished(), "stopped mid-stream");
-        assert_eq!(r1.proc.terminate(Duration::from_secs(15)), Some(0));
-        publisher.await.unwrap();
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(30),
-            || async { tally(&[&a, &b]).1.len() >= total as usize },
-        )
-        .await;
-        let (duplicates, seen) = tally(&[&a, &b]);
-        assert_eq!(seen.len(), total as usize, "none lost");
-        eprintln!("graceful handover: {total} sent, none lost, {duplicates} duplicates");
     })
     .await;
 }

@@ -10,59 +10,9 @@ use common::*;
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
+    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
         .await
         .expect("test timed out");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_split_30000_paced_messages_evenly_with_none_lost() {
-    bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("split");
-        let client = connect().await;
-        let inboxes = [
-            consume_inbox(&client, &service, "a").await,
-            consume_inbox(&client, &service, "b").await,
-            consume_inbox(&client, &service, "c").await,
-        ];
-        let _agents: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|id| agent(&dir.url(), &service, id, &[]))
-            .collect();
-        let router = Router::start(&dir.url(), &ingress, &[]).await;
-        router
-            .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(10))
-            .await;
-
-        let total = 30_000u64;
-        publish_paced(
-            &client,
-            &ingress.subject(&service, "work"),
-            0,
-            total,
-            500,
-            Duration::from_millis(25),
-        )
-        .await;
-        wait_until(
-            "all messages delivered",
-            Duration::from_secs(20),
-            || async { inboxes.iter().map(Inbox::count).sum::<usize>() >= total as usize },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-
-        let (duplicates, seen) = tally(&inboxes.iter().collect::<Vec<_>>());
-        assert_eq!(seen.len(), total as usize, "every message delivered");
-        assert_eq!(duplicates, 0, "no message delivered twice");
-        for inbox in &inboxes {
-            let share = inbox.count() as f64 / total as f64;
-            assert!((share - 1.0 / 3.0).abs() <= 0.05 / 3.0, "share {share}");
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,75 +339,6 @@ async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_rest
         )
         .await;
         assert!(b.count() >= 400, "b got its share: {}", b.count());
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_stopped_with_sigterm_hands_over_without_losing_messages() {
-    bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("handover");
-        let client = connect().await;
-        let a = consume_inbox(&client, &service, "a").await;
-        let _agent = agent(&dir.url(), &service, "a", &[]);
-        let mut r1 = Router::start(&dir.url(), &ingress, &[]).await;
-        let r2 = Router::start(&dir.url(), &ingress, &[]).await;
-        r1.wait_routed(&service, &["a"], Duration::from_secs(10))
-            .await;
-        r2.wait_routed(&service, &["a"], Duration::from_secs(10))
-            .await;
-
-        // Paced traffic, then a burst that leaves r1 with a backlog at the
-        // moment it is told to stop, then paced traffic again.
-        let subject = ingress.subject(&service, "t");
-        publish_paced(&client, &subject, 0, 2_000, 20, Duration::from_millis(5)).await;
-        publish_paced(&client, &subject, 2_000, 20_000, 20_000, Duration::ZERO).await;
-        let pid = r1.proc.pid();
-        let stopper = tokio::task::spawn_blocking(move || {
-            let status = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            assert!(status.unwrap().success());
-        });
-        publish_paced(
-            &client,
-            &subject,
-            22_000,
-            2_000,
-            20,
-            Duration::from_millis(5),
-        )
-        .await;
-        stopper.await.unwrap();
-        let total = 24_000u64;
-        assert_eq!(
-            r1.proc.terminate(Duration::from_secs(15)),
-            Some(0),
-            "router exits 0 on SIGTERM"
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while a.count() < total as usize && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let (duplicates, seen) = tally(&[&a]);
-        if seen.len() < total as usize {
-            let missing: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
-            let r2_status = r2.status().await;
-            panic!(
-                "{} of {total} lost in the handover; first missing {:?}; r2 routed {}",
-                missing.len(),
-                &missing[..missing.len().min(10)],
-                r2_status["services"][&service]
-            );
-        }
-        assert_eq!(
-            seen.len(),
-            total as usize,
-            "no message lost in the handover"
-        );
-        assert_eq!(duplicates, 0);
     })
     .await;
 }

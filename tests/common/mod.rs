@@ -140,11 +140,34 @@ impl Drop for Proc {
     }
 }
 
+/// How much longer than on a quiet machine every bound of the suite may
+/// take: `BAKER_TEST_TIME_FACTOR` (default 1), for slow or loaded machines.
+pub fn time_factor() -> f64 {
+    match std::env::var("BAKER_TEST_TIME_FACTOR") {
+        Ok(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f >= 1.0)
+            .unwrap_or_else(|| {
+                panic!("BAKER_TEST_TIME_FACTOR={v:?} is not a number of at least 1")
+            }),
+        Err(_) => 1.0,
+    }
+}
+
+/// `bound` scaled by [`time_factor`].
+pub fn scaled(bound: Duration) -> Duration {
+    bound.mul_f64(time_factor())
+}
+
+/// Waits until `check` holds, polling every 25 ms; fails the test after
+/// `timeout` (scaled by [`time_factor`]).
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if check().await {
@@ -687,3 +710,4 @@ pub async fn consume_durable_inbox_paced(
 pub mod amqp;
 pub mod mqtt;
 pub mod nats_server;
+pub mod protocols;

@@ -1,0 +1,290 @@
+//! The protocols the scenario suite runs each scenario on: what differs
+//! between them (how a router is started, how an instance's inbox is
+//! consumed, how an application publishes) behind one small trait, so that a
+//! scenario is written once.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use super::amqp::{self, Vhost};
+use super::mqtt::{self, Client, Mosquitto, MqttIngress};
+use super::{agent_on, connect, nats_url, publish_paced, unique, Inbox, Ingress, Proc};
+
+/// How fast a publisher goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Steady traffic over a few seconds (20,000 messages take about 4 s),
+    /// below anything the broker drops: long enough for a fault to land
+    /// mid-stream.
+    Steady,
+    /// As fast as the broker takes it without dropping any, sustained.
+    Fast,
+    /// As fast as the client publishes, for a backlog at the router (at most
+    /// 20,000 messages: within what core NATS buffers for a subscriber).
+    Burst,
+}
+
+/// One protocol, set up for one test (its own vhost, broker, or names).
+/// The suite runs on one thread per test and never sends these futures
+/// elsewhere, so no `Send` bound is asked of them.
+#[allow(async_fn_in_trait)]
+pub trait Protocol: Sized {
+    /// Sets up what one test needs on this protocol.
+    async fn setup() -> Self;
+
+    /// The arguments of router number `router` on this protocol's ingress
+    /// (without the directory and admin address). Routers share the
+    /// ingress; a router started again with the same number is the same
+    /// router (on MQTT: the same session).
+    fn router_args(&self, router: usize) -> Vec<String>;
+
+    /// An agent registering `service`/`id` with its inbox on this protocol.
+    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc;
+
+    /// Consumes the inbox of `service`/`id` as the instance would, counting
+    /// the sequence numbers that arrive.
+    async fn inbox(&self, service: &str, id: &str) -> Inbox;
+
+    /// Publishes payloads `seqs` (each its sequence number) to `topic` of
+    /// `service` as an application would; returns once the broker has them
+    /// all (as far as the protocol says).
+    async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace);
+
+    /// How long a late copy of a message may still be on its way once every
+    /// message arrived.
+    fn settle(&self) -> Duration {
+        amqp::SETTLE
+    }
+
+    /// Removes what the test left on a shared broker.
+    async fn teardown(self) {}
+}
+
+/// Core NATS: at most once; publishing is paced below what it drops.
+pub struct NatsCore {
+    client: async_nats::Client,
+    ingress: Ingress,
+}
+
+impl Protocol for NatsCore {
+    async fn setup() -> Self {
+        NatsCore {
+            client: connect().await,
+            ingress: Ingress::new(),
+        }
+    }
+
+    fn router_args(&self, _router: usize) -> Vec<String> {
+        nats_router_args(nats_url(), &self.ingress)
+    }
+
+    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
+        agent_on("nats", &nats_url(), directory, service, id, &[])
+    }
+
+    async fn inbox(&self, service: &str, id: &str) -> Inbox {
+        super::consume_inbox(&self.client, service, id).await
+    }
+
+    async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace) {
+        let subject = self.ingress.subject(service, topic);
+        let count = seqs.end - seqs.start;
+        let (batch, pause) = match pace {
+            Pace::Steady => (20, Duration::from_millis(4)),
+            Pace::Fast => (500, Duration::from_millis(25)),
+            Pace::Burst => (count.max(1), Duration::ZERO),
+        };
+        publish_paced(&self.client, &subject, seqs.start, count, batch, pause).await;
+    }
+
+    fn settle(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+}
+
+fn nats_router_args(broker: String, ingress: &Ingress) -> Vec<String> {
+    vec![
+        "--adapter".into(),
+        "nats".into(),
+        "--broker".into(),
+        broker,
+        "--ingress-prefix".into(),
+        ingress.prefix.clone(),
+        "--queue-group".into(),
+        ingress.group.clone(),
+    ]
+}
+
+/// NATS with the JetStream ingress (a short ack wait, so redeliveries come
+/// soon) and core NATS inboxes.
+pub struct JetStream {
+    core: NatsCore,
+    js: jetstream::Context,
+}
+
+impl Protocol for JetStream {
+    async fn setup() -> Self {
+        let core = NatsCore::setup().await;
+        let js = jetstream::new(core.client.clone());
+        JetStream { core, js }
+    }
+
+    fn router_args(&self, _router: usize) -> Vec<String> {
+        let broker = format!("{}?ingress=jetstream&ack_wait_secs=3", nats_url());
+        nats_router_args(broker, &self.core.ingress)
+    }
+
+    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
+        self.core.agent(directory, service, id)
+    }
+
+    async fn inbox(&self, service: &str, id: &str) -> Inbox {
+        self.core.inbox(service, id).await
+    }
+
+    async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace) {
+        let subject = self.core.ingress.subject(service, topic);
+        let window = match pace {
+            Pace::Steady => 100,
+            Pace::Fast | Pace::Burst => 1000,
+        };
+        let mut pending = Vec::with_capacity(window);
+        for seq in seqs {
+            let ack = self.js.publish(subject.clone(), seq.to_string().into());
+            pending.push(ack.await.expect("the ingress stream takes the message"));
+            if pending.len() >= window {
+                for ack in pending.drain(..) {
+                    ack.await.expect("stream ack");
+                }
+                if pace == Pace::Steady {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        for ack in pending {
+            ack.await.expect("stream ack");
+        }
+    }
+
+    async fn teardown(self) {
+        let name = format!(
+            "BAKER_INGRESS_{}",
+            baker_adapter_nats::stream_name(&self.core.ingress.prefix)
+        );
+        let _ = self.js.delete_stream(name).await;
+    }
+}
+
+/// AMQP 0.9.1 on RabbitMQ, in a vhost of the test's own.
+pub struct Amqp {
+    vhost: Vhost,
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+impl Protocol for Amqp {
+    async fn setup() -> Self {
+        let vhost = Vhost::create();
+        let (connection, channel) = vhost.channel().await;
+        Amqp {
+            vhost,
+            _connection: connection,
+            channel,
+        }
+    }
+
+    fn router_args(&self, _router: usize) -> Vec<String> {
+        vec![
+            "--adapter".into(),
+            "amqp".into(),
+            "--broker".into(),
+            self.vhost.url(),
+        ]
+    }
+
+    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
+        agent_on("amqp", &self.vhost.url(), directory, service, id, &[])
+    }
+
+    async fn inbox(&self, service: &str, id: &str) -> Inbox {
+        amqp::consume(&self.channel, &format!("_baker.{service}.{id}"))
+            .await
+            .0
+    }
+
+    async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace) {
+        let key = format!("{service}.{topic}");
+        let window = match pace {
+            Pace::Steady => 500,
+            Pace::Fast | Pace::Burst => 1000,
+        };
+        let count = seqs.end - seqs.start;
+        amqp::publish(&self.channel, "baker", &key, seqs.start, count, window).await;
+    }
+}
+
+/// MQTT 5 on a Mosquitto of the test's own, with the settings Baker's
+/// guarantees need.
+pub struct Mqtt {
+    broker: Mosquitto,
+    ingress: MqttIngress,
+}
+
+impl Protocol for Mqtt {
+    async fn setup() -> Self {
+        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
+        let ingress = MqttIngress::new(&broker.url());
+        Mqtt { broker, ingress }
+    }
+
+    fn router_args(&self, router: usize) -> Vec<String> {
+        // A client id per router, the same every time it starts: a
+        // restarted router resumes the session the broker kept.
+        let broker = format!(
+            "{}?client_id={}-{router}",
+            self.ingress.url, self.ingress.client_id
+        );
+        vec![
+            "--adapter".into(),
+            "mqtt".into(),
+            "--broker".into(),
+            broker,
+            "--ingress-prefix".into(),
+            self.ingress.prefix.clone(),
+            "--queue-group".into(),
+            self.ingress.group.clone(),
+        ]
+    }
+
+    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
+        agent_on("mqtt", &self.broker.url(), directory, service, id, &[])
+    }
+
+    async fn inbox(&self, service: &str, id: &str) -> Inbox {
+        mqtt::consume_inbox(&self.broker.url(), service, id, false).await
+    }
+
+    async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace) {
+        let topic = self.ingress.topic(service, topic);
+        let mut client = Client::connect(&self.broker.url(), &unique("pub-"), false).await;
+        match pace {
+            Pace::Fast | Pace::Burst => {
+                client
+                    .publish_seq(&topic, seqs.start, seqs.end - seqs.start)
+                    .await
+            }
+            Pace::Steady => {
+                let mut start = seqs.start;
+                while start < seqs.end {
+                    let count = (seqs.end - start).min(500);
+                    client.publish_seq(&topic, start, count).await;
+                    start += count;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        client.close().await;
+    }
+}

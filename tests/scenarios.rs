@@ -1,0 +1,189 @@
+//! The scenario suite: each behaviour written once against
+//! [`Protocol`](common::protocols::Protocol), and run for every protocol
+//! that has it. A test is named `<scenario>::<protocol>`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::protocols::{Amqp, JetStream, Mqtt, NatsCore, Pace, Protocol};
+use common::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs `scenario` on each protocol listed, one test each.
+macro_rules! scenario {
+    ($scenario:ident: $($test:ident => $protocol:ident),+ $(,)?) => {
+        mod $scenario {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    tokio::time::timeout(
+                        super::scaled(super::TEST_TIMEOUT),
+                        super::$scenario::<super::$protocol>(),
+                    )
+                    .await
+                    .expect("test timed out");
+                }
+            )+
+        }
+    };
+}
+
+scenario!(three_instances_split_the_load_evenly_with_none_lost_or_duplicated:
+    nats => NatsCore, jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// Three instances of a service share 30,000 messages evenly (each within 5%
+/// of a third), none lost, none duplicated.
+async fn three_instances_split_the_load_evenly_with_none_lost_or_duplicated<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("split");
+    let ids = ["a", "b", "c"];
+    let mut inboxes = Vec::new();
+    for id in ids {
+        inboxes.push(protocol.inbox(&service, id).await);
+    }
+    let _agents: Vec<_> = ids
+        .iter()
+        .map(|id| protocol.agent(&dir.url(), &service, id))
+        .collect();
+    let router = start_router(&dir.url(), &protocol, 1).await;
+    router
+        .wait_routed(&service, &ids, Duration::from_secs(15))
+        .await;
+
+    let total = 30_000u64;
+    protocol
+        .publish(&service, "work", 0..total, Pace::Fast)
+        .await;
+    let inboxes: Vec<&Inbox> = inboxes.iter().collect();
+    assert_every_message_once(&protocol, &inboxes, total).await;
+    for inbox in &inboxes {
+        let share = inbox.count() as f64 / total as f64;
+        assert!((share - 1.0 / 3.0).abs() <= 0.05 / 3.0, "share {share}");
+    }
+    protocol.teardown().await;
+}
+
+scenario!(a_router_killed_mid_stream_loses_nothing_once_restarted:
+    jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// A router killed with SIGKILL while it routes, then started again, loses
+/// nothing: what it held unsettled is delivered again (duplicates allowed,
+/// and reported).
+async fn a_router_killed_mid_stream_loses_nothing_once_restarted<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("crash");
+    let a = protocol.inbox(&service, "a").await;
+    let _agent = protocol.agent(&dir.url(), &service, "a");
+    let mut router = start_router(&dir.url(), &protocol, 1).await;
+    router
+        .wait_routed(&service, &["a"], Duration::from_secs(15))
+        .await;
+
+    let total = 20_000u64;
+    let publishing = protocol.publish(&service, "t", 0..total, Pace::Steady);
+    let killing = async {
+        wait_until("some delivered", Duration::from_secs(30), || async {
+            a.count() >= 3000
+        })
+        .await;
+        router.proc.kill();
+        let killed_at = a.count();
+        assert!(
+            killed_at < total as usize,
+            "killed mid-stream, but all {total} were delivered already"
+        );
+        let router = start_router(&dir.url(), &protocol, 1).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+        (router, killed_at)
+    };
+    let ((), (_router, killed_at)) = tokio::join!(publishing, killing);
+    wait_until(
+        "every message delivered",
+        Duration::from_secs(90),
+        || async { tally(&[&a]).1.len() >= total as usize },
+    )
+    .await;
+    tokio::time::sleep(protocol.settle()).await;
+    let (duplicates, seen) = tally(&[&a]);
+    assert_eq!(
+        seen.len(),
+        total as usize,
+        "every message delivered at least once"
+    );
+    eprintln!(
+        "router SIGKILL mid-stream (after {killed_at} delivered): {total} sent, {duplicates} duplicates delivered"
+    );
+    protocol.teardown().await;
+}
+
+scenario!(a_router_stopped_with_sigterm_mid_stream_hands_over_with_none_lost_or_duplicated:
+    nats => NatsCore, jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// Of two routers sharing an ingress, one is stopped with SIGTERM while
+/// traffic flows, with a backlog of its own: it exits 0, and the other
+/// takes over with nothing lost or duplicated.
+async fn a_router_stopped_with_sigterm_mid_stream_hands_over_with_none_lost_or_duplicated<
+    P: Protocol,
+>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("handover");
+    let a = protocol.inbox(&service, "a").await;
+    let _agent = protocol.agent(&dir.url(), &service, "a");
+    let mut r1 = start_router(&dir.url(), &protocol, 1).await;
+    let r2 = start_router(&dir.url(), &protocol, 2).await;
+    for router in [&r1, &r2] {
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .await;
+    }
+
+    // Steady traffic, then a burst that leaves r1 with a backlog as it is
+    // told to stop, then steady traffic again.
+    protocol
+        .publish(&service, "t", 0..2_000, Pace::Steady)
+        .await;
+    let stopping = async {
+        let code = tokio::task::block_in_place(|| r1.proc.terminate(Duration::from_secs(20)));
+        assert_eq!(code, Some(0), "r1 exits cleanly: {}", r1.proc.log_text());
+    };
+    let publishing = async {
+        protocol
+            .publish(&service, "t", 2_000..22_000, Pace::Burst)
+            .await;
+        protocol
+            .publish(&service, "t", 22_000..24_000, Pace::Steady)
+            .await;
+    };
+    tokio::join!(stopping, publishing);
+    assert_every_message_once(&protocol, &[&a], 24_000).await;
+    protocol.teardown().await;
+}
+
+/// Router number `number` on `protocol`'s ingress, once it is ready.
+async fn start_router<P: Protocol>(directory: &str, protocol: &P, number: usize) -> Router {
+    let args = protocol.router_args(number);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Router::spawn(directory, &args).await
+}
+
+/// Waits until `total` distinct messages arrived across `inboxes`, lets late
+/// copies land, then checks that none is missing and none came twice.
+async fn assert_every_message_once<P: Protocol>(protocol: &P, inboxes: &[&Inbox], total: u64) {
+    wait_until(
+        "every message delivered",
+        Duration::from_secs(90),
+        || async { tally(inboxes).1.len() >= total as usize },
+    )
+    .await;
+    tokio::time::sleep(protocol.settle()).await;
+    let (duplicates, seen) = tally(inboxes);
+    assert_eq!(seen.len(), total as usize, "none lost");
+    assert_eq!(duplicates, 0, "none duplicated");
+}
