@@ -66,10 +66,7 @@ fn short(what: &'static str, value: &str) -> Result<ShortString, AmqpError> {
 /// over them. Fails when a value from another protocol cannot be carried
 /// (over 255 bytes where AMQP allows no more).
 pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProperties, AmqpError> {
-    let native = message
-        .native
-        .as_ref()
-        .and_then(|n| n.clone().downcast::<BasicProperties>().ok());
+    let native = (message.native.as_ref()).and_then(|n| n.get::<BasicProperties>(crate::NAME));
     let mut table = native
         .as_deref()
         .and_then(|p| p.headers().clone())
@@ -176,7 +173,10 @@ mod tests {
             headers,
             reply_to,
             properties,
-            native: Some(Arc::new(original.clone())),
+            native: Some(baker_adapter_api::Native::new(
+                crate::NAME,
+                Arc::new(original.clone()),
+            )),
             ..Default::default()
         };
         let destination = Destination {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message, SendError, Settle,
-    Settlement,
+    header, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message, Native, SendError,
+    Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -218,7 +218,7 @@ impl AmqpIngress {
                 headers,
                 reply_to,
                 properties,
-                native: Some(native),
+                native: Some(Native::new(crate::NAME, native)),
             },
             destination,
             origin,

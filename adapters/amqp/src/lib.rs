@@ -16,6 +16,9 @@
 //! topic travels in the `baker-topic` header; properties and headers
 //! (including typed ones, from an AMQP ingress) are kept.
 
+/// The adapter's name, in configuration and instance records.
+pub const NAME: &str = "amqp";
+
 mod acks;
 mod convert;
 mod egress;
@@ -32,7 +35,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use baker_adapter_api::{
     Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer,
-    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, SendError, Target,
+    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, Roles, SendError,
+    Target,
 };
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -146,14 +150,17 @@ fn check_url(url: &str) -> Result<(), AdapterError> {
 #[async_trait]
 impl Adapter for AmqpAdapter {
     fn name(&self) -> &'static str {
-        "amqp"
+        NAME
     }
+
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }
+
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         let reason = if inbox.is_empty() || inbox.len() > 255 {
             "a queue name must be 1-255 bytes"
@@ -167,6 +174,7 @@ impl Adapter for AmqpAdapter {
             reason: reason.to_owned(),
         })
     }
+
     async fn ingress(
         &self,
         broker: &str,
@@ -186,6 +194,7 @@ impl Adapter for AmqpAdapter {
             .map_err(|reason| broker_error(broker, reason))?;
         Ok(Box::new(ingress))
     }
+
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         check_url(&endpoint.broker)?;
         self.validate_inbox(&endpoint.inbox)?;
@@ -194,6 +203,7 @@ impl Adapter for AmqpAdapter {
             &endpoint.inbox,
         )))
     }
+
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links
@@ -205,20 +215,17 @@ impl Adapter for AmqpAdapter {
             })
             .collect()
     }
+
     async fn flush(&self) {
         // Every publish already waited for its confirm.
     }
 
-    fn replies(&self) -> Option<&dyn Replies> {
-        Some(self)
-    }
-
-    fn provisioning(&self) -> Option<&dyn Provisioning> {
-        Some(self)
-    }
-
-    fn app_client(&self) -> Option<&dyn AppClient> {
-        Some(self)
+    fn roles(&self) -> Roles<'_> {
+        Roles {
+            replies: Some(self),
+            provisioning: Some(self),
+            app_client: Some(self),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::{Message, Reply, ReplyInbox};
+use baker_adapter_api::{Message, Native, Reply, ReplyInbox};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
@@ -106,7 +106,7 @@ async fn forward(
                     headers,
                     reply_to,
                     properties,
-                    native: Some(Arc::new(delivery.properties)),
+                    native: Some(Native::new(crate::NAME, Arc::new(delivery.properties))),
                 },
             };
             if replies.send(reply).await.is_err() {

@@ -203,22 +203,38 @@ pub trait Adapter: Send + Sync + 'static {
     /// a client-side buffer.
     async fn flush(&self);
 
+    /// The roles it has besides routing; none by default.
+    fn roles(&self) -> Roles<'_> {
+        Roles::default()
+    }
+
     /// Its reply proxying, if it can: without it, requests that need a proxy
     /// to reach an instance on this adapter are not delivered there.
     fn replies(&self) -> Option<&dyn Replies> {
-        None
+        self.roles().replies
     }
 
     /// Its broker-side setup, if inboxes or ingresses need any: without it,
     /// there is nothing to create or remove, and no backlog to see.
     fn provisioning(&self) -> Option<&dyn Provisioning> {
-        None
+        self.roles().provisioning
     }
 
     /// Its application client, if it has one: for the demo and tools.
     fn app_client(&self) -> Option<&dyn AppClient> {
-        None
+        self.roles().app_client
     }
+}
+
+/// The roles an adapter has besides routing.
+#[derive(Default, Clone, Copy)]
+pub struct Roles<'a> {
+    /// Reply proxying.
+    pub replies: Option<&'a dyn Replies>,
+    /// Broker-side setup of inboxes and ingresses.
+    pub provisioning: Option<&'a dyn Provisioning>,
+    /// The applications' side.
+    pub app_client: Option<&'a dyn AppClient>,
 }
 
 /// Proxying replies: for requests whose requester is on another broker or

@@ -16,7 +16,7 @@ mod message;
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{
     Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
-    IngressStatus, Provisioning, Replies, Reply, ReplyInbox, Target,
+    IngressStatus, Provisioning, Replies, Reply, ReplyInbox, Roles, Target,
 };
 pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};

@@ -84,10 +84,36 @@ impl Headers {
     }
 }
 
-/// The ingress adapter's own form of a message's metadata, for an egress of
-/// the same protocol to keep what the common fields cannot carry (typed AMQP
-/// headers, say). Other adapters ignore it.
-pub type Native = Arc<dyn Any + Send + Sync>;
+/// What the ingress adapter kept of a message that the common fields cannot
+/// carry (typed AMQP headers, say), for an egress of the same adapter: the
+/// one same-protocol fast path. It is tagged with the adapter that made it,
+/// and only that adapter reads it back ([`Native::get`]); to every other
+/// egress a message is its common fields, whatever its ingress.
+#[derive(Clone)]
+pub struct Native {
+    adapter: &'static str,
+    data: Arc<dyn Any + Send + Sync>,
+}
+
+impl Native {
+    /// `data`, kept by the adapter called `adapter`.
+    pub fn new<T: Any + Send + Sync>(adapter: &'static str, data: Arc<T>) -> Self {
+        Self { adapter, data }
+    }
+
+    /// The data, when the adapter called `adapter` kept it as a `T`.
+    pub fn get<T: Any + Send + Sync>(&self, adapter: &str) -> Option<Arc<T>> {
+        if self.adapter != adapter {
+            return None;
+        }
+        self.data.clone().downcast::<T>().ok()
+    }
+
+    /// The adapter that kept it.
+    pub fn adapter(&self) -> &'static str {
+        self.adapter
+    }
+}
 
 /// A message travelling through Baker: opaque payload plus metadata.
 #[derive(Clone, Default)]
@@ -100,7 +126,8 @@ pub struct Message {
     pub reply_to: Option<String>,
     /// Standard properties, kept across hops and mapped between protocols.
     pub properties: Properties,
-    /// The ingress protocol's own metadata, if its adapter keeps it.
+    /// What the ingress adapter kept for an egress of its own (see
+    /// [`Native`]).
     pub native: Option<Native>,
 }
 
@@ -111,7 +138,7 @@ impl fmt::Debug for Message {
             .field("headers", &self.headers)
             .field("reply_to", &self.reply_to)
             .field("properties", &self.properties)
-            .field("native", &self.native.is_some())
+            .field("native", &self.native.as_ref().map(Native::adapter))
             .finish()
     }
 }
@@ -168,6 +195,14 @@ pub struct Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_data_is_read_back_only_by_the_adapter_that_kept_it() {
+        let native = Native::new("a", Arc::new(7u32));
+        assert_eq!(native.get::<u32>("a").as_deref(), Some(&7));
+        assert!(native.get::<u32>("b").is_none(), "another adapter");
+        assert!(native.get::<u64>("a").is_none(), "another type");
+    }
 
     #[test]
     fn insert_replaces_all_earlier_values_case_insensitively() {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use baker_adapter_api::{
     AckHandle, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Delivery, Destination,
     Endpoint, InboxConsumer, Ingress, IngressOptions, IngressStatus, Message, Provisioning,
-    Replies, Reply, ReplyInbox, SendError, Target,
+    Replies, Reply, ReplyInbox, Roles, SendError, Target,
 };
 use tokio::sync::mpsc;
 
@@ -289,12 +289,15 @@ impl Adapter for MemoryAdapter {
     fn name(&self) -> &'static str {
         "memory"
     }
+
     fn default_broker(&self) -> &'static str {
         "memory://default"
     }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }
+
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         if inbox.is_empty()
             || inbox
@@ -308,6 +311,7 @@ impl Adapter for MemoryAdapter {
         }
         Ok(())
     }
+
     async fn ingress(
         &self,
         broker: &str,
@@ -320,6 +324,7 @@ impl Adapter for MemoryAdapter {
             prefix_len: options.prefix.len() + 1,
         }))
     }
+
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         Ok(Arc::new(MemoryTarget {
@@ -327,21 +332,19 @@ impl Adapter for MemoryAdapter {
             inbox: endpoint.inbox.clone(),
         }))
     }
+
     fn health(&self) -> Vec<BrokerHealth> {
         Vec::new()
     }
+
     async fn flush(&self) {}
 
-    fn replies(&self) -> Option<&dyn Replies> {
-        Some(self)
-    }
-
-    fn provisioning(&self) -> Option<&dyn Provisioning> {
-        Some(self)
-    }
-
-    fn app_client(&self) -> Option<&dyn AppClient> {
-        Some(self)
+    fn roles(&self) -> Roles<'_> {
+        Roles {
+            replies: Some(self),
+            provisioning: Some(self),
+            app_client: Some(self),
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use baker_adapter_api::{Headers, Message, Properties};
+use baker_adapter_api::{Headers, Message, Native, Properties};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 /// Splits an ingress topic `<prefix>/<service>/<topic...>` into the service
@@ -40,7 +40,7 @@ pub fn inbox_topic(inbox: &str, topic: &str) -> String {
 pub fn from_mqtt(publish: &Arc<Publish>) -> Message {
     let mut message = Message {
         payload: publish.payload.clone(),
-        native: Some(publish.clone()),
+        native: Some(Native::new(crate::NAME, publish.clone())),
         ..Default::default()
     };
     let Some(p) = &publish.properties else {
@@ -85,10 +85,7 @@ pub fn valid_topic_name(topic: &str) -> bool {
 /// The MQTT 5 properties for `message`. Returns them with the number of
 /// headers left out because MQTT cannot carry them.
 pub fn to_mqtt(message: &Message) -> (PublishProperties, usize) {
-    let native = message
-        .native
-        .as_ref()
-        .and_then(|n| n.clone().downcast::<Publish>().ok());
+    let native = (message.native.as_ref()).and_then(|n| n.get::<Publish>(crate::NAME));
     let native = native.as_deref().and_then(|p| p.properties.as_ref());
     let mut skipped = 0;
     let mut user_properties = Vec::with_capacity(message.headers.len());

@@ -14,6 +14,9 @@
 //! its event loop polled by a task of its own: the ingress's event loop
 //! never waits for an egress PUBACK, so neither can stall the other.
 
+/// The adapter's name, in configuration and instance records.
+pub const NAME: &str = "mqtt";
+
 mod acks;
 mod convert;
 mod egress;
@@ -31,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use baker_adapter_api::{
     redact_url, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint,
-    InboxConsumer, Ingress, IngressOptions, Message, Replies, Reply, ReplyInbox, SendError, Target,
+    InboxConsumer, Ingress, IngressOptions, Message, Replies, Reply, ReplyInbox, Roles, SendError,
+    Target,
 };
 
 pub use error::{MqttError, UrlError};
@@ -80,14 +84,17 @@ fn valid_level(name: &str) -> bool {
 #[async_trait]
 impl Adapter for MqttAdapter {
     fn name(&self) -> &'static str {
-        "mqtt"
+        NAME
     }
+
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker/{service}/{instance}")
     }
+
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         let reason = if !convert::valid_topic_name(inbox) {
             "must be a non-empty MQTT topic name without wildcards (+, #)"
@@ -103,6 +110,7 @@ impl Adapter for MqttAdapter {
             reason: reason.to_owned(),
         })
     }
+
     /// Same host and port: the query holds per-connection settings.
     fn same_broker(&self, a: &str, b: &str) -> bool {
         match (BrokerUrl::parse(a), BrokerUrl::parse(b)) {
@@ -110,6 +118,7 @@ impl Adapter for MqttAdapter {
             _ => a == b,
         }
     }
+
     async fn ingress(
         &self,
         broker: &str,
@@ -158,6 +167,7 @@ impl Adapter for MqttAdapter {
         ingresses.push(state);
         Ok(Box::new(ingress))
     }
+
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         let consumer_v311 = BrokerUrl::parse(&endpoint.broker)
@@ -169,6 +179,7 @@ impl Adapter for MqttAdapter {
             consumer_v311,
         )))
     }
+
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,6 +202,7 @@ impl Adapter for MqttAdapter {
             )
             .collect()
     }
+
     /// Every egress publish already waited for its PUBACK; this waits for
     /// closed ingresses to send their last acks and disconnect.
     async fn flush(&self) {
@@ -204,12 +216,12 @@ impl Adapter for MqttAdapter {
         }
     }
 
-    fn replies(&self) -> Option<&dyn Replies> {
-        Some(self)
-    }
-
-    fn app_client(&self) -> Option<&dyn AppClient> {
-        Some(self)
+    fn roles(&self) -> Roles<'_> {
+        Roles {
+            replies: Some(self),
+            app_client: Some(self),
+            ..Roles::default()
+        }
     }
 }
 

@@ -17,7 +17,8 @@ use async_nats::Client;
 use async_trait::async_trait;
 use baker_adapter_api::{
     Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer,
-    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, SendError, Target,
+    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, Roles, SendError,
+    Target,
 };
 
 mod convert;
@@ -47,12 +48,15 @@ impl Adapter for NatsAdapter {
     fn name(&self) -> &'static str {
         "nats"
     }
+
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }
+
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         if egress::valid_subject(inbox) {
             Ok(())
@@ -63,6 +67,7 @@ impl Adapter for NatsAdapter {
             })
         }
     }
+
     async fn ingress(
         &self,
         broker: &str,
@@ -85,10 +90,12 @@ impl Adapter for NatsAdapter {
         }
         Ok(Box::new(ingress::subscribe(client, broker, options).await?))
     }
+
     /// The query holds Baker's settings, not the server's address.
     fn same_broker(&self, a: &str, b: &str) -> bool {
         a.split('?').next() == b.split('?').next()
     }
+
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
         if jetstream::durable_inbox(&endpoint.broker) {
@@ -103,23 +110,21 @@ impl Adapter for NatsAdapter {
             reported_skipped: AtomicBool::new(false),
         }))
     }
+
     async fn flush(&self) {
         self.flush_all().await;
     }
+
     fn health(&self) -> Vec<BrokerHealth> {
         self.connections()
     }
 
-    fn replies(&self) -> Option<&dyn Replies> {
-        Some(self)
-    }
-
-    fn provisioning(&self) -> Option<&dyn Provisioning> {
-        Some(self)
-    }
-
-    fn app_client(&self) -> Option<&dyn AppClient> {
-        Some(self)
+    fn roles(&self) -> Roles<'_> {
+        Roles {
+            replies: Some(self),
+            provisioning: Some(self),
+            app_client: Some(self),
+        }
     }
 }
 
