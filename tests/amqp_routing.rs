@@ -180,14 +180,19 @@ async fn a_dead_letter_with_nowhere_to_go_is_redelivered_not_dropped() {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
-        let _router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let router = amqp_router(&dir.url(), &vhost, &[]).await;
         // Someone deleted the dead-letter queue: baker.dlx routes nowhere.
         channel
             .queue_delete("baker.dead-letters".into(), Default::default())
             .await
             .unwrap();
         amqp::publish(&channel, "baker", "nowhere.created", 0, 5, 5).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The router tried to dead-letter them, and the broker returned
+        // them: they went back to the ingress.
+        wait_until("a refused dead letter", Duration::from_secs(20), || async {
+            router.proc.log_text().contains("could not dead-letter messages")
+        })
+        .await;
         // Once a queue is bound again, the messages (still in the ingress,
         // redelivered) arrive there.
         let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
