@@ -190,7 +190,10 @@ async fn a_dead_letter_with_nowhere_to_go_is_redelivered_not_dropped() {
         // The router tried to dead-letter them, and the broker returned
         // them: they went back to the ingress.
         wait_until("a refused dead letter", Duration::from_secs(20), || async {
-            router.proc.log_text().contains("could not dead-letter messages")
+            router
+                .proc
+                .log_text()
+                .contains("could not dead-letter messages")
         })
         .await;
         // Once a queue is bound again, the messages (still in the ingress,

@@ -22,10 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baker_adapter_api::{
-    AckHandle, Delivery, Destination, Ingress, IngressStatus, SendError, Settle, Settlement,
-};
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties, SubscribeReasonCode};
+use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, IngressStatus};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
@@ -33,14 +31,11 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::acks::Acks;
 use crate::convert;
-use crate::link::{Accepted, Link};
+use crate::link::Link;
+use crate::settle::Settler;
 use crate::url::BrokerUrl;
 use crate::MqttError;
 
-/// Prefix of the dead-letter topics: `_baker-dlq/<original topic>`.
-pub const DEAD_LETTER_PREFIX: &str = "_baker-dlq";
-/// Pause before a message handed back is routed again.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 /// How long closing waits for the broker to confirm the unsubscribe.
 const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 /// After the unsubscribe, the broker may still send what it had queued for
@@ -69,14 +64,14 @@ pub struct IngressSpec {
 }
 
 /// State shared by the event loop task, the settlers and the ingress.
-struct Shared {
+pub(crate) struct Shared {
     spec: IngressSpec,
     /// Egress link to the same broker, for dead letters and error replies.
-    dlq: Arc<Link>,
+    pub(crate) dlq: Arc<Link>,
     /// Increments per connection; a settler of an older one does not requeue.
-    generation: AtomicU64,
-    requeue: mpsc::UnboundedSender<Delivery>,
-    closing: AtomicBool,
+    pub(crate) generation: AtomicU64,
+    pub(crate) requeue: mpsc::UnboundedSender<Delivery>,
+    pub(crate) closing: AtomicBool,
     shutdown: AtomicBool,
     connected: Arc<AtomicBool>,
     /// The current connection's client and ack window.
@@ -105,12 +100,10 @@ pub struct MqttIngress {
 
 /// Seconds since the epoch of the last malformed-topic warning.
 static LAST_MALFORMED_LOG: AtomicU64 = AtomicU64::new(0);
-/// Seconds since the epoch of the last unsubscribed-dead-letter warning.
-static LAST_DLQ_LOG: AtomicU64 = AtomicU64::new(0);
 
 /// True at most once per 10 s per `last`: keeps per-message events to one
 /// log line per interval.
-fn log_due(last: &AtomicU64) -> bool {
+pub(crate) fn log_due(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -213,7 +206,7 @@ impl Shared {
     }
 
     /// The delivery for `publish`, or the reason its topic is unusable.
-    fn delivery(
+    pub(crate) fn delivery(
         self: &Arc<Self>,
         publish: Arc<Publish>,
         ack: Option<(Acks, u64, u64)>,
@@ -436,105 +429,6 @@ impl Drop for MqttIngress {
             // Sends the acks already due, then disconnects; the session
             // keeps the rest for the next start.
             acks.shutdown();
-        }
-    }
-}
-
-/// Settles one QoS 1 ingress message.
-struct Settler {
-    shared: Arc<Shared>,
-    acks: Acks,
-    generation: u64,
-    place: u64,
-    publish: Arc<Publish>,
-}
-
-impl Settler {
-    async fn dead_letter(&self, reason: &str, attempts: u32) -> Result<(), SendError> {
-        let topic = std::str::from_utf8(&self.publish.topic).unwrap_or("?");
-        let dlq_topic = format!("{DEAD_LETTER_PREFIX}/{topic}");
-        let properties = convert::dead_lettered(&self.publish, reason, attempts);
-        let reply = properties
-            .response_topic
-            .clone()
-            .filter(|r| convert::valid_topic_name(r));
-        match self
-            .shared
-            .dlq
-            .publish(dlq_topic, self.publish.payload.clone(), properties)
-            .await
-        {
-            Ok(Accepted::Delivered) => {}
-            Ok(Accepted::NoSubscribers) => {
-                metrics::counter!("baker_mqtt_dead_letters_unheard_total").increment(1);
-                if log_due(&LAST_DLQ_LOG) {
-                    tracing::warn!(prefix = DEAD_LETTER_PREFIX, "a dead letter had no subscriber and the broker discarded it; keep a persistent session subscribed to {DEAD_LETTER_PREFIX}/# (counted in baker_mqtt_dead_letters_unheard_total; logged at most every 10 s)");
-                }
-            }
-            Err(error) => return Err(error),
-        }
-        if let Some(reply) = reply {
-            // A requester waiting on its response topic learns why at once
-            // instead of timing out. Best effort: the dead letter is safe.
-            let error = PublishProperties {
-                correlation_data: self
-                    .publish
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.correlation_data.clone()),
-                user_properties: vec![(
-                    baker_adapter_api::header::ERROR.to_owned(),
-                    reason.replace('\0', " "),
-                )],
-                ..Default::default()
-            };
-            let link = self.shared.dlq.clone();
-            tokio::spawn(async move {
-                let _ = link.publish(reply, bytes::Bytes::new(), error).await;
-            });
-        }
-        Ok(())
-    }
-
-    /// Routes the message again after a pause, in the same place of the
-    /// window; unless the connection it came on is gone (the broker then
-    /// redelivers it) or the ingress is closing (it stays in the session).
-    async fn requeue(self) {
-        tokio::time::sleep(REQUEUE_PAUSE).await;
-        let shared = self.shared.clone();
-        if shared.closing.load(Ordering::Relaxed)
-            || shared.generation.load(Ordering::Relaxed) != self.generation
-        {
-            return;
-        }
-        let publish = self.publish.clone();
-        let ack = Some((self.acks.clone(), self.generation, self.place));
-        // The topic parsed before, so it parses again.
-        if let Ok(delivery) = shared.delivery(publish, ack) {
-            let _ = shared.requeue.send(delivery);
-        }
-    }
-}
-
-impl Settle for Settler {
-    fn settle(self: Box<Self>, outcome: Settlement) {
-        match outcome {
-            // The common case: no task of its own.
-            Settlement::Delivered => self.acks.done(self.place),
-            Settlement::DeadLetter { reason, attempts } => {
-                tokio::spawn(async move {
-                    match self.dead_letter(&reason, attempts).await {
-                        Ok(()) => self.acks.done(self.place),
-                        Err(error) => {
-                            tracing::warn!(%error, "could not dead-letter an MQTT message; it will be routed again");
-                            self.requeue().await;
-                        }
-                    }
-                });
-            }
-            Settlement::Requeue { .. } => {
-                tokio::spawn(self.requeue());
-            }
         }
     }
 }

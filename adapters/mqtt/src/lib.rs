@@ -25,6 +25,7 @@ mod inbox;
 mod ingress;
 mod link;
 mod reply;
+mod settle;
 mod url;
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use baker_adapter_api::{
 };
 
 pub use error::{MqttError, UrlError};
-pub use ingress::DEAD_LETTER_PREFIX;
+pub use settle::DEAD_LETTER_PREFIX;
 pub use url::BrokerUrl;
 
 use egress::MqttTarget;

@@ -4,8 +4,10 @@
 //! - [`link`]: one connection per server list, its events and state
 //! - [`convert`]: headers and properties between NATS messages and Baker's
 //! - [`ingress`]: the core NATS ingress (queue group, at most once)
+//! - [`settings`]: Baker's settings in the broker URL's query
 //! - [`jetstream`]: the JetStream ingress (`?ingress=jetstream`, at least
-//!   once), durable inboxes (`?inbox=jetstream`) and dead letters
+//!   once) and its dead letters
+//! - [`durable`]: durable inboxes (`?inbox=jetstream`)
 //! - [`egress`]: publishing to an instance's inbox
 //! - [`inbox`]: an instance's inbox subscription and a router's reply inbox
 
@@ -22,18 +24,21 @@ use baker_adapter_api::{
 };
 
 mod convert;
+mod durable;
 mod egress;
 mod error;
 mod inbox;
 mod ingress;
 mod jetstream;
 mod link;
+mod settings;
 mod url;
 
 pub use async_nats;
 pub use convert::{headers_from_nats, headers_to_nats, properties_from_headers};
 pub use error::UrlError;
-pub use jetstream::{stream_name, DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+pub use jetstream::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+pub use settings::stream_name;
 pub use url::{server_addrs, DEFAULT_BROKER};
 
 /// The NATS adapter. Keeps one connection per broker URL, opened on first use
@@ -75,9 +80,9 @@ impl Adapter for NatsAdapter {
     ) -> Result<Box<dyn Ingress>, AdapterError> {
         // The query's settings are checked whichever ingress they choose: a
         // misspelt `ingress=` must not quietly fall back to core NATS.
-        jetstream::StreamSettings::from_url(broker).map_err(|e| e.for_url(broker))?;
+        settings::StreamSettings::from_url(broker).map_err(|e| e.for_url(broker))?;
         let client = self.client(broker).await?;
-        if jetstream::jetstream_ingress(broker) {
+        if settings::jetstream_ingress(broker) {
             let ingress = jetstream::start(
                 client,
                 broker,
@@ -98,8 +103,8 @@ impl Adapter for NatsAdapter {
 
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
-        if jetstream::durable_inbox(&endpoint.broker) {
-            return Ok(Arc::new(jetstream::DurableTarget::new(
+        if settings::durable_inbox(&endpoint.broker) {
+            return Ok(Arc::new(durable::DurableTarget::new(
                 self.client(&endpoint.broker).await?,
                 &endpoint.inbox,
             )));
@@ -164,12 +169,12 @@ impl Provisioning for NatsAdapter {
         endpoint: &Endpoint,
         _options: &BTreeMap<String, String>,
     ) -> Result<(), AdapterError> {
-        if !jetstream::durable_inbox(&endpoint.broker) {
+        if !settings::durable_inbox(&endpoint.broker) {
             return Ok(());
         }
         self.validate_inbox(&endpoint.inbox)?;
         let client = self.client(&endpoint.broker).await?;
-        jetstream::create_inbox_stream(client, &endpoint.broker, &endpoint.inbox).await
+        durable::create_inbox_stream(client, &endpoint.broker, &endpoint.inbox).await
     }
 }
 
