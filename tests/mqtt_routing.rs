@@ -822,46 +822,6 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_whose_broker_never_answers_does_not_slow_the_others() {
-    bounded(async {
-        // 3,000 published at once queue up for the router: the shared
-        // broker's default queue limit (1,000) would drop some of them.
-        let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
-        let url = broker.url();
-        let dir = Directory::start().await;
-        let service = unique("deadbroker");
-        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
-        let nowhere = format!("mqtt://127.0.0.1:{}", free_port());
-        let _agents = [
-            mqtt_agent(&dir.url(), &url, &service, "a"),
-            mqtt_agent(&dir.url(), &nowhere, &service, "x"),
-        ];
-        let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &[]).await;
-        router
-            .wait_routed(&service, &["a", "x"], Duration::from_secs(15))
-            .await;
-        // Past the grace period a new link gives its first connection.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
-        let started = std::time::Instant::now();
-        publisher
-            .publish_seq(&ingress.topic(&service, "t"), 0, 3000)
-            .await;
-        wait_until("all at a", Duration::from_secs(30), || async {
-            a.count() >= 3000
-        })
-        .await;
-        let took = started.elapsed();
-        eprintln!("3000 messages, half first tried on an unreachable broker: {took:?}");
-        assert!(took < Duration::from_secs(5), "took {took:?}");
-        let (duplicates, seen) = tally(&[&a]);
-        assert_eq!((seen.len(), duplicates), (3000, 0));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
     use futures::StreamExt;
     use rumqttc::v5::mqttbytes::v5::PublishProperties;

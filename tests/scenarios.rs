@@ -166,6 +166,62 @@ async fn a_router_stopped_with_sigterm_mid_stream_hands_over_with_none_lost_or_d
     protocol.teardown().await;
 }
 
+scenario!(an_instance_whose_broker_never_answers_does_not_stall_the_others:
+    nats => NatsCore, jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// Of two instances, one has a broker that accepts connections and then
+/// says nothing (a network partition that drops packets): the messages
+/// first tried there move on to the other instance, none lost, none twice.
+async fn an_instance_whose_broker_never_answers_does_not_stall_the_others<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("stuck");
+    let a = protocol.inbox(&service, "a").await;
+    let _agent = protocol.agent(&dir.url(), &service, "a");
+    // b's agent could not prepare an inbox on a broker that never answers:
+    // b is registered directly, with a lease that outlasts the test.
+    let (port, _blackhole) = blackhole().await;
+    let record = serde_json::json!({
+        "service": service,
+        "id": "b",
+        "endpoint": {
+            "adapter": P::ADAPTER,
+            "broker": protocol.broker_at(port),
+            "inbox": protocol.inbox_address(&service, "b"),
+        },
+        "ttl_secs": 600,
+    });
+    let registered = reqwest::Client::new()
+        .put(format!("{}/v1/services/{service}/instances/b", dir.url()))
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{registered:?}");
+    let router = start_router(&dir.url(), &protocol, 1).await;
+    router
+        .wait_routed(&service, &["a", "b"], Duration::from_secs(15))
+        .await;
+
+    let total = 2_000u64;
+    protocol.publish(&service, "t", 0..total, Pace::Fast).await;
+    assert_every_message_once(&protocol, &[&a], total).await;
+    protocol.teardown().await;
+}
+
+/// A TCP port that accepts connections and never answers.
+async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
 /// Router number `number` on `protocol`'s ingress, once it is ready.
 async fn start_router<P: Protocol>(directory: &str, protocol: &P, number: usize) -> Router {
     let args = protocol.router_args(number);

@@ -31,8 +31,19 @@ pub enum Pace {
 /// elsewhere, so no `Send` bound is asked of them.
 #[allow(async_fn_in_trait)]
 pub trait Protocol: Sized {
+    /// The adapter's name in instance records.
+    const ADAPTER: &'static str;
+
     /// Sets up what one test needs on this protocol.
     async fn setup() -> Self;
+
+    /// The URL of a broker of this protocol at `127.0.0.1:port`.
+    fn broker_at(&self, port: u16) -> String;
+
+    /// The default inbox address of `service`/`id`.
+    fn inbox_address(&self, service: &str, id: &str) -> String {
+        format!("_baker.{service}.{id}")
+    }
 
     /// The arguments of router number `router` on this protocol's ingress
     /// (without the directory and admin address). Routers share the
@@ -69,6 +80,12 @@ pub struct NatsCore {
 }
 
 impl Protocol for NatsCore {
+    const ADAPTER: &'static str = "nats";
+
+    fn broker_at(&self, port: u16) -> String {
+        format!("nats://127.0.0.1:{port}")
+    }
+
     async fn setup() -> Self {
         NatsCore {
             client: connect().await,
@@ -125,6 +142,12 @@ pub struct JetStream {
 }
 
 impl Protocol for JetStream {
+    const ADAPTER: &'static str = "nats";
+
+    fn broker_at(&self, port: u16) -> String {
+        self.core.broker_at(port)
+    }
+
     async fn setup() -> Self {
         let core = NatsCore::setup().await;
         let js = jetstream::new(core.client.clone());
@@ -185,6 +208,12 @@ pub struct Amqp {
 }
 
 impl Protocol for Amqp {
+    const ADAPTER: &'static str = "amqp";
+
+    fn broker_at(&self, port: u16) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+    }
+
     async fn setup() -> Self {
         let vhost = Vhost::create();
         let (connection, channel) = vhost.channel().await;
@@ -233,6 +262,16 @@ pub struct Mqtt {
 }
 
 impl Protocol for Mqtt {
+    const ADAPTER: &'static str = "mqtt";
+
+    fn broker_at(&self, port: u16) -> String {
+        format!("mqtt://127.0.0.1:{port}")
+    }
+
+    fn inbox_address(&self, service: &str, id: &str) -> String {
+        format!("_baker/{service}/{id}")
+    }
+
     async fn setup() -> Self {
         let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
         let ingress = MqttIngress::new(&broker.url());

@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
 use async_nats::Client;
 use async_trait::async_trait;
 use baker_adapter_api::{Cause, Destination, Message, SendError, Target};
@@ -30,12 +33,48 @@ pub(crate) fn publish_error(error: async_nats::client::PublishError) -> SendErro
     }
 }
 
+/// How long a new target waits for its first connection before a send to
+/// it fails: a broker met for the first time gets this long to answer.
+const FIRST_CONNECT_GRACE: Duration = Duration::from_secs(5);
+
 /// An instance's inbox.
 pub(crate) struct NatsTarget {
-    pub(crate) client: Client,
-    pub(crate) inbox: String,
+    client: Client,
+    inbox: String,
+    /// The broker URL, password redacted, for errors.
+    broker: String,
+    created: Instant,
     /// Whether a message with headers NATS cannot carry was reported.
-    pub(crate) reported_skipped: AtomicBool,
+    reported_skipped: AtomicBool,
+}
+
+impl NatsTarget {
+    pub(crate) fn new(client: Client, broker: &str, inbox: &str) -> Self {
+        Self {
+            client,
+            inbox: inbox.to_owned(),
+            broker: baker_adapter_api::redact_url(broker),
+            created: Instant::now(),
+            reported_skipped: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the connection is up, giving a new target's first
+    /// connection its grace. A publish on a connection that is down would
+    /// only be buffered by the client: a broker that never answers would
+    /// swallow the messages, so such a send fails instead, and the message
+    /// goes to another instance (or back to an at-least-once ingress).
+    async fn connected(&self) -> bool {
+        loop {
+            match self.client.connection_state() {
+                State::Connected => return true,
+                State::Pending if self.created.elapsed() < FIRST_CONNECT_GRACE => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return false,
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -54,6 +93,12 @@ impl Target for NatsTarget {
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
             tracing::warn!(inbox = %self.inbox, skipped,
                 "headers that NATS cannot carry were left out (reported once per instance)");
+        }
+        if !self.connected().await {
+            return Err(SendError::unreachable(format!(
+                "not connected to {}",
+                self.broker
+            )));
         }
         let payload = message.payload.clone();
         let result = match &message.reply_to {

@@ -12,7 +12,6 @@
 //! - [`inbox`]: an instance's inbox subscription and a router's reply inbox
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use async_nats::Client;
@@ -109,11 +108,11 @@ impl Adapter for NatsAdapter {
                 &endpoint.inbox,
             )));
         }
-        Ok(Arc::new(egress::NatsTarget {
-            client: self.client(&endpoint.broker).await?,
-            inbox: endpoint.inbox.clone(),
-            reported_skipped: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(egress::NatsTarget::new(
+            self.client(&endpoint.broker).await?,
+            &endpoint.broker,
+            &endpoint.inbox,
+        )))
     }
 
     async fn flush(&self) {
