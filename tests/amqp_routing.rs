@@ -554,90 +554,6 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
     .await;
 }
 
-/// Answers each request on `queue` at its reply_to, through the default
-/// exchange, with the request's correlation id and `pong:<payload>`.
-async fn spawn_amqp_responder(responder: lapin::Channel, queue: &str) {
-    use futures::StreamExt;
-    let mut requests = responder
-        .basic_consume(
-            queue.into(),
-            unique("responder-").into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Some(Ok(request)) = requests.next().await {
-            let reply_to = request
-                .properties
-                .reply_to()
-                .clone()
-                .expect("reply_to kept");
-            let mut props = lapin::BasicProperties::default();
-            if let Some(id) = request.properties.correlation_id() {
-                props = props.with_correlation_id(id.clone());
-            }
-            let body = format!("pong:{}", String::from_utf8_lossy(&request.data));
-            responder
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    Default::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await
-                .unwrap();
-            request.ack(Default::default()).await.unwrap();
-        }
-    });
-}
-
-/// A requester on RabbitMQ's direct reply-to: publishes `payload` to
-/// `baker` / `routing_key` with `correlation_id`, and returns the reply.
-async fn direct_request(
-    vhost: &Vhost,
-    routing_key: &str,
-    payload: &[u8],
-    correlation_id: &str,
-) -> lapin::message::Delivery {
-    use futures::StreamExt;
-    use lapin::options::BasicConsumeOptions;
-    let (_conn, requester) = vhost.channel().await;
-    let mut replies = requester
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "requester".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    requester
-        .basic_publish(
-            "baker".into(),
-            routing_key.into(),
-            Default::default(),
-            payload,
-            lapin::BasicProperties::default()
-                .with_reply_to("amq.rabbitmq.reply-to".into())
-                .with_correlation_id(correlation_id.into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), replies.next())
-        .await
-        .unwrap_or_else(|_| panic!("no reply to {routing_key} within 10 s"))
-        .unwrap()
-        .unwrap()
-}
-
 fn correlation_id(delivery: &lapin::message::Delivery) -> Option<&str> {
     delivery
         .properties
@@ -663,7 +579,7 @@ async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
         let _amqp_agent = amqp_agent(&dir.url(), &back, "rpcx", "a");
         let (_bconn, back_channel) = back.channel().await;
         amqp::declare_queue(&back_channel, "_baker.rpcx.a").await;
-        spawn_amqp_responder(back_channel, "_baker.rpcx.a").await;
+        amqp::respond(back_channel, "_baker.rpcx.a").await;
         let _nats_agent = agent(&dir.url(), "rpcn", "n", &[]);
         let mut nats_requests = nats.subscribe("_baker.rpcn.n.>").await.unwrap();
         nats.flush().await.unwrap();
@@ -699,10 +615,10 @@ async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
         amqp_router
             .wait_routed("rpcn", &["n"], Duration::from_secs(15))
             .await;
-        let reply = direct_request(&front, "rpcn.get", b"2", "c-2").await;
+        let reply = amqp::direct_request(&front, "rpcn.get", b"2", "c-2").await;
         assert_eq!(reply.data, b"pong:2");
         assert_eq!(correlation_id(&reply), Some("c-2"));
-        let reply = direct_request(&front, "rpcx.get", b"3", "c-3").await;
+        let reply = amqp::direct_request(&front, "rpcx.get", b"3", "c-3").await;
         assert_eq!(reply.data, b"pong:3");
         assert_eq!(
             correlation_id(&reply),
@@ -733,7 +649,7 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
         let (_conn, channel) = vhost.channel().await;
         amqp::declare_queue(&channel, "_baker.rpc.r").await;
         let (_rconn, responder) = vhost.channel().await;
-        spawn_amqp_responder(responder, "_baker.rpc.r").await;
+        amqp::respond(responder, "_baker.rpc.r").await;
         let _agent = amqp_agent(&dir.url(), &vhost, "rpc", "r");
         let router = amqp_router(&dir.url(), &vhost, &[]).await;
         router
@@ -742,13 +658,13 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
 
         // Direct reply-to: the instance answers the requester's channel
         // directly, through the same broker.
-        let reply = direct_request(&vhost, "rpc.get", b"1", "c-1").await;
+        let reply = amqp::direct_request(&vhost, "rpc.get", b"1", "c-1").await;
         assert_eq!(reply.data, b"pong:1");
         assert_eq!(correlation_id(&reply), Some("c-1"));
 
         // A request that cannot be delivered is dead-lettered, and its
         // requester answered at once with the reason.
-        let reply = direct_request(&vhost, "nosuch.get", b"0", "c-0").await;
+        let reply = amqp::direct_request(&vhost, "nosuch.get", b"0", "c-0").await;
         assert_eq!(correlation_id(&reply), Some("c-0"));
         let error = reply
             .properties

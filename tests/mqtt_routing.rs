@@ -115,19 +115,6 @@ async fn dead_letters(ingress: &MqttIngress) -> Client {
     client
 }
 
-fn user_property<'a>(
-    publish: &'a rumqttc::v5::mqttbytes::v5::Publish,
-    name: &str,
-) -> Option<&'a str> {
-    publish
-        .properties
-        .as_ref()?
-        .user_properties
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_stall_nothing() {
     bounded(async {
@@ -179,7 +166,7 @@ async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_s
         let reasons: Vec<String> = letters
             .iter()
             .map(|l| {
-                user_property(l, "baker-error")
+                mqtt::user_property(l, "baker-error")
                     .unwrap_or_default()
                     .to_owned()
             })
@@ -199,7 +186,7 @@ async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_s
             "{reasons:?}"
         );
         let large = letters.iter().find(|l| l.payload.len() == 5000).unwrap();
-        assert_eq!(user_property(large, "baker-attempts"), Some("0"));
+        assert_eq!(mqtt::user_property(large, "baker-attempts"), Some("0"));
         assert_eq!(
             std::str::from_utf8(&large.topic).unwrap(),
             format!("{}/{topic}", baker_adapter_mqtt::DEAD_LETTER_PREFIX)
@@ -245,7 +232,7 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
         let responder_task = tokio::spawn(async move {
             while let Some(request) = responder.incoming.recv().await {
                 let props = request.properties.clone().unwrap_or_default();
-                let origin = user_property(&request, "baker-origin")
+                let origin = mqtt::user_property(&request, "baker-origin")
                     .unwrap_or_default()
                     .to_owned();
                 let body = format!(
@@ -324,7 +311,7 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
             .expect("error reply in time")
             .unwrap();
         assert!(
-            user_property(&error, "baker-error")
+            mqtt::user_property(&error, "baker-error")
                 .is_some_and(|e| e.contains("no routable instance")),
             "{error:?}"
         );
@@ -430,8 +417,8 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
             std::str::from_utf8(&got.topic).unwrap(),
             format!("_baker/{to_mqtt}/m1/eu/updated")
         );
-        assert_eq!(user_property(&got, "trace"), Some("t-2"));
-        assert!(user_property(&got, "baker-msg-id").is_some());
+        assert_eq!(mqtt::user_property(&got, "trace"), Some("t-2"));
+        assert!(mqtt::user_property(&got, "baker-msg-id").is_some());
         assert_eq!(
             got.properties
                 .as_ref()
@@ -813,7 +800,7 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
             std::str::from_utf8(&got.topic).unwrap(),
             format!("_baker/{to_mqtt}/m1/eu/updated")
         );
-        assert_eq!(user_property(&got, "trace"), Some("t-3"));
+        assert_eq!(mqtt::user_property(&got, "trace"), Some("t-3"));
         let props = got.properties.clone().unwrap_or_default();
         assert_eq!(props.correlation_data.as_deref(), Some(&b"c-3"[..]));
         assert_eq!(props.content_type.as_deref(), Some("application/json"));

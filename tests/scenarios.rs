@@ -209,6 +209,47 @@ async fn an_instance_whose_broker_never_answers_does_not_stall_the_others<P: Pro
     protocol.teardown().await;
 }
 
+scenario!(requests_are_answered_through_the_router_and_unknown_services_get_an_error_reply:
+    nats => NatsCore, amqp => Amqp, mqtt => Mqtt);
+
+/// A request through the router reaches an instance, whose reply reaches
+/// the requester; a request to a service with no instance is answered at
+/// once with an error that says why; a plain message to such a service is
+/// counted.
+async fn requests_are_answered_through_the_router_and_unknown_services_get_an_error_reply<
+    P: Protocol,
+>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("rpc");
+    let responder =
+        (protocol.responder(&service, "r1").await).expect("the protocol takes requests");
+    let _agent = protocol.agent(&dir.url(), &service, "r1");
+    let router = start_router(&dir.url(), &protocol, 1).await;
+    router
+        .wait_routed(&service, &["r1"], Duration::from_secs(15))
+        .await;
+
+    let reply = protocol.request(&service, "get", "42").await;
+    assert_eq!(reply.payload, "pong:42", "{reply:?}");
+    assert_eq!(reply.error, None);
+    let reply = protocol.request(&unique("nosuch"), "get", "x").await;
+    assert!(
+        (reply.error.as_deref()).is_some_and(|e| e.contains("no routable instance")),
+        "the error reply says why: {reply:?}"
+    );
+
+    let ghost = unique("ghost");
+    protocol.publish(&ghost, "x", 0..1, Pace::Fast).await;
+    let counted = format!("baker_no_route_total{{service=\"{ghost}\"}}");
+    wait_until("the no-route counted", Duration::from_secs(10), || async {
+        router.metrics().await.contains(&counted)
+    })
+    .await;
+    responder.abort();
+    protocol.teardown().await;
+}
+
 /// A TCP port that accepts connections and never answers.
 async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -339,3 +339,98 @@ pub async fn close_baker_connections(vhost: &Vhost, expected: usize) -> usize {
     }
     closed
 }
+
+/// Answers each request on `queue` at its reply_to, through the default
+/// exchange, with the request's correlation id and `pong:<payload>`, until
+/// the task is aborted.
+pub async fn respond(responder: lapin::Channel, queue: &str) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let mut requests = responder
+        .basic_consume(
+            queue.into(),
+            unique("responder-").into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let reply_to = request
+                .properties
+                .reply_to()
+                .clone()
+                .expect("reply_to kept");
+            let mut props = lapin::BasicProperties::default();
+            if let Some(id) = request.properties.correlation_id() {
+                props = props.with_correlation_id(id.clone());
+            }
+            let body = format!("pong:{}", String::from_utf8_lossy(&request.data));
+            responder
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    Default::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap();
+            request.ack(Default::default()).await.unwrap();
+        }
+    })
+}
+
+/// A requester on RabbitMQ's direct reply-to: publishes `payload` to
+/// `baker` / `routing_key` with `correlation_id`, and returns the reply.
+pub async fn direct_request(
+    vhost: &Vhost,
+    routing_key: &str,
+    payload: &[u8],
+    correlation_id: &str,
+) -> lapin::message::Delivery {
+    use futures::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    let (_conn, requester) = vhost.channel().await;
+    let mut replies = requester
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "requester".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    requester
+        .basic_publish(
+            "baker".into(),
+            routing_key.into(),
+            Default::default(),
+            payload,
+            lapin::BasicProperties::default()
+                .with_reply_to("amq.rabbitmq.reply-to".into())
+                .with_correlation_id(correlation_id.into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .unwrap_or_else(|_| panic!("no reply to {routing_key} within 10 s"))
+        .unwrap()
+        .unwrap()
+}
+
+/// The header `name` of `properties`, as text.
+pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    headers
+        .inner()
+        .iter()
+        .find(|(n, _)| n.as_str() == name)
+        .map(|(_, v)| text(v))
+}

@@ -332,3 +332,14 @@ impl MqttIngress {
         super::Router::spawn(directory, &args).await
     }
 }
+
+/// The user property `name` of `publish`.
+pub fn user_property<'a>(publish: &'a Publish, name: &str) -> Option<&'a str> {
+    publish
+        .properties
+        .as_ref()?
+        .user_properties
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}

@@ -26,6 +26,14 @@ pub enum Pace {
     Burst,
 }
 
+/// A reply as the requester got it.
+#[derive(Debug)]
+pub struct Reply {
+    pub payload: String,
+    /// Its `baker-error` header: why the request was not delivered.
+    pub error: Option<String>,
+}
+
 /// One protocol, set up for one test (its own vhost, broker, or names).
 /// The suite runs on one thread per test and never sends these futures
 /// elsewhere, so no `Send` bound is asked of them.
@@ -62,6 +70,20 @@ pub trait Protocol: Sized {
     /// `service` as an application would; returns once the broker has them
     /// all (as far as the protocol says).
     async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace);
+
+    /// Answers every request that reaches the inbox of `service`/`id` with
+    /// `pong:<payload>`, as the instance would, until the task is aborted.
+    /// `None` where the protocol's ingress takes no requests.
+    async fn responder(&self, _service: &str, _id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
+
+    /// Sends a request with `payload` to `topic` of `service` as an
+    /// application would, and waits up to 10 s for the reply: its payload
+    /// and its `baker-error` header.
+    async fn request(&self, _service: &str, _topic: &str, _payload: &str) -> Reply {
+        unimplemented!("this protocol's ingress takes no requests")
+    }
 
     /// How long a late copy of a message may still be on its way once every
     /// message arrived.
@@ -118,6 +140,36 @@ impl Protocol for NatsCore {
 
     fn settle(&self) -> Duration {
         Duration::from_millis(300)
+    }
+
+    async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        use futures::StreamExt;
+        let client = self.client.clone();
+        let mut requests = (client.subscribe(format!("_baker.{service}.{id}.>")).await).unwrap();
+        client.flush().await.unwrap();
+        Some(tokio::spawn(async move {
+            while let Some(msg) = requests.next().await {
+                let body = format!("pong:{}", String::from_utf8_lossy(&msg.payload));
+                if let Some(reply) = msg.reply {
+                    client.publish(reply, body.into()).await.unwrap();
+                }
+            }
+        }))
+    }
+
+    async fn request(&self, service: &str, topic: &str, payload: &str) -> Reply {
+        let subject = self.ingress.subject(service, topic);
+        let request = self.client.request(subject, payload.to_owned().into());
+        let reply = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("a reply within 10 s")
+            .expect("the request answered");
+        Reply {
+            payload: String::from_utf8_lossy(&reply.payload).into_owned(),
+            error: (reply.headers.as_ref())
+                .and_then(|h| h.get("baker-error"))
+                .map(|v| v.to_string()),
+        }
     }
 }
 
@@ -252,6 +304,23 @@ impl Protocol for Amqp {
         let count = seqs.end - seqs.start;
         amqp::publish(&self.channel, "baker", &key, seqs.start, count, window).await;
     }
+
+    async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        let queue = format!("_baker.{service}.{id}");
+        amqp::declare_queue(&self.channel, &queue).await;
+        let (_, channel) = self.vhost.channel().await;
+        Some(amqp::respond(channel, &queue).await)
+    }
+
+    async fn request(&self, service: &str, topic: &str, payload: &str) -> Reply {
+        let key = format!("{service}.{topic}");
+        let reply = amqp::direct_request(&self.vhost, &key, payload.as_bytes(), "c-1").await;
+        let error = amqp::header(&reply.properties, "baker-error");
+        Reply {
+            payload: String::from_utf8_lossy(&reply.data).into_owned(),
+            error,
+        }
+    }
 }
 
 /// MQTT 5 on a Mosquitto of the test's own, with the settings Baker's
@@ -325,5 +394,54 @@ impl Protocol for Mqtt {
             }
         }
         client.close().await;
+    }
+
+    async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+        let url = self.broker.url();
+        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
+        responder
+            .subscribe(&format!("_baker/{service}/{id}/#"))
+            .await;
+        Some(tokio::spawn(async move {
+            while let Some(request) = responder.incoming.recv().await {
+                let props = request.properties.clone().unwrap_or_default();
+                let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    ..Default::default()
+                };
+                if let Some(topic) = props.response_topic {
+                    responder
+                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
+                        .await;
+                }
+            }
+        }))
+    }
+
+    async fn request(&self, service: &str, topic: &str, payload: &str) -> Reply {
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+        let mut requester = Client::connect(&self.broker.url(), &unique("requester-"), false).await;
+        let replies = unique("replies/");
+        requester.subscribe(&format!("{replies}/#")).await;
+        let properties = PublishProperties {
+            response_topic: Some(format!("{replies}/1")),
+            correlation_data: Some(bytes::Bytes::from_static(b"c-1")),
+            ..Default::default()
+        };
+        let topic = self.ingress.topic(service, topic);
+        (requester.publish_with(&topic, QoS::AtLeastOnce, payload.to_owned(), properties)).await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+            .await
+            .expect("a reply within 10 s")
+            .expect("the requester's connection stays up");
+        requester.close().await;
+        Reply {
+            payload: String::from_utf8_lossy(&reply.payload).into_owned(),
+            error: mqtt::user_property(&reply, "baker-error").map(str::to_owned),
+        }
     }
 }
