@@ -291,57 +291,6 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_upgrade_on_jetstream_ingress_loses_nothing() {
-    bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("jsupgrade");
-        let client = connect().await;
-        let js = jetstream::new(client.clone());
-        let mut inboxes = Vec::new();
-        for id in ["v1-0", "v1-1", "v1-2", "v2-0", "v2-1", "v2-2"] {
-            inboxes.push(consume_inbox(&client, &service, id).await);
-        }
-        let nats = nats_url();
-        let spec = |id: &str, version: u32| format!("service={service},id={id},version={version}");
-        let mut v1_agents: Vec<Proc> = (0..3)
-            .map(|i| agent_registering("nats", &nats, &dir.url(), &spec(&format!("v1-{i}"), 1)))
-            .collect();
-        let router = js_router(&dir.url(), &ingress).await;
-        router
-            .wait_routed(&service, &["v1-0", "v1-1", "v1-2"], Duration::from_secs(15))
-            .await;
-
-        let traffic = {
-            let (js, subject) = (js.clone(), ingress.subject(&service, "work"));
-            SteadyTraffic::start(move |start, count| {
-                let (js, subject) = (js.clone(), subject.clone());
-                async move { js_publish(&js, &subject, start, count, 50).await }
-            })
-        };
-        let _v2_agents: Vec<Proc> = (0..3)
-            .map(|i| agent_registering("nats", &nats, &dir.url(), &spec(&format!("v2-{i}"), 2)))
-            .collect();
-        router
-            .wait_routed(
-                &service,
-                &["v1-0", "v1-1", "v1-2", "v2-0", "v2-1", "v2-2"],
-                Duration::from_secs(15),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-
-        let (total, duplicates) =
-            drain_old_instances(&router, &service, &mut v1_agents, traffic, &inboxes).await;
-        eprintln!(
-            "JetStream rolling upgrade: {total} messages, none lost, {duplicates} delivered twice"
-        );
-        delete_stream(&js, &ingress).await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_with_a_durable_inbox_loses_nothing_and_router_memory_stays_bounded() {
     bounded(async {
         let dir = Directory::start().await;

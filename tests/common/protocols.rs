@@ -10,7 +10,7 @@ use async_nats::jetstream;
 
 use super::amqp::{self, Vhost};
 use super::mqtt::{self, Client, Mosquitto, MqttIngress};
-use super::{agent_on, connect, nats_url, publish_paced, unique, Inbox, Ingress, Proc};
+use super::{agent_registering, connect, nats_url, publish_paced, unique, Inbox, Ingress, Proc};
 
 /// How fast a publisher goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +59,14 @@ pub trait Protocol: Sized {
     /// router (on MQTT: the same session).
     fn router_args(&self, router: usize) -> Vec<String>;
 
+    /// An agent registering `spec` (a whole `--register` value) with its
+    /// inbox on this protocol.
+    fn agent_registering(&self, directory: &str, spec: &str) -> Proc;
+
     /// An agent registering `service`/`id` with its inbox on this protocol.
-    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc;
+    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
+        self.agent_registering(directory, &format!("service={service},id={id}"))
+    }
 
     /// Consumes the inbox of `service`/`id` as the instance would, counting
     /// the sequence numbers that arrive.
@@ -68,8 +74,15 @@ pub trait Protocol: Sized {
 
     /// Publishes payloads `seqs` (each its sequence number) to `topic` of
     /// `service` as an application would; returns once the broker has them
-    /// all (as far as the protocol says).
-    async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace);
+    /// all (as far as the protocol says). `Send`, so that traffic can run in
+    /// a task of its own while a test changes things.
+    fn publish(
+        &self,
+        service: &str,
+        topic: &str,
+        seqs: Range<u64>,
+        pace: Pace,
+    ) -> impl std::future::Future<Output = ()> + Send;
 
     /// Answers every request that reaches the inbox of `service`/`id` with
     /// `pong:<payload>`, as the instance would, until the task is aborted.
@@ -119,8 +132,8 @@ impl Protocol for NatsCore {
         nats_router_args(nats_url(), &self.ingress)
     }
 
-    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
-        agent_on("nats", &nats_url(), directory, service, id, &[])
+    fn agent_registering(&self, directory: &str, spec: &str) -> Proc {
+        agent_registering("nats", &nats_url(), directory, spec)
     }
 
     async fn inbox(&self, service: &str, id: &str) -> Inbox {
@@ -211,8 +224,8 @@ impl Protocol for JetStream {
         nats_router_args(broker, &self.core.ingress)
     }
 
-    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
-        self.core.agent(directory, service, id)
+    fn agent_registering(&self, directory: &str, spec: &str) -> Proc {
+        self.core.agent_registering(directory, spec)
     }
 
     async fn inbox(&self, service: &str, id: &str) -> Inbox {
@@ -285,8 +298,8 @@ impl Protocol for Amqp {
         ]
     }
 
-    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
-        agent_on("amqp", &self.vhost.url(), directory, service, id, &[])
+    fn agent_registering(&self, directory: &str, spec: &str) -> Proc {
+        agent_registering("amqp", &self.vhost.url(), directory, spec)
     }
 
     async fn inbox(&self, service: &str, id: &str) -> Inbox {
@@ -328,6 +341,8 @@ impl Protocol for Amqp {
 pub struct Mqtt {
     broker: Mosquitto,
     ingress: MqttIngress,
+    /// The application's connection, made at its first publish.
+    publisher: tokio::sync::Mutex<Option<Client>>,
 }
 
 impl Protocol for Mqtt {
@@ -344,7 +359,11 @@ impl Protocol for Mqtt {
     async fn setup() -> Self {
         let broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
         let ingress = MqttIngress::new(&broker.url());
-        Mqtt { broker, ingress }
+        Mqtt {
+            broker,
+            ingress,
+            publisher: tokio::sync::Mutex::new(None),
+        }
     }
 
     fn router_args(&self, router: usize) -> Vec<String> {
@@ -366,8 +385,8 @@ impl Protocol for Mqtt {
         ]
     }
 
-    fn agent(&self, directory: &str, service: &str, id: &str) -> Proc {
-        agent_on("mqtt", &self.broker.url(), directory, service, id, &[])
+    fn agent_registering(&self, directory: &str, spec: &str) -> Proc {
+        agent_registering("mqtt", &self.broker.url(), directory, spec)
     }
 
     async fn inbox(&self, service: &str, id: &str) -> Inbox {
@@ -376,7 +395,11 @@ impl Protocol for Mqtt {
 
     async fn publish(&self, service: &str, topic: &str, seqs: Range<u64>, pace: Pace) {
         let topic = self.ingress.topic(service, topic);
-        let mut client = Client::connect(&self.broker.url(), &unique("pub-"), false).await;
+        let mut publisher = self.publisher.lock().await;
+        if publisher.is_none() {
+            *publisher = Some(Client::connect(&self.broker.url(), &unique("pub-"), false).await);
+        }
+        let client = publisher.as_mut().expect("connected above");
         match pace {
             Pace::Fast | Pace::Burst => {
                 client
@@ -393,7 +416,6 @@ impl Protocol for Mqtt {
                 }
             }
         }
-        client.close().await;
     }
 
     async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
