@@ -919,4 +919,3 @@ async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
     })
     .await;
 }
-
