@@ -6,34 +6,32 @@ use std::process::Command;
 
 use common::BIN;
 
-#[test]
-fn bad_config_file_names_the_key_and_the_file() {
+/// Runs the sidecar with a config file holding `text`; checks that it
+/// fails, and returns what it printed and the file's path.
+fn start_with_config(text: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("baker.toml");
-    std::fs::write(&path, "adapter = \"nats\"\nmax_in_flihgt = 10\n").unwrap();
+    std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&path)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (stderr, path.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn bad_config_file_names_the_key_and_the_file() {
+    let (stderr, path) = start_with_config("adapter = \"nats\"\nmax_in_flihgt = 10\n");
     assert!(stderr.contains("max_in_flihgt"), "{stderr}");
-    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains(&path), "{stderr}");
 }
 
 #[test]
 fn malformed_config_value_names_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baker.toml");
-    std::fs::write(&path, "[policy]\norders = \"fastest\"\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, _) = start_with_config("[policy]\norders = \"fastest\"\n");
     assert!(
         stderr.contains("fastest") && stderr.contains("orders"),
         "{stderr}"

@@ -75,6 +75,47 @@ async fn delete_stream(js: &jetstream::Context, ingress: &Ingress) {
     let _ = js.delete_stream(name).await;
 }
 
+/// A service with one instance, `a`, whose inbox is durable (kept by a
+/// stream), consumed at most `per_ms` messages a millisecond when given; and
+/// the ingress a JetStream router of the test takes.
+struct DurableInbox {
+    dir: Directory,
+    ingress: Ingress,
+    service: String,
+    js: jetstream::Context,
+    inbox_name: String,
+    a: Inbox,
+    _agent: Proc,
+}
+
+impl DurableInbox {
+    async fn start(name: &str, per_ms: Option<u64>) -> Self {
+        let dir = Directory::start().await;
+        let service = unique(name);
+        let js = jetstream::new(connect().await);
+        let broker = format!("{}?inbox=jetstream", nats_url());
+        let agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
+        let inbox_name = format!("_baker.{service}.a");
+        let a = consume_durable_inbox_paced(&js, &inbox_name, per_ms).await;
+        DurableInbox {
+            dir,
+            ingress: Ingress::new(),
+            service,
+            js,
+            inbox_name,
+            a,
+            _agent: agent,
+        }
+    }
+
+    /// Deletes the ingress and inbox streams.
+    async fn clean_up(&self) {
+        delete_stream(&self.js, &self.ingress).await;
+        let inbox = format!("BAKER_INBOX_{}", self.inbox_name.replace('.', "_"));
+        let _ = self.js.delete_stream(inbox).await;
+    }
+}
+
 /// Publishes 20,000 messages through the JetStream ingress to `service`,
 /// kills `router` with SIGKILL once `mid_stream` says it is under way (before
 /// it has routed everything), starts another router, and waits until
@@ -235,26 +276,27 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
     bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("jsdurable");
-        let client = connect().await;
-        let js = jetstream::new(client.clone());
-        let broker = format!("{}?inbox=jetstream", nats_url());
-        let _agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
-        let inbox_name = format!("_baker.{service}.a");
-        let a = consume_durable_inbox(&js, &inbox_name).await;
+        let setup = DurableInbox::start("jsdurable", None).await;
+        let DurableInbox {
+            dir,
+            ingress,
+            service,
+            js,
+            inbox_name,
+            a,
+            ..
+        } = &setup;
         // A short ack wait, so that the killed router's messages come back
         // soon.
-        let router = js_router_with(&dir.url(), &ingress, ACK_WAIT_QUERY).await;
+        let router = js_router_with(&dir.url(), ingress, ACK_WAIT_QUERY).await;
         router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .wait_routed(service, &["a"], Duration::from_secs(15))
             .await;
         // Killed while it routes: the inbox stream has some, the publisher
         // is still going.
         let inbox_stream = format!("BAKER_INBOX_{}", inbox_name.replace('.', "_"));
         let (total, _router) =
-            kill_router_mid_stream(&js, &dir.url(), &ingress, &service, router, &a, || async {
+            kill_router_mid_stream(js, &dir.url(), ingress, service, router, a, || async {
                 let mut stream = js.get_stream(&inbox_stream).await.unwrap();
                 stream.info().await.map_or(0, |i| i.state.messages) >= 3000
             })
@@ -278,14 +320,13 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
             },
         )
         .await;
-        let (duplicates, seen) = tally(&[&a]);
+        let (duplicates, seen) = tally(&[a]);
         assert_eq!(seen.len(), total as usize, "every message delivered");
         assert_eq!(
             duplicates, 0,
             "the inbox stream drops the copies a redelivery sends again"
         );
-        delete_stream(&js, &ingress).await;
-        let _ = js.delete_stream(&inbox_stream).await;
+        setup.clean_up().await;
     })
     .await;
 }
@@ -293,44 +334,41 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_with_a_durable_inbox_loses_nothing_and_router_memory_stays_bounded() {
     bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("jsslow");
-        let client = connect().await;
-        let js = jetstream::new(client.clone());
-        let broker = format!("{}?inbox=jetstream", nats_url());
-        let _agent = agent_on("nats", &broker, &dir.url(), &service, "a", &[]);
-        let inbox_name = format!("_baker.{service}.a");
         // About 2,000 messages a second at most, far below what is published.
-        let a = consume_durable_inbox_paced(&js, &inbox_name, Some(2)).await;
-        let router = js_router(&dir.url(), &ingress).await;
+        let setup = DurableInbox::start("jsslow", Some(2)).await;
+        let DurableInbox {
+            dir,
+            ingress,
+            service,
+            js,
+            a,
+            ..
+        } = &setup;
+        let router = js_router(&dir.url(), ingress).await;
         router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
+            .wait_routed(service, &["a"], Duration::from_secs(15))
             .await;
         let rss_before = rss_kib(router.proc.pid());
 
         let total = 20_000u64;
-        js_publish(&js, &ingress.subject(&service, "t"), 0, total, 500).await;
+        js_publish(js, &ingress.subject(service, "t"), 0, total, 500).await;
         let backlog = total as usize - a.count();
         assert!(backlog > 5_000, "the instance is behind: {backlog} waiting");
         wait_until(
             "the slow instance gets every message",
             Duration::from_secs(90),
-            || async { tally(&[&a]).1.len() >= total as usize },
+            || async { tally(&[a]).1.len() >= total as usize },
         )
         .await;
         let grown_kib = rss_kib(router.proc.pid()).saturating_sub(rss_before);
-        let (duplicates, seen) = tally(&[&a]);
+        let (duplicates, seen) = tally(&[a]);
         assert_eq!((seen.len() as u64, duplicates), (total, 0));
         assert!(
             grown_kib < 32 * 1024,
             "the backlog waits in the inbox stream, not the router: it grew by {grown_kib} KiB"
         );
         eprintln!("slow instance: {total} messages, backlog {backlog} at the end of publishing, router RSS +{grown_kib} KiB");
-        delete_stream(&js, &ingress).await;
-        let _ = js
-            .delete_stream(format!("BAKER_INBOX_{}", inbox_name.replace('.', "_")))
-            .await;
+        setup.clean_up().await;
     })
     .await;
 }
