@@ -221,11 +221,7 @@ impl Adapter for AmqpAdapter {
     }
 
     fn roles(&self) -> Roles<'_> {
-        Roles {
-            replies: Some(self),
-            provisioning: Some(self),
-            app_client: Some(self),
-        }
+        Roles::all(self)
     }
 }
 

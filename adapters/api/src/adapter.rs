@@ -237,6 +237,17 @@ pub struct Roles<'a> {
     pub app_client: Option<&'a dyn AppClient>,
 }
 
+impl<'a> Roles<'a> {
+    /// Every role, played by `adapter`.
+    pub fn all<T: Replies + Provisioning + AppClient>(adapter: &'a T) -> Self {
+        Self {
+            replies: Some(adapter),
+            provisioning: Some(adapter),
+            app_client: Some(adapter),
+        }
+    }
+}
+
 /// Proxying replies: for requests whose requester is on another broker or
 /// protocol than the instance (see [`ReplyInbox`]).
 #[async_trait]

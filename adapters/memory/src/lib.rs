@@ -340,11 +340,7 @@ impl Adapter for MemoryAdapter {
     async fn flush(&self) {}
 
     fn roles(&self) -> Roles<'_> {
-        Roles {
-            replies: Some(self),
-            provisioning: Some(self),
-            app_client: Some(self),
-        }
+        Roles::all(self)
     }
 }
 

@@ -124,11 +124,7 @@ impl Adapter for NatsAdapter {
     }
 
     fn roles(&self) -> Roles<'_> {
-        Roles {
-            replies: Some(self),
-            provisioning: Some(self),
-            app_client: Some(self),
-        }
+        Roles::all(self)
     }
 }
 
