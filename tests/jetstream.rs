@@ -164,50 +164,6 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_routers_on_one_jetstream_ingress_split_the_load_and_deliver_each_message_once() {
-    bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("jstwo");
-        let client = connect().await;
-        let js = jetstream::new(client.clone());
-        let a = consume_inbox(&client, &service, "a").await;
-        let _agent = agent(&dir.url(), &service, "a", &[]);
-        let r1 = js_router(&dir.url(), &ingress).await;
-        let r2 = js_router(&dir.url(), &ingress).await;
-        for router in [&r1, &r2] {
-            router
-                .wait_routed(&service, &["a"], Duration::from_secs(15))
-                .await;
-        }
-        let total = 10_000u64;
-        js_publish(&js, &ingress.subject(&service, "t"), 0, total, 500).await;
-        wait_until(
-            "every message delivered",
-            Duration::from_secs(60),
-            || async { a.count() >= total as usize },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (duplicates, seen) = tally(&[&a]);
-        assert_eq!((seen.len() as u64, duplicates), (total, 0));
-        let routed = |status: serde_json::Value| {
-            status["services"][&service]["instances"][0]["delivered"]
-                .as_u64()
-                .unwrap_or(0)
-        };
-        let (one, two) = (routed(r1.status().await), routed(r2.status().await));
-        assert_eq!(one + two, total);
-        assert!(
-            one > total / 10 && two > total / 10,
-            "split: {one} and {two}"
-        );
-        delete_stream(&js, &ingress).await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_the_reason() {
     bounded(async {
         let dir = Directory::start().await;

@@ -132,58 +132,6 @@ async fn killed_agent_stops_receiving_within_ttl_plus_one_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_routers_on_one_ingress_deliver_each_message_once() {
-    bounded(async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("pair");
-        let client = connect().await;
-        let a = consume_inbox(&client, &service, "a").await;
-        let b = consume_inbox(&client, &service, "b").await;
-        let _agents = [
-            agent(&dir.url(), &service, "a", &[]),
-            agent(&dir.url(), &service, "b", &[]),
-        ];
-        let r1 = Router::start(&dir.url(), &ingress, &[]).await;
-        let r2 = Router::start(&dir.url(), &ingress, &[]).await;
-        r1.wait_routed(&service, &["a", "b"], Duration::from_secs(10))
-            .await;
-        r2.wait_routed(&service, &["a", "b"], Duration::from_secs(10))
-            .await;
-
-        let total = 10_000u64;
-        publish_paced(
-            &client,
-            &ingress.subject(&service, "once"),
-            0,
-            total,
-            500,
-            Duration::from_millis(25),
-        )
-        .await;
-        wait_until("all delivered", Duration::from_secs(20), || async {
-            a.count() + b.count() >= total as usize
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (duplicates, seen) = tally(&[&a, &b]);
-        assert_eq!(seen.len(), total as usize);
-        assert_eq!(duplicates, 0, "each message delivered once");
-
-        let delivered = |status: serde_json::Value| -> u64 {
-            status["services"][&service]["instances"]
-                .as_array()
-                .map(|a| a.iter().map(|i| i["delivered"].as_u64().unwrap_or(0)).sum())
-                .unwrap_or(0)
-        };
-        let (d1, d2) = (delivered(r1.status().await), delivered(r2.status().await));
-        assert_eq!(d1 + d2, total);
-        assert!(d1 > 0 && d2 > 0, "both routers share the load: {d1} / {d2}");
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_restart() {
     bounded(async {
         let port = free_port();

@@ -307,6 +307,49 @@ async fn a_rolling_upgrade_under_load_loses_nothing<P: Protocol + Send + Sync + 
     }
 }
 
+scenario!(two_routers_on_one_ingress_split_the_load_and_deliver_each_message_once:
+    nats => NatsCore, jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// Two routers on one ingress (one queue group) share its messages: each
+/// routes a part (more than a tenth), and every message is delivered once.
+async fn two_routers_on_one_ingress_split_the_load_and_deliver_each_message_once<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("pair");
+    let ids = ["a", "b"];
+    let a = protocol.inbox(&service, "a").await;
+    let b = protocol.inbox(&service, "b").await;
+    let _agents: Vec<_> = ids
+        .iter()
+        .map(|id| protocol.agent(&dir.url(), &service, id))
+        .collect();
+    let r1 = start_router(&dir.url(), &protocol, 1).await;
+    let r2 = start_router(&dir.url(), &protocol, 2).await;
+    for router in [&r1, &r2] {
+        router
+            .wait_routed(&service, &ids, Duration::from_secs(15))
+            .await;
+    }
+
+    let total = 10_000u64;
+    protocol
+        .publish(&service, "once", 0..total, Pace::Fast)
+        .await;
+    assert_every_message_once(&protocol, &[&a, &b], total).await;
+    let delivered = |status: serde_json::Value| -> u64 {
+        (status["services"][&service]["instances"].as_array())
+            .map(|a| a.iter().map(|i| i["delivered"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    };
+    let (one, two) = (delivered(r1.status().await), delivered(r2.status().await));
+    assert_eq!(one + two, total);
+    assert!(
+        one > total / 10 && two > total / 10,
+        "both routers share the load: {one} and {two}"
+    );
+    protocol.teardown().await;
+}
+
 /// A TCP port that accepts connections and never answers.
 async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
