@@ -369,7 +369,8 @@ impl Publisher for AmqpPublisher {
         };
         let confirm =
             confirm.map(|c: lapin::Result<_>| c.unwrap_or_else(|e| Confirm::Failed(e.to_string())));
-        self.confirms.push(confirm, out);
+        // Hand the new message to the connection now, and count confirms.
+        self.confirms.push_now(confirm, out);
         out.errors == 0
     }
 

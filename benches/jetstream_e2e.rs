@@ -278,7 +278,7 @@ impl Publisher for JsPublisher {
                         Err(e) => Confirm::Failed(e.to_string()),
                     }
                 };
-                self.confirms.push(confirm, out);
+                self.confirms.push(confirm);
             }
             Err(e) => out.error(e),
         }

@@ -127,10 +127,10 @@ pub fn print(plan: &Plan, report: &Report, results: &Results) -> bool {
         println!(
             "({}) throughput{}: {} msgs per round, {}; medians of {} round(s)",
             numbered(i),
-            if plan.loads.len() > 1 {
-                format!(", {}", load.label)
-            } else {
+            if load.label == "throughput" {
                 String::new()
+            } else {
+                format!(", {}", load.label)
             },
             sizes.messages,
             load.about,
