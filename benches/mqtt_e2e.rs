@@ -1,9 +1,9 @@
-//! End-to-end throughput and latency over real Mosquitto brokers, three
+//! End-to-end throughput and latency over real Mosquitto brokers, four
 //! paths with the same guarantee (QoS 1 publishes and subscriptions), in one
 //! run:
 //!
 //! * `direct`:   publisher → Mosquitto A → subscriber;
-//! * `bridge`:   publisher → Mosquitto B → B's own bridge to A (topic
+//! * `bridge B→A`: publisher → Mosquitto B → B's own bridge to A (topic
 //!   `bench/bridge/#` out, QoS 1, MQTT 5) → A → subscriber: the broker's own
 //!   answer to the same forwarding job;
 //! * `baker-mq B→A`: publisher → B, topic `baker/<svc>/work` → a `baker-mq
@@ -21,80 +21,64 @@
 //!
 //! * throughput: `BAKER_BENCH_MQTT_MESSAGES` messages published as fast as
 //!   the broker's PUBACKs allow; received msgs/s from the first publish to
-//!   the last arrival. Every published message must arrive: losses fail the
-//!   bench (after the report), duplicates are reported;
+//!   the last arrival, with the CPU time the bench, the hop (the sidecar)
+//!   and the brokers (both Mosquittos) spent per message (Linux /proc).
+//!   Every published message must arrive: losses fail the bench (after the
+//!   report), duplicates are reported;
 //! * latency: `BAKER_BENCH_MQTT_LATENCY_MESSAGES` paced at
 //!   `BAKER_BENCH_MQTT_RATE` msg/s, p50/p99 from the send time each payload
 //!   carries.
 //!
 //! `BAKER_BENCH_ROUNDS` rounds (default 3), medians; `BAKER_BENCH_PAYLOAD`
 //! bytes per payload (default 128); `BAKER_BENCH_TIMEOUT_SECS` the overall
-//! limit. Run with `cargo bench --bench mqtt_e2e`; quick run:
+//! limit. The harness in `common` measures and reports; this file holds
+//! what is MQTT's own: the brokers and their bridge, the paths and the
+//! sidecars' arguments. Run with `cargo bench --bench mqtt_e2e`; quick run:
 //! `BAKER_BENCH_MQTT_MESSAGES=5000 BAKER_BENCH_MQTT_LATENCY_MESSAGES=500 BAKER_BENCH_ROUNDS=1 cargo bench --bench mqtt_e2e`.
 //! Without `--bench` on its command line (e.g. `cargo test --benches`) it
 //! does nothing, so test runs need no broker.
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::Path as FsPath;
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use common::*;
+use common::baker::{free_addr, start_directory, start_sidecar};
+use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
+use common::procs::{bench_main, spawn_child};
+use common::report::{self, Report};
+use common::rounds::{self, Load, Plan, Sizes};
+use common::stamp::now_ns;
+use common::{run_id, READY_TIMEOUT, RUN_DEADLINE};
 
-const BENCH: &str = "mqtt_e2e";
-
-struct Settings {
-    messages: u64,
-    latency_messages: u64,
-    rate: u64,
-    payload: usize,
-    rounds: usize,
-}
-
-/// One path: where to publish and where to subscribe.
-struct PathSpec {
-    name: &'static str,
-    publish_port: u16,
-    topic: String,
-    subscribe_port: u16,
-    filter: String,
-}
-
-/// What one run measured.
-#[derive(Default, Clone)]
-struct Run {
-    per_sec: f64,
-    lost: u64,
-    duplicated: u64,
-    p50_us: f64,
-    p99_us: f64,
-}
+/// Unacknowledged QoS 1 messages a client or broker may have in flight.
+const IN_FLIGHT: u16 = 1000;
 
 fn mosquitto_bin() -> String {
     ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .iter()
-        .find(|p| Path::new(p).exists())
+        .find(|p| FsPath::new(p).exists())
         .map_or_else(|| "mosquitto".to_owned(), |p| (*p).to_owned())
 }
 
-/// Starts a Mosquitto on a free port with `extra` settings; its port.
-fn start_mosquitto(name: &str, dir: &Path, extra: &str) -> u16 {
+/// Starts a Mosquitto on a free port with `extra` settings; its port and
+/// pid.
+fn start_mosquitto(name: &str, dir: &FsPath, extra: &str) -> (u16, u32) {
     let port = free_addr().port();
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
-             max_queued_messages 0\nmax_inflight_messages 1000\npersistence false\nlog_dest none\n{extra}"
+             max_queued_messages 0\nmax_inflight_messages {IN_FLIGHT}\npersistence false\nlog_dest none\n{extra}"
         ),
     )
     .expect("mosquitto config");
@@ -105,13 +89,13 @@ fn start_mosquitto(name: &str, dir: &Path, extra: &str) -> u16 {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    spawn_child(name, command, &[]);
+    let pid = spawn_child(name, command, &[]);
     let deadline = Instant::now() + READY_TIMEOUT;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{name} did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    port
+    (port, pid)
 }
 
 fn options(id: String, port: u16) -> MqttOptions {
@@ -124,45 +108,36 @@ fn options(id: String, port: u16) -> MqttOptions {
     options
 }
 
-/// A subscriber recording, per sequence number, how often it arrived, and
-/// every latency; returns once the SUBACK arrived.
-struct Subscriber {
-    seen: Arc<Mutex<HashMap<u64, u32>>>,
-    latencies: Arc<Mutex<Vec<u64>>>,
-    last_arrival: Arc<Mutex<Option<Instant>>>,
-    client: AsyncClient,
+/// One path: where to publish and where to subscribe.
+struct MqttRoute {
+    publish_port: u16,
+    topic: String,
+    subscribe_port: u16,
+    filter: String,
 }
 
-async fn subscribe(port: u16, filter: &str, tag: u64) -> Subscriber {
-    let (client, mut eventloop) =
-        AsyncClient::new(options(format!("sub-{}", run_id()), port), 1000);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let last_arrival = Arc::new(Mutex::new(None));
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    {
-        let (seen, latencies, last_arrival) =
-            (seen.clone(), latencies.clone(), last_arrival.clone());
-        let mut subscribed_tx = Some(subscribed_tx);
+impl Route for MqttRoute {
+    type Consumer = MqttConsumer;
+    type Publisher = MqttPublisher;
+
+    /// A new subscriber connection; returns once the SUBACK arrived. Its
+    /// event loop hands each message on with its arrival time.
+    async fn consume(&self, _tag: u64) -> MqttConsumer {
+        let options = options(format!("sub-{}", run_id()), self.subscribe_port);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        client
+            .subscribe(&self.filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let (tx, messages) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = oneshot::channel();
         tokio::spawn(async move {
+            let mut subscribed_tx = Some(subscribed_tx);
             while let Ok(event) = eventloop.poll().await {
                 match event {
+                    // Until the consumer closes and disconnects.
                     Event::Incoming(Packet::Publish(p)) => {
-                        let now = now_ns();
-                        let Some((sent, seq)) = read_stamp(&p.payload) else {
-                            continue;
-                        };
-                        let run = p
-                            .payload
-                            .get(STAMP..STAMP + 8)
-                            .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-                        if run != Some(tag) {
-                            continue;
-                        }
-                        *seen.lock().unwrap().entry(seq).or_insert(0) += 1;
-                        latencies.lock().unwrap().push(now.saturating_sub(sent));
-                        *last_arrival.lock().unwrap() = Some(Instant::now());
+                        let _ = tx.send((now_ns(), p.payload));
                     }
                     Event::Incoming(Packet::SubAck(_)) => {
                         if let Some(tx) = subscribed_tx.take() {
@@ -173,167 +148,106 @@ async fn subscribe(port: u16, filter: &str, tag: u64) -> Subscriber {
                 }
             }
         });
+        tokio::time::timeout(READY_TIMEOUT, subscribed)
+            .await
+            .expect("SUBACK")
+            .expect("the subscriber's event loop");
+        MqttConsumer { client, messages }
     }
-    tokio::time::timeout(READY_TIMEOUT, subscribed)
-        .await
-        .expect("SUBACK")
-        .unwrap();
-    Subscriber {
-        seen,
-        latencies,
-        last_arrival,
-        client,
+
+    /// A new publisher connection. Its event loop runs on the bench's
+    /// runtime, so the publishing thread's pacing sleeps never hold it up.
+    fn publisher(&self, _tag: u64) -> MqttPublisher {
+        let mut options = options(format!("pub-{}", run_id()), self.publish_port);
+        options.set_outgoing_inflight_upper_limit(IN_FLIGHT);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (acked_tx, acked) = watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let Event::Incoming(Packet::PubAck(_)) = event {
+                    acked_tx.send_modify(|n| *n += 1);
+                }
+            }
+        });
+        MqttPublisher {
+            client,
+            topic: self.topic.clone(),
+            acked,
+        }
     }
 }
 
-/// Publishes `count` stamped QoS 1 messages from a thread of its own, paced
-/// at `rate` msg/s when given; returns when every PUBACK arrived, with the
-/// time of the first publish. The client's event loop runs on the bench's
-/// runtime, so the publishing thread's pacing sleeps never hold it up.
-async fn publish(
-    port: u16,
+struct MqttConsumer {
+    client: AsyncClient,
+    messages: mpsc::UnboundedReceiver<(u64, Bytes)>,
+}
+
+impl Consumer for MqttConsumer {
+    async fn receive(&mut self, wait: Duration) -> Next {
+        match tokio::time::timeout(wait, self.messages.recv()).await {
+            Ok(Some((at, payload))) => Next::Message {
+                at,
+                payload,
+                redelivered: false,
+            },
+            Ok(None) => Next::Ended("the subscriber's connection ended".to_owned()),
+            Err(_) => Next::Idle,
+        }
+    }
+
+    async fn close(self) -> Closed {
+        let _ = self.client.disconnect().await;
+        Closed::default()
+    }
+}
+
+/// QoS 1 publishes; confirmed by the broker's PUBACKs.
+struct MqttPublisher {
+    client: AsyncClient,
     topic: String,
-    count: u64,
-    rate: Option<u64>,
-    size: usize,
-    tag: u64,
-) -> Instant {
-    let mut opts = options(format!("pub-{}", run_id()), port);
-    opts.set_outgoing_inflight_upper_limit(1000);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-    let (acked_tx, mut acked) = tokio::sync::watch::channel(0u64);
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(Packet::PubAck(_)) = event {
-                acked_tx.send_modify(|n| *n += 1);
+    /// PUBACKs so far.
+    acked: watch::Receiver<u64>,
+}
+
+impl Publisher for MqttPublisher {
+    async fn publish(&mut self, payload: Vec<u8>, out: &mut Published) -> bool {
+        let topic = self.topic.as_str();
+        match self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                out.error(e);
+                false
             }
         }
-    });
-    let done = Arc::new(AtomicBool::new(false));
-    let publisher = client.clone();
-    let rx = publish_on_own_thread(done, move || async move {
-        let t0 = Instant::now();
-        for seq in 0..count {
-            if let Some(rate) = rate {
-                pace(t0, rate, seq);
-            }
-            let payload = stamped_payload(seq, &tag.to_le_bytes(), size);
-            publisher
-                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
+    }
+
+    async fn finish(mut self, out: &mut Published) {
+        let handed = out.sent - out.errors;
+        let all_acked = self.acked.wait_for(|n| *n >= handed);
+        if !matches!(
+            tokio::time::timeout(RUN_DEADLINE, all_acked).await,
+            Ok(Ok(_))
+        ) {
+            out.error("not every PUBACK arrived");
         }
-        t0
-    });
-    let t0 = rx.await.expect("publisher thread");
-    tokio::time::timeout(RUN_DEADLINE, acked.wait_for(|n| *n >= count))
-        .await
-        .expect("every PUBACK")
-        .unwrap();
-    let _ = client.disconnect().await;
-    t0
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
-async fn wait_arrived(sub: &Subscriber, count: u64) -> bool {
-    let deadline = Instant::now() + RUN_DEADLINE;
-    let mut last_len = 0;
-    let mut stalled_since = Instant::now();
-    loop {
-        let len = sub.seen.lock().unwrap().len() as u64;
-        if len >= count {
-            return true;
-        }
-        if len != last_len as u64 {
-            last_len = len as usize;
-            stalled_since = Instant::now();
-        } else if stalled_since.elapsed() > Duration::from_secs(10) || Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        out.confirmed = (*self.acked.borrow()).min(handed);
+        let _ = self.client.disconnect().await;
     }
 }
 
-async fn measure(path: &PathSpec, s: &Settings) -> Run {
-    let tag = fastrand::u64(..);
-    // Throughput.
-    let sub = subscribe(path.subscribe_port, &path.filter, tag).await;
-    let t0 = publish(
-        path.publish_port,
-        path.topic.clone(),
-        s.messages,
-        None,
-        s.payload,
-        tag,
-    )
-    .await;
-    let complete = wait_arrived(&sub, s.messages).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let end = sub
-        .last_arrival
-        .lock()
-        .unwrap()
-        .unwrap_or_else(Instant::now);
-    let (received, duplicated) = {
-        let seen = sub.seen.lock().unwrap();
-        (
-            seen.len() as u64,
-            seen.values().map(|c| u64::from(*c) - 1).sum(),
-        )
-    };
-    if !complete {
-        eprintln!("{}: only {received} of {} arrived", path.name, s.messages);
-    }
-    let per_sec = received as f64 / end.duration_since(t0).as_secs_f64();
-    let _ = sub.client.disconnect().await;
-    // Latency.
-    let tag = fastrand::u64(..);
-    let sub = subscribe(path.subscribe_port, &path.filter, tag).await;
-    publish(
-        path.publish_port,
-        path.topic.clone(),
-        s.latency_messages,
-        Some(s.rate),
-        s.payload,
-        tag,
-    )
-    .await;
-    wait_arrived(&sub, s.latency_messages).await;
-    let mut latencies = sub.latencies.lock().unwrap().clone();
-    latencies.sort_unstable();
-    let _ = sub.client.disconnect().await;
-    Run {
-        per_sec,
-        lost: s.messages - received,
-        duplicated,
-        p50_us: percentile(&latencies, 0.50),
-        p99_us: percentile(&latencies, 0.99),
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
-async fn run() {
-    let settings = Settings {
-        messages: env_or("BAKER_BENCH_MQTT_MESSAGES", 50_000),
-        latency_messages: env_or("BAKER_BENCH_MQTT_LATENCY_MESSAGES", 5_000),
-        rate: env_or("BAKER_BENCH_MQTT_RATE", 2_000),
-        payload: env_or("BAKER_BENCH_PAYLOAD", 128),
-        rounds: env_or("BAKER_BENCH_ROUNDS", 3),
-    };
+async fn bench() -> bool {
+    let sizes = Sizes::from_env(
+        ("BAKER_BENCH_MQTT_MESSAGES", 50_000),
+        ("BAKER_BENCH_MQTT_LATENCY_MESSAGES", 5_000),
+        ("BAKER_BENCH_MQTT_RATE", 2_000),
+    );
     let dir = tempfile::tempdir().expect("temp dir");
-    let a = start_mosquitto("mosquitto A", dir.path(), "");
-    let b = start_mosquitto(
+    let (a, a_pid) = start_mosquitto("mosquitto A", dir.path(), "");
+    let (b, b_pid) = start_mosquitto(
         "mosquitto B (bridge to A)",
         dir.path(),
         &format!(
@@ -342,156 +256,121 @@ async fn run() {
         ),
     );
     let id = run_id();
-    let directory = spawn_directory(dir.path());
-    let directory_url = format!("http://{}", directory.addr);
+    let directory = start_directory(dir.path())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // Two sidecars: one consuming A's ingress and delivering on A, one
     // consuming B's ingress and delivering to an inbox on A (the bridge's
     // topology: the forwarding hop between two brokers).
     let mut sidecars = Vec::new();
     for (name, ingress, inbox_broker) in [("a2a", a, a), ("b2a", b, a)] {
         let service = format!("bench{name}{id}");
-        let admin = free_addr();
         let broker = format!("mqtt://127.0.0.1:{ingress}?client_id=bench-{name}-{id}");
         let register = format!("service={service},id=i1,broker=mqtt://127.0.0.1:{inbox_broker}");
+        let args = [
+            "--adapter",
+            "mqtt",
+            "--broker",
+            &broker,
+            "--register",
+            &register,
+        ];
         let log = dir.path().join(format!("baker-mq-{name}.log"));
-        spawn_baker_mq(
+        let sidecar = start_sidecar(
             &format!("baker-mq {name}"),
-            &[
-                "--adapter",
-                "mqtt",
-                "--broker",
-                &broker,
-                "--directory",
-                &directory_url,
-                "--admin",
-                &admin.to_string(),
-                "--register",
-                &register,
-            ],
-            &log,
-        );
-        let http = http_client();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while sidecar_state(&http, admin, &service).await != (true, true) {
-            assert!(
-                Instant::now() < deadline,
-                "baker-mq not ready: {}",
-                log_tail(&log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        sidecars.push((service, admin));
-    }
-    // The bridge is up once a message crosses it.
-    let probe_deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let tag = fastrand::u64(..);
-        let sub = subscribe(a, "bench/bridge/#", tag).await;
-        publish(b, "bench/bridge/probe".into(), 1, None, 32, tag).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if !sub.seen.lock().unwrap().is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < probe_deadline,
-            "the bridge never forwarded"
-        );
+            &directory,
+            &args,
+            &service,
+            log,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        sidecars.push((service, sidecar));
     }
 
-    let (same, across) = (&sidecars[0].0, &sidecars[1].0);
+    let path = |name, (publish_port, topic), (subscribe_port, filter), hop| Path {
+        name,
+        hop,
+        route: MqttRoute {
+            publish_port,
+            topic,
+            subscribe_port,
+            filter,
+        },
+    };
+    let ((same, a2a), (across, b2a)) = (&sidecars[0], &sidecars[1]);
+    // The bridge is up once a message crosses it: the warm-up waits for one.
     let paths = [
-        PathSpec {
-            name: "direct",
-            publish_port: a,
-            topic: "bench/direct/work".into(),
-            subscribe_port: a,
-            filter: "bench/direct/#".into(),
-        },
-        PathSpec {
-            name: "bridge B→A",
-            publish_port: b,
-            topic: "bench/bridge/work".into(),
-            subscribe_port: a,
-            filter: "bench/bridge/#".into(),
-        },
-        PathSpec {
-            name: "baker-mq B→A",
-            publish_port: b,
-            topic: format!("baker/{across}/work"),
-            subscribe_port: a,
-            filter: format!("_baker/{across}/i1/#"),
-        },
-        PathSpec {
-            name: "baker-mq A→A",
-            publish_port: a,
-            topic: format!("baker/{same}/work"),
-            subscribe_port: a,
-            filter: format!("_baker/{same}/i1/#"),
-        },
+        path(
+            "direct",
+            (a, "bench/direct/work".to_owned()),
+            (a, "bench/direct/#".to_owned()),
+            None,
+        ),
+        path(
+            "bridge B→A",
+            (b, "bench/bridge/work".to_owned()),
+            (a, "bench/bridge/#".to_owned()),
+            None,
+        ),
+        path(
+            "baker-mq B→A",
+            (b, format!("baker/{across}/work")),
+            (a, format!("_baker/{across}/i1/#")),
+            Some(b2a.pid),
+        ),
+        path(
+            "baker-mq A→A",
+            (a, format!("baker/{same}/work")),
+            (a, format!("_baker/{same}/i1/#")),
+            Some(a2a.pid),
+        ),
     ];
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
-    for round in 1..=settings.rounds {
-        for (i, path) in paths.iter().enumerate() {
-            let run = measure(path, &settings).await;
-            eprintln!(
-                "round {round} {:<13} {:>9.0} msg/s lost {} dup {} p50 {:.0} µs p99 {:.0} µs",
-                path.name, run.per_sec, run.lost, run.duplicated, run.p50_us, run.p99_us
-            );
-            runs[i].push(run);
-        }
-    }
-    println!(
-        "\n{BENCH}: {} QoS 1 messages of {} bytes per round, latency at {} msg/s, {} rounds, medians\n",
-        settings.messages, settings.payload, settings.rate, settings.rounds
-    );
-    println!("| path | msg/s | lost | duplicated | p50 latency | p99 latency |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let mut lost_any = false;
-    for (path, runs) in paths.iter().zip(&runs) {
-        let lost: u64 = runs.iter().map(|r| r.lost).sum();
-        lost_any |= lost > 0;
-        println!(
-            "| {} | {:.0} | {} | {} | {:.0} µs | {:.0} µs |",
-            path.name,
-            median(runs.iter().map(|r| r.per_sec).collect()),
-            lost,
-            runs.iter().map(|r| r.duplicated).sum::<u64>(),
-            median(runs.iter().map(|r| r.p50_us).collect()),
-            median(runs.iter().map(|r| r.p99_us).collect()),
-        );
-    }
-    let rate = |i: usize| median(runs[i].iter().map(|r| r.per_sec).collect());
-    println!(
-        "\nthroughput baker-mq B→A / bridge B→A: {:.2}",
-        rate(2) / rate(1)
-    );
+    let plan = Plan {
+        loads: vec![Load {
+            label: "throughput",
+            mode: Mode::Burst,
+            about: format!("QoS 1, published as fast as the broker's PUBACKs allow (at most {IN_FLIGHT} in flight)"),
+            loss_ok: false,
+        }],
+        latency_each_round: true,
+        timing: Timing {
+            // As long as a stalled path is given to make progress again.
+            quiet: Duration::from_secs(10),
+            // For duplicates that come late.
+            linger: Duration::from_millis(200),
+        },
+        pause: Duration::from_millis(200),
+        broker: vec![a_pid.to_string(), b_pid.to_string()],
+        strict: true,
+        sizes,
+    };
+    let results = rounds::run(&plan, &paths, Vec::new()).await;
+
     // The last PUBACKs to the sidecars may still be on their way.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for (_, admin) in &sidecars {
-        print_baker_counts(*admin).await;
+    for (_, sidecar) in &sidecars {
+        sidecar.print_record().await;
     }
-    assert!(!lost_any, "messages were lost");
+    let report = Report {
+        title: format!(
+            "MQTT end-to-end: two Mosquittos started by the bench (max_queued_messages 0, max_inflight_messages {IN_FLIGHT}, no persistence); {} B QoS 1 messages; {} round(s)",
+            plan.sizes.size, plan.sizes.rounds
+        ),
+        notes: vec![
+            "the bridge runs inside Mosquitto B, so its cost is in CPU broker (both Mosquittos added up); CPU hop is the sidecar's process".to_owned(),
+        ],
+        ratios: vec![
+            ("baker-mq B→A", "bridge B→A"),
+            ("bridge B→A", "direct"),
+            ("baker-mq B→A", "direct"),
+            ("baker-mq A→A", "direct"),
+        ],
+        target: None,
+    };
+    report::print(&plan, &report, &results)
 }
 
 fn main() {
-    if !invoked_as_bench() {
-        eprintln!("{BENCH}: does nothing unless run by `cargo bench --bench {BENCH}`");
-        return;
-    }
-    let _cleanup = CleanupGuard(kill_children);
-    watchdog(
-        BENCH,
-        Duration::from_secs(env_or("BAKER_BENCH_TIMEOUT_SECS", 900)),
-        || {
-            kill_children();
-            std::process::exit(2);
-        },
-    );
-    epoch();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    bench_main("mqtt_e2e", "Mosquitto", 900, || {}, bench);
 }

@@ -1,0 +1,97 @@
+//! What the two NATS benches (core NATS and JetStream) share: the server's
+//! URL, connecting, finding the server's process for its CPU time, and the
+//! frame of the relay process each compares baker-mq against (this binary
+//! re-executed, on the runtime `BAKER_BENCH_RELAY_RUNTIME` names:
+//! `current_thread`, the default and what baker-mq uses, or
+//! `multi_thread`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions};
+
+use super::cpu::{cmdline, pids_named};
+use super::procs::exit_with_parent;
+
+pub const NATS_URL_ENV: &str = "BAKER_BENCH_NATS_URL";
+/// The relay's tokio runtime: `current_thread` (default, as baker-mq's) or
+/// `multi_thread`.
+pub const RELAY_RUNTIME_ENV: &str = "BAKER_BENCH_RELAY_RUNTIME";
+
+pub fn nats_url() -> String {
+    std::env::var(NATS_URL_ENV).unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// Connects as `name` with `options`, within 10 s; panics otherwise.
+pub async fn connect(name: &str, options: ConnectOptions) -> Client {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        options.name(name).connect(nats_url()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connecting to {} timed out", nats_url()))
+    .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", nats_url()))
+}
+
+/// The relay runtime's name, as set or by default.
+pub fn relay_runtime() -> String {
+    std::env::var(RELAY_RUNTIME_ENV).unwrap_or_else(|_| "current_thread".to_owned())
+}
+
+/// What every relay process is started with: the URL and the runtime.
+pub fn relay_env() -> Vec<(&'static str, String)> {
+    vec![
+        (NATS_URL_ENV, nats_url()),
+        (RELAY_RUNTIME_ENV, relay_runtime()),
+    ]
+}
+
+/// In a relay process: runs `body` on the runtime the environment names,
+/// exiting when the parent goes away. Single-threaded by default, like
+/// baker-mq's default runtime.
+pub fn run_relay<F: Future>(body: F) -> F::Output {
+    exit_with_parent();
+    let runtime = match relay_runtime().as_str() {
+        "current_thread" => tokio::runtime::Builder::new_current_thread(),
+        "multi_thread" => tokio::runtime::Builder::new_multi_thread(),
+        other => panic!("{RELAY_RUNTIME_ENV}={other:?}: expected current_thread or multi_thread"),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
+    runtime.block_on(body)
+}
+
+/// The subject a relay forwards `<svc>.<topic>` (what follows its prefix)
+/// to, as baker-mq does: `_baker.<svc>.<instance>.<topic>`.
+pub fn inbox_subject(rest: &str, instance: &str) -> String {
+    match rest.split_once('.') {
+        Some((service, topic)) => format!("_baker.{service}.{instance}.{topic}"),
+        None => format!("_baker.{rest}.{instance}"),
+    }
+}
+
+/// The pid of the nats-server at [`nats_url`], if it runs here: the one
+/// whose command line names the URL's port, or the only one.
+pub fn nats_server_pid() -> Option<String> {
+    let url = nats_url();
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.split(['/', '?']).next())
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty())
+        .unwrap_or("4222")
+        .to_owned();
+    let pids = pids_named("nats-server");
+    let listens_on_port = |pid: &String| {
+        let args = cmdline(pid);
+        let args: Vec<&str> = args.split(' ').collect();
+        args.windows(2)
+            .any(|w| (w[0] == "-p" || w[0] == "--port") && w[1] == port)
+            || args.iter().any(|a| *a == format!("--port={port}"))
+    };
+    match pids.iter().find(|p| listens_on_port(p)) {
+        Some(pid) => Some(pid.clone()),
+        None if pids.len() == 1 => pids.into_iter().next(),
+        None => None,
+    }
+}
