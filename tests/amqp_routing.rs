@@ -152,54 +152,6 @@ async fn a_dead_letter_with_nowhere_to_go_is_redelivered_not_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_message_is_dead_lettered_and_does_not_stall_the_rest() {
-    bounded(async {
-        let vhost = Vhost::create();
-        let dir = Directory::start().await;
-        let (_conn, channel) = vhost.channel().await;
-        let (inbox, _) = amqp::consume(&channel, "_baker.big.a").await;
-        let (dead, full) = amqp::consume(&channel, "baker.dead-letters").await;
-        let _agent = amqp_agent(&dir.url(), &vhost, "big", "a");
-        let router = amqp_router(&dir.url(), &vhost, &["--max-payload", "1000"]).await;
-        router
-            .wait_routed("big", &["a"], Duration::from_secs(15))
-            .await;
-
-        amqp::publish(&channel, "baker", "big.t", 0, 100, 100).await;
-        let large = vec![b'x'; 5000];
-        channel
-            .basic_publish(
-                "baker".into(),
-                "big.t".into(),
-                Default::default(),
-                &large,
-                lapin::BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        amqp::publish(&channel, "baker", "big.t", 100, 100, 100).await;
-        wait_until("small ones delivered", Duration::from_secs(20), || async {
-            inbox.count() >= 200
-        })
-        .await;
-        wait_until(
-            "large one dead-lettered",
-            Duration::from_secs(20),
-            || async { dead.count() >= 1 },
-        )
-        .await;
-        let letter = full.lock().unwrap()[0].clone();
-        assert_eq!(letter.payload.len(), 5000);
-        assert!(letter
-            .header("baker-error")
-            .is_some_and(|e| e.contains("exceeds max_payload 1000")));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_inbox_queue_sends_its_share_to_the_other_instances() {
     bounded(async {
         let vhost = Vhost::create();

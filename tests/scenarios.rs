@@ -350,6 +350,59 @@ async fn two_routers_on_one_ingress_split_the_load_and_deliver_each_message_once
     protocol.teardown().await;
 }
 
+scenario!(undeliverable_messages_are_dead_lettered_with_the_reason_and_stall_nothing:
+    jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// Messages for a service with no instance, and one over `max_payload`,
+/// are dead-lettered with the reason; the messages around them are
+/// delivered.
+async fn undeliverable_messages_are_dead_lettered_with_the_reason_and_stall_nothing<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("dlq");
+    let nobody = unique("nobody");
+    let a = protocol.inbox(&service, "a").await;
+    let _agent = protocol.agent(&dir.url(), &service, "a");
+    let args = protocol.router_args(1);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--max-payload", "1000"]);
+    let router = Router::spawn(&dir.url(), &args).await;
+    router
+        .wait_routed(&service, &["a"], Duration::from_secs(15))
+        .await;
+    let dead = (protocol.dead_letters(&[&service, &nobody]).await)
+        .expect("the protocol keeps dead letters");
+
+    protocol.publish(&service, "t", 0..100, Pace::Fast).await;
+    protocol.publish(&nobody, "t", 1000..1020, Pace::Fast).await;
+    protocol
+        .publish_payload(&service, "t", vec![b'x'; 5000])
+        .await;
+    protocol.publish(&service, "t", 100..200, Pace::Fast).await;
+    assert_every_message_once(&protocol, &[&a], 200).await;
+    wait_until("21 dead letters", Duration::from_secs(20), || async {
+        dead.lock().unwrap().len() >= 21
+    })
+    .await;
+    let letters = dead.lock().unwrap().clone();
+    assert_eq!(letters.len(), 21, "{letters:?}");
+    let (large, unrouted): (Vec<_>, Vec<_>) = letters.iter().partition(|l| l.payload.len() == 5000);
+    assert_eq!(large.len(), 1);
+    assert!(
+        (large[0].reason.as_deref()).is_some_and(|r| r.contains("exceeds max_payload 1000")),
+        "{:?}",
+        large[0].reason
+    );
+    for letter in unrouted {
+        assert!(
+            (letter.reason.as_deref()).is_some_and(|r| r.contains("no routable instance")),
+            "{letter:?}"
+        );
+        assert_eq!(letter.attempts.as_deref(), Some("0"));
+    }
+    protocol.teardown().await;
+}
+
 /// A TCP port that accepts connections and never answers.
 async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

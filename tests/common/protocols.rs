@@ -34,6 +34,19 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
+/// A dead letter as an operator reads it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub payload: Vec<u8>,
+    /// Its `baker-error` header: why it was not delivered.
+    pub reason: Option<String>,
+    /// Its `baker-attempts` header.
+    pub attempts: Option<String>,
+}
+
+/// The dead letters collected so far, as they arrive.
+pub type DeadLetters = std::sync::Arc<std::sync::Mutex<Vec<DeadLetter>>>;
+
 /// One protocol, set up for one test (its own vhost, broker, or names).
 /// The suite runs on one thread per test and never sends these futures
 /// elsewhere, so no `Send` bound is asked of them.
@@ -98,6 +111,15 @@ pub trait Protocol: Sized {
         unimplemented!("this protocol's ingress takes no requests")
     }
 
+    /// Publishes one message with `payload` to `topic` of `service`.
+    async fn publish_payload(&self, service: &str, topic: &str, payload: Vec<u8>);
+
+    /// Starts reading the dead letters of `services` as an operator would;
+    /// `None` where the ingress keeps none (core NATS).
+    async fn dead_letters(&self, _services: &[&str]) -> Option<DeadLetters> {
+        None
+    }
+
     /// How long a late copy of a message may still be on its way once every
     /// message arrived.
     fn settle(&self) -> Duration {
@@ -153,6 +175,12 @@ impl Protocol for NatsCore {
 
     fn settle(&self) -> Duration {
         Duration::from_millis(300)
+    }
+
+    async fn publish_payload(&self, service: &str, topic: &str, payload: Vec<u8>) {
+        let subject = self.ingress.subject(service, topic);
+        self.client.publish(subject, payload.into()).await.unwrap();
+        self.client.flush().await.unwrap();
     }
 
     async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
@@ -256,6 +284,54 @@ impl Protocol for JetStream {
         }
     }
 
+    async fn publish_payload(&self, service: &str, topic: &str, payload: Vec<u8>) {
+        let subject = self.core.ingress.subject(service, topic);
+        let ack = self.js.publish(subject, payload.into()).await.unwrap();
+        ack.await.expect("the ingress stream takes the message");
+    }
+
+    async fn dead_letters(&self, services: &[&str]) -> Option<DeadLetters> {
+        use futures::StreamExt;
+        let filters = services
+            .iter()
+            .map(|s| format!("{}.{s}", baker_adapter_nats::DEAD_LETTER_PREFIX))
+            .collect();
+        // The router creates the dead-letter stream as it starts.
+        let stream = (self
+            .js
+            .get_stream(baker_adapter_nats::DEAD_LETTER_STREAM)
+            .await)
+            .expect("the dead-letter stream");
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subjects: filters,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let letters = DeadLetters::default();
+        let collected = letters.clone();
+        tokio::spawn(async move {
+            let Ok(mut messages) = consumer.messages().await else {
+                return;
+            };
+            while let Some(Ok(message)) = messages.next().await {
+                let header = |name: &str| {
+                    (message.headers.as_ref())
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.to_string())
+                };
+                collected.lock().unwrap().push(DeadLetter {
+                    payload: message.payload.to_vec(),
+                    reason: header("baker-error"),
+                    attempts: header("baker-attempts"),
+                });
+                let _ = message.ack().await;
+            }
+        });
+        Some(letters)
+    }
+
     async fn teardown(self) {
         let name = format!(
             "BAKER_INGRESS_{}",
@@ -316,6 +392,46 @@ impl Protocol for Amqp {
         };
         let count = seqs.end - seqs.start;
         amqp::publish(&self.channel, "baker", &key, seqs.start, count, window).await;
+    }
+
+    async fn publish_payload(&self, service: &str, topic: &str, payload: Vec<u8>) {
+        let key = format!("{service}.{topic}");
+        let confirm = self
+            .channel
+            .basic_publish(
+                "baker".into(),
+                key.as_str().into(),
+                Default::default(),
+                &payload,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert!(confirm.await.unwrap().is_ack(), "publish nacked");
+    }
+
+    async fn dead_letters(&self, _services: &[&str]) -> Option<DeadLetters> {
+        // The vhost is the test's own: every dead letter in it is the test's.
+        let (_, received) = amqp::consume(&self.channel, "baker.dead-letters").await;
+        let letters = DeadLetters::default();
+        let collected = letters.clone();
+        tokio::spawn(async move {
+            let mut copied = 0;
+            loop {
+                let new: Vec<DeadLetter> = received.lock().unwrap()[copied..]
+                    .iter()
+                    .map(|r| DeadLetter {
+                        payload: r.payload.clone(),
+                        reason: r.header("baker-error").map(str::to_owned),
+                        attempts: r.header("baker-attempts").map(str::to_owned),
+                    })
+                    .collect();
+                copied += new.len();
+                collected.lock().unwrap().extend(new);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Some(letters)
     }
 
     async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
@@ -416,6 +532,37 @@ impl Protocol for Mqtt {
                 }
             }
         }
+    }
+
+    async fn publish_payload(&self, service: &str, topic: &str, payload: Vec<u8>) {
+        use rumqttc::v5::mqttbytes::QoS;
+        let topic = self.ingress.topic(service, topic);
+        let mut publisher = self.publisher.lock().await;
+        if publisher.is_none() {
+            *publisher = Some(Client::connect(&self.broker.url(), &unique("pub-"), false).await);
+        }
+        let client = publisher.as_mut().expect("connected above");
+        (client.publish_with(&topic, QoS::AtLeastOnce, payload, Default::default())).await;
+    }
+
+    async fn dead_letters(&self, _services: &[&str]) -> Option<DeadLetters> {
+        // MQTT keeps a dead letter only for a subscriber present when it is
+        // published: subscribe first. The broker is the test's own.
+        let mut client = Client::connect(&self.broker.url(), &unique("dlq-"), false).await;
+        let filter = format!("{}/#", baker_adapter_mqtt::DEAD_LETTER_PREFIX);
+        client.subscribe(&filter).await;
+        let letters = DeadLetters::default();
+        let collected = letters.clone();
+        tokio::spawn(async move {
+            while let Some(letter) = client.incoming.recv().await {
+                collected.lock().unwrap().push(DeadLetter {
+                    payload: letter.payload.to_vec(),
+                    reason: mqtt::user_property(&letter, "baker-error").map(str::to_owned),
+                    attempts: mqtt::user_property(&letter, "baker-attempts").map(str::to_owned),
+                });
+            }
+        });
+        Some(letters)
     }
 
     async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
