@@ -434,3 +434,12 @@ pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
         .find(|(n, _)| n.as_str() == name)
         .map(|(_, v)| text(v))
 }
+
+/// The correlation id of `delivery`.
+pub fn correlation_id(delivery: &lapin::message::Delivery) -> Option<&str> {
+    delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str())
+}

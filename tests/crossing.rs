@@ -1,0 +1,578 @@
+//! Crossing protocols: messages from one protocol's ingress to another's
+//! instances, with their headers and properties, and replies proxied back
+//! across brokers and protocols. On the shared brokers: NATS, RabbitMQ
+//! (a vhost of each test's own) and Mosquitto.
+
+mod common;
+
+use std::time::Duration;
+
+use common::amqp::{self, Vhost};
+use common::mqtt::{self, Client, MqttIngress};
+use common::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
+        .await
+        .expect("test timed out");
+}
+
+fn mqtt_agent(directory: &str, broker: &str, service: &str, id: &str) -> Proc {
+    agent_on("mqtt", broker, directory, service, id, &[])
+}
+
+fn amqp_agent(directory: &str, vhost: &Vhost, service: &str, id: &str) -> Proc {
+    agent_on("amqp", &vhost.url(), directory, service, id, &[])
+}
+
+async fn amqp_router(directory: &str, vhost: &Vhost, extra: &[&str]) -> Router {
+    let url = vhost.url();
+    let mut args = vec!["--adapter", "amqp", "--broker", &url];
+    args.extend_from_slice(extra);
+    Router::spawn(directory, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_with_headers() {
+    bounded(async {
+        use futures::StreamExt;
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // MQTT → NATS.
+        let to_nats = unique("tonats");
+        let mut nats_inbox = nats
+            .subscribe(format!("_baker.{to_nats}.n1.>"))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        let _nats_agent = agent(&dir.url(), &to_nats, "n1", &[]);
+        let ingress = MqttIngress::new(&url);
+        let mqtt_router = ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_nats, &["n1"], Duration::from_secs(15))
+            .await;
+        let publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_with(
+                &ingress.topic(&to_nats, "eu/created"),
+                QoS::AtLeastOnce,
+                "from mqtt",
+                PublishProperties {
+                    user_properties: vec![("trace".into(), "t-1".into())],
+                    content_type: Some("text/plain".into()),
+                    correlation_data: Some("c-1".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let got = tokio::time::timeout(Duration::from_secs(10), nats_inbox.next())
+            .await
+            .expect("NATS instance receives")
+            .unwrap();
+        assert_eq!(
+            got.subject.as_str(),
+            format!("_baker.{to_nats}.n1.eu.created")
+        );
+        assert_eq!(got.payload.as_ref(), b"from mqtt");
+        let headers = got.headers.unwrap();
+        assert_eq!(headers.get("trace").map(|v| v.as_str()), Some("t-1"));
+        assert_eq!(
+            headers.get("content-type").map(|v| v.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(
+            headers.get("correlation-id").map(|v| v.as_str()),
+            Some("c-1")
+        );
+        assert!(headers.get("baker-msg-id").is_some());
+
+        // NATS → MQTT.
+        let to_mqtt = unique("tomqtt");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let nats_ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &nats_ingress, &[]).await;
+        nats_router
+            .wait_routed(&to_mqtt, &["m1"], Duration::from_secs(15))
+            .await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("trace", "t-2");
+        headers.insert("content-type", "application/json");
+        nats.publish_with_headers(
+            nats_ingress.subject(&to_mqtt, "eu.updated"),
+            headers,
+            "7".into(),
+        )
+        .await
+        .unwrap();
+        nats.flush().await.unwrap();
+        wait_until(
+            "MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/eu/updated")
+        );
+        assert_eq!(mqtt::user_property(&got, "trace"), Some("t-2"));
+        assert!(mqtt::user_property(&got, "baker-msg-id").is_some());
+        assert_eq!(
+            got.properties
+                .as_ref()
+                .and_then(|p| p.content_type.as_deref()),
+            Some("application/json")
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance_with_properties() {
+    bounded(async {
+        use common::amqp::{self, Vhost};
+        use lapin::types::{AMQPValue, FieldTable};
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use rumqttc::v5::mqttbytes::QoS;
+
+        let url = mqtt::mqtt_url();
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+
+        // MQTT → AMQP.
+        let to_amqp = unique("toamqp");
+        let queue = format!("_baker.{to_amqp}.q1");
+        let (inbox, received) = amqp::consume(&channel, &queue).await;
+        let _amqp_agent = agent_on("amqp", &vhost.url(), &dir.url(), &to_amqp, "q1", &[]);
+        let ingress = MqttIngress::new(&url);
+        let mqtt_router = ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_amqp, &["q1"], Duration::from_secs(15))
+            .await;
+        let publisher = Client::connect(&url, &unique("pub-"), false).await;
+        publisher
+            .publish_with(
+                &ingress.topic(&to_amqp, "eu/created"),
+                QoS::AtLeastOnce,
+                "5",
+                PublishProperties {
+                    user_properties: vec![("trace".into(), "t-9".into())],
+                    content_type: Some("text/plain".into()),
+                    correlation_data: Some("c-9".into()),
+                    message_expiry_interval: Some(60),
+                    ..Default::default()
+                },
+            )
+            .await;
+        wait_until(
+            "AMQP instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = received.lock().unwrap()[0].clone();
+        assert_eq!(got.header("trace"), Some("t-9"));
+        assert_eq!(got.header("baker-topic"), Some("eu.created"));
+        assert!(got.header("baker-msg-id").is_some());
+        let p = &got.properties;
+        assert_eq!(
+            p.content_type().as_ref().map(|c| c.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("c-9"));
+        assert_eq!(p.expiration().as_ref().map(|c| c.as_str()), Some("60000"));
+
+        // AMQP → MQTT.
+        let to_mqtt = unique("frommqtt");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let amqp_url = vhost.url();
+        let amqp_router =
+            Router::spawn(&dir.url(), &["--adapter", "amqp", "--broker", &amqp_url]).await;
+        amqp_router
+            .wait_routed(&to_mqtt, &["m1"], Duration::from_secs(15))
+            .await;
+        let mut headers = FieldTable::default();
+        headers.insert("trace".into(), AMQPValue::LongString("t-3".into()));
+        channel
+            .basic_publish(
+                "baker".into(),
+                format!("{to_mqtt}.eu.updated").as_str().into(),
+                Default::default(),
+                b"6",
+                lapin::BasicProperties::default()
+                    .with_headers(headers)
+                    .with_correlation_id("c-3".into())
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        wait_until(
+            "MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/eu/updated")
+        );
+        assert_eq!(mqtt::user_property(&got, "trace"), Some("t-3"));
+        let props = got.properties.clone().unwrap_or_default();
+        assert_eq!(props.correlation_data.as_deref(), Some(&b"c-3"[..]));
+        assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
+    use futures::StreamExt;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    bounded(async {
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // An MQTT instance answering at the response topic its request names.
+        let to_mqtt = unique("rpcm");
+        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
+        responder.subscribe(&format!("_baker/{to_mqtt}/m/#")).await;
+        tokio::spawn(async move {
+            while let Some(request) = responder.incoming.recv().await {
+                let props = request.properties.clone().unwrap_or_default();
+                let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    ..Default::default()
+                };
+                if let Some(topic) = props.response_topic {
+                    responder
+                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
+                        .await;
+                }
+            }
+        });
+        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m");
+        // A NATS instance answering at the reply subject.
+        let to_nats = unique("rpcn");
+        let _nats_agent = agent(&dir.url(), &to_nats, "n", &[]);
+        let mut nats_requests = nats
+            .subscribe(format!("_baker.{to_nats}.n.>"))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        {
+            let nats = nats.clone();
+            tokio::spawn(async move {
+                while let Some(request) = nats_requests.next().await {
+                    let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                    if let Some(reply) = request.reply {
+                        nats.publish(reply, body.into()).await.unwrap();
+                    }
+                }
+            });
+        }
+
+        // NATS requester → MQTT instance.
+        let ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
+        nats_router
+            .wait_routed(&to_mqtt, &["m"], Duration::from_secs(15))
+            .await;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            nats.request(ingress.subject(&to_mqtt, "get"), "1".into()),
+        )
+        .await
+        .expect("a reply from the MQTT instance within 10 s")
+        .expect("a reply, not an error");
+        assert_eq!(&reply.payload[..], b"pong:1");
+
+        // MQTT requester → NATS instance, correlation data restored.
+        let mqtt_ingress = MqttIngress::new(&url);
+        let mqtt_router = mqtt_ingress.router(&dir.url(), &[]).await;
+        mqtt_router
+            .wait_routed(&to_nats, &["n"], Duration::from_secs(15))
+            .await;
+        let mut requester = Client::connect(&url, &unique("requester-"), false).await;
+        let replies = unique("replies/");
+        requester.subscribe(&format!("{replies}/#")).await;
+        // Text correlation data, then data that is not text: both restored
+        // exactly.
+        let topic = mqtt_ingress.topic(&to_nats, "get");
+        for (n, correlation) in [
+            (2, bytes::Bytes::from_static(b"c-7")),
+            (3, bytes::Bytes::from_static(&[0xc7, 0x00, 0xff, 0x01])),
+        ] {
+            requester
+                .publish_with(
+                    &topic,
+                    QoS::AtLeastOnce,
+                    n.to_string(),
+                    PublishProperties {
+                        response_topic: Some(format!("{replies}/{n}")),
+                        correlation_data: Some(correlation.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
+                .await
+                .expect("a reply from the NATS instance within 10 s")
+                .unwrap();
+            assert_eq!(reply.payload, format!("pong:{n}").as_bytes());
+            assert_eq!(
+                reply
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_data.clone()),
+                Some(correlation),
+                "correlation data restored exactly"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance() {
+    bounded(async {
+        let vhost = Vhost::create();
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let nats = connect().await;
+        let amqp_url = vhost.url();
+        let nats_url = nats_url();
+
+        // NATS → AMQP: a NATS router, an instance whose inbox is an AMQP queue.
+        let (to_amqp, received) = amqp::consume(&channel, "_baker.x2a.a").await;
+        let admin = format!("127.0.0.1:{}", free_port());
+        let spec = format!("service=x2a,id=a,adapter=amqp,broker={amqp_url}");
+        let _agent_a = Proc::spawn(
+            "agent-x2a",
+            &[
+                "--no-router",
+                "--directory",
+                &dir.url(),
+                "--admin",
+                &admin,
+                "--register",
+                &spec,
+            ],
+        );
+        let ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
+        nats_router
+            .wait_routed("x2a", &["a"], Duration::from_secs(15))
+            .await;
+        for seq in 0..100u64 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("trace", "t-1");
+            headers.insert("content-type", "application/json");
+            nats.publish_with_headers(
+                ingress.subject("x2a", "made"),
+                headers,
+                seq.to_string().into(),
+            )
+            .await
+            .unwrap();
+        }
+        nats.flush().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while to_amqp.count() < 100 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to_amqp.count() < 100 {
+            panic!(
+                "only {} of 100 NATS messages reached the AMQP inbox; router metrics:\n{}\nlog:\n{}",
+                to_amqp.count(),
+                nats_router.metrics().await,
+                nats_router.proc.log_text()
+            );
+        }
+        let first = received.lock().unwrap()[0].clone();
+        assert_eq!(
+            first.header("trace"),
+            Some("t-1"),
+            "headers mapped: {:?}",
+            first.headers
+        );
+        assert_eq!(first.header("baker-topic"), Some("made"));
+        assert_eq!(
+            first.properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json"),
+            "NATS content-type header becomes the AMQP property"
+        );
+        assert_eq!(first.header("content-type"), None);
+        assert_eq!(
+            first.properties.delivery_mode(),
+            &Some(2),
+            "published persistent"
+        );
+
+        // AMQP → NATS: an AMQP router, an instance whose inbox is a NATS subject.
+        let to_nats = consume_inbox(&nats, "a2n", "n").await;
+        let admin = format!("127.0.0.1:{}", free_port());
+        let spec = format!("service=a2n,id=n,adapter=nats,broker={nats_url}");
+        let _agent_n = Proc::spawn(
+            "agent-a2n",
+            &[
+                "--no-router",
+                "--directory",
+                &dir.url(),
+                "--admin",
+                &admin,
+                "--register",
+                &spec,
+            ],
+        );
+        let amqp_router = amqp_router(&dir.url(), &vhost, &[]).await;
+        amqp_router
+            .wait_routed("a2n", &["n"], Duration::from_secs(15))
+            .await;
+        let mut sub = nats.subscribe("_baker.a2n.n.>").await.unwrap();
+        nats.flush().await.unwrap();
+        let mut table = lapin::types::FieldTable::default();
+        table.insert(
+            "trace".into(),
+            lapin::types::AMQPValue::LongString("t-2".into()),
+        );
+        for seq in 0..100u64 {
+            channel
+                .basic_publish(
+                    "baker".into(),
+                    "a2n.made".into(),
+                    Default::default(),
+                    seq.to_string().as_bytes(),
+                    lapin::BasicProperties::default()
+                        .with_headers(table.clone())
+                        .with_content_type("text/plain".into())
+                        .with_correlation_id("c-9".into()),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        wait_until(
+            "AMQP messages on the NATS inbox",
+            Duration::from_secs(20),
+            || async { to_nats.count() >= 100 },
+        )
+        .await;
+        let msg = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.subject.as_str(), "_baker.a2n.n.made");
+        assert_eq!(
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get("trace"))
+                .map(|v| v.as_str()),
+            Some("t-2")
+        );
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(header("content-type").as_deref(), Some("text/plain"));
+        assert_eq!(header("correlation-id").as_deref(), Some("c-9"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
+    bounded(async {
+        use futures::StreamExt;
+        // Requesters' broker (vhost `front`) and instances' broker (`back`):
+        // separate namespaces, so a reply address on one means nothing on
+        // the other.
+        let front = Vhost::create();
+        let back = Vhost::create();
+        let dir = Directory::start().await;
+        let nats = connect().await;
+
+        // An AMQP instance on `back` and a NATS instance; both answer at
+        // whatever reply address their request carries.
+        let _amqp_agent = amqp_agent(&dir.url(), &back, "rpcx", "a");
+        let (_bconn, back_channel) = back.channel().await;
+        amqp::declare_queue(&back_channel, "_baker.rpcx.a").await;
+        amqp::respond(back_channel, "_baker.rpcx.a").await;
+        let _nats_agent = agent(&dir.url(), "rpcn", "n", &[]);
+        let mut nats_requests = nats.subscribe("_baker.rpcn.n.>").await.unwrap();
+        nats.flush().await.unwrap();
+        {
+            let nats = nats.clone();
+            tokio::spawn(async move {
+                while let Some(request) = nats_requests.next().await {
+                    let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
+                    let reply = request.reply.expect("a request has a reply subject");
+                    nats.publish(reply, body.into()).await.unwrap();
+                }
+            });
+        }
+
+        // NATS requester → AMQP instance.
+        let ingress = Ingress::new();
+        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
+        nats_router
+            .wait_routed("rpcx", &["a"], Duration::from_secs(15))
+            .await;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            nats.request(ingress.subject("rpcx", "get"), "1".into()),
+        )
+        .await
+        .expect("NATS reply from the AMQP instance within 10 s")
+        .expect("a reply, not an error");
+        assert_eq!(&reply.payload[..], b"pong:1");
+
+        // AMQP requester on `front` → NATS instance, and → AMQP instance on
+        // `back`.
+        let amqp_router = amqp_router(&dir.url(), &front, &[]).await;
+        amqp_router
+            .wait_routed("rpcn", &["n"], Duration::from_secs(15))
+            .await;
+        let reply = amqp::direct_request(&front, "rpcn.get", b"2", "c-2").await;
+        assert_eq!(reply.data, b"pong:2");
+        assert_eq!(amqp::correlation_id(&reply), Some("c-2"));
+        let reply = amqp::direct_request(&front, "rpcx.get", b"3", "c-3").await;
+        assert_eq!(reply.data, b"pong:3");
+        assert_eq!(
+            amqp::correlation_id(&reply),
+            Some("c-3"),
+            "the requester's correlation id is restored"
+        );
+
+        // Counted once the requester's broker confirmed the reply, which can
+        // be just after the requester got it.
+        wait_until("both replies counted", Duration::from_secs(5), || async {
+            amqp_router
+                .metrics()
+                .await
+                .contains(r#"baker_replies_total{outcome="forwarded"} 2"#)
+        })
+        .await;
+    })
+    .await;
+}
