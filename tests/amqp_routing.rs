@@ -10,30 +10,13 @@ use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
-fn amqp_agent(directory: &str, vhost: &Vhost, service: &str, id: &str) -> Proc {
-    agent_on("amqp", &vhost.url(), directory, service, id, &[])
-}
-
-async fn amqp_router(directory: &str, vhost: &Vhost, extra: &[&str]) -> Router {
-    let url = vhost.url();
-    let mut args = vec!["--adapter", "amqp", "--broker", &url];
-    args.extend_from_slice(extra);
-    Router::spawn(directory, &args).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_without_a_routable_instance_land_in_the_dead_letter_queue_with_the_reason() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
-        let _router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let _router = amqp::router(&dir.url(), &vhost, &[]).await;
         let (dead, full) = amqp::consume(&channel, "baker.dead-letters").await;
         amqp::publish(&channel, "baker", "nosuch.created", 0, 200, 100).await;
         wait_until("dead letters", Duration::from_secs(20), || async {
@@ -62,7 +45,7 @@ async fn messages_without_a_routable_instance_land_in_the_dead_letter_queue_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_restart_under_traffic_dead_letters_nothing() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let port = free_port();
         let mut dir = Directory::start_on(port).await;
@@ -79,7 +62,7 @@ async fn a_directory_restart_under_traffic_dead_letters_nothing() {
             "a",
             &["--ttl", "9"],
         );
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
         router
             .wait_routed("restart", &["a"], Duration::from_secs(15))
             .await;
@@ -109,12 +92,12 @@ async fn a_directory_restart_under_traffic_dead_letters_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_with_nowhere_to_go_is_redelivered_not_dropped() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         use lapin::options::QueueBindOptions;
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
         // Someone deleted the dead-letter queue: baker.dlx routes nowhere.
         channel
             .queue_delete("baker.dead-letters".into(), Default::default())
@@ -153,17 +136,17 @@ async fn a_dead_letter_with_nowhere_to_go_is_redelivered_not_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_inbox_queue_sends_its_share_to_the_other_instances() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
         let (a, _) = amqp::consume(&channel, "_baker.inv.a").await;
         let (b, _) = amqp::consume(&channel, "_baker.inv.b").await;
         let _agents = [
-            amqp_agent(&dir.url(), &vhost, "inv", "a"),
-            amqp_agent(&dir.url(), &vhost, "inv", "b"),
+            amqp::agent(&dir.url(), &vhost, "inv", "a"),
+            amqp::agent(&dir.url(), &vhost, "inv", "b"),
         ];
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
         router
             .wait_routed("inv", &["a", "b"], Duration::from_secs(15))
             .await;
@@ -196,16 +179,16 @@ async fn a_deleted_inbox_queue_sends_its_share_to_the_other_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_instance_is_ejected_then_readmitted() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
         let (a, _) = amqp::consume(&channel, "_baker.eject.a").await;
         let _agents = [
-            amqp_agent(&dir.url(), &vhost, "eject", "a"),
-            amqp_agent(&dir.url(), &vhost, "eject", "b"),
+            amqp::agent(&dir.url(), &vhost, "eject", "a"),
+            amqp::agent(&dir.url(), &vhost, "eject", "b"),
         ];
-        let router = amqp_router(
+        let router = amqp::router(
             &dir.url(),
             &vhost,
             &["--outlier-failures", "3", "--outlier-ejection-secs", "10"],
@@ -279,14 +262,14 @@ async fn a_failing_instance_is_ejected_then_readmitted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
         let (a, _) = amqp::consume(&channel, "_baker.cut.a").await;
         let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
-        let _agent = amqp_agent(&dir.url(), &vhost, "cut", "a");
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let _agent = amqp::agent(&dir.url(), &vhost, "cut", "a");
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
         router
             .wait_routed("cut", &["a"], Duration::from_secs(15))
             .await;
@@ -358,7 +341,7 @@ async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply_queue() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         use lapin::options::BasicPublishOptions;
 
         let vhost = Vhost::create();
@@ -367,8 +350,8 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
         amqp::declare_queue(&channel, "_baker.rpc.r").await;
         let (_rconn, responder) = vhost.channel().await;
         amqp::respond(responder, "_baker.rpc.r").await;
-        let _agent = amqp_agent(&dir.url(), &vhost, "rpc", "r");
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let _agent = amqp::agent(&dir.url(), &vhost, "rpc", "r");
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
         router
             .wait_routed("rpc", &["r"], Duration::from_secs(15))
             .await;
@@ -432,10 +415,10 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_says_when_the_ingress_has_lost_its_broker() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
-        let router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
         let readyz = format!("http://{}/readyz", router.admin);
         let healthz = format!("http://{}/healthz", router.admin);
         wait_until("ready", Duration::from_secs(15), || http_ok(&readyz)).await;

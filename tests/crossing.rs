@@ -13,30 +13,9 @@ use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
-fn mqtt_agent(directory: &str, broker: &str, service: &str, id: &str) -> Proc {
-    agent_on("mqtt", broker, directory, service, id, &[])
-}
-
-fn amqp_agent(directory: &str, vhost: &Vhost, service: &str, id: &str) -> Proc {
-    agent_on("amqp", &vhost.url(), directory, service, id, &[])
-}
-
-async fn amqp_router(directory: &str, vhost: &Vhost, extra: &[&str]) -> Router {
-    let url = vhost.url();
-    let mut args = vec!["--adapter", "amqp", "--broker", &url];
-    args.extend_from_slice(extra);
-    Router::spawn(directory, &args).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_with_headers() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         use futures::StreamExt;
         use rumqttc::v5::mqttbytes::v5::PublishProperties;
         use rumqttc::v5::mqttbytes::QoS;
@@ -96,7 +75,7 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
         // NATS → MQTT.
         let to_mqtt = unique("tomqtt");
         let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
-        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let _mqtt_agent = mqtt::agent(&dir.url(), &url, &to_mqtt, "m1");
         let nats_ingress = Ingress::new();
         let nats_router = Router::start(&dir.url(), &nats_ingress, &[]).await;
         nats_router
@@ -138,7 +117,7 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance_with_properties() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         use common::amqp::{self, Vhost};
         use lapin::types::{AMQPValue, FieldTable};
         use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -195,7 +174,7 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
         // AMQP → MQTT.
         let to_mqtt = unique("frommqtt");
         let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
-        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m1");
+        let _mqtt_agent = mqtt::agent(&dir.url(), &url, &to_mqtt, "m1");
         let amqp_url = vhost.url();
         let amqp_router =
             Router::spawn(&dir.url(), &["--adapter", "amqp", "--broker", &amqp_url]).await;
@@ -244,31 +223,18 @@ async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
     use rumqttc::v5::mqttbytes::v5::PublishProperties;
     use rumqttc::v5::mqttbytes::QoS;
 
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let url = mqtt::mqtt_url();
         let dir = Directory::start().await;
         let nats = connect().await;
 
         // An MQTT instance answering at the response topic its request names.
         let to_mqtt = unique("rpcm");
-        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
-        responder.subscribe(&format!("_baker/{to_mqtt}/m/#")).await;
-        tokio::spawn(async move {
-            while let Some(request) = responder.incoming.recv().await {
-                let props = request.properties.clone().unwrap_or_default();
-                let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
-                let reply = PublishProperties {
-                    correlation_data: props.correlation_data.clone(),
-                    ..Default::default()
-                };
-                if let Some(topic) = props.response_topic {
-                    responder
-                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
-                        .await;
-                }
-            }
-        });
-        let _mqtt_agent = mqtt_agent(&dir.url(), &url, &to_mqtt, "m");
+        mqtt::respond(&url, &format!("_baker/{to_mqtt}/m/#"), |request| {
+            format!("pong:{}", String::from_utf8_lossy(&request.payload))
+        })
+        .await;
+        let _mqtt_agent = mqtt::agent(&dir.url(), &url, &to_mqtt, "m");
         // A NATS instance answering at the reply subject.
         let to_nats = unique("rpcn");
         let _nats_agent = agent(&dir.url(), &to_nats, "n", &[]);
@@ -352,7 +318,7 @@ async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
@@ -442,7 +408,7 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
                 &spec,
             ],
         );
-        let amqp_router = amqp_router(&dir.url(), &vhost, &[]).await;
+        let amqp_router = amqp::router(&dir.url(), &vhost, &[]).await;
         amqp_router
             .wait_routed("a2n", &["n"], Duration::from_secs(15))
             .await;
@@ -502,7 +468,7 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         use futures::StreamExt;
         // Requesters' broker (vhost `front`) and instances' broker (`back`):
         // separate namespaces, so a reply address on one means nothing on
@@ -514,7 +480,7 @@ async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
 
         // An AMQP instance on `back` and a NATS instance; both answer at
         // whatever reply address their request carries.
-        let _amqp_agent = amqp_agent(&dir.url(), &back, "rpcx", "a");
+        let _amqp_agent = amqp::agent(&dir.url(), &back, "rpcx", "a");
         let (_bconn, back_channel) = back.channel().await;
         amqp::declare_queue(&back_channel, "_baker.rpcx.a").await;
         amqp::respond(back_channel, "_baker.rpcx.a").await;
@@ -549,7 +515,7 @@ async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
 
         // AMQP requester on `front` → NATS instance, and → AMQP instance on
         // `back`.
-        let amqp_router = amqp_router(&dir.url(), &front, &[]).await;
+        let amqp_router = amqp::router(&dir.url(), &front, &[]).await;
         amqp_router
             .wait_routed("rpcn", &["n"], Duration::from_secs(15))
             .await;

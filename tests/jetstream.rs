@@ -14,12 +14,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 /// 30 s).
 const ACK_WAIT_QUERY: &str = "&ack_wait_secs=3";
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
 /// Publishes `start..start+count` to `subject` through JetStream, each
 /// acknowledged by the stream, at most `window` unacknowledged.
 async fn js_publish(js: &jetstream::Context, subject: &str, start: u64, count: u64, window: usize) {
@@ -165,7 +159,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_the_reason() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let ingress = Ingress::new();
         let service = unique("jsnone");
@@ -231,7 +225,7 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let setup = DurableInbox::start("jsdurable", None).await;
         let DurableInbox {
             dir,
@@ -289,7 +283,7 @@ async fn with_a_durable_inbox_a_killed_router_delivers_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_with_a_durable_inbox_loses_nothing_and_router_memory_stays_bounded() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         // About 2,000 messages a second at most, far below what is published.
         let setup = DurableInbox::start("jsslow", Some(2)).await;
         let DurableInbox {

@@ -14,12 +14,6 @@ use futures::StreamExt;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
 /// A bucket of the test's own on `nats`, deleted when dropped.
 struct Bucket {
     name: String,
@@ -95,7 +89,7 @@ async fn time_to_route(router: &Router, service: &str, ids: &[&str]) -> Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_register_renew_and_leave_through_the_bucket_and_routers_follow_within_a_second() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let bucket = Bucket::new(&nats_url()).await;
         let ingress = Ingress::new();
         let service = unique("kv");
@@ -165,7 +159,7 @@ async fn agents_register_renew_and_leave_through_the_bucket_and_routers_follow_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agents_instance_leaves_within_its_ttl_plus_a_second() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let bucket = Bucket::new(&nats_url()).await;
         let ingress = Ingress::new();
         let service = unique("kvkill");
@@ -188,7 +182,7 @@ async fn a_killed_agents_instance_leaves_within_its_ttl_plus_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_runs_out_on_a_bucket_that_sends_no_event_for_it() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         // A bucket without per-key TTLs or markers, as an older server (or
         // an operator) would have made it: nothing removes an expired key
         // and no watcher hears of it.
@@ -235,7 +229,7 @@ async fn a_lease_runs_out_on_a_bucket_that_sends_no_event_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_down_routers_keep_their_view_and_a_new_router_starts_from_its_snapshot() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let mut nats = NatsNode::single().await;
         let directory = format!("{}?bucket=baker-directory", nats.url());
         let service = unique("kvdown");
@@ -290,7 +284,7 @@ async fn with_nats_down_routers_keep_their_view_and_a_new_router_starts_from_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_without_a_router_do_not_watch_the_bucket() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let bucket = Bucket::new(&nats_url()).await;
         let service = unique("kvquiet");
         let _agents: Vec<Proc> = ["a", "b"]
@@ -328,7 +322,7 @@ async fn agents_without_a_router_do_not_watch_the_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_bucket_is_created_again_and_routing_goes_on() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let bucket = Bucket::new(&nats_url()).await;
         let ingress = Ingress::new();
         let service = unique("kvgone");
@@ -384,7 +378,7 @@ async fn a_deleted_bucket_is_created_again_and_routing_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_write_to_a_bucket_replaced_by_one_without_per_key_ttl() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let bucket = Bucket::new(&nats_url()).await;
         let service = unique("kvswap");
         let _agent = agent(&bucket.url, &service, "a", &["--ttl", "3"]);

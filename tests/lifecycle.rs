@@ -12,12 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
 /// An HTTP health endpoint answering 200 while `healthy` is set, 503 otherwise.
 async fn health_endpoint(healthy: Arc<AtomicBool>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -50,7 +44,7 @@ async fn health_endpoint(healthy: Arc<AtomicBool>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_http_check_moves_the_share_away_and_recovery_brings_it_back() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let ingress = Ingress::new();
         let service = unique("health");
@@ -117,7 +111,7 @@ async fn a_failing_http_check_moves_the_share_away_and_recovery_brings_it_back()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_started_while_the_directory_is_down_routes_from_its_saved_view() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let mut dir = Directory::start().await;
         let ingress = Ingress::new();
         let service = unique("snapshot");
@@ -278,7 +272,7 @@ impl InstanceApp {
 async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
     use common::amqp::{self, Vhost};
 
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;
@@ -379,7 +373,7 @@ async fn an_amqp_rolling_upgrade_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baker_mq_drain_drains_one_instance_then_the_whole_process() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let service = unique("drain");
         let admin = format!("127.0.0.1:{}", free_port());
@@ -501,7 +495,7 @@ async fn publish_with_headers(
 async fn a_canary_weight_and_version_rules_route_as_configured_and_change_live() {
     use common::amqp::{self, Vhost};
 
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let vhost = Vhost::create();
         let dir = Directory::start().await;
         let (_conn, channel) = vhost.channel().await;

@@ -12,19 +12,9 @@ use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
-fn mqtt_agent(directory: &str, broker: &str, service: &str, id: &str) -> Proc {
-    agent_on("mqtt", broker, directory, service, id, &[])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_broker_sends_its_share_to_the_others_and_it_receives_again_once_back() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let ingress_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
         let url = ingress_broker.url();
         let mut b_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
@@ -38,9 +28,9 @@ async fn a_stopped_instance_broker_sends_its_share_to_the_others_and_it_receives
         // after the restart.
         let b = mqtt::consume_inbox(&b_url, &service, "b", true).await;
         let _agents = [
-            mqtt_agent(&dir.url(), &url, &service, "a"),
-            mqtt_agent(&dir.url(), &b_url, &service, "b"),
-            mqtt_agent(&dir.url(), &url, &service, "c"),
+            mqtt::agent(&dir.url(), &url, &service, "a"),
+            mqtt::agent(&dir.url(), &b_url, &service, "b"),
+            mqtt::agent(&dir.url(), &url, &service, "c"),
         ];
         let ingress = MqttIngress::new(&url);
         // b is ejected while its broker is down; a short ejection lets it
@@ -117,12 +107,12 @@ async fn dead_letters(ingress: &MqttIngress) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_stall_nothing() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let url = mqtt::mqtt_url();
         let dir = Directory::start().await;
         let service = unique("bad");
         let a = mqtt::consume_inbox(&url, &service, "a", false).await;
-        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
+        let _agent = mqtt::agent(&dir.url(), &url, &service, "a");
         let ingress = MqttIngress::new(&url);
         let router = ingress.router(&dir.url(), &["--max-payload", "1000"]).await;
         router
@@ -218,7 +208,7 @@ async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unknown_services_get_an_error_reply(
 ) {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         use rumqttc::v5::mqttbytes::v5::PublishProperties;
         use rumqttc::v5::mqttbytes::QoS;
 
@@ -227,31 +217,17 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
         let service = unique("rpc");
         // The instance: answers each request on its response topic, with
         // its correlation data and the origin Baker recorded.
-        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
-        responder.subscribe(&format!("_baker/{service}/r1/#")).await;
-        let responder_task = tokio::spawn(async move {
-            while let Some(request) = responder.incoming.recv().await {
-                let props = request.properties.clone().unwrap_or_default();
-                let origin = mqtt::user_property(&request, "baker-origin")
-                    .unwrap_or_default()
-                    .to_owned();
-                let body = format!(
-                    "pong:{}:{origin}:{}",
-                    String::from_utf8_lossy(&request.payload),
-                    std::str::from_utf8(&request.topic).unwrap()
-                );
-                let reply = PublishProperties {
-                    correlation_data: props.correlation_data.clone(),
-                    ..Default::default()
-                };
-                if let Some(topic) = props.response_topic {
-                    responder
-                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
-                        .await;
-                }
-            }
-        });
-        let _agent = mqtt_agent(&dir.url(), &url, &service, "r1");
+        let answer = |request: &rumqttc::v5::mqttbytes::v5::Publish| {
+            let origin = mqtt::user_property(request, "baker-origin").unwrap_or_default();
+            format!(
+                "pong:{}:{origin}:{}",
+                String::from_utf8_lossy(&request.payload),
+                std::str::from_utf8(&request.topic).unwrap()
+            )
+        };
+        let filter = format!("_baker/{service}/r1/#");
+        let responder_task = mqtt::respond(&url, &filter, answer).await;
+        let _agent = mqtt::agent(&dir.url(), &url, &service, "r1");
         let ingress = MqttIngress::new(&url);
         let router = ingress.router(&dir.url(), &[]).await;
         router
@@ -329,13 +305,13 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_reconnects_to_a_restarted_broker_and_resumes_its_session() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let mut broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
         let url = broker.url();
         let dir = Directory::start().await;
         let service = unique("resume");
         let a = mqtt::consume_inbox(&url, &service, "a", true).await;
-        let _agent = mqtt_agent(&dir.url(), &url, &service, "a");
+        let _agent = mqtt::agent(&dir.url(), &url, &service, "a");
         let ingress = MqttIngress::new(&url);
         // A small window, so the router is still working through the burst
         // (held for its session in the broker) when the broker stops.
@@ -479,7 +455,7 @@ async fn measure_how_far_the_broker_exceeds_a_receive_maximum_of_8_with_slow_ack
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_what_it_loses() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let url = mqtt::mqtt_url();
         let dir = Directory::start().await;
         let service = unique("old");
@@ -514,7 +490,7 @@ async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_wh
         });
         assert_eq!(received.recv().await.unwrap().topic, "suback");
         let endpoint = format!("{url}?protocol=3.1.1");
-        let _agent = mqtt_agent(&dir.url(), &endpoint, &service, "o1");
+        let _agent = mqtt::agent(&dir.url(), &endpoint, &service, "o1");
         let ingress = MqttIngress::new(&url);
         let router = ingress.router(&dir.url(), &[]).await;
         router
@@ -541,7 +517,7 @@ async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_memory_and_loses_nothing(
 ) {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let ingress_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
         let url = ingress_broker.url();
         let mut instance_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
@@ -549,7 +525,7 @@ async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_mem
         let dir = Directory::start().await;
         let service = unique("held");
         let a = mqtt::consume_inbox(&instance_url, &service, "a", true).await;
-        let _agent = mqtt_agent(&dir.url(), &instance_url, &service, "a");
+        let _agent = mqtt::agent(&dir.url(), &instance_url, &service, "a");
         let ingress = MqttIngress::new(&url);
         let router = ingress.router(&dir.url(), &["--max-in-flight", "16"]).await;
         router

@@ -9,15 +9,9 @@ use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), test)
-        .await
-        .expect("test timed out");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregistered_instance_gets_nothing_and_new_instance_gets_traffic_within_a_second() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let ingress = Ingress::new();
         let service = unique("churn");
@@ -91,7 +85,7 @@ async fn deregistered_instance_gets_nothing_and_new_instance_gets_traffic_within
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agent_stops_receiving_within_ttl_plus_one_second() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let ingress = Ingress::new();
         let service = unique("lease");
@@ -133,7 +127,7 @@ async fn killed_agent_stops_receiving_within_ttl_plus_one_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_restart() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let port = free_port();
         let mut dir = Directory::start_on(port).await;
         let url = dir.url();

@@ -443,3 +443,16 @@ pub fn correlation_id(delivery: &lapin::message::Delivery) -> Option<&str> {
         .as_ref()
         .map(|c| c.as_str())
 }
+
+/// An agent registering `service`/`id` with its inbox in `vhost`.
+pub fn agent(directory: &str, vhost: &Vhost, service: &str, id: &str) -> super::Proc {
+    super::agent_on("amqp", &vhost.url(), directory, service, id, &[])
+}
+
+/// A router on `vhost`'s ingress, with `extra` arguments, once it is ready.
+pub async fn router(directory: &str, vhost: &Vhost, extra: &[&str]) -> super::Router {
+    let url = vhost.url();
+    let mut args = vec!["--adapter", "amqp", "--broker", &url];
+    args.extend_from_slice(extra);
+    super::Router::spawn(directory, &args).await
+}

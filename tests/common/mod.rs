@@ -92,6 +92,14 @@ pub fn scaled(bound: Duration) -> Duration {
     bound.mul_f64(time_factor())
 }
 
+/// Runs `test`, failing it once `limit` (scaled by [`time_factor`]) has
+/// passed.
+pub async fn bounded<F: Future<Output = ()>>(limit: Duration, test: F) {
+    tokio::time::timeout(scaled(limit), test)
+        .await
+        .expect("test timed out");
+}
+
 /// Waits until `check` holds, polling every 25 ms; fails the test after
 /// `timeout` (scaled by [`time_factor`]).
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)

@@ -343,3 +343,35 @@ pub fn user_property<'a>(publish: &'a Publish, name: &str) -> Option<&'a str> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// An agent registering `service`/`id` with its inbox on `broker`.
+pub fn agent(directory: &str, broker: &str, service: &str, id: &str) -> super::Proc {
+    super::agent_on("mqtt", broker, directory, service, id, &[])
+}
+
+/// Answers each request arriving under `filter` on `url` at its response
+/// topic, with its correlation data and the body `answer` makes of it,
+/// until the task is aborted.
+pub async fn respond(
+    url: &str,
+    filter: &str,
+    answer: impl Fn(&Publish) -> String + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut responder = Client::connect(url, &unique("responder-"), false).await;
+    responder.subscribe(filter).await;
+    tokio::spawn(async move {
+        while let Some(request) = responder.incoming.recv().await {
+            let props = request.properties.clone().unwrap_or_default();
+            let reply = PublishProperties {
+                correlation_data: props.correlation_data.clone(),
+                ..Default::default()
+            };
+            if let Some(topic) = props.response_topic {
+                let body = answer(&request);
+                responder
+                    .publish_with(&topic, QoS::AtLeastOnce, body, reply)
+                    .await;
+            }
+        }
+    })
+}

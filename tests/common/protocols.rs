@@ -566,28 +566,11 @@ impl Protocol for Mqtt {
     }
 
     async fn responder(&self, service: &str, id: &str) -> Option<tokio::task::JoinHandle<()>> {
-        use rumqttc::v5::mqttbytes::v5::PublishProperties;
-        use rumqttc::v5::mqttbytes::QoS;
-        let url = self.broker.url();
-        let mut responder = Client::connect(&url, &unique("responder-"), false).await;
-        responder
-            .subscribe(&format!("_baker/{service}/{id}/#"))
-            .await;
-        Some(tokio::spawn(async move {
-            while let Some(request) = responder.incoming.recv().await {
-                let props = request.properties.clone().unwrap_or_default();
-                let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
-                let reply = PublishProperties {
-                    correlation_data: props.correlation_data.clone(),
-                    ..Default::default()
-                };
-                if let Some(topic) = props.response_topic {
-                    responder
-                        .publish_with(&topic, QoS::AtLeastOnce, body, reply)
-                        .await;
-                }
-            }
-        }))
+        use rumqttc::v5::mqttbytes::v5::Publish;
+        let filter = format!("_baker/{service}/{id}/#");
+        let pong =
+            |request: &Publish| format!("pong:{}", String::from_utf8_lossy(&request.payload));
+        Some(mqtt::respond(&self.broker.url(), &filter, pong).await)
     }
 
     async fn request(&self, service: &str, topic: &str, payload: &str) -> Reply {
