@@ -172,6 +172,17 @@ fn adopt(inner: &Inner, mut fresh: View, new_bucket: bool) {
     let now = SystemTime::now();
     fresh.expire(now);
     let mut view = inner.lock_view();
+    if view.loaded && !new_bucket {
+        // A read again that lacks a record whose lease still runs (a replica
+        // behind after a node loss answered it) does not end that lease: a
+        // lease ends only once the bucket confirms it (`end_leases`, when it
+        // runs out). A deregistration the watch saw is gone already.
+        for (key, lease) in &view.leases {
+            if lease.expires > now && !fresh.leases.contains_key(key) {
+                fresh.leases.insert(key.clone(), lease.clone());
+            }
+        }
+    }
     let changed = new_bucket || !view.loaded || view.leases != fresh.leases;
     if new_bucket {
         view.recreations += 1;
