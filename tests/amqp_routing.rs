@@ -342,7 +342,6 @@ async fn lost_broker_connections_are_reestablished_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply_queue() {
     bounded(TEST_TIMEOUT, async {
-        use lapin::options::BasicPublishOptions;
 
         let vhost = Vhost::create();
         let dir = Directory::start().await;
@@ -379,20 +378,7 @@ async fn request_reply_works_through_the_router_with_direct_reply_to_and_a_reply
 
         // An ordinary reply queue.
         let (reply_queue, replies) = amqp::consume(&channel, "rpc-replies").await;
-        channel
-            .basic_publish(
-                "baker".into(),
-                "rpc.get".into(),
-                BasicPublishOptions::default(),
-                b"2",
-                lapin::BasicProperties::default()
-                    .with_reply_to("rpc-replies".into())
-                    .with_correlation_id("c-2".into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        amqp::publish_one(&channel, "rpc.get", b"2", lapin::BasicProperties::default().with_reply_to("rpc-replies".into()).with_correlation_id("c-2".into()),).await;
         wait_until(
             "reply on the reply queue",
             Duration::from_secs(10),

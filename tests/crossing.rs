@@ -13,12 +13,35 @@ use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// Starts a router on the MQTT ingress at `url`, waits until it routes to
+/// `instance` (service, id), and publishes one message at QoS 1 to the
+/// service's topic `eu/created`. Returns the router, to keep it running.
+async fn publish_from_mqtt(
+    url: &str,
+    directory: &str,
+    (service, id): (&str, &str),
+    payload: &'static str,
+    properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
+) -> Router {
+    let ingress = MqttIngress::new(url);
+    let router = ingress.router_routing(directory, &[], service, &[id]).await;
+    let publisher = Client::connect(url, &unique("pub-"), false).await;
+    let topic = ingress.topic(service, "eu/created");
+    (publisher.publish_with(
+        &topic,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        payload,
+        properties,
+    ))
+    .await;
+    router
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_with_headers() {
     bounded(TEST_TIMEOUT, async {
         use futures::StreamExt;
         use rumqttc::v5::mqttbytes::v5::PublishProperties;
-        use rumqttc::v5::mqttbytes::QoS;
 
         let url = mqtt::mqtt_url();
         let dir = Directory::start().await;
@@ -32,25 +55,19 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
             .unwrap();
         nats.flush().await.unwrap();
         let _nats_agent = agent(&dir.url(), &to_nats, "n1", &[]);
-        let ingress = MqttIngress::new(&url);
-        let mqtt_router = ingress.router(&dir.url(), &[]).await;
-        mqtt_router
-            .wait_routed(&to_nats, &["n1"], Duration::from_secs(15))
-            .await;
-        let publisher = Client::connect(&url, &unique("pub-"), false).await;
-        publisher
-            .publish_with(
-                &ingress.topic(&to_nats, "eu/created"),
-                QoS::AtLeastOnce,
-                "from mqtt",
-                PublishProperties {
-                    user_properties: vec![("trace".into(), "t-1".into())],
-                    content_type: Some("text/plain".into()),
-                    correlation_data: Some("c-1".into()),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let _mqtt_router = publish_from_mqtt(
+            &url,
+            &dir.url(),
+            (&to_nats, "n1"),
+            "from mqtt",
+            PublishProperties {
+                user_properties: vec![("trace".into(), "t-1".into())],
+                content_type: Some("text/plain".into()),
+                correlation_data: Some("c-1".into()),
+                ..Default::default()
+            },
+        )
+        .await;
         let got = tokio::time::timeout(Duration::from_secs(10), nats_inbox.next())
             .await
             .expect("NATS instance receives")
@@ -121,7 +138,6 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
         use common::amqp::{self, Vhost};
         use lapin::types::{AMQPValue, FieldTable};
         use rumqttc::v5::mqttbytes::v5::PublishProperties;
-        use rumqttc::v5::mqttbytes::QoS;
 
         let url = mqtt::mqtt_url();
         let vhost = Vhost::create();
@@ -133,26 +149,20 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
         let queue = format!("_baker.{to_amqp}.q1");
         let (inbox, received) = amqp::consume(&channel, &queue).await;
         let _amqp_agent = agent_on("amqp", &vhost.url(), &dir.url(), &to_amqp, "q1", &[]);
-        let ingress = MqttIngress::new(&url);
-        let mqtt_router = ingress.router(&dir.url(), &[]).await;
-        mqtt_router
-            .wait_routed(&to_amqp, &["q1"], Duration::from_secs(15))
-            .await;
-        let publisher = Client::connect(&url, &unique("pub-"), false).await;
-        publisher
-            .publish_with(
-                &ingress.topic(&to_amqp, "eu/created"),
-                QoS::AtLeastOnce,
-                "5",
-                PublishProperties {
-                    user_properties: vec![("trace".into(), "t-9".into())],
-                    content_type: Some("text/plain".into()),
-                    correlation_data: Some("c-9".into()),
-                    message_expiry_interval: Some(60),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let _mqtt_router = publish_from_mqtt(
+            &url,
+            &dir.url(),
+            (&to_amqp, "q1"),
+            "5",
+            PublishProperties {
+                user_properties: vec![("trace".into(), "t-9".into())],
+                content_type: Some("text/plain".into()),
+                correlation_data: Some("c-9".into()),
+                message_expiry_interval: Some(60),
+                ..Default::default()
+            },
+        )
+        .await;
         wait_until(
             "AMQP instance receives",
             Duration::from_secs(10),
@@ -183,21 +193,16 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
             .await;
         let mut headers = FieldTable::default();
         headers.insert("trace".into(), AMQPValue::LongString("t-3".into()));
-        channel
-            .basic_publish(
-                "baker".into(),
-                format!("{to_mqtt}.eu.updated").as_str().into(),
-                Default::default(),
-                b"6",
-                lapin::BasicProperties::default()
-                    .with_headers(headers)
-                    .with_correlation_id("c-3".into())
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        amqp::publish_one(
+            &channel,
+            &format!("{to_mqtt}.eu.updated"),
+            b"6",
+            lapin::BasicProperties::default()
+                .with_headers(headers)
+                .with_correlation_id("c-3".into())
+                .with_content_type("application/json".into()),
+        )
+        .await;
         wait_until(
             "MQTT instance receives",
             Duration::from_secs(10),
@@ -213,105 +218,6 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
         let props = got.properties.clone().unwrap_or_default();
         assert_eq!(props.correlation_data.as_deref(), Some(&b"c-3"[..]));
         assert_eq!(props.content_type.as_deref(), Some("application/json"));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_cross_between_mqtt_and_nats_through_the_routers_reply_proxy() {
-    use futures::StreamExt;
-    use rumqttc::v5::mqttbytes::v5::PublishProperties;
-    use rumqttc::v5::mqttbytes::QoS;
-
-    bounded(TEST_TIMEOUT, async {
-        let url = mqtt::mqtt_url();
-        let dir = Directory::start().await;
-        let nats = connect().await;
-
-        // An MQTT instance answering at the response topic its request names.
-        let to_mqtt = unique("rpcm");
-        mqtt::respond(&url, &format!("_baker/{to_mqtt}/m/#"), |request| {
-            format!("pong:{}", String::from_utf8_lossy(&request.payload))
-        })
-        .await;
-        let _mqtt_agent = mqtt::agent(&dir.url(), &url, &to_mqtt, "m");
-        // A NATS instance answering at the reply subject.
-        let to_nats = unique("rpcn");
-        let _nats_agent = agent(&dir.url(), &to_nats, "n", &[]);
-        let mut nats_requests = nats
-            .subscribe(format!("_baker.{to_nats}.n.>"))
-            .await
-            .unwrap();
-        nats.flush().await.unwrap();
-        {
-            let nats = nats.clone();
-            tokio::spawn(async move {
-                while let Some(request) = nats_requests.next().await {
-                    let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
-                    if let Some(reply) = request.reply {
-                        nats.publish(reply, body.into()).await.unwrap();
-                    }
-                }
-            });
-        }
-
-        // NATS requester → MQTT instance.
-        let ingress = Ingress::new();
-        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
-        nats_router
-            .wait_routed(&to_mqtt, &["m"], Duration::from_secs(15))
-            .await;
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            nats.request(ingress.subject(&to_mqtt, "get"), "1".into()),
-        )
-        .await
-        .expect("a reply from the MQTT instance within 10 s")
-        .expect("a reply, not an error");
-        assert_eq!(&reply.payload[..], b"pong:1");
-
-        // MQTT requester → NATS instance, correlation data restored.
-        let mqtt_ingress = MqttIngress::new(&url);
-        let mqtt_router = mqtt_ingress.router(&dir.url(), &[]).await;
-        mqtt_router
-            .wait_routed(&to_nats, &["n"], Duration::from_secs(15))
-            .await;
-        let mut requester = Client::connect(&url, &unique("requester-"), false).await;
-        let replies = unique("replies/");
-        requester.subscribe(&format!("{replies}/#")).await;
-        // Text correlation data, then data that is not text: both restored
-        // exactly.
-        let topic = mqtt_ingress.topic(&to_nats, "get");
-        for (n, correlation) in [
-            (2, bytes::Bytes::from_static(b"c-7")),
-            (3, bytes::Bytes::from_static(&[0xc7, 0x00, 0xff, 0x01])),
-        ] {
-            requester
-                .publish_with(
-                    &topic,
-                    QoS::AtLeastOnce,
-                    n.to_string(),
-                    PublishProperties {
-                        response_topic: Some(format!("{replies}/{n}")),
-                        correlation_data: Some(correlation.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await;
-            let reply = tokio::time::timeout(Duration::from_secs(10), requester.incoming.recv())
-                .await
-                .expect("a reply from the NATS instance within 10 s")
-                .unwrap();
-            assert_eq!(reply.payload, format!("pong:{n}").as_bytes());
-            assert_eq!(
-                reply
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.correlation_data.clone()),
-                Some(correlation),
-                "correlation data restored exactly"
-            );
-        }
     })
     .await;
 }
@@ -420,21 +326,7 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
             lapin::types::AMQPValue::LongString("t-2".into()),
         );
         for seq in 0..100u64 {
-            channel
-                .basic_publish(
-                    "baker".into(),
-                    "a2n.made".into(),
-                    Default::default(),
-                    seq.to_string().as_bytes(),
-                    lapin::BasicProperties::default()
-                        .with_headers(table.clone())
-                        .with_content_type("text/plain".into())
-                        .with_correlation_id("c-9".into()),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            amqp::publish_one(&channel, "a2n.made", seq.to_string().as_bytes(), lapin::BasicProperties::default().with_headers(table.clone()).with_content_type("text/plain".into()).with_correlation_id("c-9".into()),).await;
         }
         wait_until(
             "AMQP messages on the NATS inbox",
@@ -462,83 +354,6 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
         };
         assert_eq!(header("content-type").as_deref(), Some("text/plain"));
         assert_eq!(header("correlation-id").as_deref(), Some("c-9"));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_cross_protocols_and_brokers_through_the_routers_reply_proxy() {
-    bounded(TEST_TIMEOUT, async {
-        use futures::StreamExt;
-        // Requesters' broker (vhost `front`) and instances' broker (`back`):
-        // separate namespaces, so a reply address on one means nothing on
-        // the other.
-        let front = Vhost::create();
-        let back = Vhost::create();
-        let dir = Directory::start().await;
-        let nats = connect().await;
-
-        // An AMQP instance on `back` and a NATS instance; both answer at
-        // whatever reply address their request carries.
-        let _amqp_agent = amqp::agent(&dir.url(), &back, "rpcx", "a");
-        let (_bconn, back_channel) = back.channel().await;
-        amqp::declare_queue(&back_channel, "_baker.rpcx.a").await;
-        amqp::respond(back_channel, "_baker.rpcx.a").await;
-        let _nats_agent = agent(&dir.url(), "rpcn", "n", &[]);
-        let mut nats_requests = nats.subscribe("_baker.rpcn.n.>").await.unwrap();
-        nats.flush().await.unwrap();
-        {
-            let nats = nats.clone();
-            tokio::spawn(async move {
-                while let Some(request) = nats_requests.next().await {
-                    let body = format!("pong:{}", String::from_utf8_lossy(&request.payload));
-                    let reply = request.reply.expect("a request has a reply subject");
-                    nats.publish(reply, body.into()).await.unwrap();
-                }
-            });
-        }
-
-        // NATS requester → AMQP instance.
-        let ingress = Ingress::new();
-        let nats_router = Router::start(&dir.url(), &ingress, &[]).await;
-        nats_router
-            .wait_routed("rpcx", &["a"], Duration::from_secs(15))
-            .await;
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            nats.request(ingress.subject("rpcx", "get"), "1".into()),
-        )
-        .await
-        .expect("NATS reply from the AMQP instance within 10 s")
-        .expect("a reply, not an error");
-        assert_eq!(&reply.payload[..], b"pong:1");
-
-        // AMQP requester on `front` → NATS instance, and → AMQP instance on
-        // `back`.
-        let amqp_router = amqp::router(&dir.url(), &front, &[]).await;
-        amqp_router
-            .wait_routed("rpcn", &["n"], Duration::from_secs(15))
-            .await;
-        let reply = amqp::direct_request(&front, "rpcn.get", b"2", "c-2").await;
-        assert_eq!(reply.data, b"pong:2");
-        assert_eq!(amqp::correlation_id(&reply), Some("c-2"));
-        let reply = amqp::direct_request(&front, "rpcx.get", b"3", "c-3").await;
-        assert_eq!(reply.data, b"pong:3");
-        assert_eq!(
-            amqp::correlation_id(&reply),
-            Some("c-3"),
-            "the requester's correlation id is restored"
-        );
-
-        // Counted once the requester's broker confirmed the reply, which can
-        // be just after the requester got it.
-        wait_until("both replies counted", Duration::from_secs(5), || async {
-            amqp_router
-                .metrics()
-                .await
-                .contains(r#"baker_replies_total{outcome="forwarded"} 2"#)
-        })
-        .await;
     })
     .await;
 }

@@ -92,6 +92,47 @@ async fn a_stopped_instance_broker_sends_its_share_to_the_others_and_it_receives
     .await;
 }
 
+/// One instance `a` of a service consuming on `instance_url`, a router on
+/// `url`'s ingress (with `extra` arguments) routing to it, the ingress's dead
+/// letters, and a publisher that has sent it messages 0..100.
+struct OneInstance {
+    a: Inbox,
+    _agent: Proc,
+    _directory: Directory,
+    ingress: MqttIngress,
+    router: Router,
+    dead: Client,
+    publisher: Client,
+    topic: String,
+}
+
+impl OneInstance {
+    async fn start(url: &str, instance_url: &str, persistent: bool, extra: &[&str]) -> Self {
+        let dir = Directory::start().await;
+        let service = unique("one");
+        let a = mqtt::consume_inbox(instance_url, &service, "a", persistent).await;
+        let _agent = mqtt::agent(&dir.url(), instance_url, &service, "a");
+        let ingress = MqttIngress::new(url);
+        let router = ingress
+            .router_routing(&dir.url(), extra, &service, &["a"])
+            .await;
+        let dead = dead_letters(&ingress).await;
+        let mut publisher = Client::connect(url, &unique("pub-"), false).await;
+        let topic = ingress.topic(&service, "t");
+        publisher.publish_seq(&topic, 0, 100).await;
+        OneInstance {
+            a,
+            _agent,
+            _directory: dir,
+            ingress,
+            router,
+            dead,
+            publisher,
+            topic,
+        }
+    }
+}
+
 /// Subscribes to the dead-letter topics of `ingress` and collects them.
 async fn dead_letters(ingress: &MqttIngress) -> Client {
     let mut client = Client::connect(&ingress.url, &unique("dlq-"), false).await;
@@ -109,20 +150,15 @@ async fn dead_letters(ingress: &MqttIngress) -> Client {
 async fn malformed_topics_and_oversized_payloads_are_dead_lettered_counted_and_stall_nothing() {
     bounded(TEST_TIMEOUT, async {
         let url = mqtt::mqtt_url();
-        let dir = Directory::start().await;
-        let service = unique("bad");
-        let a = mqtt::consume_inbox(&url, &service, "a", false).await;
-        let _agent = mqtt::agent(&dir.url(), &url, &service, "a");
-        let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &["--max-payload", "1000"]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
-            .await;
-        let mut dead = dead_letters(&ingress).await;
-
-        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
-        let topic = ingress.topic(&service, "t");
-        publisher.publish_seq(&topic, 0, 100).await;
+        let OneInstance {
+            a,
+            ingress,
+            router,
+            mut dead,
+            mut publisher,
+            topic,
+            ..
+        } = OneInstance::start(&url, &url, false, &["--max-payload", "1000"]).await;
         let qos1 = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
         let none = Default::default;
         publisher
@@ -229,9 +265,8 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
         let responder_task = mqtt::respond(&url, &filter, answer).await;
         let _agent = mqtt::agent(&dir.url(), &url, &service, "r1");
         let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &[]).await;
-        router
-            .wait_routed(&service, &["r1"], Duration::from_secs(15))
+        let _router = ingress
+            .router_routing(&dir.url(), &[], &service, &["r1"])
             .await;
 
         let mut requester = Client::connect(&url, &unique("requester-"), false).await;
@@ -315,9 +350,8 @@ async fn the_router_reconnects_to_a_restarted_broker_and_resumes_its_session() {
         let ingress = MqttIngress::new(&url);
         // A small window, so the router is still working through the burst
         // (held for its session in the broker) when the broker stops.
-        let router = ingress.router(&dir.url(), &["--max-in-flight", "8"]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
+        let router = ingress
+            .router_routing(&dir.url(), &["--max-in-flight", "8"], &service, &["a"])
             .await;
 
         let total = 30_000u64;
@@ -356,101 +390,6 @@ async fn the_router_reconnects_to_a_restarted_broker_and_resumes_its_session() {
         );
     })
     .await;
-}
-
-/// Not a test of Baker: how many QoS 1 messages a broker keeps for an
-/// offline persistent session, with its default settings and with Baker's.
-/// Run with `cargo test --test mqtt_routing -- --ignored --nocapture
-/// offline_session`; the README quotes its output.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn measure_what_the_broker_keeps_for_an_offline_session() {
-    for settings in ["", mqtt::BAKER_SETTINGS] {
-        let broker = Mosquitto::start(settings);
-        let id = unique("offline-");
-        let mut session = Client::connect(&broker.url(), &id, true).await;
-        session.subscribe("o/#").await;
-        session.close().await;
-        let mut publisher = Client::connect(&broker.url(), &unique("pub-"), false).await;
-        publisher.publish_seq("o/x", 0, 3000).await;
-        let mut session = Client::connect(&broker.url(), &id, true).await;
-        let mut received = 0;
-        while let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_secs(2), session.incoming.recv()).await
-        {
-            received += 1;
-        }
-
-        eprintln!("settings {settings:?}: 3000 published while the session was offline, {received} delivered on reconnect");
-    }
-}
-
-/// Not a test of Baker: measures whether the broker holds to a subscriber's
-/// Receive Maximum once the subscriber acknowledges slowly (Mosquitto 2.0.11
-/// does not). Run with `cargo test --test mqtt_routing -- --ignored
-/// --nocapture receive_maximum`; the README quotes its output.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn measure_how_far_the_broker_exceeds_a_receive_maximum_of_8_with_slow_acks() {
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    for settings in ["", mqtt::BAKER_SETTINGS] {
-        let broker = Mosquitto::start(settings);
-        let mut options = MqttOptions::new(unique("probe-"), "127.0.0.1", broker.port);
-        options
-            .set_clean_start(false)
-            .set_session_expiry_interval(Some(600))
-            .set_manual_acks(true)
-            .set_receive_maximum(Some(8));
-        let (client, mut eventloop) = AsyncClient::new(options, 100);
-        client
-            .subscribe("$share/g/p/#", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let (received, acked, most) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        {
-            let (received, acked, most) = (received.clone(), acked.clone(), most.clone());
-            tokio::spawn(async move {
-                while let Ok(event) = eventloop.poll().await {
-                    if let Event::Incoming(Packet::Publish(p)) = event {
-                        let r = received.fetch_add(1, Ordering::Relaxed) + 1;
-                        most.fetch_max(r - acked.load(Ordering::Relaxed), Ordering::Relaxed);
-                        let _ = tx.send(p);
-                    }
-                }
-            });
-        }
-        {
-            let (client, acked) = (client.clone(), acked.clone());
-            tokio::spawn(async move {
-                while let Some(p) = rx.recv().await {
-                    tokio::time::sleep(Duration::from_micros(500)).await;
-                    if client.ack(&p).await.is_err() {
-                        return;
-                    }
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut publisher = Client::connect(&broker.url(), &unique("pub-"), false).await;
-        publisher.publish_seq("p/x", 0, 3000).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        eprintln!(
-            "settings {settings:?}: 3000 published, {} received, at most {} unacknowledged at once (Receive Maximum 8)",
-            received.load(Ordering::Relaxed),
-            most.load(Ordering::Relaxed)
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,9 +431,8 @@ async fn an_mqtt_311_instance_gets_payload_and_topic_and_the_router_says_once_wh
         let endpoint = format!("{url}?protocol=3.1.1");
         let _agent = mqtt::agent(&dir.url(), &endpoint, &service, "o1");
         let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &[]).await;
-        router
-            .wait_routed(&service, &["o1"], Duration::from_secs(15))
+        let router = ingress
+            .router_routing(&dir.url(), &[], &service, &["o1"])
             .await;
         let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
         publisher
@@ -522,19 +460,14 @@ async fn with_the_only_instance_unreachable_the_router_holds_back_in_bounded_mem
         let url = ingress_broker.url();
         let mut instance_broker = Mosquitto::start(mqtt::BAKER_SETTINGS);
         let instance_url = instance_broker.url();
-        let dir = Directory::start().await;
-        let service = unique("held");
-        let a = mqtt::consume_inbox(&instance_url, &service, "a", true).await;
-        let _agent = mqtt::agent(&dir.url(), &instance_url, &service, "a");
-        let ingress = MqttIngress::new(&url);
-        let router = ingress.router(&dir.url(), &["--max-in-flight", "16"]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(15))
-            .await;
-        let mut dead = dead_letters(&ingress).await;
-        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
-        let topic = ingress.topic(&service, "t");
-        publisher.publish_seq(&topic, 0, 100).await;
+        let OneInstance {
+            a,
+            router,
+            mut dead,
+            publisher,
+            topic,
+            ..
+        } = OneInstance::start(&url, &instance_url, true, &["--max-in-flight", "16"]).await;
         wait_until("first messages", Duration::from_secs(10), || async {
             a.count() >= 100
         })

@@ -224,6 +224,28 @@ pub async fn publish(
     }
 }
 
+/// Publishes one message to the `baker` exchange with `routing_key` and
+/// `properties`, and waits for the broker's confirm.
+pub async fn publish_one(
+    channel: &Channel,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) {
+    channel
+        .basic_publish(
+            "baker".into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            payload,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// A message as an inbox or dead-letter consumer saw it.
 #[derive(Clone, Debug)]
 pub struct Received {

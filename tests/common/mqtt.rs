@@ -331,6 +331,22 @@ impl MqttIngress {
         args.extend_from_slice(extra);
         super::Router::spawn(directory, &args).await
     }
+
+    /// Starts a router with this ingress and waits until it routes
+    /// `service` to the instances `ids`.
+    pub async fn router_routing(
+        &self,
+        directory: &str,
+        extra: &[&str],
+        service: &str,
+        ids: &[&str],
+    ) -> super::Router {
+        let router = self.router(directory, extra).await;
+        router
+            .wait_routed(service, ids, std::time::Duration::from_secs(15))
+            .await;
+        router
+    }
 }
 
 /// The user property `name` of `publish`.
