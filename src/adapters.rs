@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use baker_adapter_api::{Adapter, BrokerHealth};
+use baker_adapter_api::{AccessBook, Adapter, BrokerHealth};
 
 use crate::directory::{ClientError, DirectoryClient};
 
@@ -31,13 +31,21 @@ pub struct AdapterRegistry {
 }
 
 impl AdapterRegistry {
-    /// The adapters enabled by cargo features.
+    /// The adapters enabled by cargo features, with no `[[brokers]]`
+    /// settings.
     pub fn builtin() -> Self {
+        Self::with_access(&AccessBook::default())
+    }
+
+    /// The adapters enabled by cargo features, connecting with the
+    /// credentials and TLS `access` holds for each broker.
+    pub fn with_access(access: &AccessBook) -> Self {
+        let _ = access;
         let adapters: Vec<Arc<dyn Adapter>> = vec![
             #[cfg(feature = "amqp")]
             Arc::new(baker_adapter_amqp::AmqpAdapter::default()),
             #[cfg(feature = "nats")]
-            Arc::new(baker_adapter_nats::NatsAdapter::default()),
+            Arc::new(baker_adapter_nats::NatsAdapter::new(access.clone())),
             #[cfg(feature = "mqtt")]
             Arc::new(baker_adapter_mqtt::MqttAdapter::default()),
             #[cfg(feature = "memory")]
@@ -49,6 +57,20 @@ impl AdapterRegistry {
     /// The adapter called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Adapter>> {
         self.adapters.iter().find(|a| a.name() == name)
+    }
+
+    /// The adapter whose URLs have `url`'s scheme.
+    pub fn for_url(&self, url: &str) -> Option<&Arc<dyn Adapter>> {
+        let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+        self.adapters
+            .iter()
+            .find(|a| a.schemes().contains(&scheme.as_str()))
+    }
+
+    /// Every URL scheme of every adapter, e.g. `nats://`.
+    pub fn schemes(&self) -> Vec<String> {
+        let schemes = self.adapters.iter().flat_map(|a| a.schemes());
+        schemes.map(|s| format!("{s}://")).collect()
     }
 
     /// Names of every adapter.

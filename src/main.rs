@@ -140,6 +140,8 @@ fn main() -> ExitCode {
 /// Reads the configuration, then runs the chosen role on a runtime of the
 /// configured size.
 fn start(cli: Cli) -> anyhow::Result<()> {
+    // One rustls crypto provider for every client, before any TLS config.
+    baker_adapter_api::tls::install_crypto_provider();
     let mut options = cli.options.clone();
     if let Some(Command::Directory { listen: Some(addr) }) = &cli.command {
         options.listen = Some(*addr);

@@ -192,7 +192,7 @@ pub async fn run(
     prometheus: Option<PrometheusHandle>,
 ) -> Result<(), SidecarError> {
     let shutdown = Shutdown::new();
-    let adapters = AdapterRegistry::builtin();
+    let adapters = AdapterRegistry::with_access(&settings.access);
     let client = match &settings.directory {
         DirectoryTarget::Auto(_) | DirectoryTarget::Url(_) => {
             DirectoryClient::http(&settings.directory.url())

@@ -6,6 +6,7 @@
 //! by [`Config::load`]. A key that is unknown or malformed is an error naming
 //! the key and where it was set; nothing is silently ignored.
 
+mod brokers;
 mod check;
 mod directory;
 mod error;
@@ -16,9 +17,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use baker_adapter_api::IngressOptions;
+use baker_adapter_api::{AccessBook, IngressOptions};
 use serde::Deserialize as _;
 
+pub use brokers::BrokerSection;
 pub use check::{CheckConfig, CheckKind};
 pub use directory::DirectoryTarget;
 pub use error::{ConfigError, Origin};
@@ -73,6 +75,8 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     /// Longest drain of a leaving instance.
     pub drain_timeout: std::time::Duration,
+    /// Credentials and TLS per broker.
+    pub access: AccessBook,
 }
 
 /// The configuration as given: the command line's options (flags and
@@ -205,6 +209,7 @@ impl Config {
             return Err(invalid(origin, "ttl", reason));
         }
         let registrations = self.registrations(&adapter, &broker, ttl, adapters)?;
+        let access = brokers::resolve(&self.file.brokers, &self.file_origin, adapters)?;
         let (max_in_flight, origin) = self.get_or(|o| &o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
         if max_in_flight == 0 {
             return Err(invalid(origin, "max_in_flight", "must be at least 1"));
@@ -269,6 +274,7 @@ impl Config {
             listen,
             state_dir: self.get(|o| &o.state_dir).map(|(dir, _)| dir),
             drain_timeout: std::time::Duration::from_secs(drain_secs),
+            access,
         })
     }
 

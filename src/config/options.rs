@@ -152,6 +152,12 @@ pub struct Options {
     #[arg(long, env = "BAKER_WORKER_THREADS", global = true, value_name = "N")]
     pub worker_threads: Option<usize>,
 
+    /// Credentials and TLS per broker, in the file only: `[[brokers]]`
+    /// tables (see docs/security.md).
+    #[arg(skip)]
+    #[serde(default)]
+    pub brokers: Vec<super::BrokerSection>,
+
     /// Listen address of `baker-mq directory` (on the command line:
     /// `baker-mq directory --listen`) [default: 127.0.0.1:7070]
     #[arg(skip)]

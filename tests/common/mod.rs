@@ -6,6 +6,7 @@
 //! - [`upgrade`]: rolling upgrades
 //! - [`protocols`]: the scenario suite's protocols
 //! - [`amqp`], [`mqtt`], [`nats_server`]: per-broker helpers
+//! - [`pki`]: a CA and certificates of a test's own
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -129,6 +130,7 @@ pub mod amqp;
 pub mod baker;
 pub mod mqtt;
 pub mod nats_server;
+pub mod pki;
 pub mod procs;
 pub mod protocols;
 pub mod traffic;

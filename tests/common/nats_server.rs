@@ -52,6 +52,14 @@ impl NatsNode {
         }
     }
 
+    /// A single server with `extra` arguments (TLS, a config file), started.
+    pub async fn with_args(extra: &[&str]) -> NatsNode {
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        let mut node = NatsNode::new("single", extra);
+        node.start().await;
+        node
+    }
+
     /// A single server, started.
     pub async fn single() -> NatsNode {
         let mut node = NatsNode::new("single", Vec::new());

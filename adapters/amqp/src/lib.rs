@@ -157,6 +157,10 @@ impl Adapter for AmqpAdapter {
         DEFAULT_BROKER
     }
 
+    fn schemes(&self) -> &'static [&'static str] {
+        &["amqp", "amqps"]
+    }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }

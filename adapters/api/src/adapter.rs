@@ -9,7 +9,9 @@ use async_trait::async_trait;
 
 use tokio::sync::mpsc;
 
-use crate::{AckHandle, AdapterError, Destination, Endpoint, Message, SendError};
+use crate::{
+    AccessError, AckHandle, AdapterError, BrokerAccess, Destination, Endpoint, Message, SendError,
+};
 
 /// One message taken from the ingress, with the promise to settle it.
 #[derive(Debug)]
@@ -170,6 +172,27 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// Broker URL used when none is configured.
     fn default_broker(&self) -> &'static str;
+
+    /// The URL schemes this adapter's broker URLs use, e.g. `nats`, `tls`.
+    fn schemes(&self) -> &'static [&'static str];
+
+    /// Checks that the adapter can use every setting in `access` (a
+    /// `[[brokers]]` section): one it would ignore is an error, so nothing
+    /// the configuration asks for is silently dropped. The default takes
+    /// none.
+    fn check_access(&self, access: &BrokerAccess) -> Result<(), AccessError> {
+        access.refuse(
+            self.name(),
+            &[
+                "username",
+                "password",
+                "token",
+                "nkey_seed",
+                "credentials",
+                "tls",
+            ],
+        )
+    }
 
     /// The conventional inbox address of an instance.
     fn default_inbox(&self, service: &str, instance: &str) -> String;

@@ -7,12 +7,18 @@
 //! message exactly once, which counts as a failure if it is dropped unsettled,
 //! so no code path can acknowledge a message by forgetting it.
 
+pub mod access;
 mod ack;
 mod adapter;
 mod backoff;
 mod error;
 mod message;
+pub mod tls;
 
+pub use access::{
+    broker_key, has_credentials, redact_url, AccessBook, AccessError, BrokerAccess, Secret,
+    TlsFiles,
+};
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{
     Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
@@ -21,35 +27,6 @@ pub use adapter::{
 pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
-
-/// `url` with any password replaced by `***`, for logs and health output.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme + 3 => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact_url("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(
-            super::redact_url("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-    }
-}
 
 /// Names of the headers Baker adds to, or reads from, every message it routes.
 pub mod header {

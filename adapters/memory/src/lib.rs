@@ -294,6 +294,10 @@ impl Adapter for MemoryAdapter {
         "memory://default"
     }
 
+    fn schemes(&self) -> &'static [&'static str] {
+        &["memory"]
+    }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker.{service}.{instance}")
     }

@@ -92,6 +92,10 @@ impl Adapter for MqttAdapter {
         DEFAULT_BROKER
     }
 
+    fn schemes(&self) -> &'static [&'static str] {
+        &["mqtt", "tcp", "mqtts", "ssl"]
+    }
+
     fn default_inbox(&self, service: &str, instance: &str) -> String {
         format!("_baker/{service}/{instance}")
     }

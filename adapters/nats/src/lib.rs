@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use async_nats::Client;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer,
-    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, Roles, SendError,
-    Target,
+    AccessBook, AccessError, Adapter, AdapterError, AppClient, BrokerAccess, BrokerHealth, Cause,
+    Destination, Endpoint, InboxConsumer, Ingress, IngressOptions, Message, Provisioning, Replies,
+    Reply, ReplyInbox, Roles, SendError, Target,
 };
 
 mod convert;
@@ -45,6 +45,18 @@ pub use url::{server_addrs, DEFAULT_BROKER};
 #[derive(Default)]
 pub struct NatsAdapter {
     clients: Mutex<HashMap<String, Client>>,
+    access: AccessBook,
+}
+
+impl NatsAdapter {
+    /// An adapter that connects with the credentials and TLS `access` holds
+    /// for each broker.
+    pub fn new(access: AccessBook) -> Self {
+        Self {
+            clients: Mutex::default(),
+            access,
+        }
+    }
 }
 
 #[async_trait]
@@ -55,6 +67,30 @@ impl Adapter for NatsAdapter {
 
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["nats", "tls"]
+    }
+
+    /// Every credential NATS has, and TLS; an NKey seed and a credentials
+    /// file must parse.
+    fn check_access(&self, access: &BrokerAccess) -> Result<(), AccessError> {
+        if let Some(seed) = &access.nkey_seed {
+            nkeys::KeyPair::from_seed(seed.expose().trim()).map_err(|e| AccessError::Invalid {
+                field: "nkey_seed_file".to_owned(),
+                reason: format!("not an NKey seed: {e}"),
+            })?;
+        }
+        if let Some(credentials) = &access.credentials {
+            async_nats::ConnectOptions::new()
+                .credentials(credentials.expose())
+                .map_err(|e| AccessError::Invalid {
+                    field: "credentials_file".to_owned(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     fn default_inbox(&self, service: &str, instance: &str) -> String {

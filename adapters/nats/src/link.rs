@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use baker_adapter_api::{AdapterError, BrokerHealth, IngressStatus};
@@ -20,21 +22,23 @@ impl NatsAdapter {
             return Ok(client.clone());
         }
         let servers = server_addrs(url).map_err(|e| e.for_url(url))?;
-        let broker = url.to_owned();
+        let broker = baker_adapter_api::redact_url(url);
+        let options = self.connect_options(url)?;
+        let errors = Arc::new(Mutex::new(RepeatedError::default()));
         // retry_on_initial_connect: an unreachable broker must not stall the
         // router; async-nats keeps reconnecting with backoff and buffers
         // publishes meanwhile (bounded by its client capacity).
-        let client = async_nats::ConnectOptions::new()
+        let client = options
             .name("baker-mq")
             .retry_on_initial_connect()
             .event_callback(move |event| {
-                let broker = broker.clone();
-                async move { report_event(&broker, event) }
+                let (broker, errors) = (broker.clone(), errors.clone());
+                async move { report_event(&broker, &errors, event) }
             })
             .connect(servers)
             .await
             .map_err(|e| AdapterError::Broker {
-                url: url.to_owned(),
+                url: baker_adapter_api::redact_url(url),
                 reason: e.to_string(),
             })?;
         Ok(self
@@ -42,6 +46,44 @@ impl NatsAdapter {
             .entry(url.to_owned())
             .or_insert(client)
             .clone())
+    }
+
+    /// The connection's credentials and TLS: the configuration's section
+    /// for this broker, else what the URL carries (async-nats reads a URL's
+    /// `user:password@` or `token@` itself).
+    fn connect_options(&self, url: &str) -> Result<async_nats::ConnectOptions, AdapterError> {
+        let mut options = async_nats::ConnectOptions::new();
+        let Some(access) = self.access.get(url) else {
+            return Ok(options);
+        };
+        let invalid = |reason: String| AdapterError::InvalidBroker {
+            url: baker_adapter_api::redact_url(url),
+            reason,
+        };
+        if let Some(user) = &access.username {
+            let password = access.password.as_ref().map(|p| p.expose().to_owned());
+            options = options.user_and_password(user.clone(), password.unwrap_or_default());
+        } else if access.password.is_some() {
+            return Err(invalid("a password needs a username".to_owned()));
+        }
+        if let Some(token) = &access.token {
+            options = options.token(token.expose().to_owned());
+        }
+        if let Some(seed) = &access.nkey_seed {
+            options = options.nkey(seed.expose().trim().to_owned());
+        }
+        if let Some(credentials) = &access.credentials {
+            options = options
+                .credentials(credentials.expose())
+                .map_err(|e| invalid(format!("credentials: {e}")))?;
+        }
+        if let Some(tls) = &access.tls {
+            let config = tls.client_config().map_err(|e| invalid(e.to_string()))?;
+            options = options.require_tls(true).tls_client_config(config);
+        } else if url.starts_with("tls://") {
+            baker_adapter_api::tls::install_crypto_provider();
+        }
+        Ok(options)
     }
 
     pub(crate) fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {
@@ -80,10 +122,21 @@ impl NatsAdapter {
 /// Seconds (since the Unix epoch) of the last slow-consumer warning.
 static LAST_SLOW_CONSUMER_LOG: AtomicU64 = AtomicU64::new(0);
 
+/// The last connection error logged, to log a failure that repeats (each
+/// reconnection attempt while the broker refuses) at most every 30 s.
+#[derive(Default)]
+struct RepeatedError {
+    text: String,
+    logged: Option<Instant>,
+    since: u64,
+}
+
 /// Logs connection events. Slow-consumer events (one per message NATS
 /// dropped because this process fell behind) are counted in
-/// `baker_nats_slow_consumer_total` and logged at most every 10 s.
-fn report_event(broker: &str, event: async_nats::Event) {
+/// `baker_nats_slow_consumer_total` and logged at most every 10 s; the same
+/// connection error again is logged at most every 30 s, with how many times
+/// it came meanwhile.
+fn report_event(broker: &str, errors: &Mutex<RepeatedError>, event: async_nats::Event) {
     match event {
         async_nats::Event::SlowConsumer(_) => {
             metrics::counter!("baker_nats_slow_consumer_total", "broker" => broker.to_owned())
@@ -100,7 +153,26 @@ fn report_event(broker: &str, event: async_nats::Event) {
                 tracing::warn!(%broker, "NATS dropped messages for this slow consumer (see baker_nats_slow_consumer_total)");
             }
         }
-        async_nats::Event::Connected => tracing::info!(%broker, "connected to NATS"),
+        async_nats::Event::Connected => {
+            *errors.lock().unwrap_or_else(|e| e.into_inner()) = RepeatedError::default();
+            tracing::info!(%broker, "connected to NATS");
+        }
+        async_nats::Event::ClientError(error) => {
+            let text = error.to_string();
+            let mut last = errors.lock().unwrap_or_else(|e| e.into_inner());
+            let quiet = last.text == text
+                && last
+                    .logged
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
+            if quiet {
+                last.since += 1;
+                return;
+            }
+            let repeated = std::mem::take(&mut last.since);
+            last.text.clone_from(&text);
+            last.logged = Some(Instant::now());
+            tracing::warn!(%broker, error = %text, repeated, "cannot connect to NATS; retrying");
+        }
         other => tracing::warn!(%broker, event = %other, "NATS connection event"),
     }
 }

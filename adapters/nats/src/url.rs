@@ -22,7 +22,7 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, UrlError> 
             };
             full.parse::<async_nats::ServerAddr>()
                 .map_err(|e| UrlError::Server {
-                    server: server.to_owned(),
+                    server: baker_adapter_api::redact_url(server),
                     reason: e.to_string(),
                 })
         })

@@ -259,9 +259,11 @@ impl Connector {
                             error,
                         ))
                     }
-                    other => {
+                    _ => {
+                        // The error's source (the TLS or IO failure, the
+                        // server's -ERR) is what tells an operator the cause.
                         self.events_tx
-                            .try_send(Event::ClientError(ClientError::Other(other.to_string())))
+                            .try_send(Event::ClientError(ClientError::Other(error.to_string())))
                             .ok();
                     }
                 },

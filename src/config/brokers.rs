@@ -1,0 +1,259 @@
+//! The file's `[[brokers]]` tables: credentials and TLS per broker, keyed by
+//! the broker's URL without credentials. Secrets come from files or
+//! environment variables, never from the table itself, and are read once at
+//! start-up: a file that is missing or empty stops the start, naming the key.
+
+use std::path::{Path, PathBuf};
+
+use baker_adapter_api::{AccessBook, BrokerAccess, Secret, TlsFiles};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{invalid, ConfigError, Origin};
+use crate::adapters::AdapterRegistry;
+
+/// How to connect to one broker besides its address.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// The broker's URL without credentials, as instances' records and the
+    /// `broker` setting name it: matched by scheme, hosts, ports and path
+    /// (an AMQP vhost), whatever the case and the query, e.g.
+    /// `nats://nats-1.internal:4222` or `amqps://rabbit:5671/orders`.
+    pub url: String,
+    /// User name.
+    pub username: Option<String>,
+    /// File holding the password (a trailing newline is not part of it).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding an authentication token (NATS).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding an authentication token (NATS).
+    pub token_env: Option<String>,
+    /// File holding an NKey seed, `SU…` (NATS).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A credentials file: a user JWT and its NKey seed (NATS, `.creds`).
+    pub credentials_file: Option<PathBuf>,
+    /// Require TLS. Implied by `ca_file`, `cert_file` and `key_file`, and by
+    /// a TLS scheme in the URL (`tls://`, `amqps://`, `mqtts://`).
+    pub tls: Option<bool>,
+    /// PEM file of the CA certificates that sign the broker's certificate
+    /// [default: the system's trusted roots].
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (mutual TLS), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl BrokerSection {
+    /// The section's settings, with every secret read.
+    fn access(&self, key: &str, origin: &Origin) -> Result<BrokerAccess, ConfigError> {
+        let fail = |field: &str, reason: String| {
+            invalid(origin.clone(), &format!("{key}.{field}"), reason)
+        };
+        let secret = |name: &str, file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
+            (Some(_), Some(_)) => Err(fail(
+                &format!("{name}_file"),
+                format!("give {name}_file or {name}_env, not both"),
+            )),
+            (Some(path), None) => read_secret(path)
+                .map(Some)
+                .map_err(|reason| fail(&format!("{name}_file"), reason)),
+            (None, Some(variable)) => read_env(variable)
+                .map(Some)
+                .map_err(|reason| fail(&format!("{name}_env"), reason)),
+            (None, None) => Ok(None),
+        };
+        let password = secret("password", &self.password_file, &self.password_env)?;
+        if password.is_some() && self.username.is_none() {
+            return Err(fail("username", "a password needs a username".to_owned()));
+        }
+        let nkey_seed = self
+            .nkey_seed_file
+            .as_ref()
+            .map(|path| read_secret(path).map_err(|r| fail("nkey_seed_file", r)))
+            .transpose()?;
+        // A credentials file is kept whole: its parser wants the last line's
+        // newline.
+        let credentials = self
+            .credentials_file
+            .as_ref()
+            .map(|path| read_file(path).map_err(|r| fail("credentials_file", r)))
+            .transpose()?;
+        let tls_scheme = ["tls://", "amqps://", "mqtts://", "ssl://"]
+            .iter()
+            .any(|s| self.url.to_ascii_lowercase().starts_with(s));
+        let files = TlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        };
+        let tls = match self.tls {
+            Some(false) if files != TlsFiles::default() || tls_scheme => {
+                return Err(fail(
+                    "tls",
+                    "is false, but the section names TLS files or a TLS scheme".to_owned(),
+                ))
+            }
+            Some(false) => None,
+            _ if self.tls == Some(true) || tls_scheme || files != TlsFiles::default() => {
+                // Checked now, so a file that cannot work stops the start.
+                files
+                    .client_config()
+                    .map_err(|e| fail("ca_file", e.to_string()))?;
+                Some(files)
+            }
+            _ => None,
+        };
+        Ok(BrokerAccess {
+            username: self.username.clone(),
+            password,
+            token: secret("token", &self.token_file, &self.token_env)?,
+            nkey_seed,
+            credentials,
+            tls,
+        })
+    }
+}
+
+/// A secret's text from a file, without its trailing newline.
+fn read_secret(path: &Path) -> Result<Secret, String> {
+    let text = read_file(path)?;
+    Ok(Secret::new(text.expose().trim_end_matches(['\n', '\r'])))
+}
+
+/// A file's whole text, as a secret.
+fn read_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(text))
+}
+
+/// A secret's text from an environment variable.
+fn read_env(variable: &str) -> Result<Secret, String> {
+    match std::env::var(variable) {
+        Ok(text) if !text.is_empty() => Ok(Secret::new(text)),
+        Ok(_) => Err(format!("the environment variable {variable} is empty")),
+        Err(_) => Err(format!("the environment variable {variable} is not set")),
+    }
+}
+
+/// Every section's settings, checked: a URL the adapters know, without
+/// credentials, named once, and settings its adapter can use.
+pub fn resolve(
+    sections: &[BrokerSection],
+    origin: &Origin,
+    adapters: &AdapterRegistry,
+) -> Result<AccessBook, ConfigError> {
+    let mut entries: Vec<(String, BrokerAccess)> = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let key = format!("brokers[{i}]");
+        let fail = |reason: String| invalid(origin.clone(), &format!("{key}.url"), reason);
+        if baker_adapter_api::has_credentials(&section.url) {
+            return Err(fail(
+                "must not carry credentials: give username with password_file or password_env (or token_file, nkey_seed_file, credentials_file)".to_owned(),
+            ));
+        }
+        let Some(adapter) = adapters.for_url(&section.url) else {
+            return Err(fail(format!(
+                "{:?} has a scheme no adapter of this build takes ({})",
+                section.url,
+                adapters.schemes().join(", ")
+            )));
+        };
+        let url_key = baker_adapter_api::broker_key(&section.url);
+        if entries
+            .iter()
+            .any(|(url, _)| baker_adapter_api::broker_key(url) == url_key)
+        {
+            return Err(fail(format!("{url_key} has a section already")));
+        }
+        let access = section.access(&key, origin)?;
+        adapter
+            .check_access(&access)
+            .map_err(|e| invalid(origin.clone(), &key, e.to_string()))?;
+        entries.push((section.url.clone(), access));
+    }
+    Ok(AccessBook::new(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_toml(text: &str) -> Result<AccessBook, String> {
+        #[derive(Deserialize)]
+        struct File {
+            brokers: Vec<BrokerSection>,
+        }
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let origin = Origin::File("baker.toml".into());
+        resolve(&file.brokers, &origin, &AdapterRegistry::builtin()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_and_variables_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret-pw\n").unwrap();
+        std::env::set_var("BAKER_TEST_BROKERS_TOKEN", "s3cret-token");
+        let book = resolve_toml(&format!(
+            "[[brokers]]\nurl = \"nats://N1:4222\"\nusername = \"router\"\npassword_file = {:?}\n\
+             [[brokers]]\nurl = \"nats://n2:4222\"\ntoken_env = \"BAKER_TEST_BROKERS_TOKEN\"\n",
+            password.display()
+        ))
+        .unwrap();
+        let n1 = book.get("nats://n1:4222?ingress=jetstream").unwrap();
+        assert_eq!(n1.password.as_ref().unwrap().expose(), "s3cret-pw");
+        let n2 = book.get("nats://n2:4222").unwrap();
+        assert_eq!(n2.token.as_ref().unwrap().expose(), "s3cret-token");
+        let printed = format!("{book:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
+    #[test]
+    fn a_section_that_cannot_work_names_its_key() {
+        for (toml, expected) in [
+            (
+                "[[brokers]]\nurl = \"nats://u:p@n1:4222\"\n",
+                "brokers[0].url`: must not carry credentials",
+            ),
+            (
+                "[[brokers]]\nurl = \"kafka://k:9092\"\n",
+                "brokers[0].url`: \"kafka://k:9092\" has a scheme no adapter",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+                "brokers[0].password_file`: cannot read /nonexistent/pw",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\npassword_env = \"BAKER_TEST_UNSET_VARIABLE\"\n",
+                "brokers[0].password_env`: the environment variable BAKER_TEST_UNSET_VARIABLE is not set",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "brokers[0].ca_file`: ca_file /nonexistent/ca.pem",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\n[[brokers]]\nurl = \"NATS://n1:4222/\"\n",
+                "brokers[1].url`: nats://n1:4222 has a section already",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\nnkey_seed_file = \"Cargo.toml\"\n",
+                "brokers[0]`: `nkey_seed_file`: not an NKey seed",
+            ),
+            (
+                "[[brokers]]\nurl = \"memory://x\"\ntls = true\n",
+                "brokers[0]`: the memory adapter has no use for `tls`",
+            ),
+        ] {
+            let error = resolve_toml(toml).unwrap_err();
+            assert!(error.contains(expected), "{toml}: {error}");
+        }
+    }
+}
