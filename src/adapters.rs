@@ -40,10 +40,9 @@ impl AdapterRegistry {
     /// The adapters enabled by cargo features, connecting with the
     /// credentials and TLS `access` holds for each broker.
     pub fn with_access(access: &AccessBook) -> Self {
-        let _ = access;
         let adapters: Vec<Arc<dyn Adapter>> = vec![
             #[cfg(feature = "amqp")]
-            Arc::new(baker_adapter_amqp::AmqpAdapter::default()),
+            Arc::new(baker_adapter_amqp::AmqpAdapter::new(access.clone())),
             #[cfg(feature = "nats")]
             Arc::new(baker_adapter_nats::NatsAdapter::new(access.clone())),
             #[cfg(feature = "mqtt")]

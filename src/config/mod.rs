@@ -208,8 +208,18 @@ impl Config {
             let reason = format!("{ttl} is not between 1 and 3600 seconds");
             return Err(invalid(origin, "ttl", reason));
         }
-        let registrations = self.registrations(&adapter, &broker, ttl, adapters)?;
-        let access = brokers::resolve(&self.file.brokers, &self.file_origin, adapters)?;
+        let mut registrations = self.registrations(&adapter, &broker, ttl, adapters)?;
+        // Credentials in the configured URLs are kept in the book of broker
+        // access, by broker; the URLs themselves (which records, logs and
+        // status show) go without them.
+        let mut access = brokers::resolve(&self.file.brokers, &self.file_origin, adapters)?;
+        access.add_url_credentials(&broker);
+        let broker = baker_adapter_api::without_credentials(&broker);
+        for registered in &mut registrations {
+            let endpoint = &mut registered.record.endpoint;
+            access.add_url_credentials(&endpoint.broker);
+            endpoint.broker = baker_adapter_api::without_credentials(&endpoint.broker);
+        }
         let (max_in_flight, origin) = self.get_or(|o| &o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
         if max_in_flight == 0 {
             return Err(invalid(origin, "max_in_flight", "must be at least 1"));

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baker_adapter_api::Every;
+
 use super::http::HttpDirectory;
 use super::{Catalog, ClientError, Directory, InstanceRecord};
 
@@ -52,7 +54,25 @@ impl DirectoryClient {
         after: Option<(u64, u64)>,
         wait: Duration,
     ) -> Result<Catalog, ClientError> {
-        self.0.catalog(after, wait).await
+        let mut catalog = self.0.catalog(after, wait).await?;
+        // Records written by older agents may carry credentials: a router
+        // never shows or uses them (it connects with its own).
+        let mut stripped = 0;
+        for record in &mut catalog.instances {
+            stripped += usize::from(record.strip_credentials());
+        }
+        if stripped > 0 {
+            static STRIPPED: Every = Every::new(Duration::from_secs(300));
+            if STRIPPED.check().is_some() {
+                tracing::warn!(
+                    stripped,
+                    "instance records name their brokers with credentials; \
+                    ignored (this router connects with its own: see [[brokers]] in \
+                    docs/configuration.md); upgrade the agents that write them"
+                );
+            }
+        }
+        Ok(catalog)
     }
 
     /// True when the directory answers.

@@ -21,6 +21,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use baker_adapter_api::Every;
+
 use super::record::InstanceRecord;
 use super::store::Store;
 use crate::shutdown::Shutdown;
@@ -81,7 +83,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn register(
     State(store): State<Arc<Store>>,
     Path((service, id)): Path<(String, String)>,
-    Json(record): Json<InstanceRecord>,
+    Json(mut record): Json<InstanceRecord>,
 ) -> Response {
     if record.service != service || record.id != id {
         return error(
@@ -91,6 +93,15 @@ async fn register(
                 record.service, record.id
             ),
         );
+    }
+    if record.strip_credentials() {
+        static STRIPPED: Every = Every::new(Duration::from_secs(60));
+        metrics::counter!("baker_directory_credentials_stripped_total").increment(1);
+        if let Some(more) = STRIPPED.check() {
+            tracing::warn!(%service, %id, more, "a registration named its broker with credentials; \
+                stored without them (routers connect with their own: see [[brokers]] in \
+                docs/configuration.md); counted in baker_directory_credentials_stripped_total");
+        }
     }
     match store.register(record, Instant::now()) {
         Ok(index) => Json(serde_json::json!({ "index": index })).into_response(),

@@ -175,6 +175,44 @@ impl Drop for Vhost {
     }
 }
 
+/// A RabbitMQ user of the test's own with every permission on `vhost`,
+/// deleted when dropped.
+pub struct User {
+    pub name: String,
+}
+
+impl User {
+    pub fn create(vhost: &Vhost, password: &str) -> User {
+        let user = User {
+            name: unique("baker-user-"),
+        };
+        let path = format!("users/{}", segment(&user.name));
+        management(
+            Method::PUT,
+            &path,
+            Some(json!({"password": password, "tags": ""})),
+        );
+        let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+        let permissions = format!(
+            "permissions/{}/{}",
+            segment(&vhost.name),
+            segment(&user.name)
+        );
+        management(Method::PUT, &permissions, Some(all));
+        user
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = request(
+            Method::DELETE,
+            &format!("users/{}", segment(&self.name)),
+            None,
+        );
+    }
+}
+
 pub async fn declare_queue(channel: &Channel, queue: &str) {
     channel
         .queue_declare(

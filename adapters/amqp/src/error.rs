@@ -14,6 +14,9 @@ pub enum AmqpError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker URL does not parse as an AMQP URI.
+    #[error("broker URL {broker}: {reason}")]
+    Url { broker: String, reason: String },
     /// A further channel could not be opened.
     #[error("opening a channel on {broker}: {source}")]
     Channel {

@@ -34,9 +34,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer,
-    Ingress, IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, Roles, SendError,
-    Target,
+    AccessBook, AccessError, Adapter, AdapterError, AppClient, BrokerAccess, BrokerHealth, Cause,
+    Destination, Endpoint, InboxConsumer, Ingress, IngressOptions, Message, Provisioning, Replies,
+    Reply, ReplyInbox, Roles, SendError, Target,
 };
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -61,16 +61,27 @@ pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Default)]
 pub struct AmqpAdapter {
     links: Mutex<HashMap<String, (Arc<Link>, Publisher)>>,
+    access: AccessBook,
 }
 
 impl AmqpAdapter {
+    /// An adapter that connects with the credentials `access` holds for
+    /// each broker (else the URL's own, else lapin's default guest/guest).
+    pub fn new(access: AccessBook) -> Self {
+        Self {
+            links: Mutex::default(),
+            access,
+        }
+    }
+
     fn link(&self, url: &str) -> (Arc<Link>, Publisher) {
         self.links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(url.to_owned())
             .or_insert_with(|| {
-                let link = Arc::new(Link::new(url, "baker-mq"));
+                let access = self.access.get(url).cloned();
+                let link = Arc::new(Link::new(url, "baker-mq", access));
                 let publisher = Publisher::start(link.clone());
                 (link, publisher)
             })
@@ -159,6 +170,11 @@ impl Adapter for AmqpAdapter {
 
     fn schemes(&self) -> &'static [&'static str] {
         &["amqp", "amqps"]
+    }
+
+    /// A user name and password; TLS settings are not taken yet.
+    fn check_access(&self, access: &BrokerAccess) -> Result<(), AccessError> {
+        access.refuse(NAME, &["token", "nkey_seed", "credentials", "tls"])
     }
 
     fn default_inbox(&self, service: &str, instance: &str) -> String {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use baker_adapter_api::BrokerAccess;
 use lapin::options::ConfirmSelectOptions;
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::AmqpError;
@@ -26,13 +28,17 @@ pub struct Link {
     current: ArcSwapOption<(Connection, Channel)>,
     reconnecting: tokio::sync::Mutex<()>,
     was_connected: AtomicBool,
+    /// Credentials from the configuration, over the URL's.
+    access: Option<BrokerAccess>,
 }
 
 impl Link {
-    /// A link to `url`, not yet connected.
-    pub fn new(url: &str, name: &'static str) -> Self {
+    /// A link to `url`, not yet connected; `access` holds the credentials
+    /// the configuration gives for its broker.
+    pub fn new(url: &str, name: &'static str, access: Option<BrokerAccess>) -> Self {
         Self {
             name,
+            access,
             url: url.to_owned(),
             current: ArcSwapOption::empty(),
             reconnecting: tokio::sync::Mutex::new(()),
@@ -74,9 +80,10 @@ impl Link {
         if let Some(channel) = self.usable() {
             return Ok(channel);
         }
+        let uri = self.uri()?;
         let connect = async {
-            let connection = Connection::connect(
-                &self.url,
+            let connection = Connection::connect_uri(
+                uri,
                 ConnectionProperties::default().with_connection_name(self.name.into()),
             )
             .await?;
@@ -100,6 +107,24 @@ impl Link {
             .store(Some(Arc::new((connection, channel.clone()))));
         self.was_connected.store(true, Ordering::Relaxed);
         Ok(channel)
+    }
+
+    /// The URL to connect to, with the configuration's credentials.
+    fn uri(&self) -> Result<AMQPUri, AmqpError> {
+        let mut uri: AMQPUri = self.url.parse().map_err(|reason| AmqpError::Url {
+            broker: redact(&self.url),
+            reason,
+        })?;
+        if let Some(access) = &self.access {
+            if let Some(username) = &access.username {
+                uri.authority.userinfo.username.clone_from(username);
+                uri.authority.userinfo.password = access
+                    .password
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.expose().to_owned());
+            }
+        }
+        Ok(uri)
     }
 
     /// A further channel on the link's connection (for consuming), connecting

@@ -73,6 +73,17 @@ pub struct BrokerAccess {
 }
 
 impl BrokerAccess {
+    /// The credentials `url` carries: `user:password@` as a user name and
+    /// password, `name@` as a user name alone (NATS reads it as a token).
+    pub fn from_url(url: &str) -> Option<Self> {
+        let (username, password) = url_credentials(url)?;
+        Some(Self {
+            username: Some(username),
+            password: password.map(Secret::new),
+            ..Self::default()
+        })
+    }
+
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -135,6 +146,16 @@ impl AccessBook {
                 .into_iter()
                 .map(|(url, access)| (broker_key(&url), access))
                 .collect(),
+        }
+    }
+
+    /// Adds the credentials `url` carries, for its broker, unless the book
+    /// has settings for that broker already (a `[[brokers]]` section wins).
+    pub fn add_url_credentials(&mut self, url: &str) {
+        if self.get(url).is_none() {
+            if let Some(access) = BrokerAccess::from_url(url) {
+                self.entries.push((broker_key(url), access));
+            }
         }
     }
 
@@ -205,6 +226,36 @@ pub fn redact_url(url: &str) -> String {
     match scheme {
         Some(scheme) => format!("{scheme}://{hosts}{path}"),
         None => format!("{hosts}{path}"),
+    }
+}
+
+/// `url` without credentials (user name, password or token) but with its
+/// path and query: what a directory record names.
+pub fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, tail) = split_authority(rest);
+    let (authority, query) = match authority.find(['?', '#']) {
+        Some(at) => authority.split_at(at),
+        None => (authority, ""),
+    };
+    let hosts = authority
+        .split(',')
+        .map(|server| {
+            let (prefix, server) = match server.split_once("://") {
+                Some((scheme, host)) => (format!("{scheme}://"), host),
+                None => (String::new(), server),
+            };
+            let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
+            format!("{prefix}{host}")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    match scheme {
+        Some(scheme) => format!("{scheme}://{hosts}{query}{tail}"),
+        None => format!("{hosts}{query}{tail}"),
     }
 }
 
@@ -381,6 +432,41 @@ mod tests {
             assert_eq!(redact_url(url), shown, "{url}");
             assert_eq!(has_credentials(url), url.contains('@'), "{url}");
         }
+    }
+
+    #[test]
+    fn without_credentials_keeps_path_and_query() {
+        for (url, bare) in [
+            (
+                "amqp://guest:pw@host:5672/%2f?heartbeat=5",
+                "amqp://host:5672/%2f?heartbeat=5",
+            ),
+            (
+                "nats://tok@a:1,u:p@b:2?inbox=jetstream",
+                "nats://a:1,b:2?inbox=jetstream",
+            ),
+            ("mqtt://u:p@h?client_id=x", "mqtt://h?client_id=x"),
+            ("mqtt://h:1883", "mqtt://h:1883"),
+        ] {
+            assert_eq!(without_credentials(url), bare, "{url}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_kept_in_the_book_unless_a_section_says_otherwise() {
+        let section = BrokerAccess {
+            username: Some("section".into()),
+            ..Default::default()
+        };
+        let mut book = AccessBook::new([("amqp://a:5672/v".to_owned(), section.clone())]);
+        book.add_url_credentials("amqp://url:pw@a:5672/v");
+        book.add_url_credentials("amqp://other:pw2@b:5672/v?x=1");
+        book.add_url_credentials("nats://c:4222");
+        assert_eq!(book.get("amqp://a:5672/v"), Some(&section));
+        let b = book.get("amqp://b:5672/v").unwrap();
+        assert_eq!(b.username.as_deref(), Some("other"));
+        assert_eq!(b.password.as_ref().map(Secret::expose), Some("pw2"));
+        assert_eq!(book.get("nats://c:4222"), None);
     }
 
     #[test]

@@ -12,12 +12,13 @@ mod ack;
 mod adapter;
 mod backoff;
 mod error;
+mod every;
 mod message;
 pub mod tls;
 
 pub use access::{
-    broker_key, has_credentials, redact_url, AccessBook, AccessError, BrokerAccess, Secret,
-    TlsFiles,
+    broker_key, has_credentials, redact_url, without_credentials, AccessBook, AccessError,
+    BrokerAccess, Secret, TlsFiles,
 };
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{
@@ -26,6 +27,7 @@ pub use adapter::{
 };
 pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
+pub use every::Every;
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
 
 /// Names of the headers Baker adds to, or reads from, every message it routes.

@@ -49,8 +49,8 @@ impl NatsAdapter {
     }
 
     /// The connection's credentials and TLS: the configuration's section
-    /// for this broker, else what the URL carries (async-nats reads a URL's
-    /// `user:password@` or `token@` itself).
+    /// for this broker, else the credentials a configured URL carried
+    /// (`user:password@`, `token@`); see [`baker_adapter_api::AccessBook`].
     fn connect_options(&self, url: &str) -> Result<async_nats::ConnectOptions, AdapterError> {
         let mut options = async_nats::ConnectOptions::new();
         let Some(access) = self.access.get(url) else {
@@ -60,11 +60,14 @@ impl NatsAdapter {
             url: baker_adapter_api::redact_url(url),
             reason,
         };
-        if let Some(user) = &access.username {
-            let password = access.password.as_ref().map(|p| p.expose().to_owned());
-            options = options.user_and_password(user.clone(), password.unwrap_or_default());
-        } else if access.password.is_some() {
-            return Err(invalid("a password needs a username".to_owned()));
+        match (&access.username, &access.password) {
+            (Some(user), Some(password)) => {
+                options = options.user_and_password(user.clone(), password.expose().to_owned());
+            }
+            // `nats://TOKEN@host`, as async-nats reads a URL.
+            (Some(token), None) => options = options.token(token.clone()),
+            (None, Some(_)) => return Err(invalid("a password needs a username".to_owned())),
+            (None, None) => {}
         }
         if let Some(token) = &access.token {
             options = options.token(token.expose().to_owned());

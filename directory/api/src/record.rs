@@ -123,6 +123,18 @@ impl InstanceRecord {
         Ok(())
     }
 
+    /// Removes credentials from the endpoint's broker URL (records name
+    /// brokers without them; each router connects with its own); whether
+    /// there were any.
+    pub fn strip_credentials(&mut self) -> bool {
+        let broker = &mut self.endpoint.broker;
+        if !baker_adapter_api::has_credentials(broker) {
+            return false;
+        }
+        *broker = baker_adapter_api::without_credentials(broker);
+        true
+    }
+
     /// True when routers may send to this instance.
     pub fn routable(&self) -> bool {
         self.status == Status::Passing
