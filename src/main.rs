@@ -79,10 +79,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             timeout_secs,
         }) => {
             let addr = admin.unwrap_or_else(|| config.admin());
+            let token = config.admin_token()?;
             baker_mq::drain::run(
                 addr,
                 instance.as_deref(),
                 std::time::Duration::from_secs(*timeout_secs),
+                token.as_ref(),
             )
             .await?;
         }

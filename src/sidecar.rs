@@ -273,6 +273,7 @@ pub async fn run(
         registered,
         drains,
         stop_requested: stop_requested.clone(),
+        guard: admin::guard::AdminGuard::new(settings.admin_token.clone()),
     };
     {
         let shutdown = shutdown.clone();

@@ -3,12 +3,13 @@
 //! environment variables, never from the table itself, and are read once at
 //! start-up: a file that is missing or empty stops the start, naming the key.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use baker_adapter_api::{AccessBook, BrokerAccess, Secret, TlsFiles};
+use baker_adapter_api::{AccessBook, BrokerAccess, TlsFiles};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::secret::{read_env, read_file, read_secret};
 use super::{invalid, ConfigError, Origin};
 use crate::adapters::AdapterRegistry;
 
@@ -115,31 +116,6 @@ impl BrokerSection {
             credentials,
             tls,
         })
-    }
-}
-
-/// A secret's text from a file, without its trailing newline.
-fn read_secret(path: &Path) -> Result<Secret, String> {
-    let text = read_file(path)?;
-    Ok(Secret::new(text.expose().trim_end_matches(['\n', '\r'])))
-}
-
-/// A file's whole text, as a secret.
-fn read_file(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if text.trim().is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(Secret::new(text))
-}
-
-/// A secret's text from an environment variable.
-fn read_env(variable: &str) -> Result<Secret, String> {
-    match std::env::var(variable) {
-        Ok(text) if !text.is_empty() => Ok(Secret::new(text)),
-        Ok(_) => Err(format!("the environment variable {variable} is empty")),
-        Err(_) => Err(format!("the environment variable {variable} is not set")),
     }
 }
 

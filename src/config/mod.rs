@@ -12,12 +12,13 @@ mod directory;
 mod error;
 mod options;
 mod registration;
+mod secret;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use baker_adapter_api::{AccessBook, IngressOptions};
+use baker_adapter_api::{AccessBook, IngressOptions, Secret};
 use serde::Deserialize as _;
 
 pub use brokers::BrokerSection;
@@ -33,6 +34,8 @@ use crate::directory::DEFAULT_LISTEN;
 use crate::router::outlier::OutlierConfig;
 use crate::router::{JourneyConfig, PolicyKind};
 
+/// The variable that may hold the admin API's token itself.
+pub const ADMIN_TOKEN_VARIABLE: &str = "BAKER_ADMIN_TOKEN";
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
 const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -55,6 +58,8 @@ pub struct Settings {
     pub directory: DirectoryTarget,
     /// Admin address, and whether it was chosen explicitly.
     pub admin: (SocketAddr, bool),
+    /// The admin API's token, if any.
+    pub admin_token: Option<Secret>,
     /// Instances to register.
     pub registrations: Vec<Registered>,
     /// Policy per service.
@@ -179,6 +184,22 @@ impl Config {
             .map_or_else(|| DEFAULT_ADMIN.parse().expect("valid default"), |(a, _)| a)
     }
 
+    /// The admin API's token: from `admin_token_file`, else the variable
+    /// `BAKER_ADMIN_TOKEN`, else none.
+    pub fn admin_token(&self) -> Result<Option<Secret>, ConfigError> {
+        match self.get(|o| &o.admin_token_file) {
+            Some((path, origin)) => secret::read_secret(&path)
+                .map(Some)
+                .map_err(|reason| invalid(origin, "admin_token_file", reason)),
+            None if std::env::var_os(ADMIN_TOKEN_VARIABLE).is_some() => {
+                secret::read_env(ADMIN_TOKEN_VARIABLE)
+                    .map(Some)
+                    .map_err(|reason| invalid(Origin::CommandLine, ADMIN_TOKEN_VARIABLE, reason))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The settings the sidecar runs with, or the first setting that is
     /// wrong.
     pub fn resolve(&self, adapters: &AdapterRegistry) -> Result<Settings, ConfigError> {
@@ -203,6 +224,18 @@ impl Config {
             Some((addr, _)) => (addr, true),
             None => (DEFAULT_ADMIN.parse().expect("valid default"), false),
         };
+        let admin_token = self.admin_token()?;
+        if !admin.0.ip().is_loopback() && admin_token.is_none() {
+            let origin = self
+                .get(|o| &o.admin)
+                .map_or(Origin::CommandLine, |(_, o)| o);
+            let reason = format!(
+                "{} is not a loopback address: an admin API others can reach needs a token \
+                 (admin_token_file, or the variable {ADMIN_TOKEN_VARIABLE})",
+                admin.0
+            );
+            return Err(invalid(origin, "admin", reason));
+        }
         let (ttl, origin) = self.get_or(|o| &o.ttl, DEFAULT_TTL_SECS);
         if !(1..=3600).contains(&ttl) {
             let reason = format!("{ttl} is not between 1 and 3600 seconds");
@@ -266,6 +299,7 @@ impl Config {
             broker,
             directory,
             admin,
+            admin_token,
             registrations,
             policies: self.policies()?,
             version_routing: self.version_routing()?,

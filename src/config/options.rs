@@ -51,6 +51,13 @@ pub struct Options {
     #[arg(long, env = "BAKER_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
+    /// File holding the admin API's token: requests that change state
+    /// (drain) must carry `Authorization: Bearer TOKEN`. BAKER_ADMIN_TOKEN
+    /// may hold the token itself. Needed when the admin address is not
+    /// loopback [default: none]
+    #[arg(long, env = "BAKER_ADMIN_TOKEN_FILE", global = true, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Instances to register. On the command line:
     /// service=NAME,id=ID[,version=V][,weight=W][,zone=Z][,ttl=SECS][,adapter=A][,broker=URL][,inbox=ADDR][,check=URL][,check_interval_ms=N][,rise=N][,fall=N];
     /// repeatable, and in BAKER_REGISTER separated by ';'. In the file: `[[register]]` tables.

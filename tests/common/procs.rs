@@ -63,6 +63,15 @@ impl Proc {
         None
     }
 
+    /// Whether the process has exited, and with what code.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|status| status.code())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,6 +1,9 @@
 //! The admin HTTP API (loopback by default): `/healthz`, `/readyz`,
 //! `/metrics` (Prometheus text) and `/v1/status` (the routing table as JSON,
-//! read by `baker-mq status`).
+//! read by `baker-mq status`), open to read; and the drains, which only
+//! [`guard`] lets through.
+
+pub mod guard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +47,8 @@ pub struct AdminState {
     pub drains: DrainRequests,
     /// Triggered to stop the whole process gracefully, as SIGTERM does.
     pub stop_requested: Shutdown,
+    /// Who may change state (drain).
+    pub guard: guard::AdminGuard,
 }
 
 /// The router's ingress as the health endpoints see it. The router task owns
@@ -340,6 +345,10 @@ pub async fn serve(
             "/v1/drain/{service}/{id}",
             axum::routing::post(drain_instance).get(drain_state),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.guard.clone()),
+            guard::check,
+        ))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
