@@ -367,6 +367,12 @@ async fn keep_registered(
                 }
                 registered.store(true, Ordering::Relaxed);
             }
+            Err(ClientError::Owned(reason)) => {
+                tracing::error!(service = %record.service, id = %record.id, %reason,
+                    "another owner holds this instance; registering again once its lease ends");
+                registered.store(false, Ordering::Relaxed);
+                register_until_done(client, record, registered).await;
+            }
             Err(ClientError::LeaseUnknown) => {
                 tracing::info!(service = %record.service, id = %record.id, "lease unknown to the directory; registering again");
                 registered.store(false, Ordering::Relaxed);

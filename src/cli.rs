@@ -84,6 +84,22 @@ pub enum Command {
         #[arg(long = "broker", id = "demo_broker", value_name = "URL")]
         broker: Option<String>,
     },
+    /// Make a directory token: prints the token on standard output (for the
+    /// sidecars' directory_token_file) and the directory's
+    /// `[[directory_tokens]]` entry, which holds only its SHA-256, on
+    /// standard error.
+    Token {
+        /// A name for the directory's logs, e.g. orders-agents.
+        #[arg(long)]
+        name: String,
+        /// Services the token may register (comma-separated; * for every
+        /// one). None for a router's token.
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+        /// The token may not read the catalog.
+        #[arg(long)]
+        no_read: bool,
+    },
     /// Write the JSON Schemas of the instance record, config file and
     /// baker-* headers into a directory.
     Schemas {

@@ -69,7 +69,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 shutdown::signal().await;
                 stop.trigger();
             });
-            directory::server::bind_and_serve(settings.listen, shutdown)
+            directory::server::bind_and_serve(settings.listen, settings.directory_auth, shutdown)
                 .await
                 .with_context(|| format!("serving the directory on {}", settings.listen))?;
         }
@@ -115,6 +115,26 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 broker: broker.clone(),
             })
             .await?;
+        }
+        Some(Command::Token {
+            name,
+            services,
+            no_read,
+        }) => {
+            let token = baker_mq::directory::auth::new_secret()?;
+            let grant = baker_mq::directory::auth::TokenGrant {
+                name: name.clone(),
+                sha256: baker_mq::directory::auth::digest_hex(&token),
+                services: services.clone(),
+                read: !no_read,
+            };
+            baker_mq::directory::auth::DirectoryAuth::new(std::slice::from_ref(&grant), false)
+                .map_err(|reason| anyhow::anyhow!("{reason}"))?;
+            println!("{token}");
+            eprintln!(
+                "# the directory's entry (config file of baker-mq directory):\n{}",
+                grant.to_toml()
+            );
         }
         Some(Command::Schemas { dir }) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

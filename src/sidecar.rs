@@ -17,6 +17,8 @@ use crate::adapters::AdapterRegistry;
 use crate::admin::{self, AdminState, IngressState};
 use crate::agent::Agent;
 use crate::config::{DirectoryTarget, Settings};
+use crate::directory::http::Identity;
+use crate::directory::owner::owner_id;
 use crate::directory::snapshot::Snapshot;
 use crate::directory::{Catalog, DirectoryClient, Watcher};
 use crate::router::reply::ReplyProxy;
@@ -28,6 +30,9 @@ use baker_adapter_api::Backoff;
 /// Errors that stop the sidecar from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
+    /// The owner id cannot be read from or saved in the state directory.
+    #[error("cannot keep the owner id in the state directory: {0}")]
+    OwnerId(#[source] std::io::Error),
     /// The admin address cannot be bound.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {
@@ -193,21 +198,26 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     let shutdown = Shutdown::new();
     let adapters = AdapterRegistry::with_access(&settings.access);
+    let identity = Identity {
+        token: settings.directory_token.clone(),
+        owner: owner_id(settings.state_dir.as_deref()).map_err(SidecarError::OwnerId)?,
+    };
     let client = match &settings.directory {
         DirectoryTarget::Auto(_) | DirectoryTarget::Url(_) => {
-            DirectoryClient::http(&settings.directory.url())
+            DirectoryClient::http(&settings.directory.url(), &identity)
         }
         DirectoryTarget::Engine(engine) => engine.open().await.map_err(SidecarError::Directory)?,
     };
     let takeover = match settings.directory {
-        DirectoryTarget::Auto(addr) => Some(addr),
+        DirectoryTarget::Auto(addr) => Some((addr, settings.directory_auth.clone())),
         DirectoryTarget::Url(_) | DirectoryTarget::Engine(_) => None,
     };
+    let can_take_over = takeover.is_some();
     let mut watcher = Watcher::new(client.clone(), takeover);
     if let (true, Some(dir)) = (settings.router, &settings.state_dir) {
         watcher = watcher.with_snapshot(Snapshot::in_dir(dir));
     }
-    if takeover.is_some() && !client.ping().await {
+    if can_take_over && !client.ping().await {
         watcher.try_takeover(&shutdown).await;
     }
     let directory_health = watcher.health();
@@ -221,7 +231,7 @@ pub async fn run(
     {
         let shutdown = shutdown.clone();
         // An agent alone needs no view, only takeover duty in auto mode.
-        tasks.push(if settings.router || takeover.is_some() {
+        tasks.push(if settings.router || can_take_over {
             tokio::spawn(watcher.run(shutdown))
         } else {
             tokio::spawn(watcher.report_reachability(shutdown))

@@ -17,6 +17,7 @@ mod secret;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use baker_adapter_api::{AccessBook, IngressOptions, Secret};
 use serde::Deserialize as _;
@@ -29,6 +30,7 @@ pub use options::{LogFormat, Options, ServicePolicy, VersionRoute};
 pub use registration::{Registered, Registration};
 
 use crate::adapters::{self, AdapterRegistry};
+use crate::directory::auth::DirectoryAuth;
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS};
 use crate::directory::DEFAULT_LISTEN;
 use crate::router::outlier::OutlierConfig;
@@ -36,6 +38,8 @@ use crate::router::{JourneyConfig, PolicyKind};
 
 /// The variable that may hold the admin API's token itself.
 pub const ADMIN_TOKEN_VARIABLE: &str = "BAKER_ADMIN_TOKEN";
+/// The variable that may hold the directory token itself.
+pub const DIRECTORY_TOKEN_VARIABLE: &str = "BAKER_DIRECTORY_TOKEN";
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
 const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -82,6 +86,10 @@ pub struct Settings {
     pub drain_timeout: std::time::Duration,
     /// Credentials and TLS per broker.
     pub access: AccessBook,
+    /// The token this sidecar gives the directory.
+    pub directory_token: Option<Secret>,
+    /// Who may do what in a directory served here.
+    pub directory_auth: Arc<DirectoryAuth>,
 }
 
 /// The configuration as given: the command line's options (flags and
@@ -187,17 +195,53 @@ impl Config {
     /// The admin API's token: from `admin_token_file`, else the variable
     /// `BAKER_ADMIN_TOKEN`, else none.
     pub fn admin_token(&self) -> Result<Option<Secret>, ConfigError> {
-        match self.get(|o| &o.admin_token_file) {
+        self.token(
+            |o| &o.admin_token_file,
+            "admin_token_file",
+            ADMIN_TOKEN_VARIABLE,
+        )
+    }
+
+    /// A token from the file a setting names (`key`), else from `variable`,
+    /// else none.
+    fn token(
+        &self,
+        file: impl Fn(&Options) -> &Option<PathBuf>,
+        key: &str,
+        variable: &str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match self.get(file) {
             Some((path, origin)) => secret::read_secret(&path)
                 .map(Some)
-                .map_err(|reason| invalid(origin, "admin_token_file", reason)),
-            None if std::env::var_os(ADMIN_TOKEN_VARIABLE).is_some() => {
-                secret::read_env(ADMIN_TOKEN_VARIABLE)
-                    .map(Some)
-                    .map_err(|reason| invalid(Origin::CommandLine, ADMIN_TOKEN_VARIABLE, reason))
-            }
+                .map_err(|reason| invalid(origin, key, reason)),
+            None if std::env::var_os(variable).is_some() => secret::read_env(variable)
+                .map(Some)
+                .map_err(|reason| invalid(Origin::CommandLine, variable, reason)),
             None => Ok(None),
         }
+    }
+
+    /// Who may do what in a directory served by this process, checked:
+    /// off loopback, tokens are required unless explicitly waived.
+    fn directory_auth(&self, listen: SocketAddr) -> Result<DirectoryAuth, ConfigError> {
+        let open_reads = self.cli.directory_open_reads || self.file.directory_open_reads;
+        let auth = DirectoryAuth::new(&self.file.directory_tokens, open_reads)
+            .map_err(|reason| invalid(self.file_origin.clone(), "directory_tokens", reason))?;
+        let waived =
+            self.cli.allow_unauthenticated_directory || self.file.allow_unauthenticated_directory;
+        if !listen.ip().is_loopback() && !auth.is_enforced() && !waived {
+            let origin = self
+                .get(|o| &o.listen)
+                .map_or(Origin::CommandLine, |(_, o)| o);
+            let reason = format!(
+                "{listen} is not a loopback address: a directory others can reach needs tokens \
+                 ([[directory_tokens]] in the config file; see docs/security.md), or \
+                 --allow-unauthenticated-directory to let anyone who reaches it register \
+                 instances"
+            );
+            return Err(invalid(origin, "listen", reason));
+        }
+        Ok(auth)
     }
 
     /// The settings the sidecar runs with, or the first setting that is
@@ -294,6 +338,12 @@ impl Config {
             || DEFAULT_LISTEN.parse().expect("valid default"),
             |(a, _)| a,
         );
+        let directory_auth = Arc::new(self.directory_auth(listen)?);
+        let directory_token = self.token(
+            |o| &o.directory_token_file,
+            "directory_token_file",
+            DIRECTORY_TOKEN_VARIABLE,
+        )?;
         Ok(Settings {
             adapter,
             broker,
@@ -319,6 +369,8 @@ impl Config {
             state_dir: self.get(|o| &o.state_dir).map(|(dir, _)| dir),
             drain_timeout: std::time::Duration::from_secs(drain_secs),
             access,
+            directory_token,
+            directory_auth,
         })
     }
 

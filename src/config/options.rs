@@ -46,6 +46,17 @@ pub struct Options {
     #[arg(long, env = "BAKER_DIRECTORY", value_name = "URL")]
     pub directory: Option<String>,
 
+    /// File holding the token this sidecar gives the directory
+    /// (`Authorization: Bearer`); BAKER_DIRECTORY_TOKEN may hold the token
+    /// itself [default: none]
+    #[arg(
+        long,
+        env = "BAKER_DIRECTORY_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub directory_token_file: Option<PathBuf>,
+
     /// Admin HTTP address (/healthz, /readyz, /metrics, /v1/status)
     /// [default: 127.0.0.1:7071, or a free port if that is taken]
     #[arg(long, env = "BAKER_ADMIN", value_name = "ADDR")]
@@ -55,7 +66,12 @@ pub struct Options {
     /// (drain) must carry `Authorization: Bearer TOKEN`. BAKER_ADMIN_TOKEN
     /// may hold the token itself. Needed when the admin address is not
     /// loopback [default: none]
-    #[arg(long, env = "BAKER_ADMIN_TOKEN_FILE", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        env = "BAKER_ADMIN_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
     pub admin_token_file: Option<PathBuf>,
 
     /// Instances to register. On the command line:
@@ -164,6 +180,26 @@ pub struct Options {
     #[arg(skip)]
     #[serde(default)]
     pub brokers: Vec<super::BrokerSection>,
+
+    /// The tokens a directory served here accepts, in the file only:
+    /// `[[directory_tokens]]` tables (name, sha256, services, read). With
+    /// none, the directory is open (see docs/security.md).
+    #[arg(skip)]
+    #[serde(default)]
+    pub directory_tokens: Vec<crate::directory::auth::TokenGrant>,
+
+    /// With directory tokens: let requests without a token read the
+    /// catalog (writes still need one).
+    #[arg(long, env = "BAKER_DIRECTORY_OPEN_READS", global = true)]
+    #[serde(default)]
+    pub directory_open_reads: bool,
+
+    /// Let `baker-mq directory` listen off loopback without tokens: anyone
+    /// who reaches it can then register instances and take a service's
+    /// traffic.
+    #[arg(long, env = "BAKER_ALLOW_UNAUTHENTICATED_DIRECTORY", global = true)]
+    #[serde(default)]
+    pub allow_unauthenticated_directory: bool,
 
     /// Listen address of `baker-mq directory` (on the command line:
     /// `baker-mq directory --listen`) [default: 127.0.0.1:7070]

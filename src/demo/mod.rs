@@ -132,6 +132,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     tokio::spawn(server::serve(
         listener,
         Arc::new(Store::new()),
+        Arc::default(),
         shutdown.clone(),
     ));
     let where_ = if private.is_some() {
@@ -160,7 +161,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         queue_group: group,
         buffer: 1024,
     };
-    let client = DirectoryClient::http(&directory_url);
+    let client = DirectoryClient::http(&directory_url, &Default::default());
     let watcher = Watcher::new(client.clone(), None);
     let catalogs = watcher.subscribe();
     tokio::spawn(watcher.run(shutdown.clone()));

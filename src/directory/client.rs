@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use baker_adapter_api::Every;
 
-use super::http::HttpDirectory;
+use super::http::{HttpDirectory, Identity};
 use super::{Catalog, ClientError, Directory, InstanceRecord};
 
 /// A directory: where agents register their instances and routers watch
@@ -21,9 +21,9 @@ impl DirectoryClient {
     }
 
     /// A client of the embedded directory at `base` (e.g.
-    /// `http://127.0.0.1:7070`).
-    pub fn http(base: &str) -> Self {
-        Self::new(HttpDirectory::new(base))
+    /// `http://127.0.0.1:7070`), as `identity`.
+    pub fn http(base: &str, identity: &Identity) -> Self {
+        Self::new(HttpDirectory::new(base, identity))
     }
 
     /// The directory's URL, password redacted.

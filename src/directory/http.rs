@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baker_adapter_api::Secret;
+use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::{Catalog, ClientError, Directory, InstanceRecord};
 
@@ -13,16 +15,38 @@ pub struct HttpDirectory {
     http: reqwest::Client,
 }
 
+/// Who a client is to the directory: its token (if the directory needs
+/// one) and the owner id its registrations carry.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// `Authorization: Bearer` token.
+    pub token: Option<Secret>,
+    /// The agent's owner id (see [`super::owner`]).
+    pub owner: String,
+}
+
 /// Timeout of the short calls (register, renew, deregister, list).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl HttpDirectory {
-    /// A client of the directory at `base` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base: &str) -> Self {
+    /// A client of the directory at `base` (e.g. `http://127.0.0.1:7070`),
+    /// sending `identity` with every request.
+    pub fn new(base: &str, identity: &Identity) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &identity.token {
+            if let Ok(mut bearer) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+                bearer.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, bearer);
+            }
+        }
+        if let Ok(owner) = HeaderValue::from_str(&identity.owner) {
+            headers.insert(super::server::OWNER_HEADER, owner);
+        }
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
+                .default_headers(headers)
                 .build()
                 .unwrap_or_default(),
         }
@@ -39,6 +63,10 @@ impl HttpDirectory {
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(ClientError::LeaseUnknown);
+        }
+        if status == reqwest::StatusCode::CONFLICT {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Owned(body));
         }
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();

@@ -4,8 +4,10 @@
 //! [`Directory`] trait are `baker-directory-api`'s; other engines are crates
 //! of their own, listed in `src/adapters.rs`.
 
+pub mod auth;
 pub mod client;
 pub mod http;
+pub mod owner;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -8,13 +8,18 @@
 //! | GET | `/v1/services/{service}` | the service's records |
 //! | GET | `/v1/catalog?epoch=E&index=N&wait=S` | every record; waits up to S seconds while the directory is still at epoch E, index N (the watch) |
 //! | GET | `/healthz` | liveness |
+//!
+//! With tokens configured ([`DirectoryAuth`]), each request carries
+//! `Authorization: Bearer TOKEN`: 401 without a known token, 403 outside
+//! its grant. A write carries the agent's owner id in `X-Baker-Owner`: a
+//! live lease is its owner's (409 for anyone else) until it runs out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -23,8 +28,9 @@ use tokio::net::TcpListener;
 
 use baker_adapter_api::Every;
 
+use super::auth::{Action, DirectoryAuth, Refusal};
 use super::record::InstanceRecord;
-use super::store::Store;
+use super::store::{LeaseOutcome, Store, StoreError};
 use crate::shutdown::Shutdown;
 
 /// How often expired leases are swept. Bounds how late an expiry is seen.
@@ -32,14 +38,25 @@ const EXPIRY_SWEEP: Duration = Duration::from_millis(200);
 /// Longest watch wait a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// The header naming the agent that owns a registration.
+pub const OWNER_HEADER: &str = "x-baker-owner";
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Shared {
+    store: Arc<Store>,
+    auth: Arc<DirectoryAuth>,
+}
+
 /// Serves the directory on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
+    auth: Arc<DirectoryAuth>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, epoch = store.epoch(), "serving the directory");
+    tracing::info!(%addr, epoch = store.epoch(), tokens = auth.is_enforced(), "serving the directory");
     let sweeper = {
         let store = store.clone();
         let shutdown = shutdown.clone();
@@ -50,7 +67,7 @@ pub async fn serve(
             }
         })
     };
-    let result = axum::serve(listener, routes(store))
+    let result = axum::serve(listener, routes(Shared { store, auth }))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     sweeper.abort();
@@ -58,12 +75,16 @@ pub async fn serve(
 }
 
 /// Binds `addr` and serves the directory there.
-pub async fn bind_and_serve(addr: SocketAddr, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn bind_and_serve(
+    addr: SocketAddr,
+    auth: Arc<DirectoryAuth>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    serve(listener, Arc::new(Store::new()), shutdown).await
+    serve(listener, Arc::new(Store::new()), auth, shutdown).await
 }
 
-fn routes(store: Arc<Store>) -> Router {
+fn routes(shared: Shared) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/catalog", get(catalog))
@@ -73,18 +94,61 @@ fn routes(store: Arc<Store>) -> Router {
             put(register).delete(deregister),
         )
         .route("/v1/services/{service}/instances/{id}/renew", post(renew))
-        .with_state(store)
+        .with_state(shared)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// The refusal, as a response, when the request's token does not allow
+/// `action`.
+fn refused(shared: &Shared, headers: &HeaderMap, action: Action<'_>) -> Option<Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let refusal = shared.auth.check(bearer, action).err()?;
+    static REFUSED: Every = Every::new(Duration::from_secs(10));
+    let reason = match refusal {
+        Refusal::Unauthenticated(_) => "unauthenticated",
+        Refusal::Forbidden(_) => "forbidden",
+    };
+    metrics::counter!("baker_directory_refused_total", "reason" => reason).increment(1);
+    if let Some(more) = REFUSED.check() {
+        tracing::warn!(reason = %refusal, more, "directory request refused");
+    }
+    Some(match refusal {
+        Refusal::Unauthenticated(reason) => error(StatusCode::UNAUTHORIZED, reason),
+        Refusal::Forbidden(reason) => error(StatusCode::FORBIDDEN, reason),
+    })
+}
+
+/// The owner id a write names (empty for agents without one).
+fn owner(headers: &HeaderMap) -> &str {
+    headers
+        .get(OWNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+fn owned(service: &str, id: &str) -> Response {
+    error(
+        StatusCode::CONFLICT,
+        format!("{service}/{id} is registered by another owner until its lease ends"),
+    )
+}
+
 async fn register(
-    State(store): State<Arc<Store>>,
+    State(shared): State<Shared>,
     Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
     Json(mut record): Json<InstanceRecord>,
 ) -> Response {
+    if let Some(refused) = refused(&shared, &headers, Action::Write(&service)) {
+        return refused;
+    }
     if record.service != service || record.id != id {
         return error(
             StatusCode::BAD_REQUEST,
@@ -103,42 +167,62 @@ async fn register(
                 docs/configuration.md); counted in baker_directory_credentials_stripped_total");
         }
     }
-    match store.register(record, Instant::now()) {
+    match shared
+        .store
+        .register(record, owner(&headers), Instant::now())
+    {
         Ok(index) => Json(serde_json::json!({ "index": index })).into_response(),
+        Err(StoreError::Owned { .. }) => owned(&service, &id),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
 async fn renew(
-    State(store): State<Arc<Store>>,
+    State(shared): State<Shared>,
     Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    if store.renew(&service, &id, Instant::now()) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no lease for {service}/{id}"),
-        )
+    if let Some(refused) = refused(&shared, &headers, Action::Write(&service)) {
+        return refused;
     }
+    let outcome = shared
+        .store
+        .renew(&service, &id, owner(&headers), Instant::now());
+    lease_response(outcome, &service, &id)
 }
 
 async fn deregister(
-    State(store): State<Arc<Store>>,
+    State(shared): State<Shared>,
     Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    if store.deregister(&service, &id) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error(
+    if let Some(refused) = refused(&shared, &headers, Action::Write(&service)) {
+        return refused;
+    }
+    let outcome = (shared.store).deregister(&service, &id, owner(&headers), Instant::now());
+    lease_response(outcome, &service, &id)
+}
+
+fn lease_response(outcome: LeaseOutcome, service: &str, id: &str) -> Response {
+    match outcome {
+        LeaseOutcome::Done => StatusCode::NO_CONTENT.into_response(),
+        LeaseOutcome::Unknown => error(
             StatusCode::NOT_FOUND,
             format!("no lease for {service}/{id}"),
-        )
+        ),
+        LeaseOutcome::Owned => owned(service, id),
     }
 }
 
-async fn service(State(store): State<Arc<Store>>, Path(service): Path<String>) -> Response {
-    let instances = store.service(&service);
+async fn service(
+    State(shared): State<Shared>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refused(&shared, &headers, Action::Read) {
+        return refused;
+    }
+    let instances = shared.store.service(&service);
     Json(serde_json::json!({ "service": service, "instances": instances })).into_response()
 }
 
@@ -152,7 +236,15 @@ struct WatchQuery {
     wait: u64,
 }
 
-async fn catalog(State(store): State<Arc<Store>>, Query(query): Query<WatchQuery>) -> Response {
+async fn catalog(
+    State(shared): State<Shared>,
+    Query(query): Query<WatchQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refused(&shared, &headers, Action::Read) {
+        return refused;
+    }
+    let store = &shared.store;
     if query.wait > 0 && query.epoch == store.epoch() {
         let wait = Duration::from_secs(query.wait).min(MAX_WAIT);
         store.wait_for_change(query.index, wait).await;

@@ -12,6 +12,39 @@ use super::record::{Catalog, InstanceRecord, RecordError};
 struct Lease {
     record: InstanceRecord,
     expires_at: Instant,
+    /// Who registered it: an agent's owner id, or empty (an agent of a
+    /// release without owners; anyone may take such a lease).
+    owner: String,
+}
+
+impl Lease {
+    /// Whether `owner` may not touch this lease at `now`: it is live and
+    /// another's.
+    fn held_against(&self, owner: &str, now: Instant) -> bool {
+        !self.owner.is_empty() && self.owner != owner && self.expires_at > now
+    }
+}
+
+/// Why the store refused a registration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The record is not valid.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A live lease of another owner holds the instance.
+    #[error("{service}/{id} is registered by another owner until its lease ends (two sidecars registering the same instance id?)")]
+    Owned { service: String, id: String },
+}
+
+/// What became of a renewal or deregistration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Done.
+    Done,
+    /// No such lease (expired, never registered, or lost in a restart).
+    Unknown,
+    /// A live lease of another owner.
+    Owned,
 }
 
 struct Inner {
@@ -60,48 +93,68 @@ impl Store {
         self.epoch
     }
 
-    /// Registers or re-registers an instance, starting a fresh lease.
-    pub fn register(&self, record: InstanceRecord, now: Instant) -> Result<u64, RecordError> {
+    /// Registers or re-registers an instance for `owner`, starting a fresh
+    /// lease; refused while another owner's lease is live.
+    pub fn register(
+        &self,
+        record: InstanceRecord,
+        owner: &str,
+        now: Instant,
+    ) -> Result<u64, StoreError> {
         record.validate()?;
         let mut inner = self.lock();
         let key = (record.service.clone(), record.id.clone());
+        let existing = inner.leases.get(&key);
+        if existing.is_some_and(|lease| lease.held_against(owner, now)) {
+            return Err(StoreError::Owned {
+                service: key.0,
+                id: key.1,
+            });
+        }
+        let changed = existing.is_none_or(|lease| lease.record != record);
         let expires_at = now + Duration::from_secs(record.ttl_secs);
-        let changed = inner
-            .leases
-            .get(&key)
-            .is_none_or(|lease| lease.record != record);
-        inner.leases.insert(key, Lease { record, expires_at });
+        let owner = owner.to_owned();
+        inner.leases.insert(
+            key,
+            Lease {
+                record,
+                expires_at,
+                owner,
+            },
+        );
         if changed {
             self.bump(&mut inner);
         }
         Ok(inner.index)
     }
 
-    /// Extends a lease by its TTL. False when the lease is unknown (expired,
-    /// never registered, or lost in a directory restart): the agent must
-    /// register again.
-    pub fn renew(&self, service: &str, id: &str, now: Instant) -> bool {
+    /// Extends `owner`'s lease by its TTL. [`LeaseOutcome::Unknown`]: the
+    /// agent must register again.
+    pub fn renew(&self, service: &str, id: &str, owner: &str, now: Instant) -> LeaseOutcome {
         let mut inner = self.lock();
         match inner.leases.get_mut(&(service.to_owned(), id.to_owned())) {
+            Some(lease) if lease.held_against(owner, now) => LeaseOutcome::Owned,
             Some(lease) => {
                 lease.expires_at = now + Duration::from_secs(lease.record.ttl_secs);
-                true
+                LeaseOutcome::Done
             }
-            None => false,
+            None => LeaseOutcome::Unknown,
         }
     }
 
-    /// Removes an instance. False when it was not registered.
-    pub fn deregister(&self, service: &str, id: &str) -> bool {
+    /// Removes `owner`'s instance.
+    pub fn deregister(&self, service: &str, id: &str, owner: &str, now: Instant) -> LeaseOutcome {
         let mut inner = self.lock();
-        let removed = inner
-            .leases
-            .remove(&(service.to_owned(), id.to_owned()))
-            .is_some();
-        if removed {
-            self.bump(&mut inner);
+        let key = (service.to_owned(), id.to_owned());
+        match inner.leases.get(&key) {
+            Some(lease) if lease.held_against(owner, now) => LeaseOutcome::Owned,
+            Some(_) => {
+                inner.leases.remove(&key);
+                self.bump(&mut inner);
+                LeaseOutcome::Done
+            }
+            None => LeaseOutcome::Unknown,
         }
-        removed
     }
 
     /// Removes every lease that expired before `now`; returns how many.
@@ -154,9 +207,10 @@ mod tests {
     fn lease_expires_unless_renewed() {
         let store = Store::new();
         let t0 = Instant::now();
-        store.register(record("s", "a", 2), t0).unwrap();
-        store.register(record("s", "b", 2), t0).unwrap();
-        assert!(store.renew("s", "a", t0 + Duration::from_millis(1500)));
+        store.register(record("s", "a", 2), "o", t0).unwrap();
+        store.register(record("s", "b", 2), "o", t0).unwrap();
+        let renewed = store.renew("s", "a", "o", t0 + Duration::from_millis(1500));
+        assert_eq!(renewed, LeaseOutcome::Done);
         assert_eq!(store.expire(t0 + Duration::from_millis(2100)), 1);
         let ids: Vec<_> = store
             .catalog()
@@ -165,27 +219,56 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["a"]);
-        assert!(!store.renew("s", "b", t0 + Duration::from_millis(2200)));
+        let late = store.renew("s", "b", "o", t0 + Duration::from_millis(2200));
+        assert_eq!(late, LeaseOutcome::Unknown);
     }
 
     #[test]
     fn reregistering_the_same_record_does_not_bump_the_index() {
         let store = Store::new();
         let now = Instant::now();
-        let first = store.register(record("s", "a", 5), now).unwrap();
-        assert_eq!(store.register(record("s", "a", 5), now).unwrap(), first);
+        let first = store.register(record("s", "a", 5), "o", now).unwrap();
+        assert_eq!(
+            store.register(record("s", "a", 5), "o", now).unwrap(),
+            first
+        );
         let mut changed = record("s", "a", 5);
         changed.status = crate::directory::Status::Draining;
-        assert!(store.register(changed, now).unwrap() > first);
+        assert!(store.register(changed, "o", now).unwrap() > first);
     }
 
     #[test]
     fn invalid_names_are_refused() {
         let store = Store::new();
         let err = store
-            .register(record("orders.v2", "a", 5), Instant::now())
+            .register(record("orders.v2", "a", 5), "o", Instant::now())
             .unwrap_err();
         assert!(err.to_string().contains("service \"orders.v2\""));
+    }
+
+    #[test]
+    fn a_live_lease_belongs_to_its_owner_until_it_ends() {
+        let store = Store::new();
+        let t0 = Instant::now();
+        store.register(record("s", "a", 2), "owner-1", t0).unwrap();
+        let rogue = store.register(record("s", "a", 2), "owner-2", t0);
+        assert!(matches!(rogue, Err(StoreError::Owned { .. })));
+        assert_eq!(store.renew("s", "a", "owner-2", t0), LeaseOutcome::Owned);
+        assert_eq!(store.deregister("s", "a", "", t0), LeaseOutcome::Owned);
+        // Its own re-registration (a status change) succeeds.
+        store.register(record("s", "a", 2), "owner-1", t0).unwrap();
+        // Once the lease has run out, another owner may take the instance.
+        let later = t0 + Duration::from_millis(2100);
+        store
+            .register(record("s", "a", 2), "owner-2", later)
+            .unwrap();
+        assert_eq!(
+            store.deregister("s", "a", "owner-2", later),
+            LeaseOutcome::Done
+        );
+        // A lease without an owner (an older agent) may be taken by anyone.
+        store.register(record("s", "b", 2), "", t0).unwrap();
+        store.register(record("s", "b", 2), "owner-3", t0).unwrap();
     }
 
     #[tokio::test]
@@ -196,7 +279,9 @@ mod tests {
             let store = store.clone();
             tokio::spawn(async move { store.wait_for_change(index, Duration::from_secs(5)).await })
         };
-        store.register(record("s", "a", 5), Instant::now()).unwrap();
+        store
+            .register(record("s", "a", 5), "o", Instant::now())
+            .unwrap();
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("watcher woke")

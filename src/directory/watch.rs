@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::auth::DirectoryAuth;
 use super::client::DirectoryClient;
 use super::record::{Catalog, InstanceRecord};
 use super::server;
@@ -182,7 +183,7 @@ impl Carryover {
 pub struct Watcher {
     client: DirectoryClient,
     /// Address to serve the directory on when nothing answers (auto mode).
-    takeover: Option<SocketAddr>,
+    takeover: Option<(SocketAddr, Arc<DirectoryAuth>)>,
     health: Arc<DirectoryHealth>,
     catalogs: watch::Sender<Arc<Catalog>>,
     snapshot: Option<Snapshot>,
@@ -191,7 +192,10 @@ pub struct Watcher {
 impl Watcher {
     /// A watcher of `client`'s directory. With `takeover`, the watcher serves
     /// the directory on that address whenever nothing answers there.
-    pub fn new(client: DirectoryClient, takeover: Option<SocketAddr>) -> Self {
+    pub fn new(
+        client: DirectoryClient,
+        takeover: Option<(SocketAddr, Arc<DirectoryAuth>)>,
+    ) -> Self {
         let health = Arc::new(DirectoryHealth::new(client.url()));
         Self {
             client,
@@ -233,7 +237,7 @@ impl Watcher {
     /// Serves the directory here if nothing holds the takeover address.
     /// Returns true when this call started serving it.
     pub async fn try_takeover(&self, shutdown: &Shutdown) -> bool {
-        let Some(addr) = self.takeover else {
+        let Some((addr, auth)) = self.takeover.clone() else {
             return false;
         };
         if self.health.serving.load(Ordering::Relaxed) {
@@ -246,7 +250,9 @@ impl Watcher {
         self.health.serving.store(true, Ordering::Relaxed);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = server::serve(listener, Arc::new(Store::new()), shutdown).await {
+            if let Err(error) =
+                server::serve(listener, Arc::new(Store::new()), auth, shutdown).await
+            {
                 tracing::error!(%error, "embedded directory stopped");
             }
         });

@@ -16,8 +16,16 @@ impl Directory {
     }
 
     pub async fn start_on(port: u16) -> Directory {
+        Self::start_with(port, &[]).await
+    }
+
+    /// A directory on `port` with `extra` arguments (a config file with
+    /// tokens).
+    pub async fn start_with(port: u16, extra: &[&str]) -> Directory {
         let listen = format!("127.0.0.1:{port}");
-        let proc = Proc::spawn("directory", &["directory", "--listen", &listen]);
+        let mut args = vec!["directory", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("directory", &args);
         let dir = Directory { port, proc };
         let health = format!("{}/healthz", dir.url());
         wait_until("directory up", Duration::from_secs(10), || http_ok(&health)).await;

@@ -31,6 +31,10 @@ pub enum ClientError {
     /// The lease is unknown to the directory (expired or lost in a restart).
     #[error("lease unknown to the directory")]
     LeaseUnknown,
+    /// Another owner's live lease holds the instance (two sidecars
+    /// registering the same instance id?).
+    #[error("the instance is registered by another owner: {0}")]
+    Owned(String),
     /// The directory refused the request.
     #[error("directory refused the request ({status}): {body}")]
     Refused { status: u16, body: String },
