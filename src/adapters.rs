@@ -46,7 +46,7 @@ impl AdapterRegistry {
             #[cfg(feature = "nats")]
             Arc::new(baker_adapter_nats::NatsAdapter::new(access.clone())),
             #[cfg(feature = "mqtt")]
-            Arc::new(baker_adapter_mqtt::MqttAdapter::default()),
+            Arc::new(baker_adapter_mqtt::MqttAdapter::new(access.clone())),
             #[cfg(feature = "memory")]
             Arc::new(baker_adapter_memory::MemoryAdapter),
         ];

@@ -1,6 +1,7 @@
 //! Broker credentials from `[[brokers]]` sections: NATS user and password,
 //! token, NKey and credentials (JWT) file, each against a nats-server of the
-//! test's own that requires it. With the credentials a router gets ready;
+//! test's own that requires it, and MQTT user and password against a
+//! Mosquitto of the test's own. With the credentials a router gets ready;
 //! without them the server refuses it and the router says why.
 
 mod common;
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::mqtt::Mosquitto;
 use common::nats_server::NatsNode;
 use common::*;
 
@@ -94,6 +96,49 @@ fn router_with(config: &Path, directory: &str, name: &str) -> (Proc, String) {
     (Proc::spawn(name, &args), admin)
 }
 
+/// A router configured with `section` for `url` (through `adapter`) gets
+/// ready; one without it is refused by the broker: it logs `refusal` with
+/// `cause`, and is not ready.
+async fn ready_with_and_refused_without(
+    dir: &Path,
+    directory: &str,
+    name: &str,
+    (adapter, url, section): (&str, &str, &str),
+    (refusal, cause): (&str, &str),
+) {
+    let head = format!("adapter = {adapter:?}\nbroker = {url:?}\n");
+    let with = dir.join(format!("{name}-with.toml"));
+    std::fs::write(
+        &with,
+        format!("{head}[[brokers]]\nurl = {url:?}\n{section}"),
+    )
+    .unwrap();
+    let without = dir.join(format!("{name}-without.toml"));
+    std::fs::write(&without, &head).unwrap();
+    let (_router, admin) = router_with(&with, directory, &format!("router-{name}"));
+    let ready = format!("http://{admin}/readyz");
+    wait_until(
+        &format!("the router with the {name} gets ready"),
+        Duration::from_secs(20),
+        || http_ok(&ready),
+    )
+    .await;
+    let (refused, admin) = router_with(&without, directory, &format!("refused-{name}"));
+    wait_until(
+        &format!("the router without the {name} is refused"),
+        Duration::from_secs(20),
+        || async { refused.log_text().contains(refusal) },
+    )
+    .await;
+    let log = refused.log_text();
+    assert!(log.contains(cause), "{name}: {log}");
+    assert!(!log.contains("panicked"), "{name}: {log}");
+    assert!(
+        !http_ok(&format!("http://{admin}/readyz")).await,
+        "{name}: not ready"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_user_password_token_nkey_and_credentials_file_each_connect_and_nothing_else_does() {
     bounded(TEST_TIMEOUT, async {
@@ -141,37 +186,40 @@ async fn nats_user_password_token_nkey_and_credentials_file_each_connect_and_not
         for (name, server, section) in cases {
             let server_conf = write(&format!("{name}.conf"), &server);
             let node = NatsNode::with_args(&["-c", server_conf.to_str().unwrap()]).await;
-            let url = node.url();
-            let with = write(
-                &format!("{name}-with.toml"),
-                &format!("broker = {url:?}\n[[brokers]]\nurl = {url:?}\n{section}"),
-            );
-            let without = write(
-                &format!("{name}-without.toml"),
-                &format!("broker = {url:?}\n"),
-            );
-            let (_router, admin) = router_with(&with, &dir.url(), &format!("router-{name}"));
-            let ready = format!("http://{admin}/readyz");
-            wait_until(
-                &format!("the router with the {name} gets ready"),
-                Duration::from_secs(20),
-                || http_ok(&ready),
+            ready_with_and_refused_without(
+                files.path(),
+                &dir.url(),
+                name,
+                ("nats", &node.url(), &section),
+                ("cannot connect to NATS", "uthorization"),
             )
             .await;
-            let (refused, admin) = router_with(&without, &dir.url(), &format!("refused-{name}"));
-            wait_until(
-                &format!("the router without the {name} is refused"),
-                Duration::from_secs(20),
-                || async { refused.log_text().contains("cannot connect to NATS") },
-            )
-            .await;
-            let log = refused.log_text();
-            assert!(log.contains("uthorization"), "{name}: {log}");
-            assert!(
-                !http_ok(&format!("http://{admin}/readyz")).await,
-                "{name}: not ready"
-            );
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_user_and_password_connect_and_nothing_else_does() {
+    bounded(TEST_TIMEOUT, async {
+        let files = tempfile::tempdir().unwrap();
+        let users = Mosquitto::password_file(files.path(), "router", "pw-3f7a");
+        let broker = Mosquitto::start(&format!(
+            "allow_anonymous false\npassword_file {}\n",
+            users.display()
+        ));
+        let password = files.path().join("password");
+        std::fs::write(&password, "pw-3f7a\n").unwrap();
+        let section = format!("username = \"router\"\npassword_file = {password:?}\n");
+        let dir = Directory::start().await;
+        ready_with_and_refused_without(
+            files.path(),
+            &dir.url(),
+            "mqtt-password",
+            ("mqtt", &broker.url(), &section),
+            ("cannot connect to MQTT broker", "NotAuthorized"),
+        )
+        .await;
     })
     .await;
 }

@@ -1,12 +1,14 @@
-//! TLS on every hop: brokers of each test's own with a TLS listener and a CA
-//! the test makes (`common::pki`), routers and agents configured with
-//! `[[brokers]]` sections.
+//! TLS on every hop: brokers of each test's own (nats-server, Mosquitto)
+//! with a TLS listener that requires a client certificate and a CA the test
+//! makes (`common::pki`), routers and agents configured with `[[brokers]]`
+//! sections.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
+use common::mqtt::{self as mqtt, Mosquitto};
 use common::nats_server::NatsNode;
 use common::pki::Pki;
 use common::*;
@@ -14,15 +16,24 @@ use futures::StreamExt;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Writes a config file routing on `broker`, with `section` as its one
-/// `[[brokers]]` table (none when empty).
-fn config_file(path: &Path, broker: &str, section: &str) -> String {
-    let mut text = format!("broker = {broker:?}\n");
+/// Writes a config file routing with `adapter` on `broker`, with `section`
+/// as its one `[[brokers]]` table (none when empty).
+fn config_file(path: &Path, adapter: &str, broker: &str, section: &str) -> String {
+    let mut text = format!("adapter = {adapter:?}\nbroker = {broker:?}\n");
     if !section.is_empty() {
         text.push_str(&format!("[[brokers]]\nurl = {broker:?}\n{section}"));
     }
     std::fs::write(path, text).unwrap();
     path.to_str().unwrap().to_owned()
+}
+
+/// A `[[brokers]]` table's lines trusting `pki`'s CA and showing its client
+/// certificate.
+fn mutual_tls(pki: &Pki) -> String {
+    format!(
+        "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        pki.ca, pki.client_cert, pki.client_key
+    )
 }
 
 /// An agent registering `service`/`id` with the config file `config`.
@@ -41,6 +52,102 @@ fn agent_with(config: &str, directory: &str, service: &str, id: &str) -> Proc {
         &spec,
     ];
     Proc::spawn("agent", &args)
+}
+
+/// An agent registering `service`/i1 and a router on `ingress`, both over
+/// mutual TLS to `broker` through `adapter`, once the router routes to i1.
+async fn route_over_mutual_tls(
+    pki: &Pki,
+    adapter: &str,
+    broker: &str,
+    directory: &Directory,
+    service: &str,
+    ingress: &Ingress,
+) -> (Proc, Router) {
+    let config = config_file(
+        &pki.path(&format!("{adapter}.toml")),
+        adapter,
+        broker,
+        &mutual_tls(pki),
+    );
+    let agent = agent_with(&config, &directory.url(), service, "i1");
+    let router = Router::spawn(
+        &directory.url(),
+        &[
+            "--config",
+            &config,
+            "--ingress-prefix",
+            &ingress.prefix,
+            "--queue-group",
+            &ingress.group,
+        ],
+    )
+    .await;
+    router
+        .wait_routed(service, &["i1"], Duration::from_secs(15))
+        .await;
+    (agent, router)
+}
+
+/// Routers on `broker` (which requires a client certificate) without one
+/// (only the CA), and with no section at all (the system's roots): the
+/// broker refuses both; each logs `refusal` with the cause, not only its
+/// kind (the broker's missing client certificate, or the broker certificate
+/// the system does not trust), reports its ingress not connected and not
+/// ready, and does not panic.
+async fn refused_without_a_client_certificate(
+    pki: &Pki,
+    adapter: &str,
+    broker: &str,
+    directory: &Directory,
+    refusal: &str,
+) {
+    for (name, section, cause) in [
+        (
+            "ca-only",
+            format!("ca_file = {:?}\n", pki.ca),
+            "CertificateRequired",
+        ),
+        ("none", String::new(), "UnknownIssuer"),
+    ] {
+        let name = format!("{adapter}-{name}");
+        let config = config_file(
+            &pki.path(&format!("{name}.toml")),
+            adapter,
+            broker,
+            &section,
+        );
+        let admin = format!("127.0.0.1:{}", free_port());
+        let refused = Proc::spawn(
+            &format!("router-{name}"),
+            &[
+                "--config",
+                &config,
+                "--directory",
+                &directory.url(),
+                "--admin",
+                &admin,
+            ],
+        );
+        let healthz = format!("http://{admin}/healthz");
+        wait_until(
+            &format!("the {name} router reports a failed connection with its cause"),
+            Duration::from_secs(20),
+            || async {
+                let log = refused.log_text();
+                http_ok(&healthz).await && log.contains(refusal) && log.contains(cause)
+            },
+        )
+        .await;
+        let health: serde_json::Value = reqwest::get(&healthz).await.unwrap().json().await.unwrap();
+        assert_eq!(health["ingress"]["connected"], false, "{name}: {health}");
+        let ready = reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .unwrap();
+        assert_eq!(ready.status().as_u16(), 503, "{name}: not ready");
+        let log = refused.log_text();
+        assert!(!log.contains("panicked"), "{name}: {log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,28 +183,8 @@ async fn nats_over_mutual_tls_routes_and_without_a_client_certificate_nothing_co
             .await
             .unwrap();
         app.flush().await.unwrap();
-        let section = format!(
-            "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
-            pki.ca, pki.client_cert, pki.client_key
-        );
-        let config = config_file(&pki.path("baker.toml"), &url, &section);
-        let _agent = agent_with(&config, &dir.url(), &service, "i1");
         let ingress = Ingress::new();
-        let router = Router::spawn(
-            &dir.url(),
-            &[
-                "--config",
-                &config,
-                "--ingress-prefix",
-                &ingress.prefix,
-                "--queue-group",
-                &ingress.group,
-            ],
-        )
-        .await;
-        router
-            .wait_routed(&service, &["i1"], Duration::from_secs(15))
-            .await;
+        let _routing = route_over_mutual_tls(&pki, "nats", &url, &dir, &service, &ingress).await;
         for seq in 0..100u64 {
             app.publish(ingress.subject(&service, "work"), seq.to_string().into())
                 .await
@@ -113,52 +200,56 @@ async fn nats_over_mutual_tls_routes_and_without_a_client_certificate_nothing_co
             received += 1;
         }
 
-        // Without a client certificate (only the CA), and with no section at
-        // all (the system's roots): the server refuses both, and neither
-        // process panics or claims to be connected.
-        for (name, section, cause) in [
-            (
-                "ca-only",
-                format!("ca_file = {:?}\n", pki.ca),
-                "CertificateRequired",
-            ),
-            ("none", String::new(), "UnknownIssuer"),
-        ] {
-            let config = config_file(&pki.path(&format!("{name}.toml")), &url, &section);
-            let admin = format!("127.0.0.1:{}", free_port());
-            let refused = Proc::spawn(
-                &format!("router-{name}"),
-                &[
-                    "--config",
-                    &config,
-                    "--directory",
-                    &dir.url(),
-                    "--admin",
-                    &admin,
-                ],
-            );
-            let healthz = format!("http://{admin}/healthz");
-            wait_until(
-                &format!("the {name} router reports a failed connection"),
-                Duration::from_secs(20),
-                || async {
-                    http_ok(&healthz).await && refused.log_text().contains("cannot connect to NATS")
-                },
-            )
+        refused_without_a_client_certificate(&pki, "nats", &url, &dir, "cannot connect to NATS")
             .await;
-            let health: serde_json::Value =
-                reqwest::get(&healthz).await.unwrap().json().await.unwrap();
-            assert_eq!(health["ingress"]["connected"], false, "{name}: {health}");
-            let ready = reqwest::get(format!("http://{admin}/readyz"))
-                .await
-                .unwrap();
-            assert_eq!(ready.status().as_u16(), 503, "{name}: not ready");
-            let log = refused.log_text();
-            assert!(!log.contains("panicked"), "{name}: {log}");
-            // The cause, not only its kind: the server's missing client
-            // certificate, or the server certificate the system does not trust.
-            assert!(log.contains(cause), "{name}: {log}");
-        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_mutual_tls_routes_and_without_a_client_certificate_nothing_connects() {
+    bounded(TEST_TIMEOUT, async {
+        baker_adapter_api::tls::install_crypto_provider();
+        let pki = Pki::generate();
+        // Read by Mosquitto, which may run as a user of its own.
+        pki.share();
+        let broker = Mosquitto::start(&format!(
+            "{}cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            mqtt::BAKER_SETTINGS,
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+        ));
+        let url = format!("mqtts://127.0.0.1:{}", broker.port);
+        let instance = mqtt::Client::connect_tls(&url, &unique("instance-"), &pki).await;
+
+        let dir = Directory::start().await;
+        let service = unique("tls");
+        let (inbox, _) = mqtt::consume_with(instance, &service, "i1").await;
+        let ingress = Ingress::new();
+        let _routing = route_over_mutual_tls(&pki, "mqtt", &url, &dir, &service, &ingress).await;
+        let mut app = mqtt::Client::connect_tls(&url, &unique("app-"), &pki).await;
+        let topic = format!("{}/{service}/work", ingress.prefix);
+        app.publish_seq(&topic, 0, 100).await;
+        wait_until(
+            "every message reaches the instance over TLS",
+            Duration::from_secs(20),
+            || async { inbox.count() >= 100 },
+        )
+        .await;
+        let mut seqs = inbox.seqs();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs, (0..100).collect::<Vec<u64>>());
+
+        refused_without_a_client_certificate(
+            &pki,
+            "mqtt",
+            &url,
+            &dir,
+            "cannot connect to MQTT broker",
+        )
+        .await;
     })
     .await;
 }

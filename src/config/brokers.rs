@@ -224,6 +224,10 @@ mod tests {
                 "brokers[0]`: `nkey_seed_file`: not an NKey seed",
             ),
             (
+                "[[brokers]]\nurl = \"mqtts://m:8883\"\ntoken_file = \"Cargo.toml\"\n",
+                "brokers[0]`: the mqtt adapter has no use for `token`",
+            ),
+            (
                 "[[brokers]]\nurl = \"memory://x\"\ntls = true\n",
                 "brokers[0]`: the memory adapter has no use for `tls`",
             ),

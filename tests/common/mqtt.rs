@@ -21,7 +21,7 @@ pub fn mqtt_url() -> String {
 }
 
 fn host_port(url: &str) -> (String, u16) {
-    let rest = url.trim_start_matches("mqtt://");
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.split('?').next().unwrap();
     let (host, port) = rest.rsplit_once(':').unwrap();
     (host.to_owned(), port.parse().unwrap())
@@ -61,6 +61,34 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes a password file in `dir` with `user` and `password` (with
+    /// mosquitto_passwd) and returns its path, for the `password_file`
+    /// setting of [`Mosquitto::start`].
+    pub fn password_file(dir: &Path, user: &str, password: &str) -> PathBuf {
+        let passwd = super::broker_binary(
+            "mosquitto_passwd",
+            "BAKER_TEST_MOSQUITTO_PASSWD",
+            &["/usr/bin/mosquitto_passwd"],
+            "install Mosquitto 2.0.11 (Debian 12: apt-get install mosquitto), which has it",
+        );
+        let file = dir.join("mosquitto.passwd");
+        let status = Command::new(&passwd)
+            .arg("-b")
+            .arg("-c")
+            .arg(&file)
+            .args([user, password])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", passwd.display()));
+        assert!(status.success(), "{} failed: {status}", passwd.display());
+        assert!(
+            file.is_file(),
+            "{} made no {}",
+            passwd.display(),
+            file.display()
+        );
+        file
     }
 
     /// The mosquitto binary, looked for once: `BAKER_TEST_MOSQUITTO`, else
@@ -154,16 +182,42 @@ impl Client {
 
     /// [`Client::connect`] with a Receive Maximum of `receive_max`.
     pub async fn connect_with(url: &str, id: &str, persistent: bool, receive_max: u16) -> Client {
-        let (host, port) = host_port(url);
-        let mut options = MqttOptions::new(id, host, port);
+        let mut options = Self::options(url, id);
         options
             .set_clean_start(!persistent)
-            .set_receive_maximum(Some(receive_max))
-            .set_max_packet_size(Some(16 * 1024 * 1024))
-            .set_keep_alive(Duration::from_secs(10));
+            .set_receive_maximum(Some(receive_max));
         if persistent {
             options.set_session_expiry_interval(Some(600));
         }
+        Self::start(options).await
+    }
+
+    /// [`Client::connect`] on a clean session over TLS, trusting `pki`'s CA
+    /// and showing its client certificate.
+    pub async fn connect_tls(url: &str, id: &str, pki: &super::pki::Pki) -> Client {
+        let read = |path: &Path| std::fs::read(path).unwrap();
+        let mut options = Self::options(url, id);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: read(&pki.ca),
+                alpn: None,
+                client_auth: Some((read(&pki.client_cert), read(&pki.client_key))),
+            },
+        ));
+        Self::start(options).await
+    }
+
+    fn options(url: &str, id: &str) -> MqttOptions {
+        let (host, port) = host_port(url);
+        let mut options = MqttOptions::new(id, host, port);
+        options
+            .set_max_packet_size(Some(16 * 1024 * 1024))
+            .set_keep_alive(Duration::from_secs(10));
+        options
+    }
+
+    /// Connects with `options`, waiting for the broker's CONNACK.
+    async fn start(options: MqttOptions) -> Client {
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let (tx, incoming) = mpsc::unbounded_channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
@@ -273,7 +327,17 @@ pub async fn consume_inbox_full(
     id: &str,
     persistent: bool,
 ) -> (Inbox, std::sync::Arc<std::sync::Mutex<Vec<Publish>>>) {
-    let mut client = Client::connect(url, &unique(&format!("inbox-{id}-")), persistent).await;
+    let client = Client::connect(url, &unique(&format!("inbox-{id}-")), persistent).await;
+    consume_with(client, service, id).await
+}
+
+/// Consumes `_baker/<service>/<id>/#` with `client`, like an instance would:
+/// the sequence numbers in the payloads, and every message received.
+pub async fn consume_with(
+    mut client: Client,
+    service: &str,
+    id: &str,
+) -> (Inbox, std::sync::Arc<std::sync::Mutex<Vec<Publish>>>) {
     client.subscribe(&format!("_baker/{service}/{id}/#")).await;
     let inbox = Inbox::default();
     let all = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -495,7 +495,7 @@ mod tests {
             Some(&access)
         );
         assert_eq!(book.get("nats://n2:4222"), None);
-        assert_eq!(format!("{access:?}").contains("pw"), false);
+        assert!(!format!("{access:?}").contains("pw"));
     }
 
     #[test]

@@ -1,18 +1,15 @@
 //! The adapter's own errors, turned into the API's errors at its edge. Each
-//! message says what was being done; rumqttc's error stays reachable as the
-//! source.
+//! message says what was being done. Connection errors are not among them:
+//! every connection retries, and logs its failures ([`crate::connect`]).
 
 use baker_adapter_api::{redact_url, AdapterError};
 
 /// Why a broker URL cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UrlError {
-    /// Not `mqtt://` (or `tcp://`).
-    #[error("expected mqtt://[USER:PASSWORD@]HOST[:PORT][?client_id=ID&session_expiry=SECS&keep_alive=SECS]")]
+    /// Not `mqtt://` or `mqtts://` (or `tcp://`, `ssl://`).
+    #[error("expected mqtt://[USER:PASSWORD@]HOST[:PORT][?client_id=ID&session_expiry=SECS&keep_alive=SECS], or mqtts:// for TLS")]
     Scheme,
-    /// `mqtts://` needs a TLS backend this build does not have.
-    #[error("TLS (mqtts://) is not supported by this build")]
-    Tls,
     /// The port is not a number.
     #[error("port {0:?} is not a number")]
     Port(String),
@@ -36,13 +33,6 @@ impl UrlError {
 /// Why the MQTT adapter could not connect or subscribe.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// The connection could not be made.
-    #[error("connecting to {broker}: {source}")]
-    Connect {
-        broker: String,
-        #[source]
-        source: rumqttc::v5::ConnectionError,
-    },
     /// The broker refused the subscription.
     #[error("the broker refused the subscription {filter}: {codes}")]
     SubscriptionRefused { filter: String, codes: String },

@@ -10,12 +10,12 @@ use baker_adapter_api::{InboxConsumer, Message};
 use crate::MqttError;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connect::Broker;
 use crate::convert;
 use crate::link::fastrand_u32;
-use crate::url::BrokerUrl;
 
 pub struct MqttInboxConsumer {
     messages: mpsc::Receiver<Message>,
@@ -35,15 +35,10 @@ impl InboxConsumer for MqttInboxConsumer {
 
 /// Connects to `broker` and subscribes to `<inbox>/#`; resolves once the
 /// subscription is acknowledged, so nothing routed afterwards is missed.
-pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsumer, MqttError> {
+pub async fn consume(broker: Broker, inbox: &str) -> Result<MqttInboxConsumer, MqttError> {
     let id = format!("baker-inbox-{:x}-{:x}", std::process::id(), fastrand_u32());
-    let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
-    options
-        .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(broker.keep_alive.into()));
-    if let Some((user, password)) = &broker.credentials {
-        options.set_credentials(user.clone(), password.clone());
-    }
+    let mut options = broker.options(id);
+    options.set_clean_start(true);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let (sender, messages) = mpsc::channel(64);
     let (subscribed, ready) = oneshot::channel();
@@ -54,6 +49,7 @@ pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsume
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    broker.errors.connected();
                     if let Err(error) = subscriber.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                         tracing::warn!(%error, "cannot subscribe to the inbox");
                     }
@@ -75,7 +71,10 @@ pub async fn consume(broker: &BrokerUrl, inbox: &str) -> Result<MqttInboxConsume
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(_) if sender.is_closed() => return,
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(error) => {
+                    broker.errors.failed("inbox", &error);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     });

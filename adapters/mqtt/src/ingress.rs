@@ -30,10 +30,10 @@ use rumqttc::Outgoing;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::acks::Acks;
+use crate::connect::Broker;
 use crate::convert;
 use crate::link::Link;
 use crate::settle::Settler;
-use crate::url::BrokerUrl;
 use crate::MqttError;
 
 /// How long closing waits for the broker to confirm the unsubscribe.
@@ -44,7 +44,10 @@ const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(300);
 /// ...or this long has passed (the router allows closing 3 s).
 const DRAIN_WAIT: Duration = Duration::from_millis(1500);
-/// How long the first connection and subscription may take.
+/// How long the first connection and subscription may take. A first
+/// connection the broker refuses (or TLS fails) does not fail the ingress:
+/// it is retried like any later one, the ingress reporting itself not
+/// connected meanwhile.
 const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -55,8 +58,7 @@ const MAX_PACKET: u32 = 268_435_455;
 
 /// What an ingress connects with.
 pub struct IngressSpec {
-    pub url: String,
-    pub broker: BrokerUrl,
+    pub broker: Broker,
     pub client_id: String,
     pub prefix: String,
     pub filter: String,
@@ -128,7 +130,7 @@ impl MqttIngress {
         let connected = Arc::new(AtomicBool::new(false));
         let (finished, finished_rx) = watch::channel(false);
         let state = IngressState {
-            url: spec.url.clone(),
+            url: spec.broker.shown.clone(),
             connected: connected.clone(),
             finished: finished_rx,
         };
@@ -187,21 +189,13 @@ impl Shared {
 
     fn options(&self) -> MqttOptions {
         let spec = &self.spec;
-        let mut options = MqttOptions::new(
-            spec.client_id.clone(),
-            spec.broker.host.clone(),
-            spec.broker.port,
-        );
+        let mut options = spec.broker.options(spec.client_id.clone());
         options
             .set_clean_start(false)
-            .set_session_expiry_interval(Some(spec.broker.session_expiry))
+            .set_session_expiry_interval(Some(spec.broker.url.session_expiry))
             .set_manual_acks(true)
             .set_receive_maximum(Some(spec.receive_max))
-            .set_max_packet_size(Some(MAX_PACKET))
-            .set_keep_alive(Duration::from_secs(spec.broker.keep_alive.into()));
-        if let Some((user, password)) = &spec.broker.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
+            .set_max_packet_size(Some(MAX_PACKET));
         options
     }
 
@@ -256,7 +250,8 @@ async fn run(
     let mut first = Some(first);
     let mut backoff = BACKOFF_START;
     let mut outage_reported = false;
-    let url = shared.spec.url.clone();
+    let url = shared.spec.broker.shown.clone();
+    let errors = shared.spec.broker.errors.clone();
     while !shared.shutdown.load(Ordering::Relaxed) {
         // Room for an ack per unacknowledged message and the subscription:
         // the ack window never waits long, and the event loop drains it.
@@ -274,6 +269,7 @@ async fn run(
                 .await;
         }
         let mut place = 0u64;
+        let mut up = false;
         let error = loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -309,6 +305,8 @@ async fn run(
                 }
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     shared.connected.store(true, Ordering::Relaxed);
+                    errors.connected();
+                    up = true;
                     backoff = BACKOFF_START;
                     if outage_reported {
                         tracing::info!(broker = %url, session_present = connack.session_present,
@@ -350,16 +348,16 @@ async fn run(
         if shared.shutdown.load(Ordering::Relaxed) {
             break;
         }
-        if let Some(first) = first.take() {
-            let _ = first.send(Err(MqttError::Connect {
-                broker: url.to_string(),
-                source: error,
-            }));
-            break;
-        }
-        if !outage_reported {
+        if up {
             tracing::warn!(broker = %url, %error, "MQTT ingress connection lost; reconnecting with backoff");
-            outage_reported = true;
+        } else {
+            errors.failed("ingress", &error);
+        }
+        outage_reported = true;
+        if let Some(first) = first.take() {
+            // The ingress exists, not connected: it connects and subscribes
+            // when the broker lets it.
+            let _ = first.send(Ok(()));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);

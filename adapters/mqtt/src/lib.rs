@@ -12,12 +12,16 @@
 //!
 //! The ingress and each broker's egress are separate connections, each with
 //! its event loop polled by a task of its own: the ingress's event loop
-//! never waits for an egress PUBACK, so neither can stall the other.
+//! never waits for an egress PUBACK, so neither can stall the other. Every
+//! connection reaches its broker the same way ([`connect`]): credentials and
+//! TLS from the configuration's `[[brokers]]` section, else from the URL
+//! (`mqtts://` for TLS).
 
 /// The adapter's name, in configuration and instance records.
 pub const NAME: &str = "mqtt";
 
 mod acks;
+mod connect;
 mod convert;
 mod egress;
 mod error;
@@ -34,15 +38,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    redact_url, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Destination, Endpoint,
-    InboxConsumer, Ingress, IngressOptions, Message, Replies, Reply, ReplyInbox, Roles, SendError,
-    Target,
+    redact_url, AccessBook, AccessError, Adapter, AdapterError, AppClient, BrokerAccess,
+    BrokerHealth, Cause, Destination, Endpoint, InboxConsumer, Ingress, IngressOptions, Message,
+    Replies, Reply, ReplyInbox, Roles, SendError, Target,
 };
 
 pub use error::{MqttError, UrlError};
 pub use settle::DEAD_LETTER_PREFIX;
 pub use url::BrokerUrl;
 
+use connect::Brokers;
 use egress::MqttTarget;
 use ingress::{IngressSpec, IngressState, MqttIngress};
 use link::Link;
@@ -57,9 +62,20 @@ pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 pub struct MqttAdapter {
     links: Mutex<HashMap<String, Arc<Link>>>,
     ingresses: Mutex<Vec<IngressState>>,
+    brokers: Brokers,
 }
 
 impl MqttAdapter {
+    /// An adapter that connects with the credentials and TLS `access` holds
+    /// for each broker.
+    pub fn new(access: AccessBook) -> Self {
+        Self {
+            links: Mutex::default(),
+            ingresses: Mutex::default(),
+            brokers: Brokers::new(access),
+        }
+    }
+
     /// The egress link to the broker of `url`. The query (the ingress
     /// session's settings) does not matter to egress, so a router's ingress
     /// broker and an instance endpoint on the same broker share one link.
@@ -69,8 +85,7 @@ impl MqttAdapter {
         if let Some(link) = links.get(key) {
             return Ok(link.clone());
         }
-        let broker = BrokerUrl::parse(url).map_err(|e| e.for_url(url))?;
-        let link = Link::start(key, broker);
+        let link = Link::start(self.brokers.get(url)?);
         links.insert(key.to_owned(), link.clone());
         Ok(link)
     }
@@ -94,6 +109,12 @@ impl Adapter for MqttAdapter {
 
     fn schemes(&self) -> &'static [&'static str] {
         &["mqtt", "tcp", "mqtts", "ssl"]
+    }
+
+    /// A user name and password, and TLS; MQTT has no token, NKey or
+    /// credentials file.
+    fn check_access(&self, access: &BrokerAccess) -> Result<(), AccessError> {
+        access.refuse(NAME, &["token", "nkey_seed", "credentials"])
     }
 
     fn default_inbox(&self, service: &str, instance: &str) -> String {
@@ -129,7 +150,8 @@ impl Adapter for MqttAdapter {
         broker: &str,
         options: &IngressOptions,
     ) -> Result<Box<dyn Ingress>, AdapterError> {
-        let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
+        let reach = self.brokers.get(broker)?;
+        let parsed = &reach.url;
         if parsed.consumer_v311 {
             return Err(AdapterError::InvalidBroker {
                 url: redact_url(broker),
@@ -154,19 +176,23 @@ impl Adapter for MqttAdapter {
             .clone()
             .unwrap_or_else(|| format!("baker-{}-{}", options.queue_group, url::host_name()));
         let spec = IngressSpec {
-            url: redact_url(broker),
             client_id,
             prefix: options.prefix.clone(),
             filter: format!("$share/{}/{}/+/#", options.queue_group, options.prefix),
             receive_max: u16::try_from(options.buffer.max(1)).unwrap_or(u16::MAX),
-            broker: parsed,
+            broker: reach,
         };
         let dlq = self.link(broker)?;
         let filter = spec.filter.clone();
         let (ingress, state) = MqttIngress::start(spec, dlq)
             .await
             .map_err(|error| error.for_url(broker))?;
-        tracing::info!(broker = %redact_url(broker), %filter, "consuming MQTT ingress");
+        if state.connected.load(Ordering::Relaxed) {
+            tracing::info!(broker = %redact_url(broker), %filter, "consuming MQTT ingress");
+        } else {
+            tracing::warn!(broker = %redact_url(broker), %filter,
+                "MQTT ingress not connected; it subscribes once the broker takes its connection");
+        }
         let mut ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
         ingresses.retain(|i| !*i.finished.borrow());
         ingresses.push(state);
@@ -240,8 +266,8 @@ impl Replies for MqttAdapter {
         router_id: &str,
         replies: tokio::sync::mpsc::Sender<Reply>,
     ) -> Result<Arc<dyn ReplyInbox>, AdapterError> {
-        let parsed = BrokerUrl::parse(broker).map_err(|e| e.for_url(broker))?;
-        Ok(Arc::new(reply::open(&parsed, router_id, replies)))
+        let broker = self.brokers.get(broker)?;
+        Ok(Arc::new(reply::open(broker, router_id, replies)))
     }
 
     /// Publishes the reply at QoS 1 to the requester's response topic.
@@ -302,8 +328,8 @@ impl AppClient for MqttAdapter {
         endpoint: &Endpoint,
     ) -> Result<Box<dyn InboxConsumer>, AdapterError> {
         self.validate_inbox(&endpoint.inbox)?;
-        let parsed = BrokerUrl::parse(&endpoint.broker).map_err(|e| e.for_url(&endpoint.broker))?;
-        let consumer = inbox::consume(&parsed, &endpoint.inbox)
+        let broker = self.brokers.get(&endpoint.broker)?;
+        let consumer = inbox::consume(broker, &endpoint.inbox)
             .await
             .map_err(|error| error.for_url(&endpoint.broker))?;
         Ok(Box::new(consumer))
@@ -314,5 +340,49 @@ impl AppClient for MqttAdapter {
             "topic {prefix}/{}/{}",
             destination.service, destination.topic
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baker_adapter_api::{Secret, TlsFiles};
+
+    #[test]
+    fn access_takes_a_user_password_and_tls_and_refuses_nats_credentials() {
+        let adapter = MqttAdapter::default();
+        let usable = BrokerAccess {
+            username: Some("router".into()),
+            password: Some(Secret::new("pw")),
+            tls: Some(TlsFiles::default()),
+            ..Default::default()
+        };
+        assert!(adapter.check_access(&usable).is_ok());
+        for (field, access) in [
+            (
+                "token",
+                BrokerAccess {
+                    token: Some(Secret::new("t")),
+                    ..usable.clone()
+                },
+            ),
+            (
+                "nkey_seed",
+                BrokerAccess {
+                    nkey_seed: Some(Secret::new("SU")),
+                    ..usable.clone()
+                },
+            ),
+            (
+                "credentials",
+                BrokerAccess {
+                    credentials: Some(Secret::new("jwt")),
+                    ..usable.clone()
+                },
+            ),
+        ] {
+            let error = adapter.check_access(&access).unwrap_err().to_string();
+            assert_eq!(error, format!("the mqtt adapter has no use for `{field}`"));
+        }
     }
 }

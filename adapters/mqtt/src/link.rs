@@ -29,7 +29,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::{oneshot, watch};
 
-use crate::url::BrokerUrl;
+use crate::connect::Broker;
 
 /// How long a publish may wait for its PUBACK before it counts as
 /// unreachable (and no longer holds a place in the router's window).
@@ -93,10 +93,10 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts connecting to `broker` (already parsed from `url`).
-    pub fn start(url: &str, broker: BrokerUrl) -> Arc<Link> {
+    /// Starts connecting to `broker`.
+    pub fn start(broker: Broker) -> Arc<Link> {
         let link = Arc::new(Link {
-            url: baker_adapter_api::redact_url(url),
+            url: broker.shown.clone(),
             current: ArcSwapOption::empty(),
             connected: watch::channel(false).0,
             ever_connected: AtomicBool::new(false),
@@ -217,17 +217,13 @@ fn verdict(reason: PubAckReason) -> Result<Accepted, SendError> {
     }
 }
 
-fn options(broker: &BrokerUrl) -> MqttOptions {
+fn options(broker: &Broker) -> MqttOptions {
     let id = format!("baker-out-{:x}-{:x}", std::process::id(), fastrand_u32());
-    let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
+    let mut options = broker.options(id);
     options
         .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(broker.keep_alive.into()))
         .set_request_channel_capacity(REQUEST_CAPACITY)
         .set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
-    if let Some((user, password)) = &broker.credentials {
-        options.set_credentials(user.clone(), password.clone());
-    }
     options
 }
 
@@ -243,10 +239,11 @@ pub fn fastrand_u32() -> u32 {
     hasher.finish() as u32
 }
 
-async fn run(link: Arc<Link>, broker: BrokerUrl) {
+async fn run(link: Arc<Link>, broker: Broker) {
     let mut backoff = BACKOFF_START;
     let mut outage_reported = false;
     loop {
+        let mut up = false;
         let (client, mut eventloop) = AsyncClient::new(options(&broker), REQUEST_CAPACITY);
         let session = Arc::new(Session {
             client,
@@ -266,12 +263,14 @@ async fn run(link: Arc<Link>, broker: BrokerUrl) {
                     link.current.store(Some(session.clone()));
                     link.ever_connected.store(true, Ordering::Relaxed);
                     link.connected.send_replace(true);
+                    broker.errors.connected();
+                    up = true;
                     backoff = BACKOFF_START;
                     if outage_reported {
                         tracing::info!(broker = %link.url, "MQTT egress reconnected");
                         outage_reported = false;
                     } else {
-                        tracing::info!(broker = %link.url, "connected to MQTT broker");
+                        tracing::info!(broker = %link.url, tls = broker.tls(), "connected to MQTT broker");
                     }
                 }
                 // pkid 0 is a QoS 0 publish, which has no waiter.
@@ -301,10 +300,12 @@ async fn run(link: Arc<Link>, broker: BrokerUrl) {
             waiting.by_pkid.clear();
         }
         drop(eventloop);
-        if !outage_reported {
+        if up {
             tracing::warn!(broker = %link.url, %error, "MQTT egress connection lost; reconnecting with backoff");
-            outage_reported = true;
+        } else {
+            broker.errors.failed("egress", &error);
         }
+        outage_reported = true;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }

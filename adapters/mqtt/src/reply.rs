@@ -12,12 +12,12 @@ use std::time::Duration;
 use baker_adapter_api::{Message, Reply, ReplyInbox};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::mpsc;
 
+use crate::connect::Broker;
 use crate::convert;
 use crate::link::fastrand_u32;
-use crate::url::BrokerUrl;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -35,16 +35,11 @@ impl ReplyInbox for MqttReplyInbox {
 
 /// Subscribes to the reply topics of `router_id` on `broker` and forwards
 /// what arrives to `replies`, for as long as `replies` is open.
-pub fn open(broker: &BrokerUrl, router_id: &str, replies: mpsc::Sender<Reply>) -> MqttReplyInbox {
+pub fn open(broker: Broker, router_id: &str, replies: mpsc::Sender<Reply>) -> MqttReplyInbox {
     let prefix = format!("_baker/reply/{router_id}/");
     let id = format!("baker-reply-{:x}-{:x}", std::process::id(), fastrand_u32());
-    let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
-    options
-        .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(broker.keep_alive.into()));
-    if let Some((user, password)) = &broker.credentials {
-        options.set_credentials(user.clone(), password.clone());
-    }
+    let mut options = broker.options(id);
+    options.set_clean_start(true);
     let filter = format!("{prefix}+");
     let tokens_from = prefix.len();
     tokio::spawn(async move {
@@ -54,6 +49,7 @@ pub fn open(broker: &BrokerUrl, router_id: &str, replies: mpsc::Sender<Reply>) -
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = BACKOFF_START;
+                    broker.errors.connected();
                     // A clean session forgets subscriptions: make it again.
                     // try_: this task is the event loop the request waits on.
                     if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtMostOnce) {
@@ -79,7 +75,7 @@ pub fn open(broker: &BrokerUrl, router_id: &str, replies: mpsc::Sender<Reply>) -
                     if replies.is_closed() {
                         return;
                     }
-                    tracing::debug!(%error, "MQTT reply connection lost; reconnecting");
+                    broker.errors.failed("replies", &error);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }

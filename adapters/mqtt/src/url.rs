@@ -1,4 +1,5 @@
-//! Broker URLs: `mqtt://[USER:PASSWORD@]HOST[:PORT][?KEY=VALUE&...]`.
+//! Broker URLs: `mqtt://[USER:PASSWORD@]HOST[:PORT][?KEY=VALUE&...]`, or
+//! `mqtts://` for TLS (`tcp://` and `ssl://` are synonyms).
 //!
 //! The MQTT-specific settings live in the URL's query, so that a router's
 //! `--broker` and an instance's endpoint say everything about the connection
@@ -20,6 +21,8 @@ use crate::error::UrlError;
 
 /// Default MQTT port.
 pub const DEFAULT_PORT: u16 = 1883;
+/// Default MQTT over TLS port (`mqtts://`, `ssl://`).
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 /// Default session expiry of the ingress session, in seconds.
 pub const DEFAULT_SESSION_EXPIRY: u32 = 86_400;
 /// Default keep-alive, in seconds.
@@ -30,6 +33,8 @@ pub const DEFAULT_KEEP_ALIVE: u16 = 30;
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// The scheme asks for TLS (`mqtts://`, `ssl://`).
+    pub tls: bool,
     pub credentials: Option<(String, String)>,
     pub client_id: Option<String>,
     pub session_expiry: u32,
@@ -41,14 +46,11 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// Parses `url`.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
-            rest
-        } else if let Some(rest) = url.strip_prefix("tcp://") {
-            rest
-        } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-            return Err(UrlError::Tls);
-        } else {
-            return Err(UrlError::Scheme);
+        let (scheme, rest) = url.split_once("://").ok_or(UrlError::Scheme)?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => return Err(UrlError::Scheme),
         };
         let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
         let authority = authority.trim_end_matches('/');
@@ -64,6 +66,7 @@ impl BrokerUrl {
                 host,
                 port.parse().map_err(|_| UrlError::Port(port.to_owned()))?,
             ),
+            None if tls => (host_port, DEFAULT_TLS_PORT),
             None => (host_port, DEFAULT_PORT),
         };
         if host.is_empty() {
@@ -72,6 +75,7 @@ impl BrokerUrl {
         let mut parsed = BrokerUrl {
             host: host.to_owned(),
             port,
+            tls,
             credentials,
             client_id: None,
             session_expiry: DEFAULT_SESSION_EXPIRY,
@@ -137,9 +141,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_schemes_default_to_port_8883() {
+        for url in ["mqtts://broker", "ssl://broker/", "MQTTS://u:p@broker"] {
+            let parsed = BrokerUrl::parse(url).unwrap();
+            assert_eq!(
+                (parsed.host.as_str(), parsed.port, parsed.tls),
+                ("broker", 8883, true),
+                "{url}"
+            );
+        }
+        let parsed = BrokerUrl::parse("mqtts://broker:18883?client_id=r1").unwrap();
+        assert_eq!((parsed.port, parsed.tls), (18883, true));
+        assert_eq!(parsed.client_id.as_deref(), Some("r1"));
+        let plain = BrokerUrl::parse("tcp://broker").unwrap();
+        assert_eq!((plain.port, plain.tls), (1883, false));
+    }
+
+    #[test]
     fn refuses_what_it_cannot_use() {
         assert_eq!(BrokerUrl::parse("nats://x:4222"), Err(UrlError::Scheme));
-        assert_eq!(BrokerUrl::parse("mqtts://x:8883"), Err(UrlError::Tls));
         assert_eq!(
             BrokerUrl::parse("mqtt://x:abc"),
             Err(UrlError::Port("abc".into()))
