@@ -1,4 +1,4 @@
-//! Broker passwords stay secret: given to an agent in its broker URL (the
+//! Broker passwords stay secret (NATS, AMQP, MQTT): given to an agent in its broker URL (the
 //! old way) and to a router in a `[[brokers]]` section's password file,
 //! with every log at debug level, the password is found nowhere: not in
 //! the logs, `/healthz`, `/v1/status`, `/metrics`, `baker-mq status`, or the
@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::amqp::{self, User, Vhost};
+use common::mqtt::{self as mqtt_test, Mosquitto};
 use common::nats_server::NatsNode;
 use common::*;
 
@@ -154,6 +155,33 @@ async fn an_amqp_password_shows_nowhere() {
             wait_until("routed", Duration::from_secs(10), || async { inbox.count() >= 1 }).await;
         };
         password_shows_nowhere("amqp", &with_password, &config, &password, deliver, &service).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_password_shows_nowhere() {
+    bounded(TEST_TIMEOUT, async {
+        let files = tempfile::tempdir().unwrap();
+        let password = unique("pw-");
+        let users = Mosquitto::password_file(files.path(), "baker", &password);
+        let broker = Mosquitto::start(&format!("allow_anonymous false\npassword_file {}\n", users.display()));
+        let url = broker.url();
+        let with_password = url.replace("mqtt://", &format!("mqtt://baker:{password}@"));
+        std::fs::write(files.path().join("password"), &password).unwrap();
+        let config = files.path().join("router.toml");
+        std::fs::write(&config, format!(
+            "adapter = \"mqtt\"\nbroker = {url:?}\n[[brokers]]\nurl = {url:?}\nusername = \"baker\"\npassword_file = {:?}\n",
+            files.path().join("password")
+        )).unwrap();
+        let service = unique("secret");
+        let inbox = mqtt_test::consume_inbox(&with_password, &service, "s1", false).await;
+        let mut publisher = mqtt_test::Client::connect(&with_password, &unique("pub-"), false).await;
+        let deliver = async {
+            publisher.publish_seq(&format!("baker/{service}/x"), 0, 1).await;
+            wait_until("routed", Duration::from_secs(10), || async { inbox.count() >= 1 }).await;
+        };
+        password_shows_nowhere("mqtt", &with_password, &config, &password, deliver, &service).await;
     })
     .await;
 }

@@ -23,6 +23,7 @@ pub fn mqtt_url() -> String {
 fn host_port(url: &str) -> (String, u16) {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.split('?').next().unwrap();
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     let (host, port) = rest.rsplit_once(':').unwrap();
     (host.to_owned(), port.parse().unwrap())
 }
@@ -210,6 +211,13 @@ impl Client {
     fn options(url: &str, id: &str) -> MqttOptions {
         let (host, port) = host_port(url);
         let mut options = MqttOptions::new(id, host, port);
+        let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+        if let Some((user, password)) = authority
+            .split_once('@')
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        {
+            options.set_credentials(user, password);
+        }
         options
             .set_max_packet_size(Some(16 * 1024 * 1024))
             .set_keep_alive(Duration::from_secs(10));
