@@ -136,6 +136,10 @@ pub fn start_router(
                 return;
             }
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            // The same failure again is said at most every 30 s (and
+            // /readyz says it meanwhile).
+            let mut last_error: Option<(String, std::time::Instant)> = None;
+            let mut held_back = 0u64;
             let ingress = loop {
                 match shutdown
                     .run_until(adapter.ingress(&spec.broker, &spec.ingress))
@@ -144,7 +148,17 @@ pub fn start_router(
                     None => return,
                     Some(Ok(ingress)) => break ingress,
                     Some(Err(error)) => {
-                        tracing::warn!(%error, "cannot subscribe to the ingress; retrying");
+                        let text = error.to_string();
+                        let repeat = last_error.as_ref().is_some_and(|(last, at)| {
+                            *last == text && at.elapsed() < Duration::from_secs(30)
+                        });
+                        if repeat {
+                            held_back += 1;
+                        } else {
+                            let repeated = std::mem::take(&mut held_back);
+                            tracing::warn!(%error, repeated, "cannot subscribe to the ingress; retrying");
+                            last_error = Some((text, std::time::Instant::now()));
+                        }
                         if shutdown
                             .run_until(tokio::time::sleep(backoff.next_delay()))
                             .await

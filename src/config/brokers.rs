@@ -37,7 +37,7 @@ pub struct BrokerSection {
     /// A credentials file: a user JWT and its NKey seed (NATS, `.creds`).
     pub credentials_file: Option<PathBuf>,
     /// Require TLS. Implied by `ca_file`, `cert_file` and `key_file`, and by
-    /// a TLS scheme in the URL (`tls://`, `amqps://`, `mqtts://`).
+    /// a TLS scheme in the URL (e.g. `tls://` for NATS).
     pub tls: Option<bool>,
     /// PEM file of the CA certificates that sign the broker's certificate
     /// [default: the system's trusted roots].
@@ -50,7 +50,13 @@ pub struct BrokerSection {
 
 impl BrokerSection {
     /// The section's settings, with every secret read.
-    fn access(&self, key: &str, origin: &Origin) -> Result<BrokerAccess, ConfigError> {
+    /// `tls_scheme`: whether the URL's scheme means TLS.
+    fn access(
+        &self,
+        key: &str,
+        origin: &Origin,
+        tls_scheme: bool,
+    ) -> Result<BrokerAccess, ConfigError> {
         let fail = |field: &str, reason: String| {
             invalid(origin.clone(), &format!("{key}.{field}"), reason)
         };
@@ -83,9 +89,6 @@ impl BrokerSection {
             .as_ref()
             .map(|path| read_file(path).map_err(|r| fail("credentials_file", r)))
             .transpose()?;
-        let tls_scheme = ["tls://", "amqps://", "mqtts://", "ssl://"]
-            .iter()
-            .any(|s| self.url.to_ascii_lowercase().starts_with(s));
         let files = TlsFiles {
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),
@@ -149,7 +152,7 @@ pub fn resolve(
         {
             return Err(fail(format!("{url_key} has a section already")));
         }
-        let access = section.access(&key, origin)?;
+        let access = section.access(&key, origin, adapter.tls_scheme(&section.url))?;
         adapter
             .check_access(&access)
             .map_err(|e| invalid(origin.clone(), &key, e.to_string()))?;

@@ -168,6 +168,11 @@ impl Adapter for AmqpAdapter {
         DEFAULT_BROKER
     }
 
+    fn tls_scheme(&self, url: &str) -> bool {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        matches!(scheme.as_deref(), Some("amqps"))
+    }
+
     fn schemes(&self) -> &'static [&'static str] {
         &["amqp", "amqps"]
     }

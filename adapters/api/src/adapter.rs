@@ -176,6 +176,12 @@ pub trait Adapter: Send + Sync + 'static {
     /// The URL schemes this adapter's broker URLs use, e.g. `nats`, `tls`.
     fn schemes(&self) -> &'static [&'static str];
 
+    /// Whether `url`'s scheme means TLS (`tls://`, `mqtts://`, ...).
+    fn tls_scheme(&self, url: &str) -> bool {
+        let _ = url;
+        false
+    }
+
     /// Checks that the adapter can use every setting in `access` (a
     /// `[[brokers]]` section): one it would ignore is an error, so nothing
     /// the configuration asks for is silently dropped. The default takes

@@ -107,6 +107,11 @@ impl Adapter for MqttAdapter {
         DEFAULT_BROKER
     }
 
+    fn tls_scheme(&self, url: &str) -> bool {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        matches!(scheme.as_deref(), Some("mqtts" | "ssl"))
+    }
+
     fn schemes(&self) -> &'static [&'static str] {
         &["mqtt", "tcp", "mqtts", "ssl"]
     }

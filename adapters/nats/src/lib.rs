@@ -69,6 +69,11 @@ impl Adapter for NatsAdapter {
         DEFAULT_BROKER
     }
 
+    fn tls_scheme(&self, url: &str) -> bool {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        matches!(scheme.as_deref(), Some("tls"))
+    }
+
     fn schemes(&self) -> &'static [&'static str] {
         &["nats", "tls"]
     }
