@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use baker_adapter_api::{AccessBook, Adapter, BrokerHealth};
+use baker_adapter_api::{AccessBook, Adapter, BrokerHealth, IngressOptions};
 
 use crate::directory::{ClientError, DirectoryClient};
 
@@ -28,6 +28,14 @@ pub const DEFAULT_LOG: &str =
 #[derive(Clone)]
 pub struct AdapterRegistry {
     adapters: Vec<Arc<dyn Adapter>>,
+}
+
+impl std::fmt::Debug for AdapterRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AdapterRegistry")
+            .field(&self.names())
+            .finish()
+    }
 }
 
 impl AdapterRegistry {
@@ -77,6 +85,36 @@ impl AdapterRegistry {
         self.adapters.iter().map(|a| a.name()).collect()
     }
 
+    /// Checks an instance's endpoint as a record gives it: an adapter of
+    /// this build, a broker URL it can use, a literal inbox address, and
+    /// one outside the namespace of an ingress subscribed with `ingress`
+    /// (where a delivered message would come back to the routers).
+    pub fn check_endpoint(
+        &self,
+        adapter: &str,
+        broker: &str,
+        inbox: &str,
+        ingress: &IngressOptions,
+    ) -> Result<(), EndpointRefusal> {
+        let Some(found) = self.get(adapter) else {
+            return Err(EndpointRefusal::UnknownAdapter(format!(
+                "adapter {adapter:?} is not built into this baker-mq (available: {})",
+                self.names().join(", ")
+            )));
+        };
+        (found.validate_broker(broker))
+            .map_err(|e| EndpointRefusal::InvalidBroker(e.to_string()))?;
+        (found.validate_inbox(inbox)).map_err(|e| EndpointRefusal::InvalidInbox(e.to_string()))?;
+        if found.inbox_in_ingress(inbox, ingress) {
+            return Err(EndpointRefusal::Loop(format!(
+                "inbox {inbox:?} lies in the ingress namespace (prefix {:?}, group {:?}): \
+                 messages delivered there would be routed again",
+                ingress.prefix, ingress.queue_group
+            )));
+        }
+        Ok(())
+    }
+
     /// Flushes every adapter's connections, waiting at most `timeout`.
     pub async fn flush(&self, timeout: std::time::Duration) {
         let all = futures::future::join_all(self.adapters.iter().map(|a| a.flush()));
@@ -88,6 +126,43 @@ impl AdapterRegistry {
     /// Connection state of every broker any adapter has opened.
     pub fn health(&self) -> Vec<BrokerHealth> {
         self.adapters.iter().flat_map(|a| a.health()).collect()
+    }
+}
+
+/// Why an endpoint is not routed to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointRefusal {
+    /// No adapter of this name.
+    #[error("{0}")]
+    UnknownAdapter(String),
+    /// The broker URL does not parse for the adapter.
+    #[error("{0}")]
+    InvalidBroker(String),
+    /// The inbox is not a literal address for the adapter.
+    #[error("{0}")]
+    InvalidInbox(String),
+    /// The inbox lies in an ingress namespace.
+    #[error("{0}")]
+    Loop(String),
+    /// The broker is not one this router may connect to.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The adapter could not bind a target.
+    #[error("{0}")]
+    Bind(String),
+}
+
+impl EndpointRefusal {
+    /// The `reason` label of `baker_records_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::UnknownAdapter(_) => "unknown_adapter",
+            Self::InvalidBroker(_) => "invalid_broker",
+            Self::InvalidInbox(_) => "invalid_inbox",
+            Self::Loop(_) => "loop",
+            Self::NotAllowed(_) => "broker_not_allowed",
+            Self::Bind(_) => "bind",
+        }
     }
 }
 

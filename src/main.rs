@@ -69,7 +69,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 shutdown::signal().await;
                 stop.trigger();
             });
-            directory::server::bind_and_serve(settings.listen, settings.directory_auth, shutdown)
+            directory::server::bind_and_serve(settings.listen, settings.directory_rules, shutdown)
                 .await
                 .with_context(|| format!("serving the directory on {}", settings.listen))?;
         }

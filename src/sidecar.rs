@@ -74,6 +74,8 @@ pub struct RouterSpec {
     pub policies: HashMap<String, PolicyKind>,
     /// Header naming the version, per service routed by version.
     pub version_routing: HashMap<String, String>,
+    /// Brokers the router may connect to besides its own; empty: any.
+    pub allowed_brokers: Vec<String>,
 }
 
 /// Starts a router following `catalogs`: the table follower, the ingress
@@ -90,7 +92,8 @@ pub fn start_router(
     };
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies)
-        .with_version_routing(spec.version_routing);
+        .with_version_routing(spec.version_routing)
+        .with_ingress(&spec.broker, spec.ingress.clone(), &spec.allowed_brokers);
     let undelivered = Arc::new(UndeliveredReporter::default());
     let replies = Arc::new(ReplyProxy::new(
         adapter.clone(),
@@ -223,7 +226,7 @@ pub async fn run(
         DirectoryTarget::Engine(engine) => engine.open().await.map_err(SidecarError::Directory)?,
     };
     let takeover = match settings.directory {
-        DirectoryTarget::Auto(addr) => Some((addr, settings.directory_auth.clone())),
+        DirectoryTarget::Auto(addr) => Some((addr, settings.directory_rules.clone())),
         DirectoryTarget::Url(_) | DirectoryTarget::Engine(_) => None,
     };
     let can_take_over = takeover.is_some();
@@ -262,6 +265,7 @@ pub async fn run(
                 max_in_flight: settings.max_in_flight,
                 policies: settings.policies.clone(),
                 version_routing: settings.version_routing.clone(),
+                allowed_brokers: settings.allowed_brokers.clone(),
             },
             adapters.clone(),
             catalogs,

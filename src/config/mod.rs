@@ -32,6 +32,7 @@ pub use registration::{Registered, Registration};
 use crate::adapters::{self, AdapterRegistry};
 use crate::directory::auth::DirectoryAuth;
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS};
+use crate::directory::server::DirectoryRules;
 use crate::directory::DEFAULT_LISTEN;
 use crate::router::outlier::OutlierConfig;
 use crate::router::{JourneyConfig, PolicyKind};
@@ -86,10 +87,12 @@ pub struct Settings {
     pub drain_timeout: std::time::Duration,
     /// Credentials and TLS per broker.
     pub access: AccessBook,
+    /// Brokers the router may connect to besides its own; empty: any.
+    pub allowed_brokers: Vec<String>,
     /// The token this sidecar gives the directory.
     pub directory_token: Option<Secret>,
-    /// Who may do what in a directory served here.
-    pub directory_auth: Arc<DirectoryAuth>,
+    /// What a directory served here enforces.
+    pub directory_rules: DirectoryRules,
 }
 
 /// The configuration as given: the command line's options (flags and
@@ -221,6 +224,37 @@ impl Config {
         }
     }
 
+    /// The allow-list of brokers, the file's then the command line's: URLs
+    /// an adapter takes, without credentials.
+    fn allowed_brokers(&self, adapters: &AdapterRegistry) -> Result<Vec<String>, ConfigError> {
+        let layers = [
+            (&self.file.allowed_brokers, self.file_origin.clone()),
+            (&self.cli.allowed_brokers, Origin::CommandLine),
+        ];
+        let mut allowed = Vec::new();
+        for (urls, origin) in layers {
+            for url in urls {
+                let fail = |reason: String| invalid(origin.clone(), "allowed_brokers", reason);
+                if baker_adapter_api::has_credentials(url) {
+                    return Err(fail(format!(
+                        "{} must not carry credentials",
+                        baker_adapter_api::redact_url(url)
+                    )));
+                }
+                let adapter = adapters.for_url(url).ok_or_else(|| {
+                    fail(format!(
+                        "{url:?} has a scheme no adapter of this build takes"
+                    ))
+                })?;
+                adapter
+                    .validate_broker(url)
+                    .map_err(|e| fail(e.to_string()))?;
+                allowed.push(url.clone());
+            }
+        }
+        Ok(allowed)
+    }
+
     /// Who may do what in a directory served by this process, checked:
     /// off loopback, tokens are required unless explicitly waived.
     fn directory_auth(&self, listen: SocketAddr) -> Result<DirectoryAuth, ConfigError> {
@@ -285,7 +319,18 @@ impl Config {
             let reason = format!("{ttl} is not between 1 and 3600 seconds");
             return Err(invalid(origin, "ttl", reason));
         }
-        let mut registrations = self.registrations(&adapter, &broker, ttl, adapters)?;
+        let (max_in_flight, origin) = self.get_or(|o| &o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        if max_in_flight == 0 {
+            return Err(invalid(origin, "max_in_flight", "must be at least 1"));
+        }
+        let ingress = self.ingress(max_in_flight)?;
+        let defaults = registration::Defaults {
+            adapter: &adapter,
+            broker: &broker,
+            ttl_secs: ttl,
+            ingress: &ingress,
+        };
+        let mut registrations = self.registrations(&defaults, adapters)?;
         // Credentials in the configured URLs are kept in the book of broker
         // access, by broker; the URLs themselves (which records, logs and
         // status show) go without them.
@@ -296,10 +341,6 @@ impl Config {
             let endpoint = &mut registered.record.endpoint;
             access.add_url_credentials(&endpoint.broker);
             endpoint.broker = baker_adapter_api::without_credentials(&endpoint.broker);
-        }
-        let (max_in_flight, origin) = self.get_or(|o| &o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
-        if max_in_flight == 0 {
-            return Err(invalid(origin, "max_in_flight", "must be at least 1"));
         }
         let (max_attempts, origin) = self.get_or(|o| &o.max_attempts, DEFAULT_MAX_ATTEMPTS);
         if max_attempts == 0 {
@@ -323,27 +364,20 @@ impl Config {
             let reason = format!("{drain_secs} is more than 3600 seconds");
             return Err(invalid(origin, "drain_timeout_secs", reason));
         }
-        let (prefix, origin) = self.get_or(|o| &o.ingress_prefix, DEFAULT_PREFIX.to_owned());
-        if prefix.is_empty()
-            || prefix.starts_with('_')
-            || prefix.contains(['*', '>', '#', '+', ' '])
-        {
-            let reason = format!("{prefix:?} must be non-empty, without wildcards, and not start with '_' (inboxes live there)");
-            return Err(invalid(origin, "ingress_prefix", reason));
-        }
-        let queue_group = self
-            .get_or(|o| &o.queue_group, DEFAULT_QUEUE_GROUP.to_owned())
-            .0;
         let listen = self.get(|o| &o.listen).map_or_else(
             || DEFAULT_LISTEN.parse().expect("valid default"),
             |(a, _)| a,
         );
-        let directory_auth = Arc::new(self.directory_auth(listen)?);
+        let directory_rules = DirectoryRules {
+            auth: Arc::new(self.directory_auth(listen)?),
+            endpoints: Some(Arc::new((adapters.clone(), ingress.clone()))),
+        };
         let directory_token = self.token(
             |o| &o.directory_token_file,
             "directory_token_file",
             DIRECTORY_TOKEN_VARIABLE,
         )?;
+        let allowed_brokers = self.allowed_brokers(adapters)?;
         Ok(Settings {
             adapter,
             broker,
@@ -360,33 +394,43 @@ impl Config {
                 outlier,
             },
             max_in_flight,
-            ingress: IngressOptions {
-                prefix,
-                queue_group,
-                buffer: max_in_flight,
-            },
+            ingress,
             listen,
             state_dir: self.get(|o| &o.state_dir).map(|(dir, _)| dir),
             drain_timeout: std::time::Duration::from_secs(drain_secs),
             access,
             directory_token,
-            directory_auth,
+            directory_rules,
+            allowed_brokers,
+        })
+    }
+
+    /// The ingress subscription: its prefix (checked) and queue group.
+    fn ingress(&self, buffer: usize) -> Result<IngressOptions, ConfigError> {
+        let (prefix, origin) = self.get_or(|o| &o.ingress_prefix, DEFAULT_PREFIX.to_owned());
+        if prefix.is_empty()
+            || prefix.starts_with('_')
+            || prefix.contains(['*', '>', '#', '+', ' '])
+        {
+            let reason = format!("{prefix:?} must be non-empty, without wildcards, and not start with '_' (inboxes live there)");
+            return Err(invalid(origin, "ingress_prefix", reason));
+        }
+        let queue_group = self
+            .get_or(|o| &o.queue_group, DEFAULT_QUEUE_GROUP.to_owned())
+            .0;
+        Ok(IngressOptions {
+            prefix,
+            queue_group,
+            buffer,
         })
     }
 
     /// The file's registrations (`register[i]`), then the command line's.
     fn registrations(
         &self,
-        adapter: &str,
-        broker: &str,
-        ttl_secs: u64,
+        defaults: &registration::Defaults<'_>,
         adapters: &AdapterRegistry,
     ) -> Result<Vec<Registered>, ConfigError> {
-        let defaults = registration::Defaults {
-            adapter,
-            broker,
-            ttl_secs,
-        };
         let from_file = self.file.register.iter().enumerate().map(|(i, r)| {
             let key = format!("register[{i}]");
             (key, self.file_origin.clone(), r)
@@ -396,7 +440,7 @@ impl Config {
         from_file
             .chain(from_cli)
             .map(|(key, origin, r)| {
-                r.resolve(&defaults, adapters).map_err(|(sub, reason)| {
+                r.resolve(defaults, adapters).map_err(|(sub, reason)| {
                     let key = if sub.is_empty() {
                         key
                     } else {

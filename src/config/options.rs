@@ -114,6 +114,19 @@ pub struct Options {
     #[schemars(with = "BTreeMap<String, String>")]
     pub version_routing: Vec<VersionRoute>,
 
+    /// Brokers this router may connect to for an instance, besides its own
+    /// (`--broker`): a record naming any other broker is not routed to.
+    /// URLs without credentials; repeatable, ';' between several in
+    /// BAKER_ALLOWED_BROKERS [default: any broker]
+    #[arg(
+        long = "allowed-broker",
+        env = "BAKER_ALLOWED_BROKERS",
+        value_delimiter = ';',
+        value_name = "URL"
+    )]
+    #[serde(default)]
+    pub allowed_brokers: Vec<String>,
+
     /// Do not route: only register instances (agent only).
     #[arg(long, env = "BAKER_NO_ROUTER")]
     #[serde(default)]

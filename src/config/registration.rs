@@ -8,7 +8,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::check::CheckConfig;
-use crate::adapters::AdapterRegistry;
+use baker_adapter_api::IngressOptions;
+
+use crate::adapters::{AdapterRegistry, EndpointRefusal};
 use crate::directory::record::DEFAULT_WEIGHT;
 use crate::directory::{EndpointRecord, InstanceRecord, Status};
 use crate::health::HealthCheck;
@@ -111,6 +113,8 @@ pub(super) struct Defaults<'a> {
     pub adapter: &'a str,
     pub broker: &'a str,
     pub ttl_secs: u64,
+    /// The sidecar's ingress: an inbox in its namespace would loop.
+    pub ingress: &'a IngressOptions,
 }
 
 impl Registration {
@@ -130,9 +134,13 @@ impl Registration {
             .inbox
             .clone()
             .unwrap_or_else(|| adapter.default_inbox(&self.service, &self.id));
-        adapter
-            .validate_inbox(&inbox)
-            .map_err(|e| ("inbox", e.to_string()))?;
+        let broker = self.broker.as_deref().unwrap_or(defaults.broker);
+        adapters
+            .check_endpoint(adapter_name, broker, &inbox, defaults.ingress)
+            .map_err(|refusal| match refusal {
+                EndpointRefusal::InvalidBroker(reason) => ("broker", reason),
+                other => ("inbox", other.to_string()),
+            })?;
         let check = self
             .check
             .as_ref()
@@ -145,7 +153,7 @@ impl Registration {
             version: self.version.clone().unwrap_or_default(),
             endpoint: EndpointRecord {
                 adapter: adapter_name.to_owned(),
-                broker: self.broker.as_deref().unwrap_or(defaults.broker).to_owned(),
+                broker: broker.to_owned(),
                 inbox,
             },
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),

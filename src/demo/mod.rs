@@ -132,7 +132,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     tokio::spawn(server::serve(
         listener,
         Arc::new(Store::new()),
-        Arc::default(),
+        Default::default(),
         shutdown.clone(),
     ));
     let where_ = if private.is_some() {
@@ -178,6 +178,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
             max_in_flight: 1024,
             policies: HashMap::from([(service.clone(), PolicyKind::Weighted)]),
             version_routing: HashMap::new(),
+            allowed_brokers: Vec::new(),
         },
         adapters,
         catalogs,

@@ -28,9 +28,12 @@ use tokio::net::TcpListener;
 
 use baker_adapter_api::Every;
 
+use baker_adapter_api::IngressOptions;
+
 use super::auth::{Action, DirectoryAuth, Refusal};
 use super::record::InstanceRecord;
 use super::store::{LeaseOutcome, Store, StoreError};
+use crate::adapters::AdapterRegistry;
 use crate::shutdown::Shutdown;
 
 /// How often expired leases are swept. Bounds how late an expiry is seen.
@@ -41,22 +44,33 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The header naming the agent that owns a registration.
 pub const OWNER_HEADER: &str = "x-baker-owner";
 
+/// What the directory enforces: who may do what, and what a record's
+/// endpoint may name.
+#[derive(Clone, Default, Debug)]
+pub struct DirectoryRules {
+    /// Tokens and their grants (none: open).
+    pub auth: Arc<DirectoryAuth>,
+    /// The adapters and the ingress namespace records are checked against
+    /// (none: not checked).
+    pub endpoints: Option<Arc<(AdapterRegistry, IngressOptions)>>,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 struct Shared {
     store: Arc<Store>,
-    auth: Arc<DirectoryAuth>,
+    rules: DirectoryRules,
 }
 
 /// Serves the directory on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
-    auth: Arc<DirectoryAuth>,
+    rules: DirectoryRules,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, epoch = store.epoch(), tokens = auth.is_enforced(), "serving the directory");
+    tracing::info!(%addr, epoch = store.epoch(), tokens = rules.auth.is_enforced(), "serving the directory");
     let sweeper = {
         let store = store.clone();
         let shutdown = shutdown.clone();
@@ -67,7 +81,7 @@ pub async fn serve(
             }
         })
     };
-    let result = axum::serve(listener, routes(Shared { store, auth }))
+    let result = axum::serve(listener, routes(Shared { store, rules }))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     sweeper.abort();
@@ -77,11 +91,11 @@ pub async fn serve(
 /// Binds `addr` and serves the directory there.
 pub async fn bind_and_serve(
     addr: SocketAddr,
-    auth: Arc<DirectoryAuth>,
+    rules: DirectoryRules,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    serve(listener, Arc::new(Store::new()), auth, shutdown).await
+    serve(listener, Arc::new(Store::new()), rules, shutdown).await
 }
 
 fn routes(shared: Shared) -> Router {
@@ -109,7 +123,7 @@ fn refused(shared: &Shared, headers: &HeaderMap, action: Action<'_>) -> Option<R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let refusal = shared.auth.check(bearer, action).err()?;
+    let refusal = shared.rules.auth.check(bearer, action).err()?;
     static REFUSED: Every = Every::new(Duration::from_secs(10));
     let reason = match refusal {
         Refusal::Unauthenticated(_) => "unauthenticated",
@@ -157,6 +171,24 @@ async fn register(
                 record.service, record.id
             ),
         );
+    }
+    if let Some(endpoints) = &shared.rules.endpoints {
+        let (adapters, ingress) = &**endpoints;
+        let endpoint = &record.endpoint;
+        let checked = adapters.check_endpoint(
+            &endpoint.adapter,
+            &endpoint.broker,
+            &endpoint.inbox,
+            ingress,
+        );
+        if let Err(refusal) = checked {
+            metrics::counter!("baker_records_refused_total", "reason" => refusal.label())
+                .increment(1);
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("endpoint refused: {refusal}"),
+            );
+        }
     }
     if record.strip_credentials() {
         static STRIPPED: Every = Every::new(Duration::from_secs(60));

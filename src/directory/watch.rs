@@ -25,10 +25,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::auth::DirectoryAuth;
 use super::client::DirectoryClient;
 use super::record::{Catalog, InstanceRecord};
-use super::server;
+use super::server::{self, DirectoryRules};
 use super::snapshot::Snapshot;
 use super::store::Store;
 use crate::shutdown::Shutdown;
@@ -183,7 +182,7 @@ impl Carryover {
 pub struct Watcher {
     client: DirectoryClient,
     /// Address to serve the directory on when nothing answers (auto mode).
-    takeover: Option<(SocketAddr, Arc<DirectoryAuth>)>,
+    takeover: Option<(SocketAddr, DirectoryRules)>,
     health: Arc<DirectoryHealth>,
     catalogs: watch::Sender<Arc<Catalog>>,
     snapshot: Option<Snapshot>,
@@ -192,10 +191,7 @@ pub struct Watcher {
 impl Watcher {
     /// A watcher of `client`'s directory. With `takeover`, the watcher serves
     /// the directory on that address whenever nothing answers there.
-    pub fn new(
-        client: DirectoryClient,
-        takeover: Option<(SocketAddr, Arc<DirectoryAuth>)>,
-    ) -> Self {
+    pub fn new(client: DirectoryClient, takeover: Option<(SocketAddr, DirectoryRules)>) -> Self {
         let health = Arc::new(DirectoryHealth::new(client.url()));
         Self {
             client,
@@ -237,7 +233,7 @@ impl Watcher {
     /// Serves the directory here if nothing holds the takeover address.
     /// Returns true when this call started serving it.
     pub async fn try_takeover(&self, shutdown: &Shutdown) -> bool {
-        let Some((addr, auth)) = self.takeover.clone() else {
+        let Some((addr, rules)) = self.takeover.clone() else {
             return false;
         };
         if self.health.serving.load(Ordering::Relaxed) {
@@ -251,7 +247,7 @@ impl Watcher {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             if let Err(error) =
-                server::serve(listener, Arc::new(Store::new()), auth, shutdown).await
+                server::serve(listener, Arc::new(Store::new()), rules, shutdown).await
             {
                 tracing::error!(%error, "embedded directory stopped");
             }

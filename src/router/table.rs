@@ -9,11 +9,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use baker_adapter_api::{Endpoint, Message, Target};
+use baker_adapter_api::{broker_key, redact_url, Endpoint, IngressOptions, Message, Target};
 
 use super::outlier::OutlierState;
 use super::policy::{Candidate, Policy, PolicyKind};
-use crate::adapters::AdapterRegistry;
+use crate::adapters::{AdapterRegistry, EndpointRefusal};
 use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
 
 /// Running counts for one instance, kept across table rebuilds.
@@ -179,6 +179,11 @@ pub struct TableBuilder {
     targets: HashMap<EndpointRecord, Arc<dyn Target>>,
     stats: HashMap<(String, String), Arc<InstanceStats>>,
     unbindable: HashSet<EndpointRecord>,
+    /// The router's own ingress: inboxes in its namespace are loops.
+    ingress: Option<IngressOptions>,
+    /// Keys of the brokers this router may connect to (its own besides);
+    /// empty: any.
+    allowed_brokers: Vec<String>,
 }
 
 impl TableBuilder {
@@ -192,6 +197,46 @@ impl TableBuilder {
             targets: HashMap::new(),
             stats: HashMap::new(),
             unbindable: HashSet::new(),
+            ingress: None,
+            allowed_brokers: Vec::new(),
+        }
+    }
+
+    /// Refuses endpoints whose inbox lies in `ingress`'s namespace (routing
+    /// loops), and with `allowed` brokers (URLs; the ingress's `broker`
+    /// besides), endpoints on any other broker.
+    pub fn with_ingress(
+        mut self,
+        broker: &str,
+        ingress: IngressOptions,
+        allowed: &[String],
+    ) -> Self {
+        self.ingress = Some(ingress);
+        if !allowed.is_empty() {
+            self.allowed_brokers = allowed.iter().map(|url| broker_key(url)).collect();
+            self.allowed_brokers.push(broker_key(broker));
+        }
+        self
+    }
+
+    /// Whether this router may route to `endpoint`, before binding it.
+    fn admit(&self, endpoint: &EndpointRecord) -> Result<(), EndpointRefusal> {
+        if !self.allowed_brokers.is_empty()
+            && !self.allowed_brokers.contains(&broker_key(&endpoint.broker))
+        {
+            return Err(EndpointRefusal::NotAllowed(format!(
+                "broker {} is not in this router's allowed_brokers",
+                redact_url(&endpoint.broker)
+            )));
+        }
+        match &self.ingress {
+            Some(ingress) => self.adapters.check_endpoint(
+                &endpoint.adapter,
+                &endpoint.broker,
+                &endpoint.inbox,
+                ingress,
+            ),
+            None => Ok(()),
         }
     }
 
@@ -211,30 +256,35 @@ impl TableBuilder {
         if let Some(target) = self.targets.get(endpoint) {
             return Some(target.clone());
         }
-        let result = match self.adapters.get(&endpoint.adapter) {
-            Some(adapter) => adapter
+        let result = match (self.admit(endpoint), self.adapters.get(&endpoint.adapter)) {
+            (Err(refusal), _) => Err(refusal),
+            (Ok(()), Some(adapter)) => adapter
                 .target(&Endpoint {
                     adapter: endpoint.adapter.clone(),
                     broker: endpoint.broker.clone(),
                     inbox: endpoint.inbox.clone(),
                 })
                 .await
-                .map_err(|e| e.to_string()),
-            None => Err(format!(
+                .map_err(|e| EndpointRefusal::Bind(e.to_string())),
+            (Ok(()), None) => Err(EndpointRefusal::UnknownAdapter(format!(
                 "adapter {:?} is not built into this baker-mq (available: {})",
                 endpoint.adapter,
                 self.adapters.names().join(", ")
-            )),
+            ))),
         };
         match result {
             Ok(target) => {
                 self.targets.insert(endpoint.clone(), target.clone());
                 Some(target)
             }
-            Err(reason) => {
+            Err(refusal) => {
+                // Said once per endpoint while it stays in the catalog, not
+                // per message or per catalog change.
                 if self.unbindable.insert(endpoint.clone()) {
-                    tracing::warn!(adapter = %endpoint.adapter, broker = %endpoint.broker,
-                        inbox = %endpoint.inbox, %reason, "cannot route to endpoint; skipping its instances");
+                    metrics::counter!("baker_records_refused_total", "reason" => refusal.label())
+                        .increment(1);
+                    tracing::warn!(adapter = %endpoint.adapter, broker = %redact_url(&endpoint.broker),
+                        inbox = %endpoint.inbox, reason = %refusal, "not routing to this endpoint; skipping its instances");
                 }
                 None
             }
@@ -271,6 +321,11 @@ impl TableBuilder {
                 });
         }
         self.targets.retain(|e, _| live_endpoints.contains(e));
+        // Refused endpoints are remembered (to say so once) only while a
+        // record names them: the set stays as small as the catalog.
+        let named: HashSet<&EndpointRecord> =
+            catalog.instances.iter().map(|r| &r.endpoint).collect();
+        self.unbindable.retain(|e| named.contains(e));
         // A draining instance keeps its counts; a departed one drops them.
         self.stats.retain(|k, _| in_catalog.contains(k));
         let services = grouped

@@ -186,6 +186,23 @@ impl Adapter for AmqpAdapter {
         format!("_baker.{service}.{instance}")
     }
 
+    fn validate_broker(&self, url: &str) -> Result<(), AdapterError> {
+        check_url(url)?;
+        url.parse::<lapin::uri::AMQPUri>()
+            .map(drop)
+            .map_err(|reason| AdapterError::InvalidBroker {
+                url: redact(url),
+                reason,
+            })
+    }
+
+    /// The ingress consumes its queue (`GROUP.ingress`) and dead-letters to
+    /// `PREFIX.dead-letters`: an inbox of either name would loop.
+    fn inbox_in_ingress(&self, inbox: &str, ingress: &IngressOptions) -> bool {
+        let names = ingress::Names::new(&ingress.prefix, &ingress.queue_group);
+        inbox == names.queue.as_str() || inbox == names.dead_letters.as_str()
+    }
+
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         let reason = if inbox.is_empty() || inbox.len() > 255 {
             "a queue name must be 1-255 bytes"

@@ -206,6 +206,27 @@ pub trait Adapter: Send + Sync + 'static {
     /// Checks that `inbox` is a usable inbox address for this adapter.
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError>;
 
+    /// Checks that `url` is a broker URL this adapter can connect to. The
+    /// default checks its scheme.
+    fn validate_broker(&self, url: &str) -> Result<(), AdapterError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme {
+            Some(scheme) if self.schemes().contains(&scheme.as_str()) => Ok(()),
+            _ => Err(AdapterError::InvalidBroker {
+                url: crate::redact_url(url),
+                reason: format!("expected a URL of scheme {}", self.schemes().join(", ")),
+            }),
+        }
+    }
+
+    /// Whether `inbox`, on the broker of an ingress subscribed with
+    /// `ingress`, lies in that ingress's namespace: a message delivered there
+    /// would come back to the routers (a routing loop). The default: never.
+    fn inbox_in_ingress(&self, inbox: &str, ingress: &IngressOptions) -> bool {
+        let _ = (inbox, ingress);
+        false
+    }
+
     /// Whether the URLs `a` and `b` name the same broker, so that an
     /// address on one is valid on the other. The default compares them as
     /// strings; adapters whose URLs carry per-connection settings compare

@@ -30,6 +30,14 @@ pub use error::{AdapterError, Cause, SendError};
 pub use every::Every;
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
 
+/// Whether `address` is `prefix` or below it, its levels split by
+/// `separator` (`baker.orders` is under `baker`; `bakery` is not).
+pub fn address_under(address: &str, prefix: &str, separator: char) -> bool {
+    address
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(separator))
+}
+
 /// Names of the headers Baker adds to, or reads from, every message it routes.
 pub mod header {
     /// Unique id of the message, kept across retries and hops.

@@ -302,6 +302,11 @@ impl Adapter for MemoryAdapter {
         format!("_baker.{service}.{instance}")
     }
 
+    /// The ingress takes `PREFIX.>`, as on NATS.
+    fn inbox_in_ingress(&self, inbox: &str, ingress: &IngressOptions) -> bool {
+        baker_adapter_api::address_under(inbox, &ingress.prefix, '.')
+    }
+
     fn validate_inbox(&self, inbox: &str) -> Result<(), AdapterError> {
         if inbox.is_empty()
             || inbox

@@ -143,6 +143,20 @@ impl Adapter for MqttAdapter {
     }
 
     /// Same host and port: the query holds per-connection settings.
+    fn validate_broker(&self, url: &str) -> Result<(), AdapterError> {
+        BrokerUrl::parse(url)
+            .map(drop)
+            .map_err(|e| AdapterError::InvalidBroker {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The ingress subscribes to `PREFIX/#`.
+    fn inbox_in_ingress(&self, inbox: &str, ingress: &IngressOptions) -> bool {
+        baker_adapter_api::address_under(inbox, &ingress.prefix, '/')
+    }
+
     fn same_broker(&self, a: &str, b: &str) -> bool {
         match (BrokerUrl::parse(a), BrokerUrl::parse(b)) {
             (Ok(a), Ok(b)) => a.host == b.host && a.port == b.port,

@@ -136,6 +136,17 @@ impl Adapter for NatsAdapter {
         Ok(Box::new(ingress::subscribe(client, broker, options).await?))
     }
 
+    fn validate_broker(&self, url: &str) -> Result<(), AdapterError> {
+        server_addrs(url).map_err(|e| e.for_url(url))?;
+        settings::StreamSettings::from_url(url).map_err(|e| e.for_url(url))?;
+        Ok(())
+    }
+
+    /// The ingress subscribes to `PREFIX.>` (core and JetStream alike).
+    fn inbox_in_ingress(&self, inbox: &str, ingress: &IngressOptions) -> bool {
+        baker_adapter_api::address_under(inbox, &ingress.prefix, '.')
+    }
+
     /// The query holds Baker's settings, not the server's address.
     fn same_broker(&self, a: &str, b: &str) -> bool {
         a.split('?').next() == b.split('?').next()

@@ -1,0 +1,151 @@
+//! Records are checked where they are used: the directory refuses an
+//! endpoint no adapter can use or whose inbox would loop back into the
+//! ingress; a router does not route to an endpoint outside its allow-list or
+//! inside its own ingress namespace, and says why once; a registration that
+//! would loop stops the sidecar at start.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn record(service: &str, id: &str, adapter: &str, broker: &str, inbox: &str) -> serde_json::Value {
+    serde_json::json!({"service": service, "id": id,
+        "endpoint": {"adapter": adapter, "broker": broker, "inbox": inbox}})
+}
+
+async fn put(dir: &Directory, record: &serde_json::Value) -> (u16, String) {
+    let url = format!(
+        "{}/v1/services/{}/instances/{}",
+        dir.url(),
+        record["service"].as_str().unwrap(),
+        record["id"].as_str().unwrap()
+    );
+    let response = reqwest::Client::new()
+        .put(url)
+        .json(record)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_refuses_endpoints_that_cannot_work_or_would_loop() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let service = unique("checked");
+        let nats = nats_url();
+        for (adapter, broker, inbox, reason) in [
+            (
+                "kafka",
+                nats.as_str(),
+                "_baker.s.a",
+                "adapter \"kafka\" is not built into",
+            ),
+            (
+                "nats",
+                "file:///etc/passwd",
+                "_baker.s.a",
+                "invalid broker URL",
+            ),
+            ("nats", nats.as_str(), "baker.>", "invalid inbox"),
+            (
+                "nats",
+                nats.as_str(),
+                "baker.orders.loop",
+                "lies in the ingress namespace",
+            ),
+        ] {
+            let (status, body) = put(&dir, &record(&service, "a", adapter, broker, inbox)).await;
+            assert_eq!(status, 400, "{adapter} {broker} {inbox}: {body}");
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(error["error"].as_str().unwrap().contains(reason), "{body}");
+        }
+        assert!(dir.instances(&service).await.is_empty());
+        let (status, body) = put(&dir, &record(&service, "a", "nats", &nats, "_baker.s.a")).await;
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_skips_brokers_outside_its_allow_list_and_inboxes_in_its_own_namespace() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("guarded");
+        let nats = nats_url();
+        let router = Router::start(
+            &dir.url(),
+            &ingress,
+            &["--allowed-broker", "nats://127.0.0.1:1"],
+        )
+        .await;
+        // Accepted by the directory (which checks the default prefix only),
+        // refused by this router.
+        let elsewhere = "nats://127.0.0.1:14222";
+        let looping = format!("{}.{service}.x", ingress.prefix);
+        let good = format!("_baker.{service}.ok");
+        for (id, broker, inbox) in [
+            ("away", elsewhere, good.as_str()),
+            ("loop", nats.as_str(), looping.as_str()),
+            ("ok", nats.as_str(), good.as_str()),
+        ] {
+            let (status, body) = put(&dir, &record(&service, id, "nats", broker, inbox)).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        router
+            .wait_routed(&service, &["ok"], Duration::from_secs(15))
+            .await;
+        let metrics = router.metrics().await;
+        for reason in ["broker_not_allowed", "loop"] {
+            let line = format!("baker_records_refused_total{{reason=\"{reason}\"}} 1");
+            assert!(metrics.contains(&line), "{reason}: {metrics}");
+        }
+        let log = router.proc.log_text();
+        assert!(
+            log.contains("is not in this router's allowed_brokers"),
+            "{log}"
+        );
+        assert!(log.contains("lies in the ingress namespace"), "{log}");
+        assert_eq!(
+            log.matches("not routing to this endpoint").count(),
+            2,
+            "said once each: {log}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_inbox_would_loop_stops_the_start() {
+    bounded(TEST_TIMEOUT, async {
+        let mut sidecar = Proc::spawn(
+            "looping",
+            &[
+                "--no-router",
+                "--register",
+                "service=loopcfg,id=l1,inbox=baker.loopcfg.l1",
+            ],
+        );
+        wait_until(
+            "the sidecar refuses to start",
+            Duration::from_secs(10),
+            || {
+                let exited = sidecar.exited().is_some();
+                async move { exited }
+            },
+        )
+        .await;
+        let log = sidecar.log_text();
+        assert!(
+            log.contains("register.inbox") && log.contains("lies in the ingress namespace"),
+            "{log}"
+        );
+    })
+    .await;
+}
