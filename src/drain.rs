@@ -53,7 +53,7 @@ pub async fn run(
         bearer.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
     }
-    let http = reqwest::Client::builder()
+    let http = crate::http_tls::client()
         .timeout(Duration::from_secs(5))
         .default_headers(headers)
         .build()

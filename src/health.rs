@@ -127,7 +127,7 @@ impl HealthCheck {
                         .request(method.clone(), url)
                         .send()
                         .await
-                        .map_err(|e| format!("{method} {url}: {e}"))?;
+                        .map_err(|e| format!("{method} {url}: {}", crate::http_tls::describe(&e)))?;
                     let code = response.status();
                     let accepted = if statuses.is_empty() {
                         code.is_success() || code.is_redirection()
@@ -176,7 +176,7 @@ impl HealthCheck {
         status: watch::Sender<Status>,
         shutdown: Shutdown,
     ) {
-        let http = reqwest::Client::builder()
+        let http = crate::http_tls::client()
             .timeout(self.timeout)
             .build()
             .unwrap_or_default();

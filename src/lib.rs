@@ -13,6 +13,7 @@ pub mod demo;
 pub mod directory;
 pub mod drain;
 pub mod health;
+pub mod http_tls;
 pub mod router;
 pub mod schemas;
 pub mod shutdown;

@@ -169,6 +169,8 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         options.listen = Some(*addr);
     }
     let config = Config::load(options, cli.config.as_deref())?;
+    let ca_file = config.http_ca_file()?;
+    baker_mq::http_tls::configure(ca_file.as_deref())?;
     let threads = config.worker_threads()?;
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()

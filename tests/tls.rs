@@ -253,3 +253,96 @@ async fn mqtt_over_mutual_tls_routes_and_without_a_client_certificate_nothing_co
     })
     .await;
 }
+
+/// An HTTPS health endpoint on a free port, with `pki`'s server certificate.
+async fn https_health(pki: &Pki) -> u16 {
+    baker_adapter_api::tls::install_crypto_provider();
+    let port = free_port();
+    let config =
+        axum_server::tls_rustls::RustlsConfig::from_pem_file(&pki.server_cert, &pki.server_key)
+            .await
+            .unwrap();
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::spawn(axum_server::bind_rustls(addr, config).serve(app.into_make_service()));
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_directory_and_an_https_health_check_work_with_the_ca_and_not_without() {
+    bounded(TEST_TIMEOUT, async {
+        let pki = Pki::generate();
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let _directory = Proc::spawn(
+            "directory-https",
+            &[
+                "directory",
+                "--listen",
+                &listen,
+                "--directory-tls-cert-file",
+                &path(&pki.server_cert),
+                "--directory-tls-key-file",
+                &path(&pki.server_key),
+            ],
+        );
+        let directory = format!("https://{listen}");
+        let health = https_health(&pki).await;
+        let service = unique("https");
+        let spec = format!(
+            "service={service},id=h1,check=https://127.0.0.1:{health}/health,check_interval_ms=200"
+        );
+        let ca = path(&pki.ca);
+        let agent_admin = format!("127.0.0.1:{}", free_port());
+        let url = nats_url();
+        let _agent = Proc::spawn(
+            "agent-https",
+            &[
+                "--no-router",
+                "--broker",
+                &url,
+                "--directory",
+                &directory,
+                "--http-ca-file",
+                &ca,
+                "--admin",
+                &agent_admin,
+                "--register",
+                &spec,
+            ],
+        );
+        // Routed means: registered over HTTPS, and the HTTPS check passed
+        // (an instance with a check is critical until its first pass).
+        let router = Router::spawn(&directory, &["--broker", &url, "--http-ca-file", &ca]).await;
+        router
+            .wait_routed(&service, &["h1"], Duration::from_secs(20))
+            .await;
+
+        // Without the CA, the system's roots do not know the certificate.
+        let untrusting = Proc::spawn(
+            "agent-untrusting",
+            &[
+                "--no-router",
+                "--broker",
+                &url,
+                "--directory",
+                &directory,
+                "--admin",
+                &format!("127.0.0.1:{}", free_port()),
+                "--register",
+                &format!("service={service},id=h2"),
+            ],
+        );
+        wait_until(
+            "the agent without the CA says why it cannot register",
+            Duration::from_secs(15),
+            || async {
+                let log = untrusting.log_text();
+                log.contains("registration failed") && log.contains("UnknownIssuer")
+            },
+        )
+        .await;
+    })
+    .await;
+}

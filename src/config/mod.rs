@@ -255,6 +255,44 @@ impl Config {
         Ok(allowed)
     }
 
+    /// The HTTPS certificate of a directory served here, if any.
+    fn directory_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let cert = self.get(|o| &o.directory_tls_cert_file);
+        let key = self.get(|o| &o.directory_tls_key_file);
+        let ((cert, origin), (key, _)) = match (cert, key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some((_, origin)), None) | (None, Some((_, origin))) => {
+                let reason = "needs both directory_tls_cert_file and directory_tls_key_file";
+                return Err(invalid(origin, "directory_tls_cert_file", reason));
+            }
+        };
+        let fail = |e: baker_adapter_api::AccessError| {
+            invalid(origin.clone(), "directory_tls_cert_file", e.to_string())
+        };
+        baker_adapter_api::tls::install_crypto_provider();
+        let chain =
+            baker_adapter_api::access::read_certificates("cert_file", &cert).map_err(fail)?;
+        let key = baker_adapter_api::access::read_private_key(&key).map_err(fail)?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid(origin.clone(), "directory_tls_key_file", e.to_string()))?;
+        Ok(Some(Arc::new(config)))
+    }
+
+    /// The CA file Baker's HTTP clients trust, if one is set, checked.
+    pub fn http_ca_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+        match self.get(|o| &o.http_ca_file) {
+            None => Ok(None),
+            Some((path, origin)) => {
+                baker_adapter_api::access::read_certificates("http_ca_file", &path)
+                    .map_err(|e| invalid(origin, "http_ca_file", e.to_string()))?;
+                Ok(Some(path))
+            }
+        }
+    }
+
     /// Who may do what in a directory served by this process, checked:
     /// off loopback, tokens are required unless explicitly waived.
     fn directory_auth(&self, listen: SocketAddr) -> Result<DirectoryAuth, ConfigError> {
@@ -371,6 +409,7 @@ impl Config {
         let directory_rules = DirectoryRules {
             auth: Arc::new(self.directory_auth(listen)?),
             endpoints: Some(Arc::new((adapters.clone(), ingress.clone()))),
+            tls: self.directory_tls()?,
         };
         let directory_token = self.token(
             |o| &o.directory_token_file,

@@ -201,6 +201,30 @@ pub struct Options {
     #[serde(default)]
     pub directory_tokens: Vec<crate::directory::auth::TokenGrant>,
 
+    /// PEM certificate chain a directory served here presents: it serves
+    /// HTTPS (with directory_tls_key_file) [default: plain HTTP]
+    #[arg(
+        long,
+        env = "BAKER_DIRECTORY_TLS_CERT_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub directory_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of directory_tls_cert_file.
+    #[arg(
+        long,
+        env = "BAKER_DIRECTORY_TLS_KEY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub directory_tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificates Baker's HTTP clients trust for https:// URLs
+    /// (the directory, http health checks) [default: the system's roots]
+    #[arg(long, env = "BAKER_HTTP_CA_FILE", global = true, value_name = "FILE")]
+    pub http_ca_file: Option<PathBuf>,
+
     /// With directory tokens: let requests without a token read the
     /// catalog (writes still need one).
     #[arg(long, env = "BAKER_DIRECTORY_OPEN_READS", global = true)]

@@ -44,7 +44,7 @@ impl HttpDirectory {
         }
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
+            http: crate::http_tls::client()
                 .connect_timeout(Duration::from_secs(2))
                 .default_headers(headers)
                 .build()
@@ -55,7 +55,7 @@ impl HttpDirectory {
     fn unreachable(&self, source: reqwest::Error) -> ClientError {
         ClientError::Unreachable {
             url: self.base.clone(),
-            source: source.into(),
+            source: crate::http_tls::describe(&source).into(),
         }
     }
 

@@ -53,6 +53,8 @@ pub struct DirectoryRules {
     /// The adapters and the ingress namespace records are checked against
     /// (none: not checked).
     pub endpoints: Option<Arc<(AdapterRegistry, IngressOptions)>>,
+    /// Serve HTTPS with this certificate (none: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What the handlers share.
@@ -81,9 +83,29 @@ pub async fn serve(
             }
         })
     };
-    let result = axum::serve(listener, routes(Shared { store, rules }))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let tls = rules.tls.clone();
+    let app = routes(Shared { store, rules });
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await
+        }
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let stop = handle.clone();
+            let stopping = shutdown.clone();
+            tokio::spawn(async move {
+                stopping.cancelled().await;
+                stop.graceful_shutdown(Some(Duration::from_secs(5)));
+            });
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            axum_server::from_tcp_rustls(listener.into_std()?, config)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    };
     sweeper.abort();
     result
 }
