@@ -228,12 +228,24 @@ impl DirectoryEngine {
         }
     }
 
-    /// A client of the engine, connecting in the background.
-    pub async fn open(&self) -> Result<DirectoryClient, ClientError> {
+    /// A client of the engine, connecting in the background with the
+    /// credentials and TLS `access` holds for its servers; writes are
+    /// `owner`'s.
+    pub async fn open(
+        &self,
+        access: &AccessBook,
+        owner: &str,
+    ) -> Result<DirectoryClient, ClientError> {
+        let _ = (access, owner);
         match *self {
             #[cfg(feature = "nats")]
             Self::Kv(ref settings) => Ok(DirectoryClient::new(
-                baker_directory_kv::KvDirectory::new(settings.clone()).await?,
+                baker_directory_kv::KvDirectory::new(
+                    settings.clone(),
+                    access.get(&settings.servers),
+                    owner,
+                )
+                .await?,
             )),
         }
     }

@@ -127,7 +127,9 @@ impl HealthCheck {
                         .request(method.clone(), url)
                         .send()
                         .await
-                        .map_err(|e| format!("{method} {url}: {}", crate::http_tls::describe(&e)))?;
+                        .map_err(|e| {
+                            format!("{method} {url}: {}", crate::http_tls::describe(&e))
+                        })?;
                     let code = response.status();
                     let accepted = if statuses.is_empty() {
                         code.is_success() || code.is_redirection()

@@ -223,7 +223,9 @@ pub async fn run(
         DirectoryTarget::Auto(_) | DirectoryTarget::Url(_) => {
             DirectoryClient::http(&settings.directory.url(), &identity)
         }
-        DirectoryTarget::Engine(engine) => engine.open().await.map_err(SidecarError::Directory)?,
+        DirectoryTarget::Engine(engine) => (engine.open(&settings.access, &identity.owner))
+            .await
+            .map_err(SidecarError::Directory)?,
     };
     let takeover = match settings.directory {
         DirectoryTarget::Auto(addr) => Some((addr, settings.directory_rules.clone())),

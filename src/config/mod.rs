@@ -374,6 +374,10 @@ impl Config {
         // status show) go without them.
         let mut access = brokers::resolve(&self.file.brokers, &self.file_origin, adapters)?;
         access.add_url_credentials(&broker);
+        if let Some((url, _)) = self.get(|o| &o.directory) {
+            // A KV directory's servers (credentials in its URL).
+            access.add_url_credentials(url.split('?').next().unwrap_or(&url));
+        }
         let broker = baker_adapter_api::without_credentials(&broker);
         for registered in &mut registrations {
             let endpoint = &mut registered.record.endpoint;

@@ -37,6 +37,7 @@ pub use async_nats;
 pub use convert::{headers_from_nats, headers_to_nats, properties_from_headers};
 pub use error::UrlError;
 pub use jetstream::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+pub use link::connect_options;
 pub use settings::stream_name;
 pub use url::{server_addrs, DEFAULT_BROKER};
 

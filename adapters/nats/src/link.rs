@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use baker_adapter_api::{AdapterError, BrokerHealth, IngressStatus};
+use baker_adapter_api::{AdapterError, BrokerAccess, BrokerHealth, IngressStatus};
 
 use crate::url::{connection_url, server_addrs};
 use crate::NatsAdapter;
@@ -23,7 +23,7 @@ impl NatsAdapter {
         }
         let servers = server_addrs(url).map_err(|e| e.for_url(url))?;
         let broker = baker_adapter_api::redact_url(url);
-        let options = self.connect_options(url)?;
+        let options = connect_options(self.access.get(url), url)?;
         let errors = Arc::new(Mutex::new(RepeatedError::default()));
         // retry_on_initial_connect: an unreachable broker must not stall the
         // router; async-nats keeps reconnecting with backoff and buffers
@@ -46,47 +46,6 @@ impl NatsAdapter {
             .entry(url.to_owned())
             .or_insert(client)
             .clone())
-    }
-
-    /// The connection's credentials and TLS: the configuration's section
-    /// for this broker, else the credentials a configured URL carried
-    /// (`user:password@`, `token@`); see [`baker_adapter_api::AccessBook`].
-    fn connect_options(&self, url: &str) -> Result<async_nats::ConnectOptions, AdapterError> {
-        let mut options = async_nats::ConnectOptions::new();
-        let Some(access) = self.access.get(url) else {
-            return Ok(options);
-        };
-        let invalid = |reason: String| AdapterError::InvalidBroker {
-            url: baker_adapter_api::redact_url(url),
-            reason,
-        };
-        match (&access.username, &access.password) {
-            (Some(user), Some(password)) => {
-                options = options.user_and_password(user.clone(), password.expose().to_owned());
-            }
-            // `nats://TOKEN@host`, as async-nats reads a URL.
-            (Some(token), None) => options = options.token(token.clone()),
-            (None, Some(_)) => return Err(invalid("a password needs a username".to_owned())),
-            (None, None) => {}
-        }
-        if let Some(token) = &access.token {
-            options = options.token(token.expose().to_owned());
-        }
-        if let Some(seed) = &access.nkey_seed {
-            options = options.nkey(seed.expose().trim().to_owned());
-        }
-        if let Some(credentials) = &access.credentials {
-            options = options
-                .credentials(credentials.expose())
-                .map_err(|e| invalid(format!("credentials: {e}")))?;
-        }
-        if let Some(tls) = &access.tls {
-            let config = tls.client_config().map_err(|e| invalid(e.to_string()))?;
-            options = options.require_tls(true).tls_client_config(config);
-        } else if url.starts_with("tls://") {
-            baker_adapter_api::tls::install_crypto_provider();
-        }
-        Ok(options)
     }
 
     pub(crate) fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {
@@ -120,6 +79,54 @@ impl NatsAdapter {
             })
             .collect()
     }
+}
+
+/// A connection's options with the credentials and TLS of `access` (the
+/// configuration's section for the broker at `url`, else the credentials
+/// a configured URL carried: `user:password@`, `token@`; see
+/// [`baker_adapter_api::AccessBook`]).
+pub fn connect_options(
+    access: Option<&BrokerAccess>,
+    url: &str,
+) -> Result<async_nats::ConnectOptions, AdapterError> {
+    let mut options = async_nats::ConnectOptions::new();
+    let Some(access) = access else {
+        if url.starts_with("tls://") {
+            baker_adapter_api::tls::install_crypto_provider();
+        }
+        return Ok(options);
+    };
+    let invalid = |reason: String| AdapterError::InvalidBroker {
+        url: baker_adapter_api::redact_url(url),
+        reason,
+    };
+    match (&access.username, &access.password) {
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
+        }
+        // `nats://TOKEN@host`, as async-nats reads a URL.
+        (Some(token), None) => options = options.token(token.clone()),
+        (None, Some(_)) => return Err(invalid("a password needs a username".to_owned())),
+        (None, None) => {}
+    }
+    if let Some(token) = &access.token {
+        options = options.token(token.expose().to_owned());
+    }
+    if let Some(seed) = &access.nkey_seed {
+        options = options.nkey(seed.expose().trim().to_owned());
+    }
+    if let Some(credentials) = &access.credentials {
+        options = options
+            .credentials(credentials.expose())
+            .map_err(|e| invalid(format!("credentials: {e}")))?;
+    }
+    if let Some(tls) = &access.tls {
+        let config = tls.client_config().map_err(|e| invalid(e.to_string()))?;
+        options = options.require_tls(true).tls_client_config(config);
+    } else if url.starts_with("tls://") {
+        baker_adapter_api::tls::install_crypto_provider();
+    }
+    Ok(options)
 }
 
 /// Seconds (since the Unix epoch) of the last slow-consumer warning.

@@ -25,17 +25,21 @@
 //! - `bucket`: opening, creating and healing the bucket
 //! - `follow`: the watch that keeps the view in step
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baker_adapter_nats::async_nats::{self, connection::State, HeaderMap};
+use baker_adapter_api::BrokerAccess;
+use baker_adapter_nats::async_nats::{self, connection::State};
+use baker_adapter_nats::async_nats::jetstream::context::PublishErrorKind;
 use baker_directory_api::{Catalog, ClientError, Directory, InstanceRecord};
 use tokio::sync::watch;
 
 mod bucket;
 mod follow;
+mod owner;
 pub mod settings;
 mod view;
 
@@ -104,6 +108,11 @@ struct Inner {
     watching: AtomicBool,
     /// Set while the bucket, found deleted, is being created again.
     recreating: AtomicBool,
+    /// The SHA-256 (hex) of this agent's owner id, on every write.
+    owner: String,
+    /// The revision of each key this agent last wrote: its next write is
+    /// made on it.
+    revisions: Mutex<HashMap<String, u64>>,
 }
 
 /// Why a read or a creation of the bucket failed.
@@ -135,16 +144,23 @@ impl BucketError {
 
 impl KvDirectory {
     /// A directory in the bucket `settings` names, connecting in the
-    /// background (retrying for as long as the process runs).
-    pub async fn new(settings: KvSettings) -> Result<Self, ClientError> {
+    /// background (retrying for as long as the process runs) with the
+    /// credentials and TLS of `access`; its writes are `owner`'s (an id
+    /// kept secret: the bucket holds its digest).
+    pub async fn new(
+        settings: KvSettings,
+        access: Option<&BrokerAccess>,
+        owner: &str,
+    ) -> Result<Self, ClientError> {
         let url = baker_adapter_api::redact_url(&settings.display_url());
-        let servers = baker_adapter_nats::server_addrs(&settings.servers).map_err(|reason| {
-            ClientError::Unreachable {
-                url: url.clone(),
-                source: reason.into(),
-            }
-        })?;
-        let options = async_nats::ConnectOptions::new()
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: url.clone(),
+            source: reason.into(),
+        };
+        let servers = baker_adapter_nats::server_addrs(&settings.servers)
+            .map_err(|reason| unreachable(reason.to_string()))?;
+        let options = baker_adapter_nats::connect_options(access, &settings.servers)
+            .map_err(|e| unreachable(e.to_string()))?
             .name("baker-mq directory")
             .retry_on_initial_connect()
             .max_reconnects(None);
@@ -166,6 +182,8 @@ impl KvDirectory {
             changes: watch::Sender::new(0),
             watching: AtomicBool::new(false),
             recreating: AtomicBool::new(false),
+            owner: hex_sha256(owner),
+            revisions: Mutex::default(),
         });
         tokio::spawn(bucket::open_bucket(inner.clone()));
         Ok(Self { inner })
@@ -217,40 +235,28 @@ impl Directory for KvDirectory {
         &self.inner.url
     }
 
-    /// Writes `record`, starting or extending its lease.
+    /// Writes `record`, starting or extending its lease: on the revision
+    /// this agent last wrote, else (first write, or someone wrote since)
+    /// after checking that no other owner's lease is live.
     async fn register(&self, record: &InstanceRecord) -> Result<(), ClientError> {
         let bucket = self.bucket(CALL_TIMEOUT).await?;
-        let value = serde_json::to_vec(record).map_err(|e| self.unreachable(e))?;
-        let subject = format!(
-            "{}{}",
-            bucket
-                .store
-                .put_prefix
-                .as_ref()
-                .unwrap_or(&bucket.store.prefix),
-            key(&record.service, &record.id)
-        );
-        let mut headers = HeaderMap::new();
-        if bucket.ttl_headers {
-            headers.insert("Nats-TTL", record.ttl_secs.to_string().as_str());
-        }
-        let write = async {
-            bucket
-                .js
-                .publish_with_headers(subject, headers, value.into())
-                .await?
-                .await
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, write).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => {
-                // Agents without a router follow no bucket: a bucket deleted
-                // or replaced under them is noticed here.
-                tokio::spawn(bucket::heal_after_refused_write(self.inner.clone(), bucket));
-                Err(self.unreachable(error))
+        let key = key(&record.service, &record.id);
+        let known = self.inner.lock_revisions().get(&key).copied();
+        match self.write(&bucket, record, &key, known).await {
+            Err(Written::Stale) if known.is_some() => {
+                self.inner.lock_revisions().remove(&key);
+                self.write(&bucket, record, &key, None).await
             }
-            Err(_) => Err(self.unreachable("no acknowledgement from the bucket")),
+            other => other,
         }
+        .map_err(|written| match written {
+            Written::Stale => self.unreachable("the key changed while it was written; retrying"),
+            Written::Owned => ClientError::Owned(format!(
+                "{}/{} is registered by another owner until its lease ends",
+                record.service, record.id
+            )),
+            Written::Failed(error) => error,
+        })
     }
 
     /// A bucket entry carries its own lease: renewing is writing it again.
@@ -258,16 +264,22 @@ impl Directory for KvDirectory {
         self.register(record).await
     }
 
-    /// Deletes the instance's key.
+    /// Deletes the instance's key, on the revision this agent last wrote
+    /// (a key another owner wrote since is left alone).
     async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
         let bucket = self.bucket(CALL_TIMEOUT).await?;
         let key = key(service, id);
+        let Some(revision) = self.inner.lock_revisions().remove(&key) else {
+            return Ok(());
+        };
         let delete = async {
             if bucket.ttl_headers {
                 // The marker leaves by itself too.
-                bucket.store.purge_with_ttl(&key, MARKER_TTL).await
+                (bucket.store)
+                    .purge_expect_revision_with_ttl(&key, revision, MARKER_TTL)
+                    .await
             } else {
-                bucket.store.purge(&key).await
+                bucket.store.purge_expect_revision(&key, Some(revision)).await
             }
         };
         match tokio::time::timeout(CALL_TIMEOUT, delete).await {
@@ -351,7 +363,81 @@ impl Directory for KvDirectory {
     }
 }
 
+/// How a write of a key went wrong.
+enum Written {
+    /// The key is not at the revision the write was made on.
+    Stale,
+    /// Another owner's lease is live.
+    Owned,
+    /// The bucket failed or refused it.
+    Failed(ClientError),
+}
+
+impl KvDirectory {
+    /// Writes `record` at `key` on revision `known`, or (with none) on the
+    /// revision the key's last write has, if this owner may take it.
+    async fn write(
+        &self,
+        bucket: &Bucket,
+        record: &InstanceRecord,
+        key: &str,
+        known: Option<u64>,
+    ) -> Result<(), Written> {
+        let prefix = bucket.store.put_prefix.as_ref();
+        let subject = format!("{}{key}", prefix.unwrap_or(&bucket.store.prefix));
+        let revision = match known {
+            Some(revision) => revision,
+            None => match owner::claim(bucket, &subject, &self.inner.owner).await {
+                Ok(owner::Claim::Revision(revision)) => revision,
+                Ok(owner::Claim::Owned) => return Err(Written::Owned),
+                Err(reason) => return Err(Written::Failed(self.unreachable(reason))),
+            },
+        };
+        let value = serde_json::to_vec(record).map_err(|e| Written::Failed(self.unreachable(e)))?;
+        let mut headers = owner::write_headers(&self.inner.owner, revision);
+        if bucket.ttl_headers {
+            headers.insert("Nats-TTL", record.ttl_secs.to_string().as_str());
+        }
+        let write = async {
+            bucket
+                .js
+                .publish_with_headers(subject, headers, value.into())
+                .await?
+                .await
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, write).await {
+            Ok(Ok(ack)) => {
+                self.inner.lock_revisions().insert(key.to_owned(), ack.sequence);
+                Ok(())
+            }
+            Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(Written::Stale)
+            }
+            Ok(Err(error)) => {
+                // Agents without a router follow no bucket: a bucket deleted
+                // or replaced under them is noticed here.
+                tokio::spawn(bucket::heal_after_refused_write(self.inner.clone(), bucket.clone()));
+                Err(Written::Failed(self.unreachable(error)))
+            }
+            Err(_) => Err(Written::Failed(self.unreachable("no acknowledgement from the bucket"))),
+        }
+    }
+}
+
+/// The SHA-256 of `text`, in hex.
+fn hex_sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Inner {
+    fn lock_revisions(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.revisions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
