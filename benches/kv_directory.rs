@@ -82,7 +82,13 @@ async fn run() {
             .unwrap_or_else(|e| panic!("NATS must answer at {url}: {e}")),
     );
 
-    let writer = KvDirectory::new(settings.clone(), None, &format!("bench-{}", fastrand::u64(..))).await.unwrap();
+    let writer = KvDirectory::new(
+        settings.clone(),
+        None,
+        &format!("bench-{}", fastrand::u64(..)),
+    )
+    .await
+    .unwrap();
     // The first write opens (creates) the bucket.
     let mut first = record(0);
     first.id = "warmup".to_owned();
@@ -91,7 +97,13 @@ async fn run() {
 
     let mut readers = Vec::new();
     for _ in 0..routers {
-        let reader = KvDirectory::new(settings.clone(), None, &format!("bench-{}", fastrand::u64(..))).await.unwrap();
+        let reader = KvDirectory::new(
+            settings.clone(),
+            None,
+            &format!("bench-{}", fastrand::u64(..)),
+        )
+        .await
+        .unwrap();
         let seen: Seen = Arc::default();
         let record_seen = seen.clone();
         let task = tokio::spawn(async move {

@@ -320,20 +320,20 @@ async fn a_canary_weight_and_version_rules_route_as_configured_and_change_live()
                     .0,
             );
         }
+        // The canary's agent keeps its owner id in a state directory: the
+        // operator changes its weight live on the owner's behalf.
+        let canary_state = tempfile::tempdir().unwrap();
+        let state = canary_state.path().to_str().unwrap();
         let _agents: Vec<Proc> = ids
             .iter()
             .map(|id| {
-                let (version, weight) = if id.starts_with("v1") {
-                    (1, 30)
+                let (version, weight, extra) = if id.starts_with("v1") {
+                    (1, 30, vec![])
                 } else {
-                    (2, 10)
+                    (2, 10, vec!["--state-dir", state])
                 };
-                agent_registering(
-                    "amqp",
-                    &url,
-                    &dir.url(),
-                    &format!("service=canary,id={id},version={version},weight={weight}"),
-                )
+                let spec = format!("service=canary,id={id},version={version},weight={weight}");
+                spawn_agent("amqp", &url, &dir.url(), &spec, &extra)
             })
             .collect();
         let router = Router::spawn(
@@ -433,8 +433,10 @@ async fn a_canary_weight_and_version_rules_route_as_configured_and_change_live()
             .unwrap()
             .clone();
         v2["weight"] = serde_json::json!(90);
+        let owner = std::fs::read_to_string(canary_state.path().join("owner-id")).unwrap();
         let put = client
             .put(format!("{}/v1/services/canary/instances/v2-0", dir.url()))
+            .header("x-baker-owner", owner.trim())
             .json(&v2)
             .send()
             .await

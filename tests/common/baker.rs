@@ -180,7 +180,15 @@ pub fn agent_registering(adapter: &str, broker: &str, directory: &str, spec: &st
     spawn_agent(adapter, broker, directory, spec, &[])
 }
 
-fn spawn_agent(adapter: &str, broker: &str, directory: &str, spec: &str, extra: &[&str]) -> Proc {
+/// An agent registering `spec` through `adapter` on `broker`, with `extra`
+/// arguments.
+pub fn spawn_agent(
+    adapter: &str,
+    broker: &str,
+    directory: &str,
+    spec: &str,
+    extra: &[&str],
+) -> Proc {
     let admin = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
         "--no-router",

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::BrokerAccess;
-use baker_adapter_nats::async_nats::{self, connection::State};
 use baker_adapter_nats::async_nats::jetstream::context::PublishErrorKind;
+use baker_adapter_nats::async_nats::{self, connection::State};
 use baker_directory_api::{Catalog, ClientError, Directory, InstanceRecord};
 use tokio::sync::watch;
 
@@ -279,7 +279,10 @@ impl Directory for KvDirectory {
                     .purge_expect_revision_with_ttl(&key, revision, MARKER_TTL)
                     .await
             } else {
-                bucket.store.purge_expect_revision(&key, Some(revision)).await
+                bucket
+                    .store
+                    .purge_expect_revision(&key, Some(revision))
+                    .await
             }
         };
         match tokio::time::timeout(CALL_TIMEOUT, delete).await {
@@ -407,7 +410,9 @@ impl KvDirectory {
         };
         match tokio::time::timeout(CALL_TIMEOUT, write).await {
             Ok(Ok(ack)) => {
-                self.inner.lock_revisions().insert(key.to_owned(), ack.sequence);
+                self.inner
+                    .lock_revisions()
+                    .insert(key.to_owned(), ack.sequence);
                 Ok(())
             }
             Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
@@ -416,10 +421,15 @@ impl KvDirectory {
             Ok(Err(error)) => {
                 // Agents without a router follow no bucket: a bucket deleted
                 // or replaced under them is noticed here.
-                tokio::spawn(bucket::heal_after_refused_write(self.inner.clone(), bucket.clone()));
+                tokio::spawn(bucket::heal_after_refused_write(
+                    self.inner.clone(),
+                    bucket.clone(),
+                ));
                 Err(Written::Failed(self.unreachable(error)))
             }
-            Err(_) => Err(Written::Failed(self.unreachable("no acknowledgement from the bucket"))),
+            Err(_) => Err(Written::Failed(
+                self.unreachable("no acknowledgement from the bucket"),
+            )),
         }
     }
 }

@@ -30,7 +30,12 @@ pub(crate) enum Claim {
 
 /// Whether `owner` may write `subject`, and on which revision.
 pub(crate) async fn claim(bucket: &Bucket, subject: &str, owner: &str) -> Result<Claim, String> {
-    let last = match bucket.store.stream.get_last_raw_message_by_subject(subject).await {
+    let last = match bucket
+        .store
+        .stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+    {
         Ok(last) => last,
         Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
             return Ok(Claim::Revision(0))
