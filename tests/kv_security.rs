@@ -137,7 +137,8 @@ async fn nats_permissions_keep_an_agent_to_its_services_keys_and_a_router_to_rea
         wait_until("the agent registers its service", Duration::from_secs(20), || http_ok(&own_ready)).await;
         let (foreign, _) = kv_agent(&directory, &format!("service={other},id=b"), &["--config", &agent_config]);
         wait_until("the agent is refused another service's key", Duration::from_secs(20), || async {
-            foreign.log_text().contains("registration failed")
+            let log = foreign.log_text();
+            log.contains("registration failed") && log.contains("Permissions Violation")
         })
         .await;
 

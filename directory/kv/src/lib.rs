@@ -162,6 +162,7 @@ impl KvDirectory {
         let options = baker_adapter_nats::connect_options(access, &settings.servers)
             .map_err(|e| unreachable(e.to_string()))?
             .name("baker-mq directory")
+            .event_callback(|event| async move { report_event(event) })
             .retry_on_initial_connect()
             .max_reconnects(None);
         // With retry_on_initial_connect the client is made at once and
@@ -431,6 +432,29 @@ impl KvDirectory {
                 self.unreachable("no acknowledgement from the bucket"),
             )),
         }
+    }
+}
+
+/// Logs what the server refused (a permission the user lacks: writing
+/// another service's key, creating the bucket) and connection failures, each
+/// kind at most every 30 s.
+fn report_event(event: async_nats::Event) {
+    static SERVER: baker_adapter_api::Every =
+        baker_adapter_api::Every::new(Duration::from_secs(30));
+    static CLIENT: baker_adapter_api::Every =
+        baker_adapter_api::Every::new(Duration::from_secs(30));
+    match event {
+        async_nats::Event::ServerError(error) => {
+            if let Some(more) = SERVER.check() {
+                tracing::warn!(%error, more, "the directory's NATS server refused a request (permissions?)");
+            }
+        }
+        async_nats::Event::ClientError(error) => {
+            if let Some(more) = CLIENT.check() {
+                tracing::warn!(%error, more, "cannot connect to the directory's NATS servers; retrying");
+            }
+        }
+        _ => {}
     }
 }
 
