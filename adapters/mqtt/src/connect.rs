@@ -15,7 +15,7 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baker_adapter_api::{redact_url, AccessBook, AdapterError, TlsFiles};
+use baker_adapter_api::{redact_url, AccessBook, AdapterError, Secret, TlsFiles};
 use rumqttc::tokio_rustls::rustls::ClientConfig;
 use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};
@@ -33,7 +33,7 @@ pub struct Broker {
     pub url: BrokerUrl,
     /// The URL without credentials or query, for logs and health.
     pub shown: String,
-    credentials: Option<(String, String)>,
+    credentials: Option<(String, Secret)>,
     tls: Option<Arc<ClientConfig>>,
     /// Where every connection to this broker reports its failures.
     pub errors: Arc<ErrorLog>,
@@ -47,7 +47,7 @@ impl Broker {
         let mut options = MqttOptions::new(client_id, self.url.host.clone(), self.url.port);
         options.set_keep_alive(Duration::from_secs(self.url.keep_alive.into()));
         if let Some((user, password)) = &self.credentials {
-            options.set_credentials(user.clone(), password.clone());
+            options.set_credentials(user.clone(), password.expose().to_owned());
         }
         if let Some(config) = &self.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -97,7 +97,7 @@ impl Brokers {
                 let password = access.and_then(|a| a.password.as_ref());
                 Some((
                     user.clone(),
-                    password.map_or_else(String::new, |p| p.expose().to_owned()),
+                    password.cloned().unwrap_or_else(|| Secret::new("")),
                 ))
             }
             None => parsed.credentials.clone(),
@@ -204,7 +204,7 @@ impl ErrorLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baker_adapter_api::{BrokerAccess, Secret};
+    use baker_adapter_api::BrokerAccess;
 
     #[test]
     fn the_section_s_credentials_override_the_url_s() {
@@ -217,14 +217,14 @@ mod tests {
         let broker = brokers.get("mqtt://u:pw-url@h:1883?client_id=r1").unwrap();
         assert_eq!(
             broker.credentials,
-            Some(("router".to_owned(), "pw-section".to_owned()))
+            Some(("router".to_owned(), Secret::new("pw-section")))
         );
         assert_eq!(broker.shown, "mqtt://h:1883");
         assert!(!broker.tls());
         let other = brokers.get("mqtt://u:pw-url@other:1883").unwrap();
         assert_eq!(
             other.credentials,
-            Some(("u".to_owned(), "pw-url".to_owned()))
+            Some(("u".to_owned(), Secret::new("pw-url")))
         );
     }
 

@@ -17,6 +17,8 @@
 //!   topic only. Baker still publishes MQTT 5; this only makes it say, once,
 //!   what that instance does not get. The ingress needs MQTT 5.
 
+use baker_adapter_api::Secret;
+
 use crate::error::UrlError;
 
 /// Default MQTT port.
@@ -35,7 +37,8 @@ pub struct BrokerUrl {
     pub port: u16,
     /// The scheme asks for TLS (`mqtts://`, `ssl://`).
     pub tls: bool,
-    pub credentials: Option<(String, String)>,
+    /// User name and password (printed `<redacted>`).
+    pub credentials: Option<(String, Secret)>,
     pub client_id: Option<String>,
     pub session_expiry: u32,
     pub keep_alive: u16,
@@ -57,7 +60,7 @@ impl BrokerUrl {
         let (credentials, host_port) = match authority.rsplit_once('@') {
             Some((creds, host)) => {
                 let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
-                (Some((user.to_owned(), password.to_owned())), host)
+                (Some((user.to_owned(), Secret::new(password))), host)
             }
             None => (None, authority),
         };
@@ -125,7 +128,7 @@ mod tests {
             BrokerUrl::parse("mqtt://u:p@broker:1884?client_id=r1&session_expiry=60").unwrap();
         assert_eq!(url.host, "broker");
         assert_eq!(url.port, 1884);
-        assert_eq!(url.credentials, Some(("u".into(), "p".into())));
+        assert_eq!(url.credentials, Some(("u".into(), Secret::new("p"))));
         assert_eq!(url.client_id.as_deref(), Some("r1"));
         assert_eq!(url.session_expiry, 60);
         assert!(
