@@ -29,6 +29,22 @@ fn sidecar(directory: &str, admin: &str, extra: &[&str]) -> Proc {
     Proc::spawn("sidecar", &args)
 }
 
+/// Runs `baker-mq drain` with `args`, and waits until `sidecar` exits.
+async fn drain_until_it_exits(sidecar: &mut Proc, args: &[&str]) {
+    let drained = std::process::Command::new(BIN)
+        .arg("drain")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&drained.stderr);
+    assert!(drained.status.success(), "{stderr}");
+    wait_until("the sidecar exits", Duration::from_secs(30), || {
+        let exited = sidecar.exited().is_some();
+        async move { exited }
+    })
+    .await;
+}
+
 async fn post(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut request = reqwest::Client::new().post(url).body("stop");
     for (name, value) in headers {
@@ -70,20 +86,7 @@ async fn a_cross_site_drain_is_refused_and_the_sidecar_keeps_running() {
         assert_eq!(sidecar.exited(), None, "still running");
 
         // `baker-mq drain` sends the header: the sidecar drains and exits.
-        let drained = std::process::Command::new(BIN)
-            .args(["drain", "--admin", &admin, "--timeout-secs", "30"])
-            .output()
-            .unwrap();
-        assert!(
-            drained.status.success(),
-            "{}",
-            String::from_utf8_lossy(&drained.stderr)
-        );
-        wait_until("the sidecar exits", Duration::from_secs(30), || {
-            let exited = sidecar.exited().is_some();
-            async move { exited }
-        })
-        .await;
+        drain_until_it_exits(&mut sidecar, &["--admin", &admin]).await;
     })
     .await;
 }
@@ -126,19 +129,10 @@ async fn off_loopback_the_admin_api_needs_a_token_and_a_drain_with_it_works() {
         assert_eq!(post(&drain, &[("authorization", &wrong)]).await.0, 401);
         assert_eq!(sidecar.exited(), None, "still running");
         let admin = format!("127.0.0.1:{port}");
-        let drained = std::process::Command::new(BIN)
-            .args(["drain", "--admin", &admin, "--admin-token-file", token_file])
-            .output()
-            .unwrap();
-        assert!(
-            drained.status.success(),
-            "{}",
-            String::from_utf8_lossy(&drained.stderr)
-        );
-        wait_until("the sidecar exits", Duration::from_secs(30), || {
-            let exited = sidecar.exited().is_some();
-            async move { exited }
-        })
+        drain_until_it_exits(
+            &mut sidecar,
+            &["--admin", &admin, "--admin-token-file", token_file],
+        )
         .await;
         assert!(
             !sidecar.log_text().contains(&token),

@@ -205,28 +205,7 @@ pub fn broker_key(url: &str) -> String {
 /// its query, for logs, health output, metrics and directory records.
 /// Equal to [`broker_key`] but for case.
 pub fn redact_url(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or(url);
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let (authority, path) = split_authority(rest);
-    let hosts = authority
-        .split(',')
-        .map(|server| {
-            let (prefix, server) = match server.split_once("://") {
-                Some((scheme, host)) => (format!("{scheme}://"), host),
-                None => (String::new(), server),
-            };
-            let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
-            format!("{prefix}{host}")
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    match scheme {
-        Some(scheme) => format!("{scheme}://{hosts}{path}"),
-        None => format!("{hosts}{path}"),
-    }
+    without_credentials(url.split(['?', '#']).next().unwrap_or(url))
 }
 
 /// `url` without credentials (user name, password or token) but with its
