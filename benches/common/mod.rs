@@ -15,7 +15,9 @@
 //! * `procs`: the child processes, the bench's entry point and its cleanup
 //!   on every way out;
 //! * `baker`: the `baker-mq` directory and sidecars under test;
-//! * `nats`: what the two NATS benches share (URL, relay process frame).
+//! * `nats`: what the two NATS benches share (URL, relay process frame);
+//! * `amqp`: what the two AMQP benches share (URL, queues, the lapin
+//!   load generator every AMQP path is measured with).
 //!
 //! Each bench includes it with `mod common;`; Cargo takes only
 //! `benches/*.rs` and `benches/*/main.rs` for bench targets, so these files
@@ -26,6 +28,7 @@
 // would otherwise warn in its build.
 #![allow(dead_code, unused_imports)]
 
+pub mod amqp;
 pub mod baker;
 pub mod confirms;
 pub mod cpu;
