@@ -1,15 +1,19 @@
 //! Which AMQP 0.9.1 client Baker keeps, lapin or amqprs, by measurement: the
-//! same minimal relay written once on each (see `amqp_client/relays.rs`),
+//! same minimal relay written on each (see `amqp_client/relays.rs`),
 //! each a separate process (this binary re-executed), over a real RabbitMQ
 //! broker, in one run, interleaved round by round:
 //!
-//! * load generator (lapin, the same for both) → durable queue A → the
-//!   relay under test (consume with prefetch `BAKER_BENCH_AMQP_RELAY_PREFETCH`
-//!   and manual acks, publish persistent with publisher confirms to queue B,
-//!   ack the original once the confirm is in: the hop baker-mq does) →
-//!   durable queue B → consumer (lapin, the same for both).
+//! * load generator (lapin, the same for every path) → durable queue A →
+//!   the relay under test (consume with prefetch
+//!   `BAKER_BENCH_AMQP_RELAY_PREFETCH` and manual acks, publish persistent
+//!   with publisher confirms to queue B, ack the original once the confirm
+//!   is in: the hop baker-mq does) → durable queue B → consumer (lapin, the
+//!   same for every path).
 //!
-//! Paths `lapin` and `amqprs` differ only in the relay. Per path and round:
+//! The paths differ only in the relay: `amqprs`; `lapin`, which hands each
+//! publish to lapin and goes on; `lapin-await`, which waits for lapin to
+//! have written each publish before the next, as baker-mq's AMQP adapter
+//! does. Per path and round:
 //!
 //! * throughput: `BAKER_BENCH_AMQP_MESSAGES` messages published to A as fast
 //!   as publisher confirms allow (at most `BAKER_BENCH_AMQP_CONFIRM_WINDOW`
@@ -21,11 +25,11 @@
 //! * latency: `BAKER_BENCH_AMQP_LATENCY_MESSAGES` paced at
 //!   `BAKER_BENCH_AMQP_RATE` msg/s, p50/p99 from publish to receipt.
 //!
-//! `BAKER_BENCH_ROUNDS` rounds (default 3), medians, and the ratio
-//! amqprs / lapin of throughput, latency and relay CPU per message. The
-//! paths run in the order lapin, amqprs in every round;
-//! `BAKER_BENCH_AMQP_CLIENT_FIRST=amqprs` turns it round, to check that the
-//! order does not decide. The relays run on a current-thread tokio runtime,
+//! `BAKER_BENCH_ROUNDS` rounds (default 3), medians, and the ratios
+//! amqprs / lapin and lapin-await / lapin of throughput, latency and relay
+//! CPU per message. The paths run in the order lapin, lapin-await, amqprs in
+//! every round; `BAKER_BENCH_AMQP_CLIENT_FIRST=amqprs` turns it round, to
+//! check that the order does not decide. The relays run on a current-thread tokio runtime,
 //! as baker-mq does by default (`BAKER_BENCH_RELAY_RUNTIME=multi_thread`
 //! for the other). `BAKER_BENCH_PAYLOAD` sets the payload size (128 bytes),
 //! `BAKER_BENCH_TIMEOUT_SECS` the overall limit, `BAKER_BENCH_AMQP_URL` the
@@ -66,7 +70,7 @@ use relays::{
 const QUIET: Duration = Duration::from_secs(5);
 /// The vhost the queues are in.
 const VHOST: &str = "/";
-const CLIENTS: [&str; 2] = ["lapin", "amqprs"];
+const CLIENTS: [&str; 3] = ["lapin", "lapin-await", "amqprs"];
 
 // ---------------------------------------------------------------------------
 // Queues: deleted at the end of the run, or by the harness's cleanup hook
@@ -136,6 +140,39 @@ async fn open_relay_path(
     ];
     let pid = spawn_self(&format!("{client} relay"), &env);
     open_path(client, VHOST, ("", &a, &b), Some(pid), flow).await
+}
+
+/// Context switches of process `pid` so far, voluntary and not, over
+/// its threads (/proc/<pid>/task/*/status); `None` where they cannot be
+/// read.
+fn context_switches(pid: u32) -> Option<(u64, u64)> {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        total.0 += field("voluntary_ctxt_switches:")?;
+        total.1 += field("nonvoluntary_ctxt_switches:")?;
+    }
+    Some(total)
+}
+
+/// Messages that went through the relay of `path` in the measured runs
+/// (throughput and latency) and the warm-up burst before them.
+fn relayed(results: &Results, path: &str) -> u64 {
+    let warm_up = 2_001;
+    let measured = results
+        .paths
+        .iter()
+        .find(|r| r.name == path)
+        .map_or(0, |r| r.outcomes().map(|o| o.received).sum::<u64>());
+    warm_up + measured
 }
 
 /// The relay's CPU time per message over the throughput rounds of `path`,
@@ -208,6 +245,19 @@ async fn bench() -> bool {
         }
     }
     eprintln!("messages left in the queues: {}", depths.join(", "));
+    let mut switches = Vec::new();
+    for Path { name, hop, .. } in &paths {
+        let Some(pid) = *hop else { continue };
+        let messages = relayed(&results, name) as f64;
+        if let Some((voluntary, forced)) = context_switches(pid) {
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| t.count());
+            switches.push(format!(
+                "{name} {:.2} voluntary, {:.2} involuntary ({threads} threads)",
+                voluntary as f64 / messages,
+                forced as f64 / messages
+            ));
+        }
+    }
     for Path { route, hop, .. } in &paths {
         for connection in [&route.consumer, &route.publisher_conn] {
             let _ = attempt(connection.close(200, "done".into())).await;
@@ -218,15 +268,15 @@ async fn bench() -> bool {
     }
     delete_queues_now().await;
 
-    let cpu = |client| relay_cpu_per_msg(&results, client);
+    let cpu = |client: &str| relay_cpu_per_msg(&results, client);
     let shown = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} µs"));
-    let cpu_ratio = match (cpu("amqprs"), cpu("lapin")) {
-        (Some(a), Some(l)) if l > 0.0 => format!("{:.3}", a / l),
-        _ => "n/a".to_owned(),
+    let cpu_ratio = |a: &str, b: &str| match (cpu(a), cpu(b)) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{a} / {b} {:.3}", x / y),
+        _ => format!("{a} / {b} n/a"),
     };
     let report = Report {
         title: format!(
-            "AMQP client: lapin or amqprs, the same relay on each; RabbitMQ {version} at {}; {} B persistent messages, publisher confirms (at most {window} unconfirmed) into A, relay prefetch {relay_prefetch}, consumer of B prefetch {prefetch} (batched acks); relays on a {} runtime; {} round(s), order {}",
+            "AMQP client: lapin or amqprs, the same relay on each (lapin-await: lapin waiting for each publish's write); RabbitMQ {version} at {}; {} B persistent messages, publisher confirms (at most {window} unconfirmed) into A, relay prefetch {relay_prefetch}, consumer of B prefetch {prefetch} (batched acks); relays on a {} runtime; {} round(s), order {}",
             shown_broker(),
             plan.sizes.size,
             common::procs::relay_runtime(),
@@ -234,14 +284,21 @@ async fn bench() -> bool {
             clients.join(", "),
         ),
         notes: vec![
-            "CPU hop is the relay's process (all its threads); the load generator and the consumer of B (CPU bench) are lapin for both paths".to_owned(),
+            "CPU hop is the relay's process (all its threads); the load generator and the consumer of B (CPU bench) are the same lapin code on every path".to_owned(),
             format!(
-                "relay CPU per message over the throughput rounds: lapin {}, amqprs {}; amqprs / lapin {cpu_ratio}",
+                "relay CPU per message over the throughput rounds: lapin {}, lapin-await {}, amqprs {}; {}, {}",
                 shown(cpu("lapin")),
+                shown(cpu("lapin-await")),
                 shown(cpu("amqprs")),
+                cpu_ratio("amqprs", "lapin"),
+                cpu_ratio("lapin-await", "lapin"),
+            ),
+            format!(
+                "relay context switches per message over the whole run, warm-up included (/proc/<pid>/task/*/status): {}",
+                if switches.is_empty() { "-".to_owned() } else { switches.join("; ") },
             ),
         ],
-        ratios: vec![("amqprs", "lapin")],
+        ratios: vec![("amqprs", "lapin"), ("lapin-await", "lapin")],
         target: None,
     };
     report::print(&plan, &report, &results)

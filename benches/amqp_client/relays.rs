@@ -1,7 +1,7 @@
 //! The relay `amqp_client` measures, written once on each client: this
-//! bench's binary re-executed with `BAKER_BENCH_AMQP_RELAY=lapin` or
-//! `=amqprs`, a separate process doing the hop baker-mq does on AMQP and
-//! nothing else.
+//! bench's binary re-executed with `BAKER_BENCH_AMQP_RELAY=lapin`,
+//! `=lapin-await` or `=amqprs`, a separate process doing the hop baker-mq
+//! does on AMQP and nothing else.
 //!
 //! Both are the same program: one connection (named, heartbeats as the
 //! broker proposes), a consumer channel on queue A with prefetch N and
@@ -12,10 +12,14 @@
 //! adapter does (`adapters/amqp/src/acks.rs`): confirms come in publish
 //! order, which is delivery order, so the run is a prefix of the publishes
 //! in flight. A nacked publish has its original nacked for redelivery. Only
-//! the client library differs: lapin hands back a future per publish, which
-//! resolves to its confirm; amqprs reports confirms by delivery tag to a
-//! channel callback, and the relay keeps its own publish sequence numbers to
-//! match them.
+//! the client library differs: lapin's publish is a future that resolves
+//! once lapin's I/O thread wrote the frames, to a future of the confirm;
+//! amqprs's publish resolves once the frames are queued for its writer task,
+//! and it reports confirms by delivery tag to a channel callback, so the
+//! relay numbers its publishes to match them. `lapin` hands each publish
+//! over and goes on (the write awaited with the confirm); `lapin-await`
+//! waits for each write before the next delivery, as baker-mq's publisher
+//! task does.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -27,7 +31,7 @@ use crate::common::env_or;
 use crate::common::procs::run_relay;
 
 /// Selects relay mode when this binary re-executes itself, and which
-/// client: `lapin` or `amqprs`.
+/// client: `lapin`, `lapin-await` or `amqprs`.
 pub const RELAY_ENV: &str = "BAKER_BENCH_AMQP_RELAY";
 /// The broker URL with vhost, as the relay connects to it.
 pub const RELAY_URL_ENV: &str = "BAKER_BENCH_AMQP_RELAY_URL";
@@ -49,6 +53,38 @@ fn relay_error(what: &str, error: impl std::fmt::Display) {
     if RELAY_ERRORS.fetch_add(1, Ordering::Relaxed) < 5 {
         eprintln!("relay: {what}: {error}");
     }
+}
+
+/// What a relay did, printed (to stderr) every [`TALLY_EVERY`] when it
+/// changed: how many messages it forwarded and in how many acks, to compare
+/// the two relays' batching.
+#[derive(Default, PartialEq, Clone, Copy)]
+struct Tally {
+    relayed: u64,
+    acks: u64,
+}
+
+const TALLY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Tally {
+    /// Prints the tally if it changed since `shown`.
+    fn show(&self, client: &str, shown: &mut Tally) {
+        if self != shown {
+            eprintln!(
+                "[{client}] {} relayed, {} acks ({:.1} messages an ack)",
+                self.relayed,
+                self.acks,
+                self.relayed as f64 / self.acks.max(1) as f64
+            );
+            *shown = *self;
+        }
+    }
+}
+
+/// A timer for the tally, its first tick one period from now.
+fn tally_timer() -> tokio::time::Interval {
+    let start = tokio::time::Instant::now() + TALLY_EVERY;
+    tokio::time::interval_at(start, TALLY_EVERY)
 }
 
 /// What a relay needs, from its environment.
@@ -80,24 +116,31 @@ pub fn relay_main() {
         name: format!("baker-bench-relay-{client}"),
     };
     match client.as_str() {
-        "lapin" => run_relay(lapin_relay(settings)),
+        "lapin" => run_relay(lapin_relay(settings, false)),
+        "lapin-await" => run_relay(lapin_relay(settings, true)),
         "amqprs" => run_relay(amqprs_relay(settings)),
-        other => panic!("{RELAY_ENV}={other:?}: expected lapin or amqprs"),
+        other => panic!("{RELAY_ENV}={other:?}: expected lapin, lapin-await or amqprs"),
     }
 }
 
 // ---------------------------------------------------------------------------
 // lapin.
 
-async fn lapin_relay(settings: Settings) {
+/// The relay on lapin. `await_writes`: wait until lapin's I/O thread has
+/// written each publish before taking the next delivery, as baker-mq's
+/// publisher task does (`adapters/amqp/src/publisher.rs`); otherwise each
+/// publish is handed over and the relay goes on, its write and confirm
+/// awaited with the confirm.
+async fn lapin_relay(settings: Settings, await_writes: bool) {
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
         BasicQosOptions, ConfirmSelectOptions,
     };
     use lapin::types::FieldTable;
-    use lapin::{Acker, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+    use lapin::{Acker, Confirmation, Connection, ConnectionProperties};
 
-    let properties = ConnectionProperties::default().with_connection_name(settings.name.into());
+    let properties =
+        ConnectionProperties::default().with_connection_name(settings.name.as_str().into());
     let connection = Connection::connect(&settings.url, properties)
         .await
         .expect("relay connects (lapin)");
@@ -128,9 +171,12 @@ async fn lapin_relay(settings: Settings) {
     let dst = lapin::types::ShortString::from(settings.dst.as_str());
     // Publishes awaiting their confirm, in publish order, with the original
     // delivery each settles.
-    let mut in_flight: VecDeque<(PublisherConfirm, Acker)> = VecDeque::new();
+    type Pending = futures::future::BoxFuture<'static, lapin::Result<Confirmation>>;
+    let mut in_flight: VecDeque<(Pending, Acker)> = VecDeque::new();
+    let (mut tally, mut shown, mut timer) = (Tally::default(), Tally::default(), tally_timer());
     loop {
         tokio::select! {
+            _ = timer.tick() => tally.show(&settings.name, &mut shown),
             delivery = deliveries.next() => {
                 let delivery = match delivery {
                     Some(Ok(delivery)) => delivery,
@@ -138,23 +184,32 @@ async fn lapin_relay(settings: Settings) {
                     None => return relay_error("consume", "consumer cancelled"),
                 };
                 let properties = delivery.properties.with_delivery_mode(2);
-                let published = publishing
-                    .basic_publish(
-                        "".into(),
-                        dst.clone(),
-                        BasicPublishOptions::default(),
-                        &delivery.data,
-                        properties,
-                    )
-                    .await;
-                match published {
-                    Ok(confirm) => in_flight.push_back((confirm, delivery.acker)),
-                    Err(e) => {
-                        relay_error("publish", e);
-                        let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                        let _ = delivery.acker.nack(requeue).await;
+                let mut pending: Pending = if await_writes {
+                    let options = BasicPublishOptions::default();
+                    let published = publishing
+                        .basic_publish("".into(), dst.clone(), options, &delivery.data, properties)
+                        .await;
+                    match published {
+                        Ok(confirm) => Box::pin(confirm),
+                        Err(e) => Box::pin(futures::future::ready(Err(e))),
                     }
+                } else {
+                    let (channel, dst, data) = (publishing.clone(), dst.clone(), delivery.data);
+                    Box::pin(async move {
+                        let options = BasicPublishOptions::default();
+                        channel
+                            .basic_publish("".into(), dst, options, &data, properties)
+                            .await?
+                            .await
+                    })
+                };
+                // Poll it once now: without `await_writes`, that is what
+                // queues the publish for lapin's I/O thread (in order).
+                if let Some(done) = (&mut pending).now_or_never() {
+                    pending = Box::pin(futures::future::ready(done));
                 }
+                in_flight.push_back((pending, delivery.acker));
+                tally.relayed += 1;
             }
             confirm = async { (&mut in_flight.front_mut().expect("a publish in flight").0).await },
                 if !in_flight.is_empty() =>
@@ -190,6 +245,7 @@ async fn lapin_relay(settings: Settings) {
                     if let Err(e) = acker.ack(BasicAckOptions { multiple: true }).await {
                         return relay_error("ack", e);
                     }
+                    tally.acks += 1;
                 }
             }
         }
@@ -325,8 +381,10 @@ async fn amqprs_relay(settings: Settings) {
     // sequence number on the publisher channel, the original's delivery tag).
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut next_seq = 1u64;
+    let (mut tally, mut shown, mut timer) = (Tally::default(), Tally::default(), tally_timer());
     loop {
         tokio::select! {
+            _ = timer.tick() => tally.show(&settings.name, &mut shown),
             message = deliveries.recv() => {
                 let Some(message) = message else {
                     return relay_error("consume", "consumer cancelled");
@@ -342,6 +400,7 @@ async fn amqprs_relay(settings: Settings) {
                     Ok(()) => {
                         in_flight.push_back((next_seq, tag));
                         next_seq += 1;
+                        tally.relayed += 1;
                     }
                     Err(e) => {
                         relay_error("publish", e);
@@ -385,6 +444,7 @@ async fn amqprs_relay(settings: Settings) {
                     if let Err(e) = consuming.basic_ack(BasicAckArguments::new(tag, true)).await {
                         return relay_error("ack", e);
                     }
+                    tally.acks += 1;
                 }
             }
         }

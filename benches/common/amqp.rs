@@ -167,6 +167,7 @@ impl Route for AmqpRoute {
             unacked: 0,
             error: None,
             headers: None,
+            delivery_mode: None,
         }
     }
 
@@ -189,6 +190,8 @@ pub struct AmqpConsumer {
     error: Option<String>,
     /// Header names of the first message, for the record.
     headers: Option<Vec<String>>,
+    /// Its delivery mode (2: persistent), for the record.
+    delivery_mode: Option<u8>,
 }
 
 impl AmqpConsumer {
@@ -227,6 +230,7 @@ impl Consumer for AmqpConsumer {
             let headers = delivery.properties.headers().as_ref();
             let names = headers.map(|h| h.inner().keys().map(|k| k.to_string()).collect());
             self.headers = Some(names.unwrap_or_default());
+            self.delivery_mode = *delivery.properties.delivery_mode();
         }
         self.last = Some(delivery.acker);
         self.unacked += 1;
@@ -248,7 +252,10 @@ impl Consumer for AmqpConsumer {
         let _ = attempt(self.channel.close(200, "done".into())).await;
         Closed {
             error: self.error,
-            note: (self.headers).map(|h| format!("headers of a delivered message: {h:?}")),
+            note: (self.headers).map(|h| {
+                let mode = self.delivery_mode;
+                format!("headers of a delivered message: {h:?}, delivery mode {mode:?}")
+            }),
         }
     }
 }

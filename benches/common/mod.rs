@@ -1,6 +1,7 @@
 //! The harness the end-to-end benches (`nats_e2e`, `jetstream_e2e`,
-//! `amqp_e2e`, `mqtt_e2e`) share, so that every protocol is measured the
-//! same way and reported in the same format. A bench supplies its paths (a
+//! `amqp_e2e`, `mqtt_e2e`, and `amqp_client`, which compares AMQP clients)
+//! share, so that every protocol is measured the same way and reported in
+//! the same format. A bench supplies its paths (a
 //! [`measure::Route`] each: how to consume and publish a run's messages),
 //! the peer hop it compares baker-mq against and the `baker-mq` processes
 //! with its arguments; the harness does the rest:
