@@ -1,6 +1,7 @@
 //! The harness the end-to-end benches (`nats_e2e`, `jetstream_e2e`,
-//! `amqp_e2e`, `mqtt_e2e`) share, so that every protocol is measured the
-//! same way and reported in the same format. A bench supplies its paths (a
+//! `amqp_e2e`, `mqtt_e2e`, and `amqp_client`, which compares AMQP clients)
+//! share, so that every protocol is measured the same way and reported in
+//! the same format. A bench supplies its paths (a
 //! [`measure::Route`] each: how to consume and publish a run's messages),
 //! the peer hop it compares baker-mq against and the `baker-mq` processes
 //! with its arguments; the harness does the rest:
@@ -15,7 +16,9 @@
 //! * `procs`: the child processes, the bench's entry point and its cleanup
 //!   on every way out;
 //! * `baker`: the `baker-mq` directory and sidecars under test;
-//! * `nats`: what the two NATS benches share (URL, relay process frame).
+//! * `nats`: what the two NATS benches share (URL, relay process frame);
+//! * `amqp`: what the two AMQP benches share (URL, queues, the lapin
+//!   load generator every AMQP path is measured with).
 //!
 //! Each bench includes it with `mod common;`; Cargo takes only
 //! `benches/*.rs` and `benches/*/main.rs` for bench targets, so these files
@@ -26,6 +29,7 @@
 // would otherwise warn in its build.
 #![allow(dead_code, unused_imports)]
 
+pub mod amqp;
 pub mod baker;
 pub mod confirms;
 pub mod cpu;

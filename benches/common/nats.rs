@@ -1,22 +1,17 @@
 //! What the two NATS benches (core NATS and JetStream) share: the server's
 //! URL, connecting, finding the server's process for its CPU time, and the
-//! frame of the relay process each compares baker-mq against (this binary
-//! re-executed, on the runtime `BAKER_BENCH_RELAY_RUNTIME` names:
-//! `current_thread`, the default and what baker-mq uses, or
-//! `multi_thread`).
+//! environment of the relay process each compares baker-mq against (this
+//! binary re-executed, on the runtime `BAKER_BENCH_RELAY_RUNTIME` names, see
+//! `procs::run_relay`).
 
-use std::future::Future;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions};
 
 use super::cpu::{cmdline, pids_named};
-use super::procs::exit_with_parent;
+pub use super::procs::{relay_runtime, run_relay, RELAY_RUNTIME_ENV};
 
 pub const NATS_URL_ENV: &str = "BAKER_BENCH_NATS_URL";
-/// The relay's tokio runtime: `current_thread` (default, as baker-mq's) or
-/// `multi_thread`.
-pub const RELAY_RUNTIME_ENV: &str = "BAKER_BENCH_RELAY_RUNTIME";
 
 pub fn nats_url() -> String {
     std::env::var(NATS_URL_ENV).unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -33,33 +28,12 @@ pub async fn connect(name: &str, options: ConnectOptions) -> Client {
     .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", nats_url()))
 }
 
-/// The relay runtime's name, as set or by default.
-pub fn relay_runtime() -> String {
-    std::env::var(RELAY_RUNTIME_ENV).unwrap_or_else(|_| "current_thread".to_owned())
-}
-
 /// What every relay process is started with: the URL and the runtime.
 pub fn relay_env() -> Vec<(&'static str, String)> {
     vec![
         (NATS_URL_ENV, nats_url()),
         (RELAY_RUNTIME_ENV, relay_runtime()),
     ]
-}
-
-/// In a relay process: runs `body` on the runtime the environment names,
-/// exiting when the parent goes away. Single-threaded by default, like
-/// baker-mq's default runtime.
-pub fn run_relay<F: Future>(body: F) -> F::Output {
-    exit_with_parent();
-    let runtime = match relay_runtime().as_str() {
-        "current_thread" => tokio::runtime::Builder::new_current_thread(),
-        "multi_thread" => tokio::runtime::Builder::new_multi_thread(),
-        other => panic!("{RELAY_RUNTIME_ENV}={other:?}: expected current_thread or multi_thread"),
-    }
-    .enable_all()
-    .build()
-    .expect("tokio runtime");
-    runtime.block_on(body)
 }
 
 /// The subject a relay forwards `<svc>.<topic>` (what follows its prefix)

@@ -239,6 +239,31 @@ pub fn spawn_self(name: &str, env: &[(&str, String)]) -> u32 {
     pid
 }
 
+/// The relay's tokio runtime: `current_thread` (default, as baker-mq's) or
+/// `multi_thread`.
+pub const RELAY_RUNTIME_ENV: &str = "BAKER_BENCH_RELAY_RUNTIME";
+
+/// The relay runtime's name, as set or by default.
+pub fn relay_runtime() -> String {
+    std::env::var(RELAY_RUNTIME_ENV).unwrap_or_else(|_| "current_thread".to_owned())
+}
+
+/// In a relay process: runs `body` on the runtime [`RELAY_RUNTIME_ENV`]
+/// names, exiting when the parent goes away. Single-threaded by default,
+/// like baker-mq's default runtime.
+pub fn run_relay<F: Future>(body: F) -> F::Output {
+    exit_with_parent();
+    let runtime = match relay_runtime().as_str() {
+        "current_thread" => tokio::runtime::Builder::new_current_thread(),
+        "multi_thread" => tokio::runtime::Builder::new_multi_thread(),
+        other => panic!("{RELAY_RUNTIME_ENV}={other:?}: expected current_thread or multi_thread"),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
+    runtime.block_on(body)
+}
+
 /// In a process started by [`spawn_self`]: exits when the parent goes away
 /// (its end of our stdin closes).
 pub fn exit_with_parent() {
