@@ -346,3 +346,70 @@ async fn an_https_directory_and_an_https_health_check_work_with_the_ca_and_not_w
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_over_mutual_tls_routes_and_without_a_client_certificate_nothing_connects() {
+    bounded(Duration::from_secs(240), async {
+        use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+        baker_adapter_api::tls::install_crypto_provider();
+        let pki = Pki::generate();
+        pki.share();
+        let node =
+            common::rabbit_node::RabbitNode::start_tls(&pki.ca, &pki.server_cert, &pki.server_key)
+                .await;
+        let url = node.url();
+        // The test's own client, over mutual TLS too.
+        let tls = OwnedTLSConfig {
+            identity: Some(OwnedIdentity::PKCS8 {
+                pem: std::fs::read(&pki.client_cert).unwrap(),
+                key: std::fs::read(&pki.client_key).unwrap(),
+            }),
+            cert_chain: Some(std::fs::read_to_string(&pki.ca).unwrap()),
+        };
+        let uri = format!("amqps://guest:guest@127.0.0.1:{}/%2f", node.tls_port)
+            .parse()
+            .unwrap();
+        let runtime = lapin::runtime::default_runtime().unwrap();
+        let connection =
+            lapin::Connection::connect_uri_with_config(uri, Default::default(), tls, runtime)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "the test's client connects over mutual TLS: {e}\n{}",
+                        node.log()
+                    )
+                });
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(Default::default()).await.unwrap();
+        let directory = Directory::start().await;
+        let service = unique("tlsq");
+        let ingress = Ingress::new();
+        let (inbox, _) = common::amqp::consume(&channel, &format!("_baker.{service}.i1")).await;
+        let (_agent, _router) =
+            route_over_mutual_tls(&pki, "amqp", &url, &directory, &service, &ingress).await;
+        common::amqp::publish(
+            &channel,
+            &ingress.prefix,
+            &format!("{service}.work"),
+            0,
+            100,
+            50,
+        )
+        .await;
+        wait_until(
+            "every message reaches the instance over TLS",
+            Duration::from_secs(20),
+            || async { inbox.count() >= 100 },
+        )
+        .await;
+        refused_without_a_client_certificate(
+            &pki,
+            "amqp",
+            &url,
+            &directory,
+            "cannot subscribe to the ingress",
+        )
+        .await;
+    })
+    .await;
+}

@@ -133,6 +133,7 @@ pub mod nats_server;
 pub mod pki;
 pub mod procs;
 pub mod protocols;
+pub mod rabbit_node;
 pub mod traffic;
 pub mod upgrade;
 

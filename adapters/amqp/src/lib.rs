@@ -177,9 +177,9 @@ impl Adapter for AmqpAdapter {
         &["amqp", "amqps"]
     }
 
-    /// A user name and password; TLS settings are not taken yet.
+    /// A user name and password, and TLS.
     fn check_access(&self, access: &BrokerAccess) -> Result<(), AccessError> {
-        access.refuse(NAME, &["token", "nkey_seed", "credentials", "tls"])
+        access.refuse(NAME, &["token", "nkey_seed", "credentials"])
     }
 
     fn default_inbox(&self, service: &str, instance: &str) -> String {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use baker_adapter_api::BrokerAccess;
 use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -81,12 +82,15 @@ impl Link {
             return Ok(channel);
         }
         let uri = self.uri()?;
+        let tls = self.tls()?;
+        let runtime = lapin::runtime::default_runtime().map_err(|source| AmqpError::Connect {
+            broker: redact(&self.url),
+            source,
+        })?;
         let connect = async {
-            let connection = Connection::connect_uri(
-                uri,
-                ConnectionProperties::default().with_connection_name(self.name.into()),
-            )
-            .await?;
+            let properties = ConnectionProperties::default().with_connection_name(self.name.into());
+            let connection =
+                Connection::connect_uri_with_config(uri, properties, tls, runtime).await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -109,12 +113,47 @@ impl Link {
         Ok(channel)
     }
 
-    /// The URL to connect to, with the configuration's credentials.
+    /// TLS for the connection (used when the URI is `amqps://`): the
+    /// configuration's CA file (else the system's roots) and client
+    /// certificate.
+    fn tls(&self) -> Result<OwnedTLSConfig, AmqpError> {
+        let Some(files) = self.access.as_ref().and_then(|a| a.tls.as_ref()) else {
+            return Ok(OwnedTLSConfig::default());
+        };
+        baker_adapter_api::tls::install_crypto_provider();
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| AmqpError::Url {
+                broker: redact(&self.url),
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        let cert_chain = match &files.ca_file {
+            Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+            None => None,
+        };
+        let identity = match (&files.cert_file, &files.key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            }),
+            _ => None,
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+
+    /// The URL to connect to, with the configuration's credentials (and
+    /// `amqps` when the configuration asks for TLS).
     fn uri(&self) -> Result<AMQPUri, AmqpError> {
         let mut uri: AMQPUri = self.url.parse().map_err(|reason| AmqpError::Url {
             broker: redact(&self.url),
             reason,
         })?;
+        if self.access.as_ref().is_some_and(|a| a.tls.is_some()) {
+            uri.scheme = lapin::uri::AMQPScheme::AMQPS;
+        }
         if let Some(access) = &self.access {
             if let Some(username) = &access.username {
                 uri.authority.userinfo.username.clone_from(username);
