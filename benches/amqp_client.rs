@@ -52,22 +52,19 @@ use std::time::Duration;
 use lapin::options::QueueDeleteOptions;
 
 use common::amqp::{
-    attempt, broker_pid, connect, declare_queues, open_path, queue_depth, rabbit_ctl, shown_broker,
+    attempt, burst_plan, connect, declare_queues, open_path, queue_depth, rabbit_ctl, shown_broker,
     vhost_uri, AmqpRoute,
 };
-use common::measure::{Mode, Path, Timing};
+use common::measure::Path;
 use common::procs::{bench_main, spawn_self, stop_child, Created, RELAY_RUNTIME_ENV};
 use common::report::{self, Report};
-use common::rounds::{self, Load, Plan, Results, Sizes};
+use common::rounds::{self, Results, Sizes};
 use common::{env_or, run_id};
 use relays::{
     relay_main, DEFAULT_PREFETCH, RELAY_DST_ENV, RELAY_ENV, RELAY_PREFETCH_ENV, RELAY_SRC_ENV,
     RELAY_URL_ENV,
 };
 
-/// Time with no message, once publishing is done, after which a run ends
-/// (and counts what did not arrive as lost).
-const QUIET: Duration = Duration::from_secs(5);
 /// The vhost the queues are in.
 const VHOST: &str = "/";
 const CLIENTS: [&str; 3] = ["lapin", "lapin-await", "amqprs"];
@@ -215,23 +212,7 @@ async fn bench() -> bool {
         paths.push(open_relay_path(client, &run, flow, relay_prefetch).await);
     }
 
-    let plan = Plan {
-        loads: vec![Load {
-            label: "throughput",
-            mode: Mode::Burst,
-            about: format!("published as fast as confirms allow (at most {window} unconfirmed)"),
-            loss_ok: false,
-        }],
-        latency_each_round: true,
-        timing: Timing {
-            quiet: QUIET,
-            linger: Duration::ZERO,
-        },
-        pause: Duration::from_millis(500),
-        broker: broker_pid().into_iter().collect(),
-        strict: true,
-        sizes,
-    };
+    let plan = burst_plan(window, sizes);
     let results = rounds::run(&plan, &paths, Vec::new()).await;
 
     // What is left in the queues (late duplicates would be in B).

@@ -50,22 +50,18 @@
 mod common;
 
 use std::path::Path as FsPath;
-use std::time::Duration;
 
 use common::amqp::{
-    attempt, broker_pid, declare_queues, open_path, queue_depth, rabbit_ctl, shown_broker,
+    attempt, burst_plan, declare_queues, open_path, queue_depth, rabbit_ctl, shown_broker,
     urlencode, vhost_uri,
 };
 use common::baker::{start_directory, start_sidecar, Sidecar};
-use common::measure::{Mode, Path, Timing};
+use common::measure::Path;
 use common::procs::{bench_main, stop_child, Created};
 use common::report::{self, Report};
-use common::rounds::{self, Load, Plan, Sizes};
+use common::rounds::{self, Sizes};
 use common::{env_or, run_id};
 
-/// Time with no message, once publishing is done, after which a run ends
-/// (and counts what did not arrive as lost).
-const QUIET: Duration = Duration::from_secs(5);
 const SHOVEL_SRC: &str = "bench.src";
 const SHOVEL_DST: &str = "bench.dst";
 
@@ -210,23 +206,7 @@ async fn bench() -> bool {
         }
     }
 
-    let plan = Plan {
-        loads: vec![Load {
-            label: "throughput",
-            mode: Mode::Burst,
-            about: format!("published as fast as confirms allow (at most {window} unconfirmed)"),
-            loss_ok: false,
-        }],
-        latency_each_round: true,
-        timing: Timing {
-            quiet: QUIET,
-            linger: Duration::ZERO,
-        },
-        pause: Duration::from_millis(500),
-        broker: broker_pid().into_iter().collect(),
-        strict: true,
-        sizes,
-    };
+    let plan = burst_plan(window, sizes);
     let results = rounds::run(&plan, &paths, skipped).await;
 
     // What is left in the queues (late duplicates would be here).

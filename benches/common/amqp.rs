@@ -367,3 +367,28 @@ pub fn broker_pid() -> Option<String> {
         _ => None,
     }
 }
+
+/// The plan of both AMQP benches: one load published as fast as confirms
+/// allow (at most `window` unconfirmed), latency each round, RabbitMQ as
+/// the broker whose CPU is counted.
+pub fn burst_plan(window: usize, sizes: super::rounds::Sizes) -> super::rounds::Plan {
+    use super::measure::{Mode, Timing};
+    use super::rounds::{Load, Plan};
+    Plan {
+        loads: vec![Load {
+            label: "throughput",
+            mode: Mode::Burst,
+            about: format!("published as fast as confirms allow (at most {window} unconfirmed)"),
+            loss_ok: false,
+        }],
+        latency_each_round: true,
+        timing: Timing {
+            quiet: Duration::from_secs(5),
+            linger: Duration::ZERO,
+        },
+        pause: Duration::from_millis(500),
+        broker: broker_pid().into_iter().collect(),
+        strict: true,
+        sizes,
+    }
+}
