@@ -47,8 +47,6 @@ mod common;
 #[path = "amqp_client/relays.rs"]
 mod relays;
 
-use std::time::Duration;
-
 use lapin::options::QueueDeleteOptions;
 
 use common::amqp::{
