@@ -58,6 +58,13 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match &cli.command {
         None => {
             let settings = config.resolve(&AdapterRegistry::builtin())?;
+            if settings.directory_rules.tls.is_some() {
+                anyhow::bail!(
+                    "key `directory_tls_cert_file`: a sidecar serves the directory only for \
+                     itself, on loopback, over HTTP; give the certificate to `baker-mq \
+                     directory`, and the sidecars --directory https://HOST:PORT"
+                );
+            }
             let prometheus = install_metrics()?;
             sidecar::run(settings, Some(prometheus)).await?;
         }
