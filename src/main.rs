@@ -99,9 +99,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let addr = admin.unwrap_or_else(|| config.admin());
             let doc = status::fetch(addr).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                print_out(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
             } else {
-                print!("{}", status::render(&doc));
+                print_out(&status::render(&doc))?;
             }
         }
         Some(Command::Demo {
@@ -154,6 +154,16 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `text` to standard output; a reader that went away (`| head`) is
+/// not an error.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 fn main() -> ExitCode {

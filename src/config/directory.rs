@@ -19,7 +19,13 @@ pub enum DirectoryTarget {
 impl DirectoryTarget {
     /// Parses a `--directory` URL.
     pub fn parse(url: &str) -> Result<Self, String> {
-        if url.starts_with("http://") || url.starts_with("https://") {
+        if let Some(rest) = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+        {
+            if rest.trim_end_matches('/').is_empty() {
+                return Err(format!("{url:?} names no host; expected http://HOST:PORT"));
+            }
             return Ok(DirectoryTarget::Url(url.trim_end_matches('/').to_owned()));
         }
         match DirectoryEngine::for_url(url) {

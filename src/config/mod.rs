@@ -312,7 +312,7 @@ impl Config {
             router: !(self.cli.no_router || self.file.no_router),
             journey: JourneyConfig {
                 max_attempts,
-                max_payload: self.get_or(|o| &o.max_payload, DEFAULT_MAX_PAYLOAD).0,
+                max_payload: self.max_payload()?,
                 outlier,
             },
             max_in_flight,
@@ -325,6 +325,14 @@ impl Config {
             directory_rules,
             allowed_brokers,
         })
+    }
+
+    /// The largest payload routed: at least 1 byte.
+    fn max_payload(&self) -> Result<usize, ConfigError> {
+        match self.get_or(|o| &o.max_payload, DEFAULT_MAX_PAYLOAD) {
+            (0, origin) => Err(invalid(origin, "max_payload", "must be at least 1 byte")),
+            (bytes, _) => Ok(bytes),
+        }
     }
 
     /// The ingress subscription: its prefix (checked) and queue group.
@@ -471,6 +479,41 @@ mod tests {
         assert!(
             err.contains("max_attempts") && err.contains("config file"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_stop_the_start_naming_the_key() {
+        for (args, expected) in [
+            (
+                &["--max-payload", "0"][..],
+                "key `max_payload`: must be at least 1 byte",
+            ),
+            (
+                &["--directory", "http://"][..],
+                "key `directory`: \"http://\" names no host",
+            ),
+            (
+                &["--register", "service=a,id=b,id=c"][..],
+                "id= is given twice",
+            ),
+            (
+                &["--policy", "ord.ers=random"][..],
+                "\"ord.ers\" is not a valid service name",
+            ),
+        ] {
+            let error = resolve_with("adapter = \"memory\"\n", args).unwrap_err();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+        let missing = Config::load(
+            Options::default(),
+            Some(Path::new("/nonexistent/baker.toml")),
+        );
+        let error = format!("{:#}", anyhow::Error::from(missing.unwrap_err()));
+        assert_eq!(
+            error.matches("No such file").count(),
+            1,
+            "said once: {error}"
         );
     }
 

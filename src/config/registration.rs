@@ -59,10 +59,14 @@ impl FromStr for Registration {
     /// Parses a `--register` spec: `service=NAME,id=ID[,key=value...]`.
     fn from_str(spec: &str) -> Result<Self, String> {
         let mut r = Registration::default();
+        let mut seen = std::collections::HashSet::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            if !seen.insert(key) {
+                return Err(format!("{key}= is given twice"));
+            }
             let value = value.to_owned();
             let number = |v: &str| {
                 v.parse::<u64>()
