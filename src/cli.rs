@@ -100,6 +100,10 @@ pub enum Command {
         #[arg(long)]
         no_read: bool,
     },
+    /// Check the configuration (file, flags, variables, and the files they
+    /// name: secrets, certificates) without starting anything: exits 0 and
+    /// says what would run, or non-zero naming the key that is wrong.
+    Validate,
     /// Write the JSON Schemas of the instance record, config file and
     /// baker-* headers into a directory.
     Schemas {

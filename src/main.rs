@@ -57,14 +57,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     init_logging(if quiet_demo { "error" } else { &filter }, format)?;
     match &cli.command {
         None => {
-            let settings = config.resolve(&AdapterRegistry::builtin())?;
-            if settings.directory_rules.tls.is_some() {
-                anyhow::bail!(
-                    "key `directory_tls_cert_file`: a sidecar serves the directory only for \
-                     itself, on loopback, over HTTP; give the certificate to `baker-mq \
-                     directory`, and the sidecars --directory https://HOST:PORT"
-                );
-            }
+            let settings = sidecar_settings(&config)?;
             let prometheus = install_metrics()?;
             sidecar::run(settings, Some(prometheus)).await?;
         }
@@ -143,6 +136,10 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 grant.to_toml()
             );
         }
+        Some(Command::Validate) => {
+            let settings = sidecar_settings(&config)?;
+            print_out(&describe(&settings))?;
+        }
         Some(Command::Schemas { dir }) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for (name, text) in baker_mq::schemas::all() {
@@ -154,6 +151,47 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sidecar's settings, checked as a start would check them.
+fn sidecar_settings(config: &Config) -> anyhow::Result<baker_mq::config::Settings> {
+    let settings = config.resolve(&AdapterRegistry::builtin())?;
+    if settings.directory_rules.tls.is_some() {
+        anyhow::bail!(
+            "key `directory_tls_cert_file`: a sidecar serves the directory only for itself, on \
+             loopback, over HTTP; give the certificate to `baker-mq directory`, and the sidecars \
+             --directory https://HOST:PORT"
+        );
+    }
+    Ok(settings)
+}
+
+/// What a sidecar with `settings` would run, for `baker-mq validate`.
+fn describe(settings: &baker_mq::config::Settings) -> String {
+    let mut text = String::from("configuration OK\n");
+    if settings.router {
+        text.push_str(&format!(
+            "router: {} ingress on {} (prefix {}, queue group {})\n",
+            settings.adapter,
+            baker_adapter_api::redact_url(&settings.broker),
+            settings.ingress.prefix,
+            settings.ingress.queue_group
+        ));
+    }
+    for registered in &settings.registrations {
+        let record = &registered.record;
+        text.push_str(&format!(
+            "registers {}/{}: {} {} {}\n",
+            record.service,
+            record.id,
+            record.endpoint.adapter,
+            record.endpoint.broker,
+            record.endpoint.inbox
+        ));
+    }
+    text.push_str(&format!("directory: {}\n", settings.directory.url()));
+    text.push_str(&format!("admin API: {}\n", settings.admin.0));
+    text
 }
 
 /// Writes `text` to standard output; a reader that went away (`| head`) is

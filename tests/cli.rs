@@ -23,6 +23,65 @@ fn start_with_config(text: &str) -> (String, String) {
 }
 
 #[test]
+fn validate_checks_a_configuration_and_the_files_it_names_without_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let password = write("password", "s3cret\n");
+    let good = write(
+        "good.toml",
+        &format!(
+            "adapter = \"memory\"\n[[register]]\nservice = \"orders\"\nid = \"o1\"\n\
+             [[brokers]]\nurl = \"nats://n1:4222\"\nusername = \"router\"\npassword_file = {password:?}\n"
+        ),
+    );
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("configuration OK") && stdout.contains("registers orders/o1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    for (name, text, key) in [
+        (
+            "missing-ca.toml",
+            "[[brokers]]\nurl = \"nats://n1:4222\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "brokers[0].ca_file",
+        ),
+        ("bad-broker.toml", "broker = \"kafka://k:9092\"\n", "key `broker`"),
+        (
+            "open-directory.toml",
+            "listen = \"0.0.0.0:7070\"\n",
+            "key `listen`",
+        ),
+    ] {
+        let path = write(name, text);
+        let out = Command::new(BIN)
+            .arg("validate")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} is refused");
+        assert!(stderr.contains(key), "{name}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_config_file_names_the_key_and_the_file() {
     let (stderr, path) = start_with_config("adapter = \"nats\"\nmax_in_flihgt = 10\n");
     assert!(stderr.contains("max_in_flihgt"), "{stderr}");

@@ -206,9 +206,17 @@ impl Config {
             );
             return Err(invalid(origin, "adapter", reason));
         };
-        let broker = self
-            .get(|o| &o.broker)
-            .map_or_else(|| ingress_adapter.default_broker().to_owned(), |(b, _)| b);
+        let broker = match self.get(|o| &o.broker) {
+            None => ingress_adapter.default_broker().to_owned(),
+            Some((broker, origin)) => {
+                // A URL the adapter cannot use stops the start: retrying it
+                // would look like a broker that is down.
+                ingress_adapter
+                    .validate_broker(&broker)
+                    .map_err(|e| invalid(origin, "broker", e.to_string()))?;
+                broker
+            }
+        };
         let directory = match self.get(|o| &o.directory) {
             None => DirectoryTarget::Auto(DEFAULT_LISTEN.parse().expect("valid default")),
             Some((url, origin)) => {
@@ -485,6 +493,10 @@ mod tests {
     #[test]
     fn settings_that_cannot_work_stop_the_start_naming_the_key() {
         for (args, expected) in [
+            (
+                &["--broker", "garbage"][..],
+                "key `broker`: invalid broker URL",
+            ),
             (
                 &["--max-payload", "0"][..],
                 "key `max_payload`: must be at least 1 byte",
