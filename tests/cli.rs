@@ -61,7 +61,11 @@ fn validate_checks_a_configuration_and_the_files_it_names_without_starting_anyth
             "[[brokers]]\nurl = \"nats://n1:4222\"\nca_file = \"/nonexistent/ca.pem\"\n",
             "brokers[0].ca_file",
         ),
-        ("bad-broker.toml", "broker = \"kafka://k:9092\"\n", "key `broker`"),
+        (
+            "bad-broker.toml",
+            "broker = \"kafka://k:9092\"\n",
+            "key `broker`",
+        ),
         (
             "open-directory.toml",
             "listen = \"0.0.0.0:7070\"\n",

@@ -149,3 +149,31 @@ async fn a_registration_whose_inbox_would_loop_stops_the_start() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_larger_than_a_record_needs_are_refused() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let service = unique("big");
+        let nats = nats_url();
+        let mut huge = record(&service, "a", "nats", &nats, "_baker.s.a");
+        huge["metadata"] = serde_json::json!({ "blob": "x".repeat(2 * 1024 * 1024) });
+        let (status, _) = put(&dir, &huge).await;
+        assert_eq!(
+            status, 413,
+            "a 2 MiB record is refused before it is read whole"
+        );
+        let mut labels = record(&service, "a", "nats", &nats, "_baker.s.a");
+        labels["metadata"] = (0..33)
+            .map(|i| (format!("k{i}"), serde_json::json!("v")))
+            .collect();
+        let (status, body) = put(&dir, &labels).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("metadata has 33 entries"), "{body}");
+        let long = record(&service, "a", "nats", &nats, &"i".repeat(2000));
+        let (status, body) = put(&dir, &long).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(dir.instances(&service).await.is_empty());
+    })
+    .await;
+}

@@ -38,6 +38,8 @@ use crate::shutdown::Shutdown;
 
 /// How often expired leases are swept. Bounds how late an expiry is seen.
 const EXPIRY_SWEEP: Duration = Duration::from_millis(200);
+/// Largest request body: a record with every field at its longest fits.
+const MAX_BODY: usize = 64 * 1024;
 /// Longest watch wait a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -130,6 +132,9 @@ fn routes(shared: Shared) -> Router {
             put(register).delete(deregister),
         )
         .route("/v1/services/{service}/instances/{id}/renew", post(renew))
+        // A record is at most a few KiB (see RecordError::TooLong); a larger
+        // body is refused (413) before it is read whole.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 

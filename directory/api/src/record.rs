@@ -94,7 +94,24 @@ pub enum RecordError {
     /// The lease length is out of range.
     #[error("ttl_secs must be between 1 and 3600, got {0}")]
     InvalidTtl(u64),
+    /// A field is longer than a record needs.
+    #[error("{field} is {len} bytes; at most {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// More metadata entries than a record needs.
+    #[error("metadata has {0} entries; at most {MAX_METADATA_ENTRIES}")]
+    TooManyLabels(usize),
 }
+
+/// Longest broker URL, inbox, version or zone in a record.
+pub const MAX_FIELD_LEN: usize = 1024;
+/// Most metadata entries in a record.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+/// Longest metadata key or value.
+pub const MAX_LABEL_LEN: usize = 256;
 
 /// True for a name usable as a token in every protocol's addresses (a NATS
 /// subject token, an MQTT topic level, an AMQP routing-key word).
@@ -119,6 +136,36 @@ impl InstanceRecord {
         }
         if !(1..=3600).contains(&self.ttl_secs) {
             return Err(RecordError::InvalidTtl(self.ttl_secs));
+        }
+        let zone = self.zone.as_deref().unwrap_or_default();
+        for (field, value, max) in [
+            ("endpoint.adapter", self.endpoint.adapter.as_str(), 64),
+            ("endpoint.broker", &self.endpoint.broker, MAX_FIELD_LEN),
+            ("endpoint.inbox", &self.endpoint.inbox, MAX_FIELD_LEN),
+            ("version", &self.version, 128),
+            ("zone", zone, 128),
+        ] {
+            if value.len() > max {
+                return Err(RecordError::TooLong {
+                    field,
+                    len: value.len(),
+                    max,
+                });
+            }
+        }
+        if self.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(RecordError::TooManyLabels(self.metadata.len()));
+        }
+        for (key, value) in &self.metadata {
+            for text in [key, value] {
+                if text.len() > MAX_LABEL_LEN {
+                    return Err(RecordError::TooLong {
+                        field: "metadata",
+                        len: text.len(),
+                        max: MAX_LABEL_LEN,
+                    });
+                }
+            }
         }
         Ok(())
     }
