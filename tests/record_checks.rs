@@ -177,3 +177,45 @@ async fn records_larger_than_a_record_needs_are_refused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_block_no_registration_and_lose_their_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let addr = format!("127.0.0.1:{}", dir.port);
+        let mut slow = Vec::new();
+        for _ in 0..200 {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stream
+                .write_all(b"PUT /v1/services/s/instances/a HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            slow.push(stream);
+        }
+        let service = unique("fast");
+        let started = std::time::Instant::now();
+        let (status, body) = put(
+            &dir,
+            &record(&service, "a", "nats", &nats_url(), "_baker.s.a"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "registered at once"
+        );
+        // Each half-sent request is cut off once its headers take too long.
+        for stream in &mut slow {
+            let mut buffer = [0u8; 256];
+            let closed =
+                tokio::time::timeout(scaled(Duration::from_secs(30)), stream.read(&mut buffer))
+                    .await;
+            assert!(
+                closed.is_ok(),
+                "the directory closes a connection whose headers never end"
+            );
+        }
+    })
+    .await;
+}

@@ -86,30 +86,44 @@ pub async fn serve(
         })
     };
     let tls = rules.tls.clone();
-    let app = routes(Shared { store, rules });
+    let app = routes(Shared { store, rules }).into_make_service();
+    let handle = axum_server::Handle::new();
+    let stop = handle.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        stop.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let listener = listener.into_std()?;
     let result = match tls {
         None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .await
+            let mut server = axum_server::from_tcp(listener).handle(handle);
+            bound_slow_clients(server.http_builder());
+            server.serve(app).await
         }
         Some(config) => {
-            let handle = axum_server::Handle::new();
-            let stop = handle.clone();
-            let stopping = shutdown.clone();
-            tokio::spawn(async move {
-                stopping.cancelled().await;
-                stop.graceful_shutdown(Some(Duration::from_secs(5)));
-            });
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            axum_server::from_tcp_rustls(listener.into_std()?, config)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
+            let mut server = axum_server::from_tcp_rustls(listener, config).handle(handle);
+            bound_slow_clients(server.http_builder());
+            server.serve(app).await
         }
     };
     sweeper.abort();
     result
+}
+
+/// A client that sends its request headers slower than this loses its
+/// connection: half-sent requests cannot hold the directory's connections
+/// (and file descriptors) for long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn bound_slow_clients(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
 }
 
 /// Binds `addr` and serves the directory there.
