@@ -14,19 +14,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// its admin address.
 fn sidecar(directory: &str, admin: &str, extra: &[&str]) -> Proc {
     let spec = format!("service={},id=a1", unique("adm"));
-    let mut args = vec![
-        "--no-router",
-        "--adapter",
-        "memory",
-        "--directory",
-        directory,
-        "--admin",
-        admin,
-        "--register",
-        &spec,
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn("sidecar", &args)
+    agent_at("memory", "memory://default", directory, &spec, admin, extra)
 }
 
 /// Runs `baker-mq drain` with `args`, and waits until `sidecar` exits.

@@ -85,6 +85,84 @@ fn validate_checks_a_configuration_and_the_files_it_names_without_starting_anyth
     }
 }
 
+/// `baker-mq validate` on a config file holding `text`, with `env`.
+fn validate(text: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baker.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("validate").arg("--config").arg(&path);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn broker_sections_read_their_secrets_and_a_section_that_cannot_work_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let good = format!(
+        "[[brokers]]\nurl = \"nats://N1:4222\"\nusername = \"router\"\npassword_file = {password:?}\n\
+         [[brokers]]\nurl = \"nats://n2:4222\"\ntoken_env = \"BAKER_TEST_BROKERS_TOKEN\"\n"
+    );
+    let out = validate(&good, &[("BAKER_TEST_BROKERS_TOKEN", "s3cret-token")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!shown.contains("s3cret"), "{shown}");
+    for (toml, expected) in [
+            (
+                "[[brokers]]\nurl = \"nats://u:p@n1:4222\"\n",
+                "brokers[0].url`: must not carry credentials",
+            ),
+            (
+                "[[brokers]]\nurl = \"kafka://k:9092\"\n",
+                "brokers[0].url`: \"kafka://k:9092\" has a scheme no adapter",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+                "brokers[0].password_file`: cannot read /nonexistent/pw",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\npassword_env = \"BAKER_TEST_UNSET_VARIABLE\"\n",
+                "brokers[0].password_env`: the environment variable BAKER_TEST_UNSET_VARIABLE is not set",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "brokers[0].ca_file`: ca_file /nonexistent/ca.pem",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\n[[brokers]]\nurl = \"NATS://n1:4222/\"\n",
+                "brokers[1].url`: nats://n1:4222 has a section already",
+            ),
+            (
+                "[[brokers]]\nurl = \"nats://n1:4222\"\nnkey_seed_file = \"Cargo.toml\"\n",
+                "brokers[0]`: `nkey_seed_file`: not an NKey seed",
+            ),
+            (
+                "[[brokers]]\nurl = \"mqtts://m:8883\"\ntoken_file = \"Cargo.toml\"\n",
+                "brokers[0]`: the mqtt adapter has no use for `token`",
+            ),
+            (
+                "[[brokers]]\nurl = \"memory://x\"\ntls = true\n",
+                "brokers[0]`: the memory adapter has no use for `tls`",
+            ),
+        ] {
+        let out = validate(toml, &[]);
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && error.contains(expected), "{toml}: {error}");
+    }
+}
+
 #[test]
 fn bad_config_file_names_the_key_and_the_file() {
     let (stderr, path) = start_with_config("adapter = \"nats\"\nmax_in_flihgt = 10\n");

@@ -27,22 +27,9 @@ fn token(dir: &std::path::Path, name: &str, services: &str, token: &str) -> (Str
 }
 
 /// A NATS agent registering `service`/`id` with its admin API at `admin`.
-fn agent_at(directory: &str, service: &str, id: &str, admin: &str, extra: &[&str]) -> Proc {
+fn nats_agent_at(directory: &str, service: &str, id: &str, admin: &str, extra: &[&str]) -> Proc {
     let spec = format!("service={service},id={id}");
-    let url = nats_url();
-    let mut args = vec![
-        "--no-router",
-        "--broker",
-        &url,
-        "--directory",
-        directory,
-        "--admin",
-        admin,
-        "--register",
-        &spec,
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn("agent", &args)
+    agent_at("nats", &nats_url(), directory, &spec, admin, extra)
 }
 
 async fn send(
@@ -126,7 +113,7 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
         // A second sidecar registering the same id (its own owner) is
         // refused, says why, and is not ready.
         let twin_admin = format!("127.0.0.1:{}", free_port());
-        let twin = agent_at(&dir.url(), &service, "o1", &twin_admin, &["--directory-token-file", &orders_file]);
+        let twin = nats_agent_at(&dir.url(), &service, "o1", &twin_admin, &["--directory-token-file", &orders_file]);
         wait_until("the twin says another owner holds the instance", Duration::from_secs(15), || async {
             twin.log_text().contains("another owner")
         })
@@ -138,7 +125,7 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
         // instance at once, well within the 60 s lease.
         owner.kill();
         let restarted_admin = format!("127.0.0.1:{}", free_port());
-        let _restarted = agent_at(&dir.url(), &service, "o1", &restarted_admin, &agent_args);
+        let _restarted = nats_agent_at(&dir.url(), &service, "o1", &restarted_admin, &agent_args);
         let ready = format!("http://{restarted_admin}/readyz");
         wait_until("the restarted owner registers again", Duration::from_secs(15), || http_ok(&ready)).await;
     })

@@ -16,20 +16,8 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// `extra` arguments; its admin address.
 fn kv_agent(directory: &str, spec: &str, extra: &[&str]) -> (Proc, String) {
     let admin = format!("127.0.0.1:{}", free_port());
-    let url = nats_url();
-    let mut args = vec![
-        "--no-router",
-        "--broker",
-        &url,
-        "--directory",
-        directory,
-        "--admin",
-        &admin,
-        "--register",
-        spec,
-    ];
-    args.extend_from_slice(extra);
-    (Proc::spawn("kv-agent", &args), admin)
+    let agent = agent_at("nats", &nats_url(), directory, spec, &admin, extra);
+    (agent, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,18 @@ pub fn spawn_agent(
     extra: &[&str],
 ) -> Proc {
     let admin = format!("127.0.0.1:{}", free_port());
+    agent_at(adapter, broker, directory, spec, &admin, extra)
+}
+
+/// [`spawn_agent`] with its admin API at `admin`.
+pub fn agent_at(
+    adapter: &str,
+    broker: &str,
+    directory: &str,
+    spec: &str,
+    admin: &str,
+    extra: &[&str],
+) -> Proc {
     let mut args = vec![
         "--no-router",
         "--adapter",
@@ -199,7 +211,7 @@ pub fn spawn_agent(
         "--directory",
         directory,
         "--admin",
-        &admin,
+        admin,
         "--register",
         spec,
     ];
