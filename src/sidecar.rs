@@ -34,7 +34,7 @@ pub enum SidecarError {
     #[error("cannot keep the owner id in the state directory: {0}")]
     OwnerId(#[source] std::io::Error),
     /// The admin address cannot be bound.
-    #[error("cannot listen on admin address {addr}: {source}")]
+    #[error("cannot listen on admin address {addr}")]
     Admin {
         addr: SocketAddr,
         #[source]

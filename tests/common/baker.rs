@@ -189,8 +189,9 @@ pub fn spawn_agent(
     spec: &str,
     extra: &[&str],
 ) -> Proc {
-    let admin = format!("127.0.0.1:{}", free_port());
-    agent_at(adapter, broker, directory, spec, &admin, extra)
+    // Port 0: the system picks a free port when the agent binds it, so no
+    // other test can take it in between (the test needs no admin address).
+    agent_at(adapter, broker, directory, spec, "127.0.0.1:0", extra)
 }
 
 /// [`spawn_agent`] with its admin API at `admin`.
