@@ -149,7 +149,7 @@ async fn a_router_started_while_the_directory_is_down_routes_from_its_saved_view
         .await;
         wait_until(
             "routed from the saved view",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async { a.count() >= 500 },
         )
         .await;
