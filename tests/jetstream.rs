@@ -35,6 +35,54 @@ async fn js_publish(js: &jetstream::Context, subject: &str, start: u64, count: u
     }
 }
 
+/// The dead letters of `service`, once `want` have come (or 20 s passed).
+async fn dead_letters(
+    js: &jetstream::Context,
+    service: &str,
+    want: usize,
+) -> Vec<jetstream::Message> {
+    let stream = js
+        .get_stream("BAKER_DLQ")
+        .await
+        .expect("dead-letter stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: format!("_baker.dlq.{service}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + scaled(Duration::from_secs(20));
+    while dead.len() < want && tokio::time::Instant::now() < deadline {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(want)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = batch.next().await {
+            dead.push(message);
+        }
+    }
+    dead
+}
+
+/// Waits until the ingress stream of `ingress` holds no message.
+async fn wait_stream_empty(js: &jetstream::Context, ingress: &Ingress) {
+    let name = format!("BAKER_INGRESS_{}", ingress.prefix);
+    wait_until(
+        "the ingress stream empties",
+        Duration::from_secs(10),
+        || async {
+            let mut stream = js.get_stream(&name).await.unwrap();
+            stream.info().await.map(|i| i.state.messages).unwrap_or(1) == 0
+        },
+    )
+    .await;
+}
+
 /// A JetStream router on `ingress`, and the stream to delete afterwards.
 async fn js_router(directory: &str, ingress: &Ingress) -> Router {
     js_router_with(directory, ingress, "").await
@@ -168,31 +216,7 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
         let _router = js_router(&dir.url(), &ingress).await;
         js_publish(&js, &ingress.subject(&service, "t"), 0, 20, 20).await;
 
-        let stream = js
-            .get_stream("BAKER_DLQ")
-            .await
-            .expect("dead-letter stream");
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                filter_subject: format!("_baker.dlq.{service}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut dead = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while dead.len() < 20 && tokio::time::Instant::now() < deadline {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(20)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await
-                .unwrap();
-            while let Some(Ok(message)) = batch.next().await {
-                dead.push(message);
-            }
-        }
+        let dead = dead_letters(&js, &service, 20).await;
         assert_eq!(dead.len(), 20, "every undeliverable message kept");
         let headers = dead[0].headers.clone().unwrap_or_default();
         let reason = headers
@@ -208,16 +232,7 @@ async fn undeliverable_jetstream_messages_land_in_the_dead_letter_stream_with_th
             Some("0")
         );
         // Dead-lettered means settled: the ingress stream is empty.
-        let name = format!("BAKER_INGRESS_{}", ingress.prefix);
-        wait_until(
-            "the ingress stream empties",
-            Duration::from_secs(10),
-            || async {
-                let mut stream = js.get_stream(&name).await.unwrap();
-                stream.info().await.map(|i| i.state.messages).unwrap_or(1) == 0
-            },
-        )
-        .await;
+        wait_stream_empty(&js, &ingress).await;
         delete_stream(&js, &ingress).await;
     })
     .await;
@@ -319,6 +334,72 @@ async fn a_slow_instance_with_a_durable_inbox_loses_nothing_and_router_memory_st
         );
         eprintln!("slow instance: {total} messages, backlog {backlog} at the end of publishing, router RSS +{grown_kib} KiB");
         setup.clean_up().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_malformed_headers_is_dead_lettered_and_holds_back_no_other() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("jsbadhdr");
+        let client = connect().await;
+        let js = jetstream::new(client.clone());
+        let a = consume_inbox(&client, &service, "a").await;
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let router = js_router(&dir.url(), &ingress).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+
+        // Before the fix, the first bad one made the router's client drop
+        // its connection at each redelivery, forever, and the good ones
+        // behind it waited.
+        let frames = mixed_frames(
+            &ingress.subject(&service, "t"),
+            2_000,
+            20,
+            &unique("_INBOX.acks."),
+        );
+        raw_publish(&frames).await;
+
+        wait_until(
+            "the 2,000 good messages arrive",
+            Duration::from_secs(30),
+            || async { a.count() >= 2_000 },
+        )
+        .await;
+        let mut seqs = a.seqs();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..2_000).collect::<Vec<u64>>(),
+            "each good message once, no bad one"
+        );
+        let dead = dead_letters(&js, &service, 20).await;
+        assert_eq!(dead.len(), 20, "every bad message dead-lettered");
+        for message in &dead {
+            assert!(message.payload.starts_with(b"bad-"));
+            let reason = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("baker-error"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            assert!(reason.contains("malformed header block"), "{reason}");
+        }
+        wait_stream_empty(&js, &ingress).await;
+        assert!(router
+            .metrics()
+            .await
+            .contains("baker_nats_malformed_total 20"));
+        let log = router.proc.log_text();
+        assert!(
+            !log.contains("reconnect"),
+            "the router kept its connection:\n{log}"
+        );
+        delete_stream(&js, &ingress).await;
     })
     .await;
 }

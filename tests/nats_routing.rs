@@ -3,6 +3,7 @@
 
 mod common;
 
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -196,6 +197,79 @@ async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_rest
         )
         .await;
         assert!(b.count() >= 400, "b got its share: {}", b.count());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_with_malformed_headers_are_counted_and_cost_no_good_message() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("badhdr");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        let reply = unique("_INBOX.bad.");
+        let mut replies = client.subscribe(reply.clone()).await.unwrap();
+        client.flush().await.unwrap();
+
+        // 20 bad among 5,000 good, in one connection's order: before the
+        // fix the router's client dropped its connection at the first bad
+        // one, and with it the good ones in flight.
+        let frames = mixed_frames(&ingress.subject(&service, "t"), 5_000, 20, &reply);
+        raw_publish(&frames).await;
+
+        wait_until(
+            "the 5,000 good messages arrive",
+            Duration::from_secs(20),
+            || async { a.count() >= 5_000 },
+        )
+        .await;
+        let mut seqs = a.seqs();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..5_000).collect::<Vec<u64>>(),
+            "each good message once, no bad one"
+        );
+        wait_until(
+            "the bad ones are counted",
+            Duration::from_secs(10),
+            || async {
+                router
+                    .metrics()
+                    .await
+                    .contains("baker_nats_malformed_total 20")
+            },
+        )
+        .await;
+        // The requester among them learns why.
+        let answer = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("an error reply")
+            .unwrap();
+        let error = answer
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("baker-error"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("malformed header block"), "{error}");
+        let log = router.proc.log_text();
+        assert!(
+            !log.contains("reconnect"),
+            "the router kept its connection:\n{log}"
+        );
+        assert_eq!(
+            log.matches("malformed headers").count(),
+            1,
+            "logged once:\n{log}"
+        );
     })
     .await;
 }

@@ -240,3 +240,103 @@ pub async fn consume_durable_inbox_paced(
     });
     inbox
 }
+
+/// A NATS protocol frame publishing `payload` to `subject`, with `headers`
+/// (a raw header block after `NATS/1.0\r\n`, which may be malformed) and a
+/// reply subject when given: what a careless or hostile publisher can send.
+pub fn raw_frame(
+    subject: &str,
+    reply: Option<&str>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let reply = reply.map(|r| format!(" {r}")).unwrap_or_default();
+    let mut frame = Vec::new();
+    match headers {
+        None => {
+            frame.extend_from_slice(
+                format!("PUB {subject}{reply} {}\r\n", payload.len()).as_bytes(),
+            );
+        }
+        Some(block) => {
+            let header = [b"NATS/1.0\r\n".as_slice(), block, b"\r\n"].concat();
+            frame.extend_from_slice(
+                format!(
+                    "HPUB {subject}{reply} {} {}\r\n",
+                    header.len(),
+                    header.len() + payload.len()
+                )
+                .as_bytes(),
+            );
+            frame.extend_from_slice(&header);
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    frame
+}
+
+/// Sends `frames` over a raw connection to the test NATS server, then waits
+/// until the server has read them all (the PONG of a PING sent after them).
+pub async fn raw_publish(frames: &[Vec<u8>]) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let address = nats_url().trim_start_matches("nats://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let info = lines.next_line().await.unwrap().unwrap_or_default();
+    assert!(info.starts_with("INFO"), "{info}");
+    write
+        .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n")
+        .await
+        .unwrap();
+    for frame in frames {
+        write.write_all(frame).await.unwrap();
+    }
+    write.write_all(b"PING\r\n").await.unwrap();
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the server answers");
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line == "PONG" {
+            break;
+        }
+    }
+}
+
+/// Header blocks the NATS client library could not parse: a value that is
+/// not UTF-8, a name that is not ASCII, a line without a colon, a space in a
+/// name.
+pub const BAD_HEADER_BLOCKS: [&[u8]; 4] = [
+    b"X-Bad: \xff\xfe\r\n",
+    "N\u{e4}me: v\r\n".as_bytes(),
+    b"NoColonHere\r\n",
+    b"Bad Name: v\r\n",
+];
+
+/// `good` messages (payloads `0..good`) to `subject`, with `bad` messages
+/// with malformed headers spread among them (payload `bad-<n>`), the first
+/// of them a request replied to at `bad_reply`.
+pub fn mixed_frames(subject: &str, good: u64, bad: u64, bad_reply: &str) -> Vec<Vec<u8>> {
+    let spacing = good / bad.max(1);
+    let mut frames = Vec::new();
+    let mut sent_bad = 0;
+    for seq in 0..good {
+        if sent_bad < bad && seq % spacing == spacing / 2 {
+            let block = BAD_HEADER_BLOCKS[sent_bad as usize % BAD_HEADER_BLOCKS.len()];
+            let reply = (sent_bad == 0).then_some(bad_reply);
+            frames.push(raw_frame(
+                subject,
+                reply,
+                Some(block),
+                format!("bad-{sent_bad}").as_bytes(),
+            ));
+            sent_bad += 1;
+        }
+        frames.push(raw_frame(subject, None, None, seq.to_string().as_bytes()));
+    }
+    frames
+}

@@ -3,7 +3,7 @@
 
 use async_nats::header::HeaderName;
 use async_nats::HeaderMap;
-use baker_adapter_api::{header, Headers, Message, Properties};
+use baker_adapter_api::{header, Every, Headers, Message, Properties};
 use bytes::Bytes;
 
 /// Converts NATS headers to Baker's.
@@ -97,6 +97,31 @@ pub fn headers_to_nats(headers: &Headers) -> (HeaderMap, usize) {
         }
     }
     (map, skipped)
+}
+
+/// Why a received message's header block could not be read, when it could
+/// not: the client delivers such a message without headers (see
+/// `vendor/README.md`) rather than dropping its connection.
+pub(crate) fn malformed_headers(msg: &async_nats::Message) -> Option<&str> {
+    match (&msg.status, &msg.description) {
+        (None, Some(description))
+            if description.starts_with(async_nats::connection::MALFORMED_HEADERS) =>
+        {
+            Some(description)
+        }
+        _ => None,
+    }
+}
+
+/// Counts and (at most every 10 s) logs a message whose headers could not
+/// be read; `fate` says what became of it.
+pub(crate) fn report_malformed(reason: &str, fate: &str) {
+    static LOGGED: Every = Every::new(std::time::Duration::from_secs(10));
+    metrics::counter!("baker_nats_malformed_total").increment(1);
+    if let Some(held_back) = LOGGED.check() {
+        tracing::warn!(%reason, fate, held_back,
+            "NATS ingress message with malformed headers cannot be routed; counted in baker_nats_malformed_total; logged at most every 10 s");
+    }
 }
 
 /// Baker's form of a message received from NATS.

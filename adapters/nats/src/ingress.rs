@@ -12,7 +12,7 @@ use baker_adapter_api::{
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 
-use crate::convert::message_from_nats;
+use crate::convert::{malformed_headers, message_from_nats, report_malformed};
 use crate::link::connection_status;
 
 /// How long the server may take to confirm the ingress subscription.
@@ -95,6 +95,18 @@ impl Settle for ErrorReply {
 
 impl NatsIngress {
     fn delivery(&self, msg: async_nats::Message) -> Option<Delivery> {
+        if let Some(reason) = malformed_headers(&msg) {
+            // At most once: counted and dropped; a requester learns why.
+            report_malformed(reason, "dropped");
+            if let Some(reply) = msg.reply.clone() {
+                AckHandle::new(ErrorReply {
+                    client: self.client.clone(),
+                    reply,
+                })
+                .dead_letter(reason, 0);
+            }
+            return None;
+        }
         let rest = msg.subject.get(self.prefix_len..)?;
         let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
         let destination = Destination {

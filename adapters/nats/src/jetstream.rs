@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::convert::message_from_parts;
+use crate::convert::{malformed_headers, message_from_parts, report_malformed};
 use crate::settings::{stream_name, StreamSettings};
 
 /// Subject prefix of dead letters: `_baker.dlq.<service>`.
@@ -235,6 +235,7 @@ impl JetStreamIngress {
             service: service.to_owned(),
             topic: topic.to_owned(),
         };
+        let malformed = malformed_headers(&message).map(str::to_owned);
         let origin = message.subject.to_string();
         // The original headers go with the settlement (a dead letter keeps
         // them), so Baker's copy is made from them rather than from a clone.
@@ -255,6 +256,13 @@ impl JetStreamIngress {
             headers: native_headers,
             payload,
         };
+        if let Some(reason) = malformed {
+            // Redelivering it would fail the same way: kept aside at once,
+            // with the reason, behind no other message.
+            report_malformed(&reason, "dead-lettered");
+            AckHandle::new(settle).dead_letter(reason, 0);
+            return None;
+        }
         if let Some(id) = stable_id {
             if message.headers.get(header::MSG_ID).is_none() {
                 message.headers.insert(header::MSG_ID, id);
