@@ -15,7 +15,12 @@ pub use crate::config::{LogFormat, Options};
 /// registers the instances given with --register, and joins (or serves) the
 /// directory.
 #[derive(Debug, Parser)]
-#[command(name = "baker-mq", version, propagate_version = true)]
+#[command(
+    name = "baker-mq",
+    version,
+    propagate_version = true,
+    allow_negative_numbers = true
+)]
 pub struct Cli {
     /// TOML config file; its keys mirror the long flags (docs/configuration.md).
     #[arg(

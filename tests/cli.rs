@@ -191,6 +191,20 @@ fn unknown_flag_fails_with_usage() {
 }
 
 #[test]
+fn a_negative_number_is_refused_as_the_value_it_is() {
+    let out = Command::new(BIN)
+        .args(["--no-router", "--ttl", "-5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value '-5' for '--ttl <SECS>'"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_variable_of_a_setting_moved_into_an_adapter_stops_the_start() {
     let out = Command::new(BIN)
         .env("BAKER_NATS_INGRESS", "jetstream")
