@@ -14,6 +14,7 @@ pub mod directory;
 pub mod drain;
 pub mod health;
 pub mod http_tls;
+pub mod member;
 pub mod router;
 pub mod schemas;
 pub mod shutdown;

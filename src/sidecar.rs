@@ -21,6 +21,7 @@ use crate::directory::http::Identity;
 use crate::directory::owner::owner_id;
 use crate::directory::snapshot::Snapshot;
 use crate::directory::{Catalog, DirectoryClient, Watcher};
+use crate::member::member;
 use crate::router::reply::ReplyProxy;
 use crate::router::undelivered::UndeliveredReporter;
 use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
@@ -33,6 +34,9 @@ pub enum SidecarError {
     /// The owner id cannot be read from or saved in the state directory.
     #[error("cannot keep the owner id in the state directory: {0}")]
     OwnerId(#[source] std::io::Error),
+    /// The member id cannot be read from or saved in the state directory.
+    #[error("cannot keep the member id in the state directory: {0}")]
+    MemberId(#[source] std::io::Error),
     /// The admin address cannot be bound.
     #[error("cannot listen on admin address {addr}")]
     Admin {
@@ -258,11 +262,19 @@ pub async fn run(
     }
 
     let (table, ingress) = if settings.router {
+        let instances: Vec<(&str, &str)> = (settings.registrations.iter())
+            .map(|r| (r.record.service.as_str(), r.record.id.as_str()))
+            .collect();
+        let ingress = IngressOptions {
+            member: member(settings.state_dir.as_deref(), &instances)
+                .map_err(SidecarError::MemberId)?,
+            ..settings.ingress.clone()
+        };
         let parts = start_router(
             RouterSpec {
                 adapter: settings.adapter.clone(),
                 broker: settings.broker.clone(),
-                ingress: settings.ingress.clone(),
+                ingress,
                 journey: settings.journey.clone(),
                 max_in_flight: settings.max_in_flight,
                 policies: settings.policies.clone(),

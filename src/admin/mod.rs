@@ -80,6 +80,11 @@ impl IngressState {
     pub fn is_connected(&self) -> bool {
         self.status.get().is_some_and(IngressStatus::is_connected)
     }
+
+    /// What the ingress says the operator must fix, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.status.get().and_then(IngressStatus::problem)
+    }
 }
 
 /// One instance in `/v1/status`.
@@ -137,6 +142,8 @@ impl AdminState {
         if self.table.is_some() {
             if !self.ingress.is_subscribed() {
                 problems.push("ingress not subscribed".to_owned());
+            } else if let Some(problem) = self.ingress.problem() {
+                problems.push(format!("ingress: {problem}"));
             } else if !self.ingress.is_connected() {
                 problems.push("ingress disconnected from its broker; reconnecting".to_owned());
             }
@@ -223,6 +230,7 @@ async fn healthz(State(state): State<AdminState>) -> Response {
         "ingress": state.table.as_ref().map(|_| serde_json::json!({
             "subscribed": state.ingress.is_subscribed(),
             "connected": state.ingress.is_connected(),
+            "problem": state.ingress.problem(),
         })),
     }))
     .into_response()

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use baker_adapter_api::{AccessBook, IngressOptions, Secret};
+use baker_adapter_api::{AccessBook, IngressOptions, Member, Secret};
 use serde::Deserialize as _;
 
 pub use brokers::BrokerSection;
@@ -360,6 +360,10 @@ impl Config {
             prefix,
             queue_group,
             buffer,
+            // Made from the state directory or the registrations when the
+            // sidecar starts (crate::member): reading or making it is not
+            // the configuration's business.
+            member: Member::this_run(),
         })
     }
 

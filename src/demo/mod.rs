@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::{Destination, IngressOptions};
+use baker_adapter_api::{Destination, IngressOptions, Member};
 use tokio::net::TcpListener;
 
 use crate::adapters::AdapterRegistry;
@@ -160,6 +160,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         prefix: prefix.clone(),
         queue_group: group,
         buffer: 1024,
+        member: Member::this_run(),
     };
     let client = DirectoryClient::http(&directory_url, &Default::default());
     let watcher = Watcher::new(client.clone(), None);

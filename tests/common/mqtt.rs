@@ -173,6 +173,9 @@ pub struct Client {
     pub incoming: mpsc::UnboundedReceiver<Publish>,
     acked: tokio::sync::watch::Receiver<u64>,
     subscribed: tokio::sync::watch::Receiver<u64>,
+    /// Whether the broker had a session for this client id when it first
+    /// connected.
+    session_present: bool,
 }
 
 impl Client {
@@ -230,7 +233,7 @@ impl Client {
         let (tx, incoming) = mpsc::unbounded_channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
         let (sub_tx, subscribed) = tokio::sync::watch::channel(0u64);
-        let (up_tx, mut up) = tokio::sync::watch::channel(false);
+        let (up_tx, mut up) = tokio::sync::watch::channel(None);
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -243,8 +246,11 @@ impl Client {
                         acked_tx.send_modify(|n| *n += 1);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => sub_tx.send_modify(|n| *n += 1),
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        up_tx.send_replace(true);
+                    Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                        up_tx.send_if_modified(|up| {
+                            up.get_or_insert(connack.session_present);
+                            true
+                        });
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
@@ -253,16 +259,25 @@ impl Client {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
-            .await
-            .expect("MQTT broker must answer (integration/run.sh starts it)")
-            .unwrap();
+        let session_present =
+            tokio::time::timeout(Duration::from_secs(10), up.wait_for(Option::is_some))
+                .await
+                .expect("MQTT broker must answer (integration/run.sh starts it)")
+                .unwrap()
+                .unwrap_or_default();
         Client {
             client,
             incoming,
             acked,
             subscribed,
+            session_present,
         }
+    }
+
+    /// Whether the broker had a session for this client id when it first
+    /// connected.
+    pub fn session_present(&self) -> bool {
+        self.session_present
     }
 
     /// Disconnects (a persistent session stays with the broker).

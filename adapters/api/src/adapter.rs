@@ -36,17 +36,64 @@ pub struct IngressOptions {
     pub queue_group: String,
     /// How many deliveries the adapter may buffer ahead of the core.
     pub buffer: usize,
+    /// This router among the others of its queue group.
+    pub member: Member,
 }
 
-/// Whether an ingress is connected to its broker right now, readable by the
+/// A router's own name among the routers of its queue group, for protocols
+/// where each consumer needs one (an MQTT session's client id): unique per
+/// sidecar on a host, and, when [`Member::kept`] says so, the same across
+/// the sidecar's restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Short, and made of ASCII letters and digits only.
+    pub id: String,
+    /// How the id was made, which says whether the next run has it too.
+    pub kept: MemberKept,
+}
+
+/// How a [`Member`] id was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKept {
+    /// Made once and saved in the state directory.
+    StateDir,
+    /// Derived from the instances the sidecar registers.
+    Registrations,
+    /// Made for this run only: the next run gets another.
+    ThisRun,
+}
+
+impl Member {
+    /// A member id made for this run only.
+    pub fn this_run() -> Self {
+        Self {
+            id: format!("{:08x}", fastrand::u32(..)),
+            kept: MemberKept::ThisRun,
+        }
+    }
+
+    /// Whether the next run of this sidecar gets the same id.
+    pub fn is_stable(&self) -> bool {
+        self.kept != MemberKept::ThisRun
+    }
+}
+
+/// Whether an ingress is connected to its broker right now, and what is
+/// wrong with it when something the operator must fix is, readable by the
 /// health endpoints while the router owns the ingress.
 #[derive(Clone)]
-pub struct IngressStatus(Arc<dyn Fn() -> bool + Send + Sync>);
+pub struct IngressStatus {
+    connected: Arc<dyn Fn() -> bool + Send + Sync>,
+    problem: Option<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
+}
 
 impl IngressStatus {
     /// Reads the connection state with `connected`.
     pub fn new(connected: impl Fn() -> bool + Send + Sync + 'static) -> Self {
-        Self(Arc::new(connected))
+        Self {
+            connected: Arc::new(connected),
+            problem: None,
+        }
     }
 
     /// Follows a flag the ingress sets as its connection comes and goes.
@@ -59,16 +106,32 @@ impl IngressStatus {
         Self::new(|| true)
     }
 
+    /// Also reads, with `problem`, a fault that retrying will not mend (a
+    /// session another client takes over, say), with its cause and fix.
+    pub fn with_problem(
+        mut self,
+        problem: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.problem = Some(Arc::new(problem));
+        self
+    }
+
     /// Whether the ingress is connected now.
     pub fn is_connected(&self) -> bool {
-        (self.0)()
+        (self.connected)()
+    }
+
+    /// A fault the operator must fix, if there is one now.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.as_ref().and_then(|problem| problem())
     }
 }
 
 impl std::fmt::Debug for IngressStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("IngressStatus")
-            .field(&self.is_connected())
+        f.debug_struct("IngressStatus")
+            .field("connected", &self.is_connected())
+            .field("problem", &self.problem())
             .finish()
     }
 }

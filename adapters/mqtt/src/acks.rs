@@ -23,6 +23,8 @@ enum AckMsg {
     Done(u64),
     /// Send what can be sent, then disconnect.
     Shutdown,
+    /// Answer once every arrival so far has been acknowledged.
+    WhenSettled(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Sends to one connection's window. Unbounded, but never holds more than
@@ -53,6 +55,13 @@ impl Acks {
     pub fn shutdown(&self) {
         let _ = self.0.send(AckMsg::Shutdown);
     }
+
+    /// True once every arrival recorded so far has been acknowledged; false
+    /// if the connection is gone first.
+    pub async fn settled(&self) -> bool {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        self.0.send(AckMsg::WhenSettled(done)).is_ok() && settled.await.is_ok()
+    }
 }
 
 fn puback_for(pkid: u16) -> Publish {
@@ -66,6 +75,7 @@ async fn run(client: AsyncClient, mut messages: mpsc::UnboundedReceiver<AckMsg>)
     let mut base = 0u64;
     let mut window: VecDeque<(u16, bool)> = VecDeque::new();
     let mut shutdown = false;
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
     while let Some(first) = messages.recv().await {
         let mut apply = |msg| match msg {
             AckMsg::Arrived(pkid) => window.push_back((pkid, false)),
@@ -78,6 +88,7 @@ async fn run(client: AsyncClient, mut messages: mpsc::UnboundedReceiver<AckMsg>)
                 }
             }
             AckMsg::Shutdown => shutdown = true,
+            AckMsg::WhenSettled(done) => waiting.push(done),
         };
         apply(first);
         while let Ok(more) = messages.try_recv() {
@@ -89,6 +100,11 @@ async fn run(client: AsyncClient, mut messages: mpsc::UnboundedReceiver<AckMsg>)
             if client.ack(&puback_for(pkid)).await.is_err() {
                 // The connection is gone; the broker redelivers the rest.
                 return;
+            }
+        }
+        if window.is_empty() {
+            for done in waiting.drain(..) {
+                let _ = done.send(());
             }
         }
         if shutdown {

@@ -16,14 +16,24 @@
 //! `baker-error` and `baker-attempts`, and acknowledged once the broker
 //! PUBACKs that; requeue (MQTT has no negative ack) → routed again after a
 //! pause, keeping its place in the window.
+//!
+//! The client id must be the router's alone: a second client connecting
+//! with it takes the session over (MQTT 5 reason 0x8E), and two routers
+//! sharing one take it from each other every few hundred milliseconds,
+//! each redelivering what the other had not acknowledged. That is reported
+//! as a fault (log and `/readyz`), not retried quietly. When the default
+//! client id changed (`previous`), the messages the broker kept for the old
+//! one are taken over once ([`adopt`]): a connection under the old id that
+//! subscribes to nothing, unsubscribes the old subscription, routes what was
+//! kept, and ends the old session.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baker_adapter_api::{AckHandle, Delivery, Destination, Ingress, IngressStatus};
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use baker_adapter_api::{AckHandle, Delivery, Destination, Every, Ingress, IngressStatus};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
@@ -56,13 +66,30 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// dead-lettered there rather than dropped by the broker for this client.
 const MAX_PACKET: u32 = 268_435_455;
 
+/// How long a taken-over session stays a fault in `/readyz` after the last
+/// takeover.
+const TAKEOVER_SHOWN: Duration = Duration::from_secs(60);
+/// A connection the broker closes sooner than this after accepting it,
+/// this many times in a row, is taken to be a session taken over by another
+/// client with the same id (Mosquitto 2.0 closes it without reason code
+/// 0x8E); an outage fails connecting instead.
+const SHORT_LIVED: Duration = Duration::from_secs(5);
+const SHORT_LIVED_IN_A_ROW: u32 = 3;
+/// How long the previous client id's session must be quiet (nothing more
+/// arriving, everything acknowledged) before it is ended.
+const ADOPT_QUIET: Duration = Duration::from_secs(1);
+
 /// What an ingress connects with.
+#[derive(Clone)]
 pub struct IngressSpec {
     pub broker: Broker,
     pub client_id: String,
     pub prefix: String,
     pub filter: String,
     pub receive_max: u16,
+    /// The client id this ingress had by default before, whose session may
+    /// still hold messages: they are taken over once at start.
+    pub previous: Option<String>,
 }
 
 /// State shared by the event loop task, the settlers and the ingress.
@@ -79,10 +106,14 @@ pub(crate) struct Shared {
     /// The current connection's client and ack window.
     current: Mutex<Option<(AsyncClient, Acks)>>,
     unsubscribed: Notify,
-    /// When the last publish arrived, in ms since `started`.
+    /// When the last publish (or connection) arrived, in ms since `started`.
     last_publish_ms: AtomicU64,
     started: std::time::Instant,
     finished: watch::Sender<bool>,
+    /// This connection only takes over the previous client id's session.
+    adopting: bool,
+    /// When another client last took this ingress's session over.
+    taken_over: Mutex<Option<std::time::Instant>>,
 }
 
 /// Handle on a running ingress connection, for health and flush.
@@ -97,6 +128,9 @@ pub struct MqttIngress {
     deliveries: mpsc::Receiver<Delivery>,
     requeued: mpsc::UnboundedReceiver<Delivery>,
     shared: Arc<Shared>,
+    /// The connection taking over the previous client id's session, while
+    /// it runs.
+    adopting: Option<Arc<Shared>>,
     closing: bool,
 }
 
@@ -124,42 +158,42 @@ impl MqttIngress {
         dlq: Arc<Link>,
     ) -> Result<(MqttIngress, IngressState), MqttError> {
         let filter = spec.filter.clone();
-        let capacity = usize::from(spec.receive_max) + 64;
+        let previous = spec.previous.clone().map(|client_id| IngressSpec {
+            client_id,
+            previous: None,
+            ..spec.clone()
+        });
+        // Room for what both connections may have outstanding.
+        let connections = if previous.is_some() { 2 } else { 1 };
+        let capacity = usize::from(spec.receive_max) * connections + 64;
         let (deliveries_tx, deliveries) = mpsc::channel(capacity);
         let (requeue, requeued) = mpsc::unbounded_channel();
-        let connected = Arc::new(AtomicBool::new(false));
-        let (finished, finished_rx) = watch::channel(false);
+        let shared = Shared::new(spec, dlq.clone(), requeue.clone(), false);
         let state = IngressState {
-            url: spec.broker.shown.clone(),
-            connected: connected.clone(),
-            finished: finished_rx,
+            url: shared.spec.broker.shown.clone(),
+            connected: shared.connected.clone(),
+            finished: shared.finished.subscribe(),
         };
-        let shared = Arc::new(Shared {
-            spec,
-            dlq,
-            generation: AtomicU64::new(0),
-            requeue,
-            closing: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-            connected,
-            current: Mutex::new(None),
-            unsubscribed: Notify::new(),
-            last_publish_ms: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-            finished,
-        });
         let (first_tx, first) = oneshot::channel();
-        let task = tokio::spawn(run(shared.clone(), deliveries_tx, first_tx));
+        let task = tokio::spawn(run(shared.clone(), deliveries_tx.clone(), first_tx));
         match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, first).await {
-            Ok(Ok(Ok(()))) => Ok((
-                MqttIngress {
-                    deliveries,
-                    requeued,
-                    shared,
-                    closing: false,
-                },
-                state,
-            )),
+            Ok(Ok(Ok(()))) => {
+                let adopting = previous.map(|spec| {
+                    let adopting = Shared::new(spec, dlq, requeue, true);
+                    tokio::spawn(run(adopting.clone(), deliveries_tx, oneshot::channel().0));
+                    adopting
+                });
+                Ok((
+                    MqttIngress {
+                        deliveries,
+                        requeued,
+                        shared,
+                        adopting,
+                        closing: false,
+                    },
+                    state,
+                ))
+            }
             Ok(Ok(Err(reason))) => {
                 task.abort();
                 Err(reason)
@@ -180,6 +214,55 @@ impl MqttIngress {
 }
 
 impl Shared {
+    fn new(
+        spec: IngressSpec,
+        dlq: Arc<Link>,
+        requeue: mpsc::UnboundedSender<Delivery>,
+        adopting: bool,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            spec,
+            dlq,
+            generation: AtomicU64::new(0),
+            requeue,
+            closing: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            connected: Arc::new(AtomicBool::new(false)),
+            current: Mutex::new(None),
+            unsubscribed: Notify::new(),
+            last_publish_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            finished: watch::channel(false).0,
+            adopting,
+            taken_over: Mutex::new(None),
+        })
+    }
+
+    fn stamp_arrival(&self) {
+        self.last_publish_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long nothing has arrived.
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_publish_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// The fault to show while another client keeps taking the session.
+    fn takeover_problem(&self) -> Option<String> {
+        let at = (*self.taken_over.lock().unwrap_or_else(|e| e.into_inner()))?;
+        (at.elapsed() < TAKEOVER_SHOWN).then(|| {
+            format!(
+                "another client took over the session of client id {:?} (MQTT reason 0x8E), \
+                 {}s ago: two routers share this client id; give each its own (client_id= in the \
+                 broker URL, or leave it unset: the default is unique per sidecar)",
+                self.spec.client_id,
+                at.elapsed().as_secs()
+            )
+        })
+    }
+
     fn current(&self) -> Option<(AsyncClient, Acks)> {
         self.current
             .lock()
@@ -249,6 +332,8 @@ async fn run(
 ) {
     let mut first = Some(first);
     let mut backoff = BACKOFF_START;
+    // Connections in a row the broker closed soon after accepting them.
+    let mut short_closes = 0u32;
     let mut outage_reported = false;
     let url = shared.spec.broker.shown.clone();
     let errors = shared.spec.broker.errors.clone();
@@ -261,7 +346,7 @@ async fn run(
         let acks = Acks::start(client.clone());
         *shared.current.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((client.clone(), acks.clone()));
-        if !shared.closing.load(Ordering::Relaxed) {
+        if !shared.closing.load(Ordering::Relaxed) && !shared.adopting {
             // Queued until the connection is up. Repeated on every
             // connection: harmless when the session kept it.
             let _ = client
@@ -270,13 +355,11 @@ async fn run(
         }
         let mut place = 0u64;
         let mut up = false;
+        let mut connected_at = None;
         let error = loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    shared.last_publish_ms.store(
-                        shared.started.elapsed().as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
+                    shared.stamp_arrival();
                     if publish.dup {
                         metrics::counter!("baker_mqtt_redelivered_total").increment(1);
                     }
@@ -305,9 +388,14 @@ async fn run(
                 }
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     shared.connected.store(true, Ordering::Relaxed);
+                    shared.stamp_arrival();
                     errors.connected();
                     up = true;
+                    connected_at = Some(std::time::Instant::now());
                     backoff = BACKOFF_START;
+                    if shared.adopting {
+                        adopt(&shared, &client, &acks, connack.session_present);
+                    }
                     if outage_reported {
                         tracing::info!(broker = %url, session_present = connack.session_present,
                             "MQTT ingress reconnected; the broker redelivers unacknowledged messages");
@@ -348,7 +436,25 @@ async fn run(
         if shared.shutdown.load(Ordering::Relaxed) {
             break;
         }
-        if up {
+        if shared.adopting && up {
+            // Another sidecar on this host may be taking the same session
+            // over: one of them is enough, and no fight.
+            tracing::info!(broker = %url, previous = %shared.spec.client_id, %error,
+                "the connection taking over the previous client id's session closed; the next start tries again");
+            break;
+        }
+        let closed_soon =
+            up && connected_at.is_some_and(|at| at.elapsed() < SHORT_LIVED) && aborted(&error);
+        short_closes = if closed_soon { short_closes + 1 } else { 0 };
+        if taken_over(&error) || short_closes >= SHORT_LIVED_IN_A_ROW {
+            *shared.taken_over.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+            static TAKEOVERS: Every = Every::new(Duration::from_secs(30));
+            if let Some(held_back) = TAKEOVERS.check() {
+                tracing::error!(broker = %url, client_id = %shared.spec.client_id, held_back,
+                    "another client keeps taking this ingress's MQTT session over (reason 0x8E, or the connection closed soon after it opened several times in a row: Mosquitto 2.0 closes without a reason): two routers share this client id and take the session from each other, redelivering what the other had not acknowledged; give each router its own (client_id= in the broker URL, or leave it unset: the default is unique per sidecar); logged at most every 30 s");
+            }
+        } else if up {
             tracing::warn!(broker = %url, %error, "MQTT ingress connection lost; reconnecting with backoff");
         } else {
             errors.failed("ingress", &error);
@@ -365,10 +471,97 @@ async fn run(
     shared.finished.send_replace(true);
 }
 
+/// Whether the broker closed the connection without a word.
+fn aborted(error: &rumqttc::v5::ConnectionError) -> bool {
+    matches!(
+        error,
+        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
+            | rumqttc::v5::ConnectionError::Io(_)
+    )
+}
+
+/// Whether `error` is the broker saying another client took the session.
+fn taken_over(error: &rumqttc::v5::ConnectionError) -> bool {
+    matches!(
+        error,
+        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+            ..
+        })
+    )
+}
+
+/// On the connection under the previous client id: when its session is
+/// there, stops its subscription (the broker keeps sending what it had
+/// queued) and ends the session once everything kept was routed and
+/// acknowledged; when it is not, there is nothing to take.
+fn adopt(shared: &Arc<Shared>, client: &AsyncClient, acks: &Acks, session_present: bool) {
+    if !session_present {
+        // Connecting made an empty session: end it, so that the other
+        // sidecars on this host find none either.
+        shared.shutdown.store(true, Ordering::Relaxed);
+        let _ = client.try_disconnect();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut finished = shared.finished.subscribe();
+            let _ = finished.wait_for(|done| *done).await;
+            end_session(&shared.spec).await;
+        });
+        return;
+    }
+    tracing::info!(broker = %shared.spec.broker.shown, previous = %shared.spec.client_id,
+        "taking over the messages the broker kept for this ingress's previous client id");
+    let _ = client.try_unsubscribe(shared.spec.filter.clone());
+    let (shared, acks) = (shared.clone(), acks.clone());
+    tokio::spawn(async move {
+        loop {
+            while shared.quiet_for() < ADOPT_QUIET {
+                tokio::time::sleep(ADOPT_QUIET - shared.quiet_for()).await;
+            }
+            if !acks.settled().await {
+                return; // The connection dropped: the next one starts over.
+            }
+            if shared.quiet_for() >= ADOPT_QUIET {
+                break;
+            }
+        }
+        shared.shutdown.store(true, Ordering::Relaxed);
+        acks.shutdown();
+        let mut finished = shared.finished.subscribe();
+        let _ = finished.wait_for(|done| *done).await;
+        end_session(&shared.spec).await;
+        tracing::info!(broker = %shared.spec.broker.shown, previous = %shared.spec.client_id,
+            "the previous client id's session is taken over and ended");
+    });
+}
+
+/// Ends the session of `spec`'s client id: a clean start with no expiry.
+async fn end_session(spec: &IngressSpec) {
+    let mut options = spec.broker.options(spec.client_id.clone());
+    options
+        .set_clean_start(true)
+        .set_session_expiry_interval(Some(0));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_disconnect();
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
 #[async_trait]
 impl Ingress for MqttIngress {
     fn status(&self) -> IngressStatus {
+        let shared = self.shared.clone();
         IngressStatus::flag(self.shared.connected.clone())
+            .with_problem(move || shared.takeover_problem())
     }
 
     async fn next(&mut self) -> Option<Delivery> {
@@ -422,11 +615,13 @@ impl Ingress for MqttIngress {
 
 impl Drop for MqttIngress {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::Relaxed);
-        if let Some((_, acks)) = self.shared.current() {
-            // Sends the acks already due, then disconnects; the session
-            // keeps the rest for the next start.
-            acks.shutdown();
+        for shared in std::iter::once(&self.shared).chain(&self.adopting) {
+            shared.shutdown.store(true, Ordering::Relaxed);
+            if let Some((_, acks)) = shared.current() {
+                // Sends the acks already due, then disconnects; the session
+                // keeps the rest for the next start.
+                acks.shutdown();
+            }
         }
     }
 }

@@ -190,11 +190,24 @@ impl Adapter for MqttAdapter {
                 });
             }
         }
-        let client_id = parsed
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("baker-{}-{}", options.queue_group, url::host_name()));
+        // The default is unique per sidecar on a host (several routers on
+        // one host must not share a session) and kept across restarts when
+        // the member id is; it replaced `baker-<group>-<host>`, whose
+        // session a router upgraded from it takes over once.
+        let (client_id, previous) = match &parsed.client_id {
+            Some(id) => (id.clone(), None),
+            None => {
+                let previous = format!("baker-{}-{}", options.queue_group, url::host_name());
+                let id = format!("{previous}-{}", options.member.id);
+                if !options.member.is_stable() {
+                    tracing::warn!(broker = %redact_url(broker), client_id = %id,
+                        "the MQTT ingress's client id is this run's only (no --state-dir, no registered instance): what the broker keeps for it while the router is down is not taken by the next run; give the sidecar a --state-dir, or a client_id= in the broker URL");
+                }
+                (id, Some(previous))
+            }
+        };
         let spec = IngressSpec {
+            previous,
             client_id,
             prefix: options.prefix.clone(),
             filter: format!("$share/{}/{}/+/#", options.queue_group, options.prefix),

@@ -8,7 +8,8 @@
 //! * `client_id`: the ingress session's client id. The session (and the
 //!   messages the broker keeps for it while the router is down) belongs to
 //!   this id, so it must be stable across restarts and unique per router.
-//!   Default `baker-<queue group>-<host name>`.
+//!   Default `baker-<queue group>-<host name>-<member id>` (the member id is
+//!   the core's: unique per sidecar on a host).
 //! * `session_expiry`: seconds the broker keeps the ingress session after a
 //!   disconnect (default 86400, one day).
 //! * `keep_alive`: seconds between pings (default 30).
