@@ -16,16 +16,6 @@
 //! `baker-error` and `baker-attempts`, and acknowledged once the broker
 //! PUBACKs that; requeue (MQTT has no negative ack) → routed again after a
 //! pause, keeping its place in the window.
-//!
-//! The client id must be the router's alone: a second client connecting
-//! with it takes the session over (MQTT 5 reason 0x8E), and two routers
-//! sharing one take it from each other every few hundred milliseconds,
-//! each redelivering what the other had not acknowledged. That is reported
-//! as a fault (log and `/readyz`), not retried quietly. When the default
-//! client id changed (`previous`), the messages the broker kept for the old
-//! one are taken over once ([`adopt`]): a connection under the old id that
-//! subscribes to nothing, unsubscribes the old subscription, routes what was
-//! kept, and ends the old session.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{AckHandle, Delivery, Destination, Every, Ingress, IngressStatus};
-use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
@@ -43,6 +33,7 @@ use crate::acks::Acks;
 use crate::connect::Broker;
 use crate::convert;
 use crate::link::Link;
+use crate::session::{adopt, Takeovers};
 use crate::settle::Settler;
 use crate::MqttError;
 
@@ -66,19 +57,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// dead-lettered there rather than dropped by the broker for this client.
 const MAX_PACKET: u32 = 268_435_455;
 
-/// How long a taken-over session stays a fault in `/readyz` after the last
-/// takeover.
-const TAKEOVER_SHOWN: Duration = Duration::from_secs(60);
-/// A connection the broker closes sooner than this after accepting it,
-/// this many times in a row, is taken to be a session taken over by another
-/// client with the same id (Mosquitto 2.0 closes it without reason code
-/// 0x8E); an outage fails connecting instead.
-const SHORT_LIVED: Duration = Duration::from_secs(5);
-const SHORT_LIVED_IN_A_ROW: u32 = 3;
-/// How long the previous client id's session must be quiet (nothing more
-/// arriving, everything acknowledged) before it is ended.
-const ADOPT_QUIET: Duration = Duration::from_secs(1);
-
 /// What an ingress connects with.
 #[derive(Clone)]
 pub struct IngressSpec {
@@ -94,14 +72,14 @@ pub struct IngressSpec {
 
 /// State shared by the event loop task, the settlers and the ingress.
 pub(crate) struct Shared {
-    spec: IngressSpec,
+    pub(crate) spec: IngressSpec,
     /// Egress link to the same broker, for dead letters and error replies.
     pub(crate) dlq: Arc<Link>,
     /// Increments per connection; a settler of an older one does not requeue.
     pub(crate) generation: AtomicU64,
     pub(crate) requeue: mpsc::UnboundedSender<Delivery>,
     pub(crate) closing: AtomicBool,
-    shutdown: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
     connected: Arc<AtomicBool>,
     /// The current connection's client and ack window.
     current: Mutex<Option<(AsyncClient, Acks)>>,
@@ -109,11 +87,11 @@ pub(crate) struct Shared {
     /// When the last publish (or connection) arrived, in ms since `started`.
     last_publish_ms: AtomicU64,
     started: std::time::Instant,
-    finished: watch::Sender<bool>,
+    pub(crate) finished: watch::Sender<bool>,
     /// This connection only takes over the previous client id's session.
     adopting: bool,
-    /// When another client last took this ingress's session over.
-    taken_over: Mutex<Option<std::time::Instant>>,
+    /// Whether another client takes this ingress's session over.
+    pub(crate) takeovers: Takeovers,
 }
 
 /// Handle on a running ingress connection, for health and flush.
@@ -234,33 +212,19 @@ impl Shared {
             started: std::time::Instant::now(),
             finished: watch::channel(false).0,
             adopting,
-            taken_over: Mutex::new(None),
+            takeovers: Takeovers::default(),
         })
     }
 
-    fn stamp_arrival(&self) {
+    pub(crate) fn stamp_arrival(&self) {
         self.last_publish_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How long nothing has arrived.
-    fn quiet_for(&self) -> Duration {
+    pub(crate) fn quiet_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_publish_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
-    }
-
-    /// The fault to show while another client keeps taking the session.
-    fn takeover_problem(&self) -> Option<String> {
-        let at = (*self.taken_over.lock().unwrap_or_else(|e| e.into_inner()))?;
-        (at.elapsed() < TAKEOVER_SHOWN).then(|| {
-            format!(
-                "another client took over the session of client id {:?} (MQTT reason 0x8E), \
-                 {}s ago: two routers share this client id; give each its own (client_id= in the \
-                 broker URL, or leave it unset: the default is unique per sidecar)",
-                self.spec.client_id,
-                at.elapsed().as_secs()
-            )
-        })
     }
 
     fn current(&self) -> Option<(AsyncClient, Acks)> {
@@ -332,8 +296,6 @@ async fn run(
 ) {
     let mut first = Some(first);
     let mut backoff = BACKOFF_START;
-    // Connections in a row the broker closed soon after accepting them.
-    let mut short_closes = 0u32;
     let mut outage_reported = false;
     let url = shared.spec.broker.shown.clone();
     let errors = shared.spec.broker.errors.clone();
@@ -443,12 +405,7 @@ async fn run(
                 "the connection taking over the previous client id's session closed; the next start tries again");
             break;
         }
-        let closed_soon =
-            up && connected_at.is_some_and(|at| at.elapsed() < SHORT_LIVED) && aborted(&error);
-        short_closes = if closed_soon { short_closes + 1 } else { 0 };
-        if taken_over(&error) || short_closes >= SHORT_LIVED_IN_A_ROW {
-            *shared.taken_over.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(std::time::Instant::now());
+        if shared.takeovers.closed(&error, connected_at) {
             static TAKEOVERS: Every = Every::new(Duration::from_secs(30));
             if let Some(held_back) = TAKEOVERS.check() {
                 tracing::error!(broker = %url, client_id = %shared.spec.client_id, held_back,
@@ -471,97 +428,12 @@ async fn run(
     shared.finished.send_replace(true);
 }
 
-/// Whether the broker closed the connection without a word.
-fn aborted(error: &rumqttc::v5::ConnectionError) -> bool {
-    matches!(
-        error,
-        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
-            | rumqttc::v5::ConnectionError::Io(_)
-    )
-}
-
-/// Whether `error` is the broker saying another client took the session.
-fn taken_over(error: &rumqttc::v5::ConnectionError) -> bool {
-    matches!(
-        error,
-        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
-            reason_code: DisconnectReasonCode::SessionTakenOver,
-            ..
-        })
-    )
-}
-
-/// On the connection under the previous client id: when its session is
-/// there, stops its subscription (the broker keeps sending what it had
-/// queued) and ends the session once everything kept was routed and
-/// acknowledged; when it is not, there is nothing to take.
-fn adopt(shared: &Arc<Shared>, client: &AsyncClient, acks: &Acks, session_present: bool) {
-    if !session_present {
-        // Connecting made an empty session: end it, so that the other
-        // sidecars on this host find none either.
-        shared.shutdown.store(true, Ordering::Relaxed);
-        let _ = client.try_disconnect();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut finished = shared.finished.subscribe();
-            let _ = finished.wait_for(|done| *done).await;
-            end_session(&shared.spec).await;
-        });
-        return;
-    }
-    tracing::info!(broker = %shared.spec.broker.shown, previous = %shared.spec.client_id,
-        "taking over the messages the broker kept for this ingress's previous client id");
-    let _ = client.try_unsubscribe(shared.spec.filter.clone());
-    let (shared, acks) = (shared.clone(), acks.clone());
-    tokio::spawn(async move {
-        loop {
-            while shared.quiet_for() < ADOPT_QUIET {
-                tokio::time::sleep(ADOPT_QUIET - shared.quiet_for()).await;
-            }
-            if !acks.settled().await {
-                return; // The connection dropped: the next one starts over.
-            }
-            if shared.quiet_for() >= ADOPT_QUIET {
-                break;
-            }
-        }
-        shared.shutdown.store(true, Ordering::Relaxed);
-        acks.shutdown();
-        let mut finished = shared.finished.subscribe();
-        let _ = finished.wait_for(|done| *done).await;
-        end_session(&shared.spec).await;
-        tracing::info!(broker = %shared.spec.broker.shown, previous = %shared.spec.client_id,
-            "the previous client id's session is taken over and ended");
-    });
-}
-
-/// Ends the session of `spec`'s client id: a clean start with no expiry.
-async fn end_session(spec: &IngressSpec) {
-    let mut options = spec.broker.options(spec.client_id.clone());
-    options
-        .set_clean_start(true)
-        .set_session_expiry_interval(Some(0));
-    let (client, mut eventloop) = AsyncClient::new(options, 10);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_disconnect();
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-}
-
 #[async_trait]
 impl Ingress for MqttIngress {
     fn status(&self) -> IngressStatus {
         let shared = self.shared.clone();
         IngressStatus::flag(self.shared.connected.clone())
-            .with_problem(move || shared.takeover_problem())
+            .with_problem(move || shared.takeovers.problem(&shared.spec.client_id))
     }
 
     async fn next(&mut self) -> Option<Delivery> {

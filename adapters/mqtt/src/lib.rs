@@ -29,6 +29,7 @@ mod inbox;
 mod ingress;
 mod link;
 mod reply;
+mod session;
 mod settle;
 mod url;
 
