@@ -364,29 +364,12 @@ async fn a_message_with_malformed_headers_is_dead_lettered_and_holds_back_no_oth
         );
         raw_publish(&frames).await;
 
-        wait_until(
-            "the 2,000 good messages arrive",
-            Duration::from_secs(30),
-            || async { a.count() >= 2_000 },
-        )
-        .await;
-        let mut seqs = a.seqs();
-        seqs.sort_unstable();
-        assert_eq!(
-            seqs,
-            (0..2_000).collect::<Vec<u64>>(),
-            "each good message once, no bad one"
-        );
+        assert_each_once(&a, 2_000, Duration::from_secs(30)).await;
         let dead = dead_letters(&js, &service, 20).await;
         assert_eq!(dead.len(), 20, "every bad message dead-lettered");
         for message in &dead {
             assert!(message.payload.starts_with(b"bad-"));
-            let reason = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("baker-error"))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
+            let reason = header_text(message.headers.as_ref(), "baker-error");
             assert!(reason.contains("malformed header block"), "{reason}");
         }
         wait_stream_empty(&js, &ingress).await;

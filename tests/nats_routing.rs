@@ -224,19 +224,7 @@ async fn messages_with_malformed_headers_are_counted_and_cost_no_good_message() 
         let frames = mixed_frames(&ingress.subject(&service, "t"), 5_000, 20, &reply);
         raw_publish(&frames).await;
 
-        wait_until(
-            "the 5,000 good messages arrive",
-            Duration::from_secs(20),
-            || async { a.count() >= 5_000 },
-        )
-        .await;
-        let mut seqs = a.seqs();
-        seqs.sort_unstable();
-        assert_eq!(
-            seqs,
-            (0..5_000).collect::<Vec<u64>>(),
-            "each good message once, no bad one"
-        );
+        assert_each_once(&a, 5_000, Duration::from_secs(20)).await;
         wait_until(
             "the bad ones are counted",
             Duration::from_secs(10),
@@ -253,12 +241,7 @@ async fn messages_with_malformed_headers_are_counted_and_cost_no_good_message() 
             .await
             .expect("an error reply")
             .unwrap();
-        let error = answer
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("baker-error"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
+        let error = header_text(answer.headers.as_ref(), "baker-error");
         assert!(error.contains("malformed header block"), "{error}");
         let log = router.proc.log_text();
         assert!(

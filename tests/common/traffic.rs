@@ -340,3 +340,27 @@ pub fn mixed_frames(subject: &str, good: u64, bad: u64, bad_reply: &str) -> Vec<
     }
     frames
 }
+
+/// Waits until `inbox` holds `count` messages, then checks they are
+/// `0..count`, each once.
+pub async fn assert_each_once(inbox: &Inbox, count: u64, timeout: Duration) {
+    wait_until(&format!("the {count} messages arrive"), timeout, || async {
+        inbox.count() as u64 >= count
+    })
+    .await;
+    let mut seqs = inbox.seqs();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..count).collect::<Vec<u64>>(),
+        "each message once, nothing else"
+    );
+}
+
+/// The value of header `name` in `headers`, or "".
+pub fn header_text(headers: Option<&async_nats::HeaderMap>, name: &str) -> String {
+    headers
+        .and_then(|h| h.get(name))
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
