@@ -18,9 +18,10 @@
 //!   consumer.
 //!
 //! With `BAKER_BENCH_RELAY_HDR=1` a fourth path, `relay+hdr`, runs the same
-//! relay also stamping what baker-mq adds to every message (`baker-msg-id`,
-//! `baker-origin`, `baker-attempt`, and `Nats-Msg-Id` for the inbox
-//! stream's de-duplication): the floor for a hop doing baker-mq's job.
+//! relay also stamping `baker-msg-id` and `Nats-Msg-Id` (what baker-mq stamps
+//! on this path, for the inbox stream's de-duplication) and `baker-origin`
+//! and `baker-attempt` (which it stamped before it stamped only headers
+//! something reads).
 //!
 //! For each path, interleaved across paths round by round,
 //! `BAKER_BENCH_ROUNDS` windowed runs of `BAKER_BENCH_MESSAGES` messages: at

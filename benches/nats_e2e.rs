@@ -5,9 +5,10 @@
 //! * `relay`:    publisher → `<prefix>.<svc>.<topic>` → a minimal
 //!   subscribe-and-republish relay (this binary re-executed with
 //!   `BAKER_BENCH_RELAY=1`, a separate process) → `_baker.<svc>.i1.<topic>`;
-//! * `relay+hdr`: the same relay, also stamping the three headers baker-mq
-//!   adds to every message (`baker-msg-id`, `baker-origin`, `baker-attempt`):
-//!   the floor for a hop doing the same job;
+//! * `relay+hdr`: the same relay, also stamping three headers
+//!   (`baker-msg-id`, `baker-origin`, `baker-attempt`), what baker-mq added
+//!   to every message before it stamped only headers something reads: the
+//!   cost of headers on a hop;
 //! * `baker-mq`: publisher → `<prefix>.<svc>.<topic>` → a `baker-mq` sidecar
 //!   (with its own `baker-mq directory`) → `_baker.<svc>.i1.<topic>`.
 //!
@@ -60,9 +61,8 @@ const RELAY_ENV: &str = "BAKER_BENCH_RELAY";
 const RELAY_PREFIX_ENV: &str = "BAKER_BENCH_RELAY_PREFIX";
 const RELAY_GROUP_ENV: &str = "BAKER_BENCH_RELAY_GROUP";
 const RELAY_INSTANCE_ENV: &str = "BAKER_BENCH_RELAY_INSTANCE";
-/// When set, the relay also stamps the three headers baker-mq adds
-/// (`baker-msg-id`, `baker-origin`, `baker-attempt`): the floor for a hop
-/// that does the same job, not just the hop.
+/// When set, the relay also stamps three headers (`baker-msg-id`,
+/// `baker-origin`, `baker-attempt`): the cost of headers on a hop.
 const RELAY_STAMP_ENV: &str = "BAKER_BENCH_RELAY_STAMP";
 
 // ---------------------------------------------------------------------------

@@ -8,20 +8,21 @@ use crate::config::Options;
 use crate::directory::InstanceRecord;
 
 /// The `baker-*` headers Baker sets on or reads from routed messages. Every
-/// header value is a string.
+/// header value is a string. Baker sets a header only where something reads
+/// it: none of them is on every message.
 #[derive(Serialize, JsonSchema)]
 #[allow(dead_code)]
 pub struct BakerHeaders {
-    /// Unique id of the message, set by the first router that sees it when the
-    /// publisher did not; kept across retries and hops.
-    #[serde(rename = "baker-msg-id")]
-    msg_id: String,
-    /// Delivery attempt: "1" for the first, "2" for the first retry, and so on.
-    #[serde(rename = "baker-attempt")]
-    attempt: String,
-    /// The ingress address the publisher sent to, e.g. `baker.orders.get`.
-    #[serde(rename = "baker-origin")]
-    origin: String,
+    /// Baker's id of a message from an at-least-once ingress (JetStream,
+    /// AMQP, MQTT QoS 1), kept across retries; on a JetStream ingress the same
+    /// on every redelivery (`<stream>:<sequence>`). A value the publisher set
+    /// is replaced (or, on an at-most-once ingress, removed): deduplicate on
+    /// your own header, or ask a durable inbox to with `Nats-Msg-Id`.
+    #[serde(rename = "baker-msg-id", skip_serializing_if = "Option::is_none")]
+    msg_id: Option<String>,
+    /// On a retry only: "2" for the first retry, "3" for the next, and so on.
+    #[serde(rename = "baker-attempt", skip_serializing_if = "Option::is_none")]
+    attempt: Option<String>,
     /// Set by the publisher: the key the `consistent_hash` policy hashes.
     #[serde(rename = "baker-key", skip_serializing_if = "Option::is_none")]
     key: Option<String>,

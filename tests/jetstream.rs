@@ -386,3 +386,84 @@ async fn a_message_with_malformed_headers_is_dead_lettered_and_holds_back_no_oth
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_reusing_its_own_message_id_loses_nothing_and_nats_msg_id_still_dedupes() {
+    bounded(TEST_TIMEOUT, async {
+        let setup = DurableInbox::start("reuse", None).await;
+        let DurableInbox {
+            dir,
+            ingress,
+            service,
+            js,
+            a,
+            ..
+        } = &setup;
+        let core_ingress = Ingress::new();
+        let routers = [
+            js_router(&dir.url(), ingress).await,
+            Router::start(&dir.url(), &core_ingress, &[]).await,
+        ];
+        for router in &routers {
+            router
+                .wait_routed(service, &["a"], Duration::from_secs(10))
+                .await;
+        }
+        // One id on every message, as a publisher using an order id for
+        // each event of that order would: before, it became the durable
+        // inbox's Nats-Msg-Id, and the inbox kept 1 of 100 (Baker acked all).
+        let order = |seq: u64| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("baker-msg-id", "order-42");
+            (headers, seq.to_string().into())
+        };
+        for seq in 0..50 {
+            let (headers, payload) = order(seq);
+            js.publish_with_headers(ingress.subject(service, "t"), headers, payload)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let client = connect().await;
+        for seq in 50..100 {
+            let (headers, payload) = order(seq);
+            client
+                .publish_with_headers(core_ingress.subject(service, "t"), headers, payload)
+                .await
+                .unwrap();
+        }
+        // Asked for with the protocol's own header: the inbox keeps one.
+        let dedupe = unique("dup-");
+        for seq in [100u64, 101] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", dedupe.as_str());
+            client
+                .publish_with_headers(
+                    core_ingress.subject(service, "t"),
+                    headers,
+                    seq.to_string().into(),
+                )
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        wait_until("101 messages arrive", Duration::from_secs(30), || async {
+            a.count() >= 101
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut seqs = a.seqs();
+        seqs.sort_unstable();
+        // The core router routes concurrently: either copy may be first.
+        let copy = seqs.pop().unwrap();
+        assert!(copy == 100 || copy == 101, "{copy}");
+        assert_eq!(
+            seqs,
+            (0..100).collect::<Vec<u64>>(),
+            "every reused-id message once, one copy of {dedupe}"
+        );
+        setup.clean_up().await;
+    })
+    .await;
+}

@@ -252,11 +252,10 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
         let dir = Directory::start().await;
         let service = unique("rpc");
         // The instance: answers each request on its response topic, with
-        // its correlation data and the origin Baker recorded.
+        // its correlation data and the topic it arrived on.
         let answer = |request: &rumqttc::v5::mqttbytes::v5::Publish| {
-            let origin = mqtt::user_property(request, "baker-origin").unwrap_or_default();
             format!(
-                "pong:{}:{origin}:{}",
+                "pong:{}:{}",
                 String::from_utf8_lossy(&request.payload),
                 std::str::from_utf8(&request.topic).unwrap()
             )
@@ -293,7 +292,7 @@ async fn request_reply_keeps_response_topic_and_binary_correlation_data_and_unkn
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&reply.payload),
-            format!("pong:42:{topic}:_baker/{service}/r1/get")
+            format!("pong:42:_baker/{service}/r1/get")
         );
         assert_eq!(
             reply

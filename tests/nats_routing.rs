@@ -256,3 +256,48 @@ async fn messages_with_malformed_headers_are_counted_and_cost_no_good_message() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_headers_is_routed_without_a_header_block() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("plain");
+        let client = connect().await;
+        let mut inbox = client
+            .subscribe(format!("_baker.{service}.a.>"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        // A publisher's own baker-msg-id is Baker's to give: not kept on an
+        // at-most-once ingress.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("baker-msg-id", "mine");
+        client
+            .publish_with_headers(ingress.subject(&service, "t"), headers, "0".into())
+            .await
+            .unwrap();
+        client
+            .publish(ingress.subject(&service, "t"), "1".into())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let got = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+                .await
+                .expect("the instance receives")
+                .unwrap();
+            // Core NATS is at most once: Baker adds nothing to read.
+            assert!(
+                got.headers.as_ref().is_none_or(|h| h.is_empty()),
+                "{:?}",
+                got.headers
+            );
+        }
+    })
+    .await;
+}

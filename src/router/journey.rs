@@ -5,7 +5,7 @@
 //! when no instance can take it. Retries move to the next instance and are
 //! bounded by `max_attempts`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,29 +29,6 @@ pub struct JourneyConfig {
     pub max_payload: usize,
     /// When failing instances are ejected.
     pub outlier: OutlierConfig,
-}
-
-/// Unique message ids: a random per-process prefix and a counter.
-struct MessageIds {
-    prefix: String,
-    next: AtomicU64,
-}
-
-impl MessageIds {
-    fn new() -> Self {
-        Self {
-            prefix: format!("{:016x}", fastrand::u64(..)),
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn next(&self) -> String {
-        format!(
-            "{}-{:x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
-    }
 }
 
 /// Why a delivery failed for good.
@@ -88,7 +65,6 @@ pub enum Outcome {
 pub struct Journey {
     table: Arc<ArcSwap<RoutingTable>>,
     config: JourneyConfig,
-    ids: MessageIds,
     undelivered: Arc<UndeliveredReporter>,
     replies: Option<Arc<ReplyProxy>>,
 }
@@ -108,7 +84,6 @@ impl Journey {
         Self {
             table,
             config,
-            ids: MessageIds::new(),
             undelivered,
             replies,
         }
@@ -120,10 +95,9 @@ impl Journey {
         let Delivery {
             mut message,
             destination,
-            origin,
             ack,
         } = delivery;
-        let route = self.route(&mut message, &destination, origin, started);
+        let route = self.route(&mut message, &destination, started);
         let (outcome, ack) = match ack.progress_interval() {
             None => (route.await, ack),
             Some(every) => with_progress(route, ack, every).await,
@@ -149,7 +123,6 @@ impl Journey {
         &self,
         message: &mut Message,
         destination: &Destination,
-        origin: String,
         started: Instant,
     ) -> Outcome {
         if message.payload.len() > self.config.max_payload {
@@ -180,10 +153,8 @@ impl Journey {
                 ))
             }
         };
-        if message.headers.get(header::MSG_ID).is_none() {
-            message.headers.insert(header::MSG_ID, self.ids.next());
-        }
-        message.headers.insert(header::ORIGIN, origin);
+        // An attempt number is this router's to give, on retries only.
+        message.headers.remove(header::ATTEMPT);
         let outcome = match service.policy.pick(&service.instances, message) {
             Pick::One(first) => self.deliver_one(service, first, destination, message).await,
             Pick::All => self.broadcast(service, destination, message).await,
@@ -212,9 +183,11 @@ impl Journey {
             let index = admitted_from(service, cursor);
             cursor = index + 1;
             let instance = &service.instances[index];
-            message
-                .headers
-                .insert(header::ATTEMPT, attempt_text(attempt));
+            if attempt > 1 {
+                message
+                    .headers
+                    .insert(header::ATTEMPT, attempt_text(attempt));
+            }
             match self.send(instance, destination, message).await {
                 Ok(()) => return Ok(()),
                 Err(error) => failed.record(instance, error, attempt)?,
@@ -237,7 +210,6 @@ impl Journey {
         destination: &Destination,
         message: &mut Message,
     ) -> Result<(), Failure> {
-        message.headers.insert(header::ATTEMPT, "1");
         let message = &*message;
         let copies = service.instances.iter().map(|instance| async move {
             let mut failed = FailedAttempts::default();
@@ -584,7 +556,6 @@ mod tests {
                 service: service.to_owned(),
                 topic: "t".to_owned(),
             },
-            origin: format!("baker.{service}.t"),
             ack: AckHandle::new(Recorder(settled.clone())),
         };
         (delivery, settled)
@@ -609,8 +580,19 @@ mod tests {
         let got = b.recv().await.unwrap();
         assert_eq!(got.subject, "_baker.s.b.t");
         assert_eq!(got.message.headers.get(header::ATTEMPT), Some("2"));
-        assert_eq!(got.message.headers.get(header::ORIGIN), Some("baker.s.t"));
-        assert!(got.message.headers.get(header::MSG_ID).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_carries_no_header_of_bakers() {
+        let broker = baker_adapter_memory::broker("journey-plain");
+        let mut a = broker.subscribe("_baker.s.a.>", None, 10);
+        let journey = journey("journey-plain", &["a"], PolicyKind::RoundRobin, 1024).await;
+        let (mut d, _) = delivery("s", b"x");
+        // A stale attempt number (another router's, say) is not this one's.
+        d.message.headers.insert(header::ATTEMPT, "3");
+        assert_eq!(journey.carry(d).await, Outcome::Delivered);
+        let got = a.recv().await.unwrap();
+        assert!(got.message.headers.is_empty(), "{:?}", got.message.headers);
     }
 
     #[tokio::test]
@@ -780,7 +762,7 @@ mod tests {
         let mut retried = 0;
         for _ in 0..10 {
             let got = b.recv().await.unwrap();
-            if got.message.headers.get(header::ATTEMPT) != Some("1") {
+            if got.message.headers.get(header::ATTEMPT).is_some() {
                 retried += 1;
             }
         }

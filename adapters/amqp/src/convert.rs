@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use baker_adapter_api::{header, Destination, Headers, Message, Properties};
+use baker_adapter_api::{header, new_message_id, Destination, Headers, Message, Properties};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
@@ -77,6 +77,13 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
             AMQPValue::LongString(LongString::from(value)),
         );
     }
+    if !table.inner().contains_key(header::MSG_ID) {
+        // The publisher task tells a message the broker returned by it.
+        table.insert(
+            header::MSG_ID.into(),
+            AMQPValue::LongString(LongString::from(new_message_id())),
+        );
+    }
     if !destination.topic.is_empty() {
         table.insert(
             header::TOPIC.into(),
@@ -125,19 +132,11 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
 /// recognizes a returned message by it, and a dead letter with no queue to
 /// take it must come back rather than count as safe.
 pub fn dead_lettered(properties: &BasicProperties, reason: &str, attempts: u32) -> BasicProperties {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut table: FieldTable = properties.headers().clone().unwrap_or_default();
     if !table.inner().contains_key(header::MSG_ID) {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         table.insert(
             header::MSG_ID.into(),
-            AMQPValue::LongString(LongString::from(format!(
-                "dead-{:x}-{now_ns:x}-{n:x}",
-                std::process::id()
-            ))),
+            AMQPValue::LongString(LongString::from(new_message_id())),
         );
     }
     table.insert(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message, Native, SendError,
-    Settle, Settlement,
+    header, new_message_id, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message,
+    Native, SendError, Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -198,8 +198,10 @@ impl AmqpIngress {
             service: service.to_owned(),
             topic: topic.to_owned(),
         };
-        let origin = format!("{}:{routing_key}", self.names.exchange);
-        let (headers, reply_to, properties) = convert::from_amqp(&delivery.properties);
+        let (mut headers, reply_to, properties) = convert::from_amqp(&delivery.properties);
+        // At least once: Baker's id, for consumers and inboxes to dedupe on
+        // (RabbitMQ gives a redelivery no identity to keep it by).
+        headers.insert(header::MSG_ID, new_message_id());
         let native = Arc::new(delivery.properties);
         let payload = Bytes::from(delivery.data);
         let ack = AckHandle::new(DeliverySettler {
@@ -221,7 +223,6 @@ impl AmqpIngress {
                 native: Some(Native::new(crate::NAME, native)),
             },
             destination,
-            origin,
             ack,
         }
     }

@@ -20,8 +20,6 @@ pub struct Delivery {
     pub message: Message,
     /// The service and topic it is addressed to.
     pub destination: Destination,
-    /// The ingress address it arrived on (e.g. `baker.orders.get`).
-    pub origin: String,
     /// Settles the original message once the core is done with it.
     pub ack: AckHandle,
 }

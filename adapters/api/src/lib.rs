@@ -13,6 +13,7 @@ mod adapter;
 mod backoff;
 mod error;
 mod every;
+mod ids;
 mod message;
 pub mod tls;
 
@@ -28,6 +29,7 @@ pub use adapter::{
 pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
 pub use every::Every;
+pub use ids::new_message_id;
 pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
 
 /// Whether `address` is `prefix` or below it, its levels split by
@@ -38,14 +40,21 @@ pub fn address_under(address: &str, prefix: &str, separator: char) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(separator))
 }
 
-/// Names of the headers Baker adds to, or reads from, every message it routes.
+/// Names of the headers Baker adds to, or reads from, messages it routes.
+///
+/// Baker stamps a header only where something reads it (`schemas/
+/// headers.schema.json`): a message id only on messages from an ingress that
+/// can deliver them again, an attempt number only on retries.
 pub mod header {
-    /// Unique id of the message, kept across retries and hops.
+    /// Baker's id of a message from an at-least-once ingress (the same on
+    /// every redelivery where the ingress can say so), kept across retries.
+    /// Baker's own: a value the publisher set is replaced, or, where Baker
+    /// sets none, removed, so that no publisher's id is taken for a dedupe
+    /// key unasked.
     pub const MSG_ID: &str = "baker-msg-id";
-    /// 1 for the first delivery attempt, 2 for the first retry, and so on.
+    /// On a retry: 2 for the first retry, 3 for the next, and so on (none on
+    /// the first attempt).
     pub const ATTEMPT: &str = "baker-attempt";
-    /// The ingress address the publisher sent the message to.
-    pub const ORIGIN: &str = "baker-origin";
     /// Routing key for the `consistent_hash` policy.
     pub const KEY: &str = "baker-key";
     /// The instance version a message must go to, for services routed by

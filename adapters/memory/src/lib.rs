@@ -233,7 +233,6 @@ impl MemoryIngress {
                 topic: topic.to_owned(),
             },
             message: envelope.message,
-            origin: envelope.subject,
             ack: AckHandle::noop(),
         })
     }

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baker_adapter_api::{AckHandle, Delivery, Destination, Every, Ingress, IngressStatus};
+use baker_adapter_api::{
+    header, new_message_id, AckHandle, Delivery, Destination, Every, Ingress, IngressStatus,
+};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -275,15 +277,21 @@ impl Shared {
                 make_ack(&publish),
             ));
         };
-        let origin = topic.to_owned();
         let ack = make_ack(&publish);
+        let mut message = convert::from_mqtt(&publish);
+        // Baker's id on what can come again (QoS 1), whatever the publisher
+        // set; none at QoS 0.
+        if publish.qos == QoS::AtMostOnce {
+            message.headers.remove(header::MSG_ID);
+        } else {
+            message.headers.insert(header::MSG_ID, new_message_id());
+        }
         Ok(Delivery {
-            message: convert::from_mqtt(&publish),
+            message,
             destination: Destination {
                 service,
                 topic: dotted,
             },
-            origin,
             ack,
         })
     }

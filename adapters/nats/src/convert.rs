@@ -24,11 +24,10 @@ pub fn headers_from_nats(map: Option<&HeaderMap>) -> Headers {
 }
 
 /// Baker's own header names, made once: a custom NATS header name built from
-/// a `&str` is an allocation, and these are on every message.
-static BAKER_HEADER_NAMES: [(&str, HeaderName); 6] = [
+/// a `&str` is an allocation, and these are on many messages.
+static BAKER_HEADER_NAMES: [(&str, HeaderName); 5] = [
     (header::MSG_ID, HeaderName::from_static(header::MSG_ID)),
     (header::ATTEMPT, HeaderName::from_static(header::ATTEMPT)),
-    (header::ORIGIN, HeaderName::from_static(header::ORIGIN)),
     (header::KEY, HeaderName::from_static(header::KEY)),
     (header::ERROR, HeaderName::from_static(header::ERROR)),
     (header::TOPIC, HeaderName::from_static(header::TOPIC)),

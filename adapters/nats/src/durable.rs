@@ -36,8 +36,8 @@ pub async fn create_inbox_stream(
 }
 
 /// Sends to a durable inbox: resolves on the inbox stream's publish ack,
-/// with `Nats-Msg-Id` from `baker-msg-id` so that the stream drops a
-/// redelivered copy within its duplicate window.
+/// with `Nats-Msg-Id` (the publisher's own, else Baker's `baker-msg-id`) so
+/// that the stream drops a redelivered copy within its duplicate window.
 pub struct DurableTarget {
     js: Context,
     inbox: String,
@@ -66,8 +66,14 @@ impl baker_adapter_api::Target for DurableTarget {
             format!("{}.{}", self.inbox, destination.topic)
         };
         let (mut headers, _) = nats_headers(message);
-        if let Some(id) = message.headers.get(header::MSG_ID) {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        // The stream drops a copy of an id it has seen within its duplicate
+        // window. A publisher's own `Nats-Msg-Id` asked for that and is
+        // kept; otherwise Baker's id, where Baker gave one (at-least-once
+        // ingresses), never an id the publisher set for its own use.
+        if message.headers.get("Nats-Msg-Id").is_none() {
+            if let Some(id) = message.headers.get(header::MSG_ID) {
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+            }
         }
         let ack = self
             .js

@@ -120,9 +120,12 @@ impl NatsIngress {
             }),
             None => AckHandle::noop(),
         };
+        // At most once: Baker stamps no id, and a publisher's is not kept,
+        // so that nothing downstream takes it for a dedupe key.
+        let mut message = message_from_nats(msg);
+        message.headers.remove(header::MSG_ID);
         Some(Delivery {
-            origin: msg.subject.to_string(),
-            message: message_from_nats(msg),
+            message,
             destination,
             ack,
         })

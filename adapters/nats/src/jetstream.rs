@@ -18,8 +18,8 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus, Settle,
-    Settlement,
+    header, new_message_id, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus,
+    Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -236,7 +236,6 @@ impl JetStreamIngress {
             topic: topic.to_owned(),
         };
         let malformed = malformed_headers(&message).map(str::to_owned);
-        let origin = message.subject.to_string();
         // The original headers go with the settlement (a dead letter keeps
         // them), so Baker's copy is made from them rather than from a clone.
         // The JetStream reply subject is the ack address, not the
@@ -263,15 +262,14 @@ impl JetStreamIngress {
             AckHandle::new(settle).dead_letter(reason, 0);
             return None;
         }
-        if let Some(id) = stable_id {
-            if message.headers.get(header::MSG_ID).is_none() {
-                message.headers.insert(header::MSG_ID, id);
-            }
-        }
+        // Baker's id, whatever the publisher set: the same on every
+        // redelivery, so durable inboxes and consumers can drop copies.
+        message
+            .headers
+            .insert(header::MSG_ID, stable_id.unwrap_or_else(new_message_id));
         Some(Delivery {
             message,
             destination,
-            origin,
             ack: AckHandle::new(settle),
         })
     }
