@@ -358,3 +358,76 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_levels_arrive_as_sent_and_one_another_protocol_cannot_carry_is_dead_lettered() {
+    bounded(TEST_TIMEOUT, async {
+        use futures::StreamExt;
+
+        let url = mqtt::mqtt_url();
+        let dir = Directory::start().await;
+        let to_mqtt = unique("levm");
+        let to_nats = unique("levn");
+        let (inbox, all) = mqtt::consume_inbox_full(&url, &to_mqtt, "m1", false).await;
+        let nats = connect().await;
+        let mut nats_inbox = nats
+            .subscribe(format!("_baker.{to_nats}.n1.>"))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        let _agents = [
+            mqtt::agent(&dir.url(), &url, &to_mqtt, "m1"),
+            agent(&dir.url(), &to_nats, "n1", &[]),
+        ];
+        let ingress = MqttIngress::new(&url);
+        let router = ingress
+            .router_routing(&dir.url(), &[], &to_mqtt, &["m1"])
+            .await;
+        router
+            .wait_routed(&to_nats, &["n1"], Duration::from_secs(15))
+            .await;
+        let mut dead = Client::connect(&url, &unique("dlq-"), false).await;
+        dead.subscribe(&format!(
+            "{}/{}/#",
+            baker_adapter_mqtt::DEAD_LETTER_PREFIX,
+            ingress.prefix
+        ))
+        .await;
+        let mut publisher = Client::connect(&url, &unique("pub-"), false).await;
+
+        // A level with a dot stays one level on MQTT (it became `v1/2`).
+        publisher
+            .publish_seq(&ingress.topic(&to_mqtt, "v1.2/eu"), 0, 1)
+            .await;
+        wait_until(
+            "the MQTT instance receives",
+            Duration::from_secs(10),
+            || async { inbox.count() >= 1 },
+        )
+        .await;
+        let got = all.lock().unwrap()[0].clone();
+        assert_eq!(
+            std::str::from_utf8(&got.topic).unwrap(),
+            format!("_baker/{to_mqtt}/m1/v1.2/eu")
+        );
+
+        // NATS cannot carry it as one token: dead-lettered with the reason,
+        // not delivered as `v1.2.eu` (three levels).
+        publisher
+            .publish_seq(&ingress.topic(&to_nats, "v1.2/eu"), 1, 1)
+            .await;
+        let letter = tokio::time::timeout(Duration::from_secs(10), dead.incoming.recv())
+            .await
+            .expect("a dead letter")
+            .unwrap();
+        let reason = mqtt::user_property(&letter, "baker-error").unwrap_or_default();
+        assert!(reason.contains("\"v1.2\""), "{reason}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), nats_inbox.next())
+                .await
+                .is_err(),
+            "nothing reaches the NATS instance"
+        );
+    })
+    .await;
+}

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::{Destination, IngressOptions, Member};
+use baker_adapter_api::{Destination, IngressOptions, Member, Topic};
 use tokio::net::TcpListener;
 
 use crate::adapters::AdapterRegistry;
@@ -147,7 +147,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     );
     let destination = Destination {
         service: service.clone(),
-        topic: "hello".to_owned(),
+        topic: Topic::new("hello", '.'),
     };
     println!(
         "traffic    {} msg/s to {}, policy weighted\n",

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baker_adapter_api::{Adapter, Destination};
+use baker_adapter_api::{Adapter, Destination, Topic};
 use tokio::task::JoinHandle;
 
 use super::display::{self, Display};
@@ -56,7 +56,7 @@ impl Demo {
             traffic.prefix,
             Destination {
                 service: self.service.clone(),
-                topic: "hello".to_owned(),
+                topic: Topic::new("hello", '.'),
             },
             options.rate,
             self.sent.clone(),

@@ -554,7 +554,7 @@ mod tests {
             },
             destination: Destination {
                 service: service.to_owned(),
-                topic: "t".to_owned(),
+                topic: baker_adapter_api::Topic::new("t", '.'),
             },
             ack: AckHandle::new(Recorder(settled.clone())),
         };

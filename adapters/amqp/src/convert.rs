@@ -85,9 +85,10 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
         );
     }
     if !destination.topic.is_empty() {
+        let topic = destination.topic.joined('.')?;
         table.insert(
             header::TOPIC.into(),
-            AMQPValue::LongString(LongString::from(destination.topic.as_str())),
+            AMQPValue::LongString(LongString::from(topic.as_ref())),
         );
     }
     let mut out = native.map_or_else(BasicProperties::default, Arc::unwrap_or_clone);
@@ -150,6 +151,7 @@ pub fn dead_lettered(properties: &BasicProperties, reason: &str, attempts: u32) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baker_adapter_api::Topic;
 
     #[test]
     fn amqp_properties_survive_a_round_trip_with_typed_headers() {
@@ -180,7 +182,7 @@ mod tests {
         };
         let destination = Destination {
             service: "s".into(),
-            topic: "created".into(),
+            topic: Topic::new("created", '.'),
         };
         let sent = to_amqp(&message, &destination).unwrap();
         let table = sent.headers().clone().unwrap();
@@ -203,7 +205,7 @@ mod tests {
         let mut message = Message::default();
         let d = Destination {
             service: "s".into(),
-            topic: String::new(),
+            topic: Topic::default(),
         };
         assert_eq!(
             to_amqp(&message, &d).unwrap().delivery_mode(),
@@ -222,7 +224,7 @@ mod tests {
         message.properties.correlation_id = Some("x".repeat(300));
         let d = Destination {
             service: "s".into(),
-            topic: String::new(),
+            topic: Topic::default(),
         };
         let error = to_amqp(&message, &d).unwrap_err();
         assert!(

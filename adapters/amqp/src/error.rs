@@ -41,4 +41,8 @@ pub enum AmqpError {
     /// A value from another protocol does not fit an AMQP short string.
     #[error("{what} of {len} bytes does not fit AMQP's 255")]
     TooLong { what: &'static str, len: usize },
+    /// A topic level from another protocol holds the `.` that separates
+    /// AMQP's levels.
+    #[error(transparent)]
+    Topic(#[from] baker_adapter_api::TopicError),
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, new_message_id, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message,
-    Native, SendError, Settle, Settlement,
+    Native, SendError, Settle, Settlement, Topic,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -196,7 +196,7 @@ impl AmqpIngress {
         let (service, topic) = routing_key.split_once('.').unwrap_or((routing_key, ""));
         let destination = Destination {
             service: service.to_owned(),
-            topic: topic.to_owned(),
+            topic: Topic::new(topic, '.'),
         };
         let (mut headers, reply_to, properties) = convert::from_amqp(&delivery.properties);
         // At least once: Baker's id, for consumers and inboxes to dedupe on

@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use baker_adapter_api::{
     AccessBook, AccessError, Adapter, AdapterError, AppClient, BrokerAccess, BrokerHealth, Cause,
     Destination, Endpoint, InboxConsumer, Ingress, IngressOptions, Message, Provisioning, Replies,
-    Reply, ReplyInbox, Roles, SendError, Target,
+    Reply, ReplyInbox, Roles, SendError, Target, Topic,
 };
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -302,7 +302,7 @@ impl Replies for AmqpAdapter {
         })?;
         let no_topic = Destination {
             service: String::new(),
-            topic: String::new(),
+            topic: Topic::default(),
         };
         let properties =
             convert::to_amqp(message, &no_topic).map_err(|e| SendError::rejected(Cause::new(e)))?;
@@ -400,18 +400,16 @@ impl AppClient for AmqpAdapter {
         message: &Message,
     ) -> Result<(), SendError> {
         check_url(broker).map_err(|e| SendError::rejected(Cause::new(e)))?;
-        let mut routing_key = destination.service.clone();
-        if !destination.topic.is_empty() {
-            routing_key.push('.');
-            routing_key.push_str(&destination.topic);
-        }
+        let routing_key = (destination.topic)
+            .under(&destination.service, '.')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         let to_app = |value: &str, what: &str| {
             ShortString::try_new(value)
                 .map_err(|_| SendError::rejected(format!("{what} {value:?} is too long for AMQP")))
         };
         let no_topic = Destination {
             service: destination.service.clone(),
-            topic: String::new(),
+            topic: Topic::default(),
         };
         self.link(broker)
             .1

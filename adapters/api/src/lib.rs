@@ -30,7 +30,9 @@ pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
 pub use every::Every;
 pub use ids::new_message_id;
-pub use message::{Destination, Endpoint, HeaderText, Headers, Message, Native, Properties};
+pub use message::{
+    Destination, Endpoint, HeaderText, Headers, Message, Native, Properties, Topic, TopicError,
+};
 
 /// Whether `address` is `prefix` or below it, its levels split by
 /// `separator` (`baker.orders` is under `baker`; `bakery` is not).

@@ -176,8 +176,95 @@ pub struct Properties {
 pub struct Destination {
     /// Service name, the first token after the ingress prefix.
     pub service: String,
-    /// The remaining tokens, joined by `.` (may be empty).
-    pub topic: String,
+    /// The rest of the address: the topic's levels (may be none).
+    pub topic: Topic,
+}
+
+/// A topic as its levels, kept as the ingress protocol wrote them (its text
+/// and its level separator): a level holding another protocol's separator
+/// (the MQTT level `v1.2`) is never split, and levels are never joined by
+/// a separator that was not theirs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topic {
+    text: String,
+    separator: char,
+}
+
+/// A topic level that another protocol cannot carry as one level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("topic level {level:?} holds {separator:?}, the level separator here: it would become two levels")]
+pub struct TopicError {
+    /// The level.
+    pub level: String,
+    /// The separator it holds.
+    pub separator: char,
+}
+
+impl Topic {
+    /// The topic written `text`, its levels split by `separator` (`""` is
+    /// no level).
+    pub fn new(text: impl Into<String>, separator: char) -> Self {
+        Self {
+            text: text.into(),
+            separator,
+        }
+    }
+
+    /// True when the topic has no level.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// The topic as its ingress wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Its levels, in order.
+    pub fn levels(&self) -> impl Iterator<Item = &str> {
+        (!self.text.is_empty())
+            .then(|| self.text.split(self.separator))
+            .into_iter()
+            .flatten()
+    }
+
+    /// The levels joined by `separator`, or the first level that holds
+    /// `separator` (it cannot be carried as one level). Borrowed when the
+    /// topic already uses `separator`.
+    pub fn joined(&self, separator: char) -> Result<Cow<'_, str>, TopicError> {
+        if separator == self.separator {
+            return Ok(Cow::Borrowed(&self.text));
+        }
+        if let Some(level) = self.levels().find(|l| l.contains(separator)) {
+            return Err(TopicError {
+                level: level.to_owned(),
+                separator,
+            });
+        }
+        Ok(Cow::Owned(self.text.replace(
+            self.separator,
+            separator.encode_utf8(&mut [0; 4]),
+        )))
+    }
+
+    /// `address`, then each level after `separator` (the address alone
+    /// when there is no level); fails as [`Topic::joined`] does.
+    pub fn under(&self, address: &str, separator: char) -> Result<String, TopicError> {
+        let joined = self.joined(separator)?;
+        let mut out = String::with_capacity(address.len() + 1 + joined.len());
+        out.push_str(address);
+        if !joined.is_empty() {
+            out.push(separator);
+            out.push_str(&joined);
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Where an instance consumes its messages: which adapter, which broker, and
@@ -202,6 +289,19 @@ mod tests {
         assert_eq!(native.get::<u32>("a").as_deref(), Some(&7));
         assert!(native.get::<u32>("b").is_none(), "another adapter");
         assert!(native.get::<u64>("a").is_none(), "another type");
+    }
+
+    #[test]
+    fn a_topic_keeps_its_levels_across_separators() {
+        let mqtt = Topic::new("v1.2/eu", '/');
+        assert_eq!(mqtt.levels().collect::<Vec<_>>(), ["v1.2", "eu"]);
+        assert_eq!(mqtt.joined('/').unwrap(), "v1.2/eu");
+        let error = mqtt.joined('.').unwrap_err();
+        assert_eq!(error.level, "v1.2");
+        let nats = Topic::new("eu.created", '.');
+        assert_eq!(nats.joined('/').unwrap(), "eu/created");
+        assert_eq!(Topic::new("", '.').levels().count(), 0);
+        assert!(Topic::default().is_empty());
     }
 
     #[test]

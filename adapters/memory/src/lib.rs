@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use baker_adapter_api::{
     AckHandle, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Delivery, Destination,
     Endpoint, InboxConsumer, Ingress, IngressOptions, IngressStatus, Message, Provisioning,
-    Replies, Reply, ReplyInbox, Roles, SendError, Target,
+    Replies, Reply, ReplyInbox, Roles, SendError, Target, Topic,
 };
 use tokio::sync::mpsc;
 
@@ -230,7 +230,7 @@ impl MemoryIngress {
         Some(Delivery {
             destination: Destination {
                 service: service.to_owned(),
-                topic: topic.to_owned(),
+                topic: Topic::new(topic, '.'),
             },
             message: envelope.message,
             ack: AckHandle::noop(),
@@ -246,11 +246,9 @@ struct MemoryTarget {
 #[async_trait]
 impl Target for MemoryTarget {
     async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
-        let subject = if destination.topic.is_empty() {
-            self.inbox.clone()
-        } else {
-            format!("{}.{}", self.inbox, destination.topic)
-        };
+        let subject = (destination.topic)
+            .under(&self.inbox, '.')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         match self.broker.publish(&subject, message.clone()).await {
             0 => Err(SendError::unavailable(format!(
                 "no subscriber on {subject}"
@@ -413,11 +411,10 @@ impl AppClient for MemoryAdapter {
         message: &Message,
     ) -> Result<(), SendError> {
         let broker = broker_for_url(broker).map_err(|e| SendError::rejected(Cause::new(e)))?;
-        let subject = format!("{prefix}.{}.{}", destination.service, destination.topic);
-        match broker
-            .publish(subject.trim_end_matches('.'), message.clone())
-            .await
-        {
+        let subject = (destination.topic)
+            .under(&format!("{prefix}.{}", destination.service), '.')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
+        match broker.publish(&subject, message.clone()).await {
             0 => Err(SendError::unavailable(format!(
                 "no subscriber on {subject}"
             ))),

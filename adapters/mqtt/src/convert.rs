@@ -9,30 +9,22 @@
 
 use std::sync::Arc;
 
-use baker_adapter_api::{Headers, Message, Native, Properties};
+use baker_adapter_api::{Destination, Headers, Message, Native, Properties, Topic};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 /// Splits an ingress topic `<prefix>/<service>/<topic...>` into the service
-/// and the topic, whose levels are joined by `.` as the core expects.
-/// `None` when the topic is not under `prefix` or names no service.
-pub fn destination(prefix: &str, topic: &str) -> Option<(String, String)> {
+/// and the topic's levels. `None` when the topic is not under `prefix` or
+/// names no service.
+pub fn destination(prefix: &str, topic: &str) -> Option<Destination> {
     let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
     let (service, topic) = rest.split_once('/').unwrap_or((rest, ""));
     if service.is_empty() {
         return None;
     }
-    Some((service.to_owned(), topic.replace('/', ".")))
-}
-
-/// The inbox topic for `topic` (levels joined by `.`) under `inbox`.
-pub fn inbox_topic(inbox: &str, topic: &str) -> String {
-    let mut out = String::with_capacity(inbox.len() + 1 + topic.len());
-    out.push_str(inbox);
-    if !topic.is_empty() {
-        out.push('/');
-        out.extend(topic.chars().map(|c| if c == '.' { '/' } else { c }));
-    }
-    out
+    Some(Destination {
+        service: service.to_owned(),
+        topic: Topic::new(topic, '/'),
+    })
 }
 
 /// Baker's view of an MQTT publish: headers, reply-to and properties. The
@@ -148,23 +140,15 @@ mod tests {
     use rumqttc::v5::mqttbytes::QoS;
 
     #[test]
-    fn topics_split_into_service_and_dotted_topic() {
-        assert_eq!(
-            destination("baker", "baker/orders/eu/created"),
-            Some(("orders".into(), "eu.created".into()))
-        );
-        assert_eq!(
-            destination("baker", "baker/orders"),
-            Some(("orders".into(), String::new()))
-        );
+    fn topics_split_into_service_and_levels() {
+        let d = destination("baker", "baker/orders/v1.2/created").unwrap();
+        assert_eq!(d.service, "orders");
+        assert_eq!(d.topic.levels().collect::<Vec<_>>(), ["v1.2", "created"]);
+        let d = destination("baker", "baker/orders").unwrap();
+        assert!(d.topic.is_empty());
         assert_eq!(destination("baker", "baker/"), None);
         assert_eq!(destination("baker", "baker//x"), None);
         assert_eq!(destination("baker", "bakery/x"), None);
-        assert_eq!(
-            inbox_topic("_baker/orders/o1", "eu.created"),
-            "_baker/orders/o1/eu/created"
-        );
-        assert_eq!(inbox_topic("_baker/orders/o1", ""), "_baker/orders/o1");
     }
 
     #[test]

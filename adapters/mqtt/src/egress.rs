@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use baker_adapter_api::{Destination, Message, SendError, Target};
+use baker_adapter_api::{Cause, Destination, Message, SendError, Target};
 
 use crate::convert;
 use crate::link::{Accepted, Link};
@@ -39,7 +39,9 @@ impl Target for MqttTarget {
             tracing::warn!(inbox = %self.inbox,
                 "this instance consumes with MQTT 3.1.1: the broker hands it payload and topic only; headers (baker-* included), content type, response topic and correlation data are lost (reported once)");
         }
-        let topic = convert::inbox_topic(&self.inbox, &destination.topic);
+        let topic = (destination.topic)
+            .under(&self.inbox, '/')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         let (properties, skipped) = convert::to_mqtt(message);
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
             tracing::warn!(inbox = %self.inbox, skipped,

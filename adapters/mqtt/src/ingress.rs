@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, new_message_id, AckHandle, Delivery, Destination, Every, Ingress, IngressStatus,
+    header, new_message_id, AckHandle, Delivery, Every, Ingress, IngressStatus,
 };
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -268,7 +268,7 @@ impl Shared {
             Ok(topic) => topic,
             Err(_) => return Err(("topic is not UTF-8".to_owned(), make_ack(&publish))),
         };
-        let Some((service, dotted)) = convert::destination(&self.spec.prefix, topic) else {
+        let Some(destination) = convert::destination(&self.spec.prefix, topic) else {
             return Err((
                 format!(
                     "topic {topic:?} names no service (expected {}/<service>/<topic...>)",
@@ -288,10 +288,7 @@ impl Shared {
         }
         Ok(Delivery {
             message,
-            destination: Destination {
-                service,
-                topic: dotted,
-            },
+            destination,
             ack,
         })
     }

@@ -339,10 +339,9 @@ impl AppClient for MqttAdapter {
         let link = self
             .link(broker)
             .map_err(|e| SendError::rejected(Cause::new(e)))?;
-        let topic = convert::inbox_topic(
-            &format!("{prefix}/{}", destination.service),
-            &destination.topic,
-        );
+        let topic = (destination.topic)
+            .under(&format!("{prefix}/{}", destination.service), '/')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         let (properties, _) = convert::to_mqtt(message);
         match link
             .publish(topic, message.payload.clone(), properties)

@@ -60,11 +60,9 @@ impl baker_adapter_api::Target for DurableTarget {
         message: &baker_adapter_api::Message,
     ) -> Result<(), baker_adapter_api::SendError> {
         use baker_adapter_api::SendError;
-        let subject = if destination.topic.is_empty() {
-            self.inbox.clone()
-        } else {
-            format!("{}.{}", self.inbox, destination.topic)
-        };
+        let subject = (destination.topic)
+            .under(&self.inbox, '.')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         let (mut headers, _) = nats_headers(message);
         // The stream drops a copy of an id it has seen within its duplicate
         // window. A publisher's own `Nats-Msg-Id` asked for that and is

@@ -80,15 +80,9 @@ impl NatsTarget {
 #[async_trait]
 impl Target for NatsTarget {
     async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
-        let subject = if destination.topic.is_empty() {
-            self.inbox.clone()
-        } else {
-            let mut s = String::with_capacity(self.inbox.len() + 1 + destination.topic.len());
-            s.push_str(&self.inbox);
-            s.push('.');
-            s.push_str(&destination.topic);
-            s
-        };
+        let subject = (destination.topic)
+            .under(&self.inbox, '.')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         let (headers, skipped) = nats_headers(message);
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
             tracing::warn!(inbox = %self.inbox, skipped,

@@ -7,7 +7,7 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressOptions, IngressStatus,
-    Settle, Settlement,
+    Settle, Settlement, Topic,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -111,7 +111,7 @@ impl NatsIngress {
         let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
         let destination = Destination {
             service: service.to_owned(),
-            topic: topic.to_owned(),
+            topic: Topic::new(topic, '.'),
         };
         let ack = match &msg.reply {
             Some(reply) => AckHandle::new(ErrorReply {

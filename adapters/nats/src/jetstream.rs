@@ -19,7 +19,7 @@ use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, new_message_id, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus,
-    Settle, Settlement,
+    Settle, Settlement, Topic,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -233,7 +233,7 @@ impl JetStreamIngress {
         let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
         let destination = Destination {
             service: service.to_owned(),
-            topic: topic.to_owned(),
+            topic: Topic::new(topic, '.'),
         };
         let malformed = malformed_headers(&message).map(str::to_owned);
         // The original headers go with the settlement (a dead letter keeps

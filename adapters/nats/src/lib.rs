@@ -239,11 +239,9 @@ impl AppClient for NatsAdapter {
             .client(broker)
             .await
             .map_err(|e| SendError::unreachable(Cause::new(e)))?;
-        let mut subject = format!("{prefix}.{}", destination.service);
-        if !destination.topic.is_empty() {
-            subject.push('.');
-            subject.push_str(&destination.topic);
-        }
+        let subject = (destination.topic)
+            .under(&format!("{prefix}.{}", destination.service), '.')
+            .map_err(|e| SendError::rejected(Cause::new(e)))?;
         egress::publish(&client, subject, message).await
     }
 
