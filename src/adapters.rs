@@ -250,3 +250,39 @@ impl DirectoryEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 300,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Every built-in adapter reads any broker URL, inbox and access
+        /// settings without panicking, and names the URL only redacted.
+        #[test]
+        fn any_broker_url_or_inbox_is_checked_without_panicking(
+            scheme in "nats|tls|amqp|amqps|mqtt|mqtts|tcp|ssl|memory|[a-z]{1,5}",
+            rest in ".{0,40}",
+            inbox in ".{0,20}",
+        ) {
+            let url = format!("{scheme}://{rest}");
+            let registry = AdapterRegistry::builtin();
+            for name in registry.names() {
+                let adapter = registry.get(name).unwrap();
+                if let Err(error) = adapter.validate_broker(&url) {
+                    let text = error.to_string();
+                    if let Some((_, Some(password))) = baker_adapter_api::access::url_credentials(&url) {
+                        prop_assert!(!text.contains(&format!(":{password}@")), "{text}");
+                    }
+                }
+                let _ = adapter.validate_inbox(&inbox);
+            }
+        }
+    }
+}

@@ -263,7 +263,7 @@ impl Config {
         access.add_url_credentials(&broker);
         if let Some((url, _)) = self.get(|o| &o.directory) {
             // A KV directory's servers (credentials in its URL).
-            access.add_url_credentials(url.split('?').next().unwrap_or(&url));
+            access.add_url_credentials(baker_adapter_api::split_query(&url).0);
         }
         let broker = baker_adapter_api::without_credentials(&broker);
         for registered in &mut registrations {

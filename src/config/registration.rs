@@ -175,3 +175,57 @@ impl Registration {
         Ok(Registered { record, check })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 500,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_spec_is_read_or_refused_with_a_reason(spec in ".{0,80}") {
+            if let Err(reason) = spec.parse::<Registration>() {
+                prop_assert!(!reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn a_spec_says_what_it_was_written_with(
+            service in "[a-z0-9_-]{1,10}",
+            id in "[a-z0-9_-]{1,10}",
+            version in proptest::option::of("[a-z0-9.]{1,6}"),
+            weight in proptest::option::of(any::<u32>()),
+            zone in proptest::option::of("[a-z0-9-]{1,6}"),
+            ttl in proptest::option::of(1u64..3600),
+        ) {
+            let mut spec = format!("service={service},id={id}");
+            for (key, value) in [
+                ("version", version.clone()),
+                ("weight", weight.map(|w| w.to_string())),
+                ("zone", zone.clone()),
+                ("ttl", ttl.map(|t| t.to_string())),
+            ] {
+                if let Some(value) = value {
+                    spec.push_str(&format!(",{key}={value}"));
+                }
+            }
+            let r: Registration = spec.parse().unwrap();
+            prop_assert_eq!(r.service, service);
+            prop_assert_eq!(r.id, id);
+            prop_assert_eq!(r.version, version);
+            prop_assert_eq!(r.weight, weight);
+            prop_assert_eq!(r.zone, zone);
+            prop_assert_eq!(r.ttl, ttl);
+        }
+    }
+}

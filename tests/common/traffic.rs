@@ -65,13 +65,19 @@ pub async fn consume_inbox(client: &async_nats::Client, service: &str, id: &str)
     inbox
 }
 
+/// A NATS client for the test's publishers and instances. Its subscriptions
+/// hold up to a million messages: on a loaded machine the test's own
+/// consumers must not be where core NATS drops (a slow consumer).
 pub async fn connect() -> async_nats::Client {
-    async_nats::connect(nats_url()).await.unwrap_or_else(|e| {
-        panic!(
-            "NATS must answer at {} (integration/run.sh starts it): {e}",
-            nats_url()
-        )
-    })
+    (async_nats::ConnectOptions::new().subscription_capacity(1 << 20))
+        .connect(nats_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "NATS must answer at {} (integration/run.sh starts it): {e}",
+                nats_url()
+            )
+        })
 }
 
 /// Publishes `count` messages with payloads `start..start+count`, `per_batch`

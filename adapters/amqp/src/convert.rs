@@ -153,6 +153,43 @@ mod tests {
     use super::*;
     use baker_adapter_api::Topic;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 500,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// A header table is a map: each name once, any text as its value,
+        /// a name of at most 255 bytes. What fits arrives exactly; what
+        /// does not is refused with the reason, never cut.
+        #[test]
+        fn headers_arrive_exactly_or_are_refused(
+            headers in proptest::collection::btree_map(".{1,8}|.{250,260}", ".{0,12}", 0..5),
+        ) {
+            let mut message = Message::default();
+            for (name, value) in &headers {
+                message.headers.append(name.clone(), value.clone());
+            }
+            let destination = Destination {
+                service: "s".into(),
+                topic: Topic::default(),
+            };
+            match to_amqp(&message, &destination) {
+                Ok(properties) => {
+                    let (arrived, _, _) = from_amqp(&properties);
+                    for (name, value) in &headers {
+                        let got = arrived.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+                        proptest::prop_assert_eq!(got, Some(value.as_str()));
+                    }
+                }
+                Err(error) => {
+                    proptest::prop_assert!(headers.keys().any(|n| n.len() > 255), "{error}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn amqp_properties_survive_a_round_trip_with_typed_headers() {
         let mut table = FieldTable::default();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, new_message_id, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message,
-    Native, SendError, Settle, Settlement, Topic,
+    Native, SendError, Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -193,11 +193,7 @@ impl AmqpIngress {
 
     fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
         let routing_key = delivery.routing_key.as_str();
-        let (service, topic) = routing_key.split_once('.').unwrap_or((routing_key, ""));
-        let destination = Destination {
-            service: service.to_owned(),
-            topic: Topic::new(topic, '.'),
-        };
+        let destination = Destination::from_address(routing_key, '.');
         let (mut headers, reply_to, properties) = convert::from_amqp(&delivery.properties);
         // At least once: Baker's id, for consumers and inboxes to dedupe on
         // (RabbitMQ gives a redelivery no identity to keep it by).

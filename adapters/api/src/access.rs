@@ -177,20 +177,16 @@ impl AccessBook {
 /// credentials or query. `amqp://guest:pw@Rabbit:5672/%2f?heartbeat=5` and
 /// `amqp://rabbit:5672/%2f` have the same key.
 pub fn broker_key(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or(url).trim();
+    let url = url.trim();
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
         None => (String::new(), url),
     };
-    let (authority, path) = split_authority(rest);
-    let hosts = authority
-        .split(',')
-        .map(|server| {
-            let server = server.rsplit_once('@').map_or(server, |(_, host)| host);
-            // A server of a list may repeat the scheme (`nats://a,nats://b`).
-            let server = server.split_once("://").map_or(server, |(_, host)| host);
-            server.to_ascii_lowercase()
-        })
+    let (authority, tail) = split_authority(rest);
+    let path = tail.split(['?', '#']).next().unwrap_or(tail);
+    let hosts = servers(authority)
+        .into_iter()
+        .map(|(_, _, host)| host.to_ascii_lowercase())
         .collect::<Vec<_>>()
         .join(",");
     let path = path.trim_end_matches('/');
@@ -205,7 +201,11 @@ pub fn broker_key(url: &str) -> String {
 /// its query, for logs, health output, metrics and directory records.
 /// Equal to [`broker_key`] but for case.
 pub fn redact_url(url: &str) -> String {
-    without_credentials(url.split(['?', '#']).next().unwrap_or(url))
+    let redacted = without_credentials(url);
+    match redacted.find(['?', '#']) {
+        Some(at) => redacted[..at].to_owned(),
+        None => redacted,
+    }
 }
 
 /// `url` without credentials (user name, password or token) but with its
@@ -216,31 +216,22 @@ pub fn without_credentials(url: &str) -> String {
         None => (None, url),
     };
     let (authority, tail) = split_authority(rest);
-    let (authority, query) = match authority.find(['?', '#']) {
-        Some(at) => authority.split_at(at),
-        None => (authority, ""),
-    };
-    let hosts = authority
-        .split(',')
-        .map(|server| {
-            let (prefix, server) = match server.split_once("://") {
-                Some((scheme, host)) => (format!("{scheme}://"), host),
-                None => (String::new(), server),
-            };
-            let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
-            format!("{prefix}{host}")
+    let hosts = servers(authority)
+        .into_iter()
+        .map(|(scheme, _, host)| match scheme {
+            Some(scheme) => format!("{scheme}://{host}"),
+            None => host.to_owned(),
         })
         .collect::<Vec<_>>()
         .join(",");
     match scheme {
-        Some(scheme) => format!("{scheme}://{hosts}{query}{tail}"),
-        None => format!("{hosts}{query}{tail}"),
+        Some(scheme) => format!("{scheme}://{hosts}{tail}"),
+        None => format!("{hosts}{tail}"),
     }
 }
 
 /// Whether `url` carries credentials (`user:password@` or `token@`).
 pub fn has_credentials(url: &str) -> bool {
-    let url = url.split(['?', '#']).next().unwrap_or(url);
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let (authority, _) = split_authority(rest);
     authority.contains('@')
@@ -249,31 +240,84 @@ pub fn has_credentials(url: &str) -> bool {
 /// The user name and password (or token, as a user name without password)
 /// in `url`, percent-decoded.
 pub fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
-    let url = url.split(['?', '#']).next().unwrap_or(url);
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let (authority, _) = split_authority(rest);
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let userinfo = userinfo.split(',').next_back().unwrap_or(userinfo);
+    let userinfo = servers(authority)
+        .into_iter()
+        .find_map(|(_, userinfo, _)| userinfo)?;
     Some(match userinfo.split_once(':') {
         Some((user, password)) => (percent_decode(user), Some(percent_decode(password))),
         None => (percent_decode(userinfo), None),
     })
 }
 
-/// `rest` (a URL after its scheme) split where its path begins: at the
-/// first `/` that is not part of a later server's `scheme://`.
-fn split_authority(rest: &str) -> (&str, &str) {
-    let mut i = 0;
+/// `rest` (a URL after its scheme) split where its authority (credentials,
+/// hosts and ports) ends: at the first `/`, `?` or `#` after the last `@`,
+/// that is not part of a later server's `scheme://`. Everything before the
+/// last `@` counts as credentials, so a password holding an unencoded `/`,
+/// `?` or `#` is still taken for one and kept out of records and logs (the
+/// price: an `@` in a path or query must be written `%40`).
+pub fn split_authority(rest: &str) -> (&str, &str) {
+    let mut i = rest.rfind('@').map_or(0, |at| at + 1);
     while i < rest.len() {
         if rest.as_bytes()[i..].starts_with(b"://") {
             i += 3;
-        } else if rest.as_bytes()[i] == b'/' {
+        } else if matches!(rest.as_bytes()[i], b'/' | b'?' | b'#') {
             return rest.split_at(i);
         } else {
             i += 1;
         }
     }
     (rest, "")
+}
+
+/// `url` split at the `?` of its query (which a password's `?` is not, see
+/// [`split_authority`]): what comes before, and the query, if any.
+pub fn split_query(url: &str) -> (&str, Option<&str>) {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let (_, tail) = split_authority(&url[start..]);
+    let tail_at = url.len() - tail.len();
+    match tail.find('?') {
+        Some(at) => (&url[..tail_at + at], Some(&url[tail_at + at + 1..])),
+        None => (url, None),
+    }
+}
+
+/// The servers of an authority, each as its repeated scheme (`nats://a,
+/// nats://b`), credentials and host. With one `@`, everything before it is
+/// the credentials (a password may hold a `,`) of the hosts after it; with
+/// several, each `,`-separated server has its own.
+fn servers(authority: &str) -> Vec<(Option<&str>, Option<&str>, &str)> {
+    fn scheme_off(server: &str) -> (Option<&str>, &str) {
+        match server.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, server),
+        }
+    }
+    if authority.matches('@').count() <= 1 {
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        return hosts
+            .split(',')
+            .enumerate()
+            .map(|(i, server)| {
+                let (scheme, host) = scheme_off(server);
+                (scheme, userinfo.filter(|_| i == 0), host)
+            })
+            .collect();
+    }
+    authority
+        .split(',')
+        .map(|server| {
+            let (scheme, server) = scheme_off(server);
+            match server.rsplit_once('@') {
+                Some((userinfo, host)) => (scheme, Some(userinfo), host),
+                None => (scheme, None, server),
+            }
+        })
+        .collect()
 }
 
 fn percent_decode(text: &str) -> String {
@@ -381,6 +425,52 @@ impl TlsFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 500,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        #[test]
+        fn any_text_is_read_as_a_url_without_panicking(url in ".{0,60}") {
+            let _ = broker_key(&url);
+            let _ = without_credentials(&url);
+            let _ = has_credentials(&url);
+            let _ = url_credentials(&url);
+            proptest::prop_assert!(!redact_url(&url).contains('?'));
+        }
+
+        /// Whatever a password holds (an `@` must be written `%40`, and a
+        /// `,` too in a list of servers each with its own credentials), no
+        /// form of the URL shown or keyed shows it, on one server or many.
+        #[test]
+        fn no_shown_form_of_a_url_holds_its_password(
+            password in "[^@]{1,12}",
+            hosts in proptest::collection::vec("[a-z0-9]{1,8}:[0-9]{2,4}", 1..4),
+            many in proptest::bool::ANY,
+        ) {
+            // Each server with its own credentials: `,` splits servers and
+            // `://` starts one, so neither can be in a password as it is.
+            let many = many && !password.contains(',') && !format!("u:{password}").contains("://");
+            let authority = if many {
+                hosts.iter().map(|h| format!("u:{password}@{h}")).collect::<Vec<_>>().join(",")
+            } else {
+                format!("u:{password}@{}", hosts.join(","))
+            };
+            let url = format!("nats://{authority}/v?x=1");
+            proptest::prop_assert!(has_credentials(&url));
+            proptest::prop_assert_eq!(
+                url_credentials(&url).and_then(|(_, p)| p),
+                Some(percent_decode(&password))
+            );
+            let expected = format!("nats://{}", hosts.join(","));
+            proptest::prop_assert_eq!(redact_url(&url), format!("{expected}/v"));
+            proptest::prop_assert_eq!(without_credentials(&url), format!("{expected}/v?x=1"));
+            proptest::prop_assert_eq!(broker_key(&url), format!("{expected}/v"));
+        }
+    }
 
     #[test]
     fn a_broker_key_ignores_credentials_query_and_case() {

@@ -18,8 +18,8 @@ mod message;
 pub mod tls;
 
 pub use access::{
-    broker_key, has_credentials, redact_url, without_credentials, AccessBook, AccessError,
-    BrokerAccess, Secret, TlsFiles,
+    broker_key, has_credentials, redact_url, split_query, without_credentials, AccessBook,
+    AccessError, BrokerAccess, Secret, TlsFiles,
 };
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{

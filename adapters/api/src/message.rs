@@ -180,13 +180,31 @@ pub struct Destination {
     pub topic: Topic,
 }
 
+impl Destination {
+    /// The destination of an address below the ingress prefix: the service
+    /// up to the first `separator`, the topic after it (none without one).
+    pub fn from_address(rest: &str, separator: char) -> Self {
+        match rest.split_once(separator) {
+            Some((service, topic)) => Self {
+                service: service.to_owned(),
+                topic: Topic::new(topic, separator),
+            },
+            None => Self {
+                service: rest.to_owned(),
+                topic: Topic::default(),
+            },
+        }
+    }
+}
+
 /// A topic as its levels, kept as the ingress protocol wrote them (its text
 /// and its level separator): a level holding another protocol's separator
 /// (the MQTT level `v1.2`) is never split, and levels are never joined by
-/// a separator that was not theirs.
+/// a separator that was not theirs. No topic (the default) differs from one
+/// empty level (`baker/orders/` in MQTT).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Topic {
-    text: String,
+    text: Option<String>,
     separator: char,
 }
 
@@ -202,38 +220,38 @@ pub struct TopicError {
 
 impl Topic {
     /// The topic written `text`, its levels split by `separator` (`""` is
-    /// no level).
+    /// one empty level).
     pub fn new(text: impl Into<String>, separator: char) -> Self {
         Self {
-            text: text.into(),
+            text: Some(text.into()),
             separator,
         }
     }
 
-    /// True when the topic has no level.
+    /// True when there is no topic (not even an empty level).
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
+        self.text.is_none()
     }
 
-    /// The topic as its ingress wrote it.
+    /// The topic as its ingress wrote it (`""` for none).
     pub fn as_str(&self) -> &str {
-        &self.text
+        self.text.as_deref().unwrap_or("")
     }
 
     /// Its levels, in order.
     pub fn levels(&self) -> impl Iterator<Item = &str> {
-        (!self.text.is_empty())
-            .then(|| self.text.split(self.separator))
-            .into_iter()
-            .flatten()
+        self.text.iter().flat_map(|text| text.split(self.separator))
     }
 
     /// The levels joined by `separator`, or the first level that holds
     /// `separator` (it cannot be carried as one level). Borrowed when the
     /// topic already uses `separator`.
     pub fn joined(&self, separator: char) -> Result<Cow<'_, str>, TopicError> {
+        let Some(text) = &self.text else {
+            return Ok(Cow::Borrowed(""));
+        };
         if separator == self.separator {
-            return Ok(Cow::Borrowed(&self.text));
+            return Ok(Cow::Borrowed(text));
         }
         if let Some(level) = self.levels().find(|l| l.contains(separator)) {
             return Err(TopicError {
@@ -241,7 +259,7 @@ impl Topic {
                 separator,
             });
         }
-        Ok(Cow::Owned(self.text.replace(
+        Ok(Cow::Owned(text.replace(
             self.separator,
             separator.encode_utf8(&mut [0; 4]),
         )))
@@ -253,7 +271,7 @@ impl Topic {
         let joined = self.joined(separator)?;
         let mut out = String::with_capacity(address.len() + 1 + joined.len());
         out.push_str(address);
-        if !joined.is_empty() {
+        if !self.is_empty() {
             out.push(separator);
             out.push_str(&joined);
         }
@@ -263,7 +281,7 @@ impl Topic {
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -300,8 +318,47 @@ mod tests {
         assert_eq!(error.level, "v1.2");
         let nats = Topic::new("eu.created", '.');
         assert_eq!(nats.joined('/').unwrap(), "eu/created");
-        assert_eq!(Topic::new("", '.').levels().count(), 0);
+        assert_eq!(Topic::new("", '/').levels().collect::<Vec<_>>(), [""]);
+        assert_eq!(Topic::new("", '/').under("i", '/').unwrap(), "i/");
         assert!(Topic::default().is_empty());
+        assert_eq!(Topic::default().under("i", '/').unwrap(), "i");
+        let d = Destination::from_address("orders", '.');
+        assert!(d.topic.is_empty());
+        let d = Destination::from_address("orders.", '.');
+        assert_eq!(d.topic.levels().collect::<Vec<_>>(), [""]);
+    }
+
+    proptest::proptest! {
+        /// Levels written with one separator come out as the same levels
+        /// with another, unless a level holds that separator, which is then
+        /// named; and back again unchanged.
+        #[test]
+        fn a_topic_survives_a_change_of_separator_or_says_which_level_cannot(
+            levels in proptest::collection::vec("[a-z0-9._ -]{0,6}", 1..5),
+        ) {
+            let mqtt = Topic::new(levels.join("/"), '/');
+            match mqtt.joined('.') {
+                Ok(dotted) => {
+                    proptest::prop_assert!(levels.iter().all(|l| !l.contains('.')));
+                    let nats = Topic::new(dotted.into_owned(), '.');
+                    proptest::prop_assert_eq!(nats.levels().count(), mqtt.levels().count());
+                    proptest::prop_assert_eq!(nats.joined('/').unwrap(), mqtt.as_str());
+                }
+                Err(error) => {
+                    proptest::prop_assert!(error.level.contains('.'));
+                    proptest::prop_assert!(levels.contains(&error.level));
+                }
+            }
+        }
+
+        #[test]
+        fn any_text_makes_a_topic_without_panicking(text in ".*", to in proptest::char::any()) {
+            let d = Destination::from_address(&text, '.');
+            let _ = d.topic.joined(to);
+            let _ = d.topic.under("inbox", to);
+            let rebuilt = d.topic.under(&d.service, '.').unwrap();
+            proptest::prop_assert_eq!(rebuilt, text);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use baker_adapter_api::{
     AckHandle, Adapter, AdapterError, AppClient, BrokerHealth, Cause, Delivery, Destination,
     Endpoint, InboxConsumer, Ingress, IngressOptions, IngressStatus, Message, Provisioning,
-    Replies, Reply, ReplyInbox, Roles, SendError, Target, Topic,
+    Replies, Reply, ReplyInbox, Roles, SendError, Target,
 };
 use tokio::sync::mpsc;
 
@@ -226,12 +226,8 @@ impl Ingress for MemoryIngress {
 impl MemoryIngress {
     fn delivery(&self, envelope: Envelope) -> Option<Delivery> {
         let rest = envelope.subject.get(self.prefix_len..)?;
-        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
         Some(Delivery {
-            destination: Destination {
-                service: service.to_owned(),
-                topic: Topic::new(topic, '.'),
-            },
+            destination: Destination::from_address(rest, '.'),
             message: envelope.message,
             ack: AckHandle::noop(),
         })

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use baker_adapter_api::{Destination, Headers, Message, Native, Properties, Topic};
+use baker_adapter_api::{Destination, Headers, Message, Native, Properties};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 /// Splits an ingress topic `<prefix>/<service>/<topic...>` into the service
@@ -17,14 +17,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 /// names no service.
 pub fn destination(prefix: &str, topic: &str) -> Option<Destination> {
     let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
-    let (service, topic) = rest.split_once('/').unwrap_or((rest, ""));
-    if service.is_empty() {
-        return None;
-    }
-    Some(Destination {
-        service: service.to_owned(),
-        topic: Topic::new(topic, '/'),
-    })
+    Some(Destination::from_address(rest, '/')).filter(|d| !d.service.is_empty())
 }
 
 /// Baker's view of an MQTT publish: headers, reply-to and properties. The
@@ -138,6 +131,78 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use rumqttc::v5::mqttbytes::QoS;
+
+    /// `message` as its MQTT 5 publish, encoded and decoded as on the wire,
+    /// back in Baker's form.
+    fn through_the_wire(message: &Message, topic: &str) -> (Message, usize) {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        let (properties, skipped) = to_mqtt(message);
+        let mut publish = Publish::new(
+            topic,
+            QoS::AtLeastOnce,
+            message.payload.clone(),
+            Some(properties),
+        );
+        publish.pkid = 1;
+        let mut wire = bytes::BytesMut::new();
+        publish.write(&mut wire).unwrap();
+        let Packet::Publish(read) = Packet::read(&mut wire, None).unwrap() else {
+            panic!("a publish reads back as a publish");
+        };
+        (from_mqtt(&Arc::new(read)), skipped)
+    }
+
+    fn no_proptest_files(cases: u32) -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases,
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(no_proptest_files(500))]
+
+        #[test]
+        fn a_header_arrives_exactly_or_is_left_out_and_counted(
+            pairs in proptest::collection::vec((".{0,8}", "\\PC{0,8}|.{0,8}"), 0..6),
+        ) {
+            let mut message = Message::default();
+            for (name, value) in &pairs {
+                message.headers.append(name.clone(), value.clone());
+            }
+            let (arrived, skipped) = through_the_wire(&message, "_baker/s/i/t");
+            let kept: Vec<_> = message
+                .headers
+                .iter()
+                .filter(|(n, v)| !n.contains('\0') && !v.contains('\0'))
+                .collect();
+            proptest::prop_assert_eq!(skipped, message.headers.len() - kept.len());
+            proptest::prop_assert_eq!(arrived.headers.iter().collect::<Vec<_>>(), kept);
+        }
+
+        #[test]
+        fn an_ingress_topic_keeps_its_levels(
+            levels in proptest::collection::vec("[^/+#\\x00]{0,6}", 0..5),
+            any_topic in ".{0,20}",
+        ) {
+            let _ = destination("baker", &any_topic);
+            let topic = if levels.is_empty() {
+                "baker/orders".to_owned()
+            } else {
+                format!("baker/orders/{}", levels.join("/"))
+            };
+            let d = destination("baker", &topic).unwrap();
+            proptest::prop_assert_eq!(&d.service, "orders");
+            proptest::prop_assert_eq!(d.topic.levels().collect::<Vec<_>>(), levels.iter().map(String::as_str).collect::<Vec<_>>());
+            // Through an MQTT egress, the same levels under the inbox.
+            let inbox = d.topic.under("_baker/orders/o1", '/').unwrap();
+            proptest::prop_assert_eq!(
+                inbox.strip_prefix("_baker/orders/o1").unwrap(),
+                topic.strip_prefix("baker/orders").unwrap()
+            );
+        }
+    }
 
     #[test]
     fn topics_split_into_service_and_levels() {

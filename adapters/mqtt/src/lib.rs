@@ -81,7 +81,7 @@ impl MqttAdapter {
     /// session's settings) does not matter to egress, so a router's ingress
     /// broker and an instance endpoint on the same broker share one link.
     fn link(&self, url: &str) -> Result<Arc<Link>, AdapterError> {
-        let key = url.split('?').next().unwrap_or(url);
+        let key = baker_adapter_api::split_query(url).0;
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(link) = links.get(key) {
             return Ok(link.clone());

@@ -56,8 +56,11 @@ impl BrokerUrl {
             "mqtts" | "ssl" => true,
             _ => return Err(UrlError::Scheme),
         };
-        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let authority = authority.trim_end_matches('/');
+        // Where the credentials end as every part of Baker reads it: at the
+        // last `@` (a password may hold `?`).
+        let (authority, _) = baker_adapter_api::access::split_authority(rest);
+        let query = baker_adapter_api::split_query(url).1.unwrap_or_default();
+        let query = query.split('#').next().unwrap_or(query);
         let (credentials, host_port) = match authority.rsplit_once('@') {
             Some((creds, host)) => {
                 let (user, password) = creds.split_once(':').unwrap_or((creds, ""));

@@ -75,9 +75,10 @@ fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// What NATS accepts as a header value: no line breaks.
+/// What a NATS header value carries unchanged: no line breaks, and no
+/// whitespace at either end (the client's parser trims it).
 pub(crate) fn valid_header_value(value: &str) -> bool {
-    !value.contains(['\r', '\n'])
+    !value.contains(['\r', '\n']) && value.trim() == value
 }
 
 /// Converts Baker's headers to NATS headers. Headers NATS cannot carry (from

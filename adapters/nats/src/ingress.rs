@@ -7,7 +7,7 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressOptions, IngressStatus,
-    Settle, Settlement, Topic,
+    Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -108,11 +108,7 @@ impl NatsIngress {
             return None;
         }
         let rest = msg.subject.get(self.prefix_len..)?;
-        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
-        let destination = Destination {
-            service: service.to_owned(),
-            topic: Topic::new(topic, '.'),
-        };
+        let destination = Destination::from_address(rest, '.');
         let ack = match &msg.reply {
             Some(reply) => AckHandle::new(ErrorReply {
                 client: self.client.clone(),

@@ -19,7 +19,7 @@ use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, new_message_id, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus,
-    Settle, Settlement, Topic,
+    Settle, Settlement,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -230,11 +230,7 @@ impl JetStreamIngress {
             let _ = self.acks.send(Ack::Kind(acker, AckKind::Term));
             return None;
         };
-        let (service, topic) = rest.split_once('.').unwrap_or((rest, ""));
-        let destination = Destination {
-            service: service.to_owned(),
-            topic: Topic::new(topic, '.'),
-        };
+        let destination = Destination::from_address(rest, '.');
         let malformed = malformed_headers(&message).map(str::to_owned);
         // The original headers go with the settlement (a dead letter keeps
         // them), so Baker's copy is made from them rather than from a clone.

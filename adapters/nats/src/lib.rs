@@ -150,7 +150,7 @@ impl Adapter for NatsAdapter {
 
     /// The query holds Baker's settings, not the server's address.
     fn same_broker(&self, a: &str, b: &str) -> bool {
-        a.split('?').next() == b.split('?').next()
+        baker_adapter_api::split_query(a).0 == baker_adapter_api::split_query(b).0
     }
 
     async fn target(&self, endpoint: &Endpoint) -> Result<Arc<dyn Target>, AdapterError> {

@@ -35,7 +35,7 @@ impl StreamSettings {
             max_age: Duration::ZERO,
             ack_wait: ACK_WAIT,
         };
-        let Some((_, query)) = url.split_once('?') else {
+        let Some(query) = baker_adapter_api::split_query(url).1 else {
             return Ok(settings);
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -111,8 +111,9 @@ pub fn jetstream_ingress(url: &str) -> bool {
 }
 
 fn has_setting(url: &str, pair: &str) -> bool {
-    url.split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|p| p == pair))
+    baker_adapter_api::split_query(url)
+        .1
+        .is_some_and(|query| query.split('&').any(|p| p == pair))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::UrlError;
 /// commas (`nats://a:4222,b:4222`; the scheme may be given once), query
 /// removed.
 pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, UrlError> {
-    let url = url.split('?').next().unwrap_or(url);
+    let url = baker_adapter_api::split_query(url).0;
     let scheme = url.split_once("://").map_or("nats", |(scheme, _)| scheme);
     if scheme != "nats" && scheme != "tls" {
         return Err(UrlError::Scheme);
@@ -34,7 +34,7 @@ pub const DEFAULT_BROKER: &str = "nats://127.0.0.1:4222";
 
 /// The URL without its query: what identifies a connection.
 pub(crate) fn connection_url(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
+    baker_adapter_api::split_query(url).0
 }
 
 #[cfg(test)]

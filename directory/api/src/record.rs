@@ -199,3 +199,101 @@ pub struct Catalog {
     /// Every live instance, ordered by service then id.
     pub instances: Vec<InstanceRecord>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9_-]{1,12}"
+    }
+
+    prop_compose! {
+        fn records()(
+            service in name(),
+            id in name(),
+            version in ".{0,12}",
+            adapter in "nats|amqp|mqtt|memory",
+            host in "[a-z0-9.-]{1,12}",
+            credentials in proptest::option::of(("[a-z]{1,6}", "[^@:]{1,10}")),
+            inbox in ".{0,20}",
+            weight in any::<u32>(),
+            zone in proptest::option::of(".{0,8}"),
+            metadata in proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..4),
+            status in prop_oneof![Just(Status::Passing), Just(Status::Critical), Just(Status::Draining)],
+            ttl_secs in 1u64..=3600,
+        ) -> InstanceRecord {
+            let userinfo = credentials
+                .map(|(user, password)| format!("{user}:{password}@"))
+                .unwrap_or_default();
+            InstanceRecord {
+                service,
+                id,
+                version,
+                endpoint: EndpointRecord {
+                    broker: format!("{adapter}://{userinfo}{host}:4222"),
+                    adapter,
+                    inbox,
+                },
+                weight,
+                zone,
+                metadata,
+                status,
+                ttl_secs,
+            }
+        }
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 500,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn a_record_survives_its_json(record in records()) {
+            let text = serde_json::to_string(&record).unwrap();
+            let back: InstanceRecord = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(&back, &record);
+            prop_assert!(record.validate().is_ok(), "{:?}", record.validate());
+        }
+
+        #[test]
+        fn any_json_is_read_or_refused_without_panicking(text in ".{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for input in [text.as_bytes(), &bytes] {
+                if let Ok(record) = serde_json::from_slice::<InstanceRecord>(input) {
+                    let _ = record.validate();
+                }
+            }
+        }
+
+        #[test]
+        fn stripping_credentials_leaves_no_password(mut record in records()) {
+            let password = record
+                .endpoint
+                .broker
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .and_then(|(userinfo, _)| userinfo.split_once(':'))
+                .map(|(_, password)| password.to_owned());
+            let had = record.strip_credentials();
+            prop_assert_eq!(had, password.is_some());
+            if let Some(password) = password {
+                prop_assert!(
+                    !record.endpoint.broker.contains(&format!(":{password}@")),
+                    "{}",
+                    record.endpoint.broker
+                );
+                prop_assert!(!record.endpoint.broker.contains('@'), "{}", record.endpoint.broker);
+                let shown = baker_adapter_api::redact_url(&format!("nats://u:{password}@h:4222/v?q=1"));
+                prop_assert_eq!(shown, "nats://h:4222/v");
+            }
+        }
+    }
+}
