@@ -301,3 +301,52 @@ async fn a_message_without_headers_is_routed_without_a_header_block() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_or_missing_topic_gets_a_reason_instead_of_vanishing() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("wild");
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let _agent = agent(&dir.url(), &service, "a", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        let reply = unique("_INBOX.wild.");
+        let mut replies = client.subscribe(format!("{reply}.*")).await.unwrap();
+        client.flush().await.unwrap();
+
+        // Before: the first went to the literal subject `_baker.<s>.a.>`,
+        // the second to `_baker.<s>.a`, which no instance subscribes to;
+        // both counted as routed.
+        let subject = ingress.subject(&service, "t");
+        let base = subject.trim_end_matches(".t");
+        let frames = [
+            raw_frame(
+                &format!("{base}.>"),
+                Some(&format!("{reply}.1")),
+                None,
+                b"wild",
+            ),
+            raw_frame(base, Some(&format!("{reply}.2")), None, b"bare"),
+            raw_frame(&subject, None, None, b"0"),
+        ];
+        raw_publish(&frames).await;
+        let mut reasons = Vec::new();
+        for _ in 0..2 {
+            let answer = tokio::time::timeout(Duration::from_secs(5), replies.next())
+                .await
+                .expect("an error reply")
+                .unwrap();
+            reasons.push(header_text(answer.headers.as_ref(), "baker-error"));
+        }
+        for why in ["without a topic", "wildcard"] {
+            assert!(reasons.iter().any(|r| r.contains(why)), "{reasons:?}");
+        }
+        assert_each_once(&a, 1, Duration::from_secs(5)).await;
+    })
+    .await;
+}

@@ -60,9 +60,7 @@ impl baker_adapter_api::Target for DurableTarget {
         message: &baker_adapter_api::Message,
     ) -> Result<(), baker_adapter_api::SendError> {
         use baker_adapter_api::SendError;
-        let subject = (destination.topic)
-            .under(&self.inbox, '.')
-            .map_err(|e| SendError::rejected(Cause::new(e)))?;
+        let subject = crate::egress::publishable(&destination.topic, &self.inbox)?;
         let (mut headers, _) = nats_headers(message);
         // The stream drops a copy of an id it has seen within its duplicate
         // window. A publisher's own `Nats-Msg-Id` asked for that and is

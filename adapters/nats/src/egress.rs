@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::Client;
 use async_trait::async_trait;
-use baker_adapter_api::{Cause, Destination, Message, SendError, Target};
+use baker_adapter_api::{Cause, Destination, Message, SendError, Target, Topic};
 
 use crate::convert::nats_headers;
 
@@ -20,6 +20,22 @@ pub(crate) fn valid_subject(subject: &str) -> bool {
         && subject
             .split('.')
             .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace))
+}
+
+/// The subject for `topic` under `inbox`, or why the message cannot be
+/// published there: a level NATS cannot carry, an empty token or a wildcard
+/// (`baker.orders.>` as a publisher's subject would go to the literal
+/// `<inbox>.>`).
+pub(crate) fn publishable(topic: &Topic, inbox: &str) -> Result<String, SendError> {
+    let subject = topic
+        .under(inbox, '.')
+        .map_err(|e| SendError::rejected(Cause::new(e)))?;
+    if !valid_subject(&subject) {
+        return Err(SendError::rejected(format!(
+            "{subject:?} is not a subject to publish to (an empty token, a wildcard or a space)"
+        )));
+    }
+    Ok(subject)
 }
 
 /// A publish error as a send error: the message itself, or the connection.
@@ -80,9 +96,16 @@ impl NatsTarget {
 #[async_trait]
 impl Target for NatsTarget {
     async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
-        let subject = (destination.topic)
-            .under(&self.inbox, '.')
-            .map_err(|e| SendError::rejected(Cause::new(e)))?;
+        if destination.topic.is_empty() {
+            // Core NATS would take it and give it to nobody: an instance
+            // subscribes to `<inbox>.>`, which needs a token after it.
+            return Err(SendError::rejected(format!(
+                "a message without a topic cannot reach the NATS inbox {} (its instance \
+                 subscribes to {}.>): publish to <prefix>.<service>.<topic>",
+                self.inbox, self.inbox
+            )));
+        }
+        let subject = publishable(&destination.topic, &self.inbox)?;
         let (headers, skipped) = nats_headers(message);
         if skipped > 0 && !self.reported_skipped.swap(true, Ordering::Relaxed) {
             tracing::warn!(inbox = %self.inbox, skipped,
