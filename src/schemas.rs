@@ -23,6 +23,11 @@ pub struct BakerHeaders {
     /// On a retry only: "2" for the first retry, "3" for the next, and so on.
     #[serde(rename = "baker-attempt", skip_serializing_if = "Option::is_none")]
     attempt: Option<String>,
+    /// On a message to a service with an inbox not under `_` (possibly
+    /// another Baker's ingress): how many Bakers have routed it; at 8 a
+    /// router refuses it as a loop.
+    #[serde(rename = "baker-hops", skip_serializing_if = "Option::is_none")]
+    hops: Option<String>,
     /// Set by the publisher: the key the `consistent_hash` policy hashes.
     #[serde(rename = "baker-key", skip_serializing_if = "Option::is_none")]
     key: Option<String>,

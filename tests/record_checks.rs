@@ -219,3 +219,76 @@ async fn half_sent_requests_block_no_registration_and_lose_their_connections() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_another_bakers_ingress_stops_after_a_bounded_number_of_hops() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let service = unique("hops");
+        // Two routers, each with an instance whose inbox is the other's
+        // ingress: no record shows the loop (each inbox is outside the
+        // namespace of the router that routes to it).
+        let (a, b) = (Ingress::new(), Ingress::new());
+        for (id, to) in [("to-b", &b), ("to-a", &a)] {
+            let inbox = format!("{}.{service}", to.prefix);
+            let record = record(&service, id, "nats", &nats_url(), &inbox);
+            assert_eq!(put(&dir, &record).await.0, 200);
+        }
+        let routers = [
+            Router::start(&dir.url(), &a, &[]).await,
+            Router::start(&dir.url(), &b, &[]).await,
+        ];
+        routers[0]
+            .wait_routed(&service, &["to-b"], Duration::from_secs(10))
+            .await;
+        routers[1]
+            .wait_routed(&service, &["to-a"], Duration::from_secs(10))
+            .await;
+
+        // Before, one message went round until the records were deleted
+        // (119,364 times in 5 s).
+        let client = connect().await;
+        client
+            .publish(a.subject(&service, "t"), "loop".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let looped = |text: &str| {
+            text.lines().any(|l| {
+                l.starts_with("baker_undelivered_total{")
+                    && l.contains("cause=\"loop\"")
+                    && l.contains(&service)
+                    && l.ends_with(" 1")
+            })
+        };
+        wait_until(
+            "one of the routers stops the loop",
+            Duration::from_secs(10),
+            || async {
+                for router in &routers {
+                    if looped(&router.metrics().await) {
+                        return true;
+                    }
+                }
+                false
+            },
+        )
+        .await;
+        let routed = |text: String| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with("baker_messages_routed_total") && l.contains(&service))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        let mut total = 0;
+        for router in &routers {
+            total += routed(router.metrics().await);
+        }
+        assert_eq!(
+            total,
+            u64::from(baker_mq::router::journey::MAX_HOPS),
+            "one hop per Baker up to the bound"
+        );
+    })
+    .await;
+}

@@ -70,6 +70,9 @@ pub struct Journey {
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Most Bakers a message may go through: a chain of meshes is a handful of
+/// hops; a loop would go on for ever.
+pub const MAX_HOPS: u32 = 8;
 
 impl Journey {
     /// A journey over `table`. Requests to instances on another broker than
@@ -153,8 +156,26 @@ impl Journey {
                 ))
             }
         };
-        // An attempt number is this router's to give, on retries only.
+        // An attempt number is this router's to give, on retries only; a
+        // hop count only into another Baker's ingress.
         message.headers.remove(header::ATTEMPT);
+        let hops = match message.headers.remove(header::HOPS) {
+            Some(text) => text.parse::<u32>().unwrap_or(MAX_HOPS),
+            None => 0,
+        };
+        if hops >= MAX_HOPS {
+            return Outcome::Undeliverable(Failure::new(
+                Cause::Loop,
+                format!(
+                    "routed by {hops} Bakers already: a routing loop (an instance's inbox is \
+                     another Baker's ingress that routes back)"
+                ),
+                0,
+            ));
+        }
+        if service.instances.iter().any(|i| i.into_baker) {
+            message.headers.insert(header::HOPS, (hops + 1).to_string());
+        }
         let outcome = match service.policy.pick(&service.instances, message) {
             Pick::One(first) => self.deliver_one(service, first, destination, message).await,
             Pick::All => self.broadcast(service, destination, message).await,
@@ -583,13 +604,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_that_went_through_too_many_bakers_is_a_loop() {
+        let journey = journey("journey-loop", &["a"], PolicyKind::RoundRobin, 1024).await;
+        let (mut d, settled) = delivery("s", b"x");
+        d.message.headers.insert(header::HOPS, MAX_HOPS.to_string());
+        assert!(matches!(
+            journey.carry(d).await,
+            Outcome::Undeliverable(Failure {
+                cause: Cause::Loop,
+                ..
+            })
+        ));
+        assert!(dead_letter_reason(&settled).contains("routing loop"));
+    }
+
+    #[tokio::test]
     async fn a_first_attempt_carries_no_header_of_bakers() {
         let broker = baker_adapter_memory::broker("journey-plain");
         let mut a = broker.subscribe("_baker.s.a.>", None, 10);
         let journey = journey("journey-plain", &["a"], PolicyKind::RoundRobin, 1024).await;
         let (mut d, _) = delivery("s", b"x");
-        // A stale attempt number (another router's, say) is not this one's.
+        // A stale attempt number (another router's, say) is not this one's,
+        // nor a hop count, to an inbox that is no Baker's ingress.
         d.message.headers.insert(header::ATTEMPT, "3");
+        d.message.headers.insert(header::HOPS, "2");
         assert_eq!(journey.carry(d).await, Outcome::Delivered);
         let got = a.recv().await.unwrap();
         assert!(got.message.headers.is_empty(), "{:?}", got.message.headers);

@@ -72,6 +72,10 @@ pub struct InstanceRoute {
     pub target: Arc<dyn Target>,
     /// Its counters.
     pub stats: Arc<InstanceStats>,
+    /// Its inbox may be another Baker's ingress (it is not under `_`, where
+    /// Baker's inboxes live and no ingress prefix may): what is sent there
+    /// carries a hop count.
+    pub into_baker: bool,
 }
 
 impl Candidate for InstanceRoute {
@@ -315,6 +319,7 @@ impl TableBuilder {
                 .entry(record.service.clone())
                 .or_default()
                 .push(InstanceRoute {
+                    into_baker: !record.endpoint.inbox.starts_with('_'),
                     record: record.clone(),
                     target,
                     stats,

@@ -22,6 +22,8 @@ pub enum Cause {
     /// Every attempt failed because the instances' brokers were unreachable:
     /// the message goes back to the ingress for redelivery.
     Unreachable,
+    /// The message went through more Bakers than a route needs: a loop.
+    Loop,
 }
 
 impl Cause {
@@ -33,6 +35,7 @@ impl Cause {
             Cause::Rejected => "rejected",
             Cause::Unavailable => "unavailable",
             Cause::Unreachable => "unreachable",
+            Cause::Loop => "loop",
         }
     }
 }

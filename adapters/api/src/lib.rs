@@ -57,6 +57,10 @@ pub mod header {
     /// On a retry: 2 for the first retry, 3 for the next, and so on (none on
     /// the first attempt).
     pub const ATTEMPT: &str = "baker-attempt";
+    /// On a message delivered to an address that may be another Baker's
+    /// ingress (an inbox not under `_`, where Baker's inboxes live and no
+    /// ingress prefix may): how many Bakers have routed it.
+    pub const HOPS: &str = "baker-hops";
     /// Routing key for the `consistent_hash` policy.
     pub const KEY: &str = "baker-key";
     /// The instance version a message must go to, for services routed by
