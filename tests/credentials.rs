@@ -133,10 +133,26 @@ async fn ready_with_and_refused_without(
     let log = refused.log_text();
     assert!(log.contains(cause), "{name}: {log}");
     assert!(!log.contains("panicked"), "{name}: {log}");
-    assert!(
-        !http_ok(&format!("http://{admin}/readyz")).await,
-        "{name}: not ready"
-    );
+    // Not ready, and told apart from an outage: the broker refuses it.
+    let readyz = format!("http://{admin}/readyz");
+    wait_until(
+        &format!("/readyz says the broker refuses the router without the {name}"),
+        Duration::from_secs(10),
+        || async {
+            match reqwest::get(&readyz).await {
+                Ok(response) => {
+                    response.status() == 503
+                        && response
+                            .text()
+                            .await
+                            .is_ok_and(|body| body.contains("refuses this sidecar"))
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    assert!(log.contains("refuses this sidecar"), "{name}: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

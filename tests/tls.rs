@@ -145,6 +145,9 @@ async fn refused_without_a_client_certificate(
             .await
             .unwrap();
         assert_eq!(ready.status().as_u16(), 503, "{name}: not ready");
+        // Told apart from an outage.
+        let body = ready.text().await.unwrap();
+        assert!(body.contains("refuses this sidecar"), "{name}: {body}");
         let log = refused.log_text();
         assert!(!log.contains("panicked"), "{name}: {log}");
     }

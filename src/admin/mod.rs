@@ -154,6 +154,17 @@ impl AdminState {
         if self.registered.iter().any(|r| !r.load(Ordering::Relaxed)) {
             problems.push("instances not yet registered".to_owned());
         }
+        // Not an outage: retrying will not help until the configuration
+        // changes.
+        for broker in self.adapters.health() {
+            if let Some(reason) = broker.refused {
+                problems.push(format!(
+                    "broker {} refuses this sidecar (credentials or TLS identity; check its \
+                     [[brokers]] section): {reason}",
+                    broker.broker
+                ));
+            }
+        }
         problems
     }
 
@@ -173,7 +184,7 @@ impl AdminState {
         self.adapters
             .health()
             .into_iter()
-            .map(|b| serde_json::json!({ "adapter": b.adapter, "broker": b.broker, "connected": b.connected }))
+            .map(|b| serde_json::json!({ "adapter": b.adapter, "broker": b.broker, "connected": b.connected, "refused": b.refused }))
             .collect()
     }
 

@@ -254,6 +254,7 @@ impl Adapter for AmqpAdapter {
                 adapter: "amqp",
                 broker: redact(link.url()),
                 connected: link.connected(),
+                refused: link.refused(),
             })
             .collect()
     }

@@ -31,6 +31,9 @@ pub struct Link {
     was_connected: AtomicBool,
     /// Credentials from the configuration, over the URL's.
     access: Option<BrokerAccess>,
+    /// The last connection error, while it says the broker refuses this
+    /// client (credentials, TLS identity).
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 impl Link {
@@ -44,6 +47,7 @@ impl Link {
             current: ArcSwapOption::empty(),
             reconnecting: tokio::sync::Mutex::new(()),
             was_connected: AtomicBool::new(false),
+            refused: std::sync::Mutex::default(),
         }
     }
 
@@ -55,6 +59,14 @@ impl Link {
     /// Whether the link has ever been connected (and so should be kept up).
     pub fn was_connected(&self) -> bool {
         self.was_connected.load(Ordering::Relaxed)
+    }
+
+    /// Why the broker refuses this sidecar, while it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the channel is up.
@@ -97,15 +109,29 @@ impl Link {
                 .await?;
             Ok::<_, lapin::Error>((connection, channel))
         };
-        let (connection, channel) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| AmqpError::ConnectTimeout {
                 broker: redact(&self.url),
-            })?
-            .map_err(|source| AmqpError::Connect {
-                broker: redact(&self.url),
-                source,
-            })?;
+            })
+            .and_then(|result| {
+                result.map_err(|source| AmqpError::Connect {
+                    broker: redact(&self.url),
+                    source,
+                })
+            });
+        let refusal = connected.as_ref().err().and_then(|error| {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            baker_adapter_api::is_refusal(&text).then_some(text)
+        });
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
+        let (connection, channel) = connected?;
         tracing::info!(broker = %redact(&self.url), "connected to AMQP broker");
         self.current
             .store(Some(Arc::new((connection, channel.clone()))));

@@ -217,6 +217,30 @@ pub struct BrokerHealth {
     pub broker: String,
     /// Whether the connection is currently up.
     pub connected: bool,
+    /// While the broker refuses this sidecar (its credentials, its TLS
+    /// identity, or a certificate it does not trust), why: retrying cannot
+    /// help until the configuration changes, unlike an outage.
+    pub refused: Option<String>,
+}
+
+/// Whether a connection error (its text, causes included) says the broker
+/// refused this client, or TLS failed on a certificate, rather than that the
+/// broker is unreachable.
+pub fn is_refusal(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "authorization violation",
+        "authentication",
+        "notauthorized",
+        "badusernamepassword",
+        "not authorized",
+        "access_refused",
+        "access refused",
+        "certificate",
+        "unknownissuer",
+    ]
+    .iter()
+    .any(|word| error.contains(word))
 }
 
 /// A broker protocol, as routing sees it: its names and addresses, the

@@ -23,7 +23,7 @@ pub use access::{
 };
 pub use ack::{AckHandle, Settle, Settlement};
 pub use adapter::{
-    Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
+    is_refusal, Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
     IngressStatus, Member, MemberKept, Provisioning, Replies, Reply, ReplyInbox, Roles, Target,
 };
 pub use backoff::Backoff;

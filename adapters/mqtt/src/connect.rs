@@ -155,6 +155,8 @@ impl Brokers {
 pub struct ErrorLog {
     broker: String,
     last: Mutex<Repeated>,
+    /// The last error, while it says the broker refuses this client.
+    refused: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -169,6 +171,7 @@ impl ErrorLog {
         Self {
             broker: broker.to_owned(),
             last: Mutex::default(),
+            refused: Mutex::default(),
         }
     }
 
@@ -176,6 +179,8 @@ impl ErrorLog {
     /// not be made, or was lost, with `error`; it is retried.
     pub fn failed(&self, connection: &'static str, error: &dyn Display) {
         let text = error.to_string();
+        let refused = baker_adapter_api::is_refusal(&text);
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refused.then(|| text.clone());
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.text == text && last.logged.is_some_and(|at| at.elapsed() < REPEAT_QUIET) {
             last.since += 1;
@@ -184,13 +189,27 @@ impl ErrorLog {
         let repeated = std::mem::take(&mut last.since);
         last.text = text;
         last.logged = Some(Instant::now());
-        tracing::warn!(broker = %self.broker, connection, error = %last.text, repeated,
-            "cannot connect to MQTT broker; retrying (the same error is logged at most every 30 s)");
+        if refused {
+            tracing::warn!(broker = %self.broker, connection, error = %last.text, repeated,
+                "cannot connect to MQTT broker: it refuses this sidecar (credentials or TLS identity; check its [[brokers]] section); retrying (the same error is logged at most every 30 s)");
+        } else {
+            tracing::warn!(broker = %self.broker, connection, error = %last.text, repeated,
+                "cannot connect to MQTT broker; retrying (the same error is logged at most every 30 s)");
+        }
     }
 
     /// A connection was made: the next error is logged whatever it is.
     pub fn connected(&self) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Repeated::default();
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Why the broker refuses this client, while it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether `text` would be logged now (for tests).

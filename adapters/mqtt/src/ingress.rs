@@ -100,6 +100,8 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct IngressState {
     pub url: String,
+    /// The broker's connection errors.
+    pub errors: Arc<crate::connect::ErrorLog>,
     pub connected: Arc<AtomicBool>,
     pub finished: watch::Receiver<bool>,
 }
@@ -151,6 +153,7 @@ impl MqttIngress {
         let shared = Shared::new(spec, dlq.clone(), requeue.clone(), false);
         let state = IngressState {
             url: shared.spec.broker.shown.clone(),
+            errors: shared.spec.broker.errors.clone(),
             connected: shared.connected.clone(),
             finished: shared.finished.subscribe(),
         };

@@ -253,6 +253,7 @@ impl Adapter for MqttAdapter {
                 adapter: "mqtt",
                 broker: link.url().to_owned(),
                 connected: link.connected(),
+                refused: link.refused(),
             })
             .chain(
                 ingresses
@@ -262,6 +263,7 @@ impl Adapter for MqttAdapter {
                         adapter: "mqtt",
                         broker: format!("{} (ingress)", i.url),
                         connected: i.connected.load(Ordering::Relaxed),
+                        refused: i.errors.refused(),
                     }),
             )
             .collect()

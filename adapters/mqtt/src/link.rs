@@ -86,6 +86,8 @@ impl Session {
 /// process runs.
 pub struct Link {
     url: String,
+    /// The broker's connection errors (shared by its connections).
+    errors: Arc<crate::connect::ErrorLog>,
     current: ArcSwapOption<Session>,
     connected: watch::Sender<bool>,
     ever_connected: AtomicBool,
@@ -97,6 +99,7 @@ impl Link {
     pub fn start(broker: Broker) -> Arc<Link> {
         let link = Arc::new(Link {
             url: broker.shown.clone(),
+            errors: broker.errors.clone(),
             current: ArcSwapOption::empty(),
             connected: watch::channel(false).0,
             ever_connected: AtomicBool::new(false),
@@ -109,6 +112,11 @@ impl Link {
     /// Broker URL, password redacted.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Why the broker refuses this sidecar, while it does.
+    pub fn refused(&self) -> Option<String> {
+        self.errors.refused()
     }
 
     /// Whether the connection is up.

@@ -46,6 +46,8 @@ pub use url::{server_addrs, DEFAULT_BROKER};
 #[derive(Default)]
 pub struct NatsAdapter {
     clients: Mutex<HashMap<String, Client>>,
+    /// Each connection's last error, by the same key as `clients`.
+    errors: Mutex<HashMap<String, Arc<Mutex<link::RepeatedError>>>>,
     access: AccessBook,
 }
 
@@ -55,6 +57,7 @@ impl NatsAdapter {
     pub fn new(access: AccessBook) -> Self {
         Self {
             clients: Mutex::default(),
+            errors: Mutex::default(),
             access,
         }
     }

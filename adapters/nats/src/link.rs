@@ -25,6 +25,9 @@ impl NatsAdapter {
         let broker = baker_adapter_api::redact_url(url);
         let options = connect_options(self.access.get(url), url)?;
         let errors = Arc::new(Mutex::new(RepeatedError::default()));
+        (self.errors.lock().unwrap_or_else(|e| e.into_inner()))
+            .entry(url.to_owned())
+            .or_insert_with(|| errors.clone());
         // retry_on_initial_connect: an unreachable broker must not stall the
         // router; async-nats keeps reconnecting with backoff and buffers
         // publishes meanwhile (bounded by its client capacity).
@@ -70,12 +73,18 @@ impl NatsAdapter {
 
     /// The state of every connection.
     pub(crate) fn connections(&self) -> Vec<BrokerHealth> {
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         self.lock_clients()
             .iter()
             .map(|(url, client)| BrokerHealth {
                 adapter: "nats",
                 broker: baker_adapter_api::redact_url(url),
                 connected: client.connection_state() == async_nats::connection::State::Connected,
+                refused: errors.get(url).and_then(|e| {
+                    (e.lock().unwrap_or_else(|e| e.into_inner()))
+                        .refused
+                        .clone()
+                }),
             })
             .collect()
     }
@@ -135,10 +144,12 @@ static LAST_SLOW_CONSUMER_LOG: AtomicU64 = AtomicU64::new(0);
 /// The last connection error logged, to log a failure that repeats (each
 /// reconnection attempt while the broker refuses) at most every 30 s.
 #[derive(Default)]
-struct RepeatedError {
+pub(crate) struct RepeatedError {
     text: String,
     logged: Option<Instant>,
     since: u64,
+    /// The last error, while it says the broker refuses this client.
+    refused: Option<String>,
 }
 
 /// Logs connection events. Slow-consumer events (one per message NATS
@@ -170,6 +181,8 @@ fn report_event(broker: &str, errors: &Mutex<RepeatedError>, event: async_nats::
         async_nats::Event::ClientError(error) => {
             let text = error.to_string();
             let mut last = errors.lock().unwrap_or_else(|e| e.into_inner());
+            let refused = baker_adapter_api::is_refusal(&text);
+            last.refused = refused.then(|| text.clone());
             let quiet = last.text == text
                 && last
                     .logged
@@ -181,7 +194,12 @@ fn report_event(broker: &str, errors: &Mutex<RepeatedError>, event: async_nats::
             let repeated = std::mem::take(&mut last.since);
             last.text.clone_from(&text);
             last.logged = Some(Instant::now());
-            tracing::warn!(%broker, error = %text, repeated, "cannot connect to NATS; retrying");
+            if refused {
+                tracing::warn!(%broker, error = %text, repeated,
+                    "cannot connect to NATS: the broker refuses this sidecar (credentials or TLS identity; check its [[brokers]] section); retrying");
+            } else {
+                tracing::warn!(%broker, error = %text, repeated, "cannot connect to NATS; retrying");
+            }
         }
         other => tracing::warn!(%broker, event = %other, "NATS connection event"),
     }
