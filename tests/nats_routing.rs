@@ -10,6 +10,42 @@ use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A router on a core NATS ingress of its own, routing `service` to one
+/// instance `a` whose inbox the test consumes.
+struct OneInstance {
+    _dir: Directory,
+    ingress: Ingress,
+    service: String,
+    client: async_nats::Client,
+    a: Inbox,
+    _agent: Proc,
+    router: Router,
+}
+
+impl OneInstance {
+    async fn start(name: &str) -> Self {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique(name);
+        let client = connect().await;
+        let a = consume_inbox(&client, &service, "a").await;
+        let agent = agent(&dir.url(), &service, "a", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        OneInstance {
+            _dir: dir,
+            ingress,
+            service,
+            client,
+            a,
+            _agent: agent,
+            router,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregistered_instance_gets_nothing_and_new_instance_gets_traffic_within_a_second() {
     bounded(TEST_TIMEOUT, async {
@@ -204,16 +240,15 @@ async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_rest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_with_malformed_headers_are_counted_and_cost_no_good_message() {
     bounded(TEST_TIMEOUT, async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("badhdr");
-        let client = connect().await;
-        let a = consume_inbox(&client, &service, "a").await;
-        let _agent = agent(&dir.url(), &service, "a", &[]);
-        let router = Router::start(&dir.url(), &ingress, &[]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(10))
-            .await;
+        let setup = OneInstance::start("badhdr").await;
+        let OneInstance {
+            ingress,
+            service,
+            client,
+            a,
+            router,
+            ..
+        } = &setup;
         let reply = unique("_INBOX.bad.");
         let mut replies = client.subscribe(reply.clone()).await.unwrap();
         client.flush().await.unwrap();
@@ -221,10 +256,10 @@ async fn messages_with_malformed_headers_are_counted_and_cost_no_good_message() 
         // 20 bad among 5,000 good, in one connection's order: before the
         // fix the router's client dropped its connection at the first bad
         // one, and with it the good ones in flight.
-        let frames = mixed_frames(&ingress.subject(&service, "t"), 5_000, 20, &reply);
+        let frames = mixed_frames(&ingress.subject(service, "t"), 5_000, 20, &reply);
         raw_publish(&frames).await;
 
-        assert_each_once(&a, 5_000, Duration::from_secs(20)).await;
+        assert_each_once(a, 5_000, Duration::from_secs(20)).await;
         wait_until(
             "the bad ones are counted",
             Duration::from_secs(10),
@@ -305,16 +340,14 @@ async fn a_message_without_headers_is_routed_without_a_header_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_or_missing_topic_gets_a_reason_instead_of_vanishing() {
     bounded(TEST_TIMEOUT, async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("wild");
-        let client = connect().await;
-        let a = consume_inbox(&client, &service, "a").await;
-        let _agent = agent(&dir.url(), &service, "a", &[]);
-        let router = Router::start(&dir.url(), &ingress, &[]).await;
-        router
-            .wait_routed(&service, &["a"], Duration::from_secs(10))
-            .await;
+        let setup = OneInstance::start("wild").await;
+        let OneInstance {
+            ingress,
+            service,
+            client,
+            a,
+            ..
+        } = &setup;
         let reply = unique("_INBOX.wild.");
         let mut replies = client.subscribe(format!("{reply}.*")).await.unwrap();
         client.flush().await.unwrap();
@@ -322,7 +355,7 @@ async fn a_wildcard_or_missing_topic_gets_a_reason_instead_of_vanishing() {
         // Before: the first went to the literal subject `_baker.<s>.a.>`,
         // the second to `_baker.<s>.a`, which no instance subscribes to;
         // both counted as routed.
-        let subject = ingress.subject(&service, "t");
+        let subject = ingress.subject(service, "t");
         let base = subject.trim_end_matches(".t");
         let frames = [
             raw_frame(
@@ -346,7 +379,7 @@ async fn a_wildcard_or_missing_topic_gets_a_reason_instead_of_vanishing() {
         for why in ["without a topic", "wildcard"] {
             assert!(reasons.iter().any(|r| r.contains(why)), "{reasons:?}");
         }
-        assert_each_once(&a, 1, Duration::from_secs(5)).await;
+        assert_each_once(a, 1, Duration::from_secs(5)).await;
     })
     .await;
 }
