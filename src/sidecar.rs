@@ -122,72 +122,106 @@ pub fn start_router(
         tasks.push(tokio::spawn(async move { undelivered.run(shutdown).await }));
     }
     tasks.push(tokio::spawn(replies.run(shutdown.clone())));
-    {
-        let ingress_state = ingress_state.clone();
-        let table = table.clone();
-        tasks.push(tokio::spawn(async move {
-            // No view yet means every message would be undeliverable: leave
-            // them in the broker (or to routers that have a view) until the
-            // directory has answered once.
-            let first_view = async {
-                let mut logged = false;
-                while table.load().catalog.epoch == 0 {
-                    if !logged {
-                        tracing::info!("waiting for a first directory view before consuming");
-                        logged = true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            if shutdown.run_until(first_view).await.is_none() {
-                return;
-            }
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-            // The same failure again is said at most every 30 s (and
-            // /readyz says it meanwhile).
-            let mut last_error: Option<(String, std::time::Instant)> = None;
-            let mut held_back = 0u64;
-            let ingress = loop {
-                match shutdown
-                    .run_until(adapter.ingress(&spec.broker, &spec.ingress))
-                    .await
-                {
-                    None => return,
-                    Some(Ok(ingress)) => break ingress,
-                    Some(Err(error)) => {
-                        let text = error.to_string();
-                        let repeat = last_error.as_ref().is_some_and(|(last, at)| {
-                            *last == text && at.elapsed() < Duration::from_secs(30)
-                        });
-                        if repeat {
-                            held_back += 1;
-                        } else {
-                            let repeated = std::mem::take(&mut held_back);
-                            tracing::warn!(%error, repeated, "cannot subscribe to the ingress; retrying");
-                            last_error = Some((text, std::time::Instant::now()));
-                        }
-                        if shutdown
-                            .run_until(tokio::time::sleep(backoff.next_delay()))
-                            .await
-                            .is_none()
-                        {
-                            return;
-                        }
-                    }
-                }
-            };
-            tracing::info!(adapter = adapter.name(), broker = %baker_adapter_api::redact_url(&spec.broker),
-                prefix = %spec.ingress.prefix, group = %spec.ingress.queue_group, "routing");
-            ingress_state.started(ingress.status());
-            router::run(journey, ingress, spec.max_in_flight, shutdown).await;
-            ingress_state.stopped();
-        }));
-    }
+    tasks.push(tokio::spawn(consume(
+        Consuming {
+            adapter,
+            broker: spec.broker,
+            ingress: spec.ingress,
+            max_in_flight: spec.max_in_flight,
+            journey,
+            state: ingress_state.clone(),
+        },
+        table.clone(),
+        shutdown,
+    )));
     Ok(RouterParts {
         table,
         ingress: ingress_state,
         tasks,
     })
+}
+
+/// What the router's consuming task needs.
+struct Consuming {
+    adapter: Arc<dyn baker_adapter_api::Adapter>,
+    broker: String,
+    ingress: IngressOptions,
+    max_in_flight: usize,
+    journey: Arc<Journey>,
+    state: IngressState,
+}
+
+/// Consumes the ingress once the directory has answered, until `shutdown`:
+/// an ingress that ends without a stop (closed from the broker's side) is
+/// subscribed again.
+async fn consume(c: Consuming, table: Arc<ArcSwap<RoutingTable>>, shutdown: Shutdown) {
+    // No view yet means every message would be undeliverable: leave them in
+    // the broker (or to routers that have a view) until the directory has
+    // answered once.
+    let first_view = async {
+        let mut logged = false;
+        while table.load().catalog.epoch == 0 {
+            if !logged {
+                tracing::info!("waiting for a first directory view before consuming");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if shutdown.run_until(first_view).await.is_none() {
+        return;
+    }
+    while let Some(ingress) = subscribe(&c, &shutdown).await {
+        tracing::info!(adapter = c.adapter.name(), broker = %baker_adapter_api::redact_url(&c.broker),
+            prefix = %c.ingress.prefix, group = %c.ingress.queue_group, "routing");
+        c.state.started(ingress.status());
+        router::run(
+            c.journey.clone(),
+            ingress,
+            c.max_in_flight,
+            shutdown.clone(),
+        )
+        .await;
+        c.state.stopped();
+    }
+}
+
+/// The ingress, once the broker takes the subscription (retried with
+/// backoff, 200 ms doubling to 10 s); `None` once `shutdown` comes. The same
+/// failure again is logged at most every 30 s (and `/readyz` says it
+/// meanwhile).
+async fn subscribe(
+    c: &Consuming,
+    shutdown: &Shutdown,
+) -> Option<Box<dyn baker_adapter_api::Ingress>> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut last_error: Option<(String, std::time::Instant)> = None;
+    let mut held_back = 0u64;
+    loop {
+        match shutdown
+            .run_until(c.adapter.ingress(&c.broker, &c.ingress))
+            .await?
+        {
+            Ok(ingress) => return Some(ingress),
+            Err(error) => {
+                let text = error.to_string();
+                c.state.failed(&text);
+                let repeat = last_error.as_ref().is_some_and(|(last, at)| {
+                    *last == text && at.elapsed() < Duration::from_secs(30)
+                });
+                if repeat {
+                    held_back += 1;
+                } else {
+                    let repeated = std::mem::take(&mut held_back);
+                    tracing::warn!(%error, repeated, "cannot subscribe to the ingress; retrying");
+                    last_error = Some((text, std::time::Instant::now()));
+                }
+                shutdown
+                    .run_until(tokio::time::sleep(backoff.next_delay()))
+                    .await?;
+            }
+        }
+    }
 }
 
 async fn bind_admin((addr, explicit): (SocketAddr, bool)) -> Result<TcpListener, SidecarError> {

@@ -7,7 +7,7 @@ pub mod guard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::extract::State;
@@ -56,14 +56,22 @@ pub struct AdminState {
 #[derive(Clone, Default)]
 pub struct IngressState {
     subscribed: Arc<AtomicBool>,
-    status: Arc<OnceLock<IngressStatus>>,
+    status: Arc<std::sync::Mutex<Option<IngressStatus>>>,
+    /// Why the last attempt to subscribe failed, until one succeeds.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl IngressState {
     /// The router has subscribed; `status` follows the ingress's connection.
     pub fn started(&self, status: IngressStatus) {
-        let _ = self.status.set(status);
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.subscribed.store(true, Ordering::Relaxed);
+    }
+
+    /// An attempt to subscribe failed, with `reason`.
+    pub fn failed(&self, reason: &str) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
     }
 
     /// The router has stopped consuming.
@@ -78,12 +86,27 @@ impl IngressState {
 
     /// Whether the ingress's broker connection is up now.
     pub fn is_connected(&self) -> bool {
-        self.status.get().is_some_and(IngressStatus::is_connected)
+        self.current().is_some_and(|s| s.is_connected())
     }
 
     /// What the ingress says the operator must fix, if anything.
     pub fn problem(&self) -> Option<String> {
-        self.status.get().and_then(IngressStatus::problem)
+        self.current().and_then(|s| s.problem())
+    }
+
+    /// Why the router could not subscribe, while it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn current(&self) -> Option<IngressStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -141,7 +164,10 @@ impl AdminState {
         let mut problems = Vec::new();
         if self.table.is_some() {
             if !self.ingress.is_subscribed() {
-                problems.push("ingress not subscribed".to_owned());
+                problems.push(match self.ingress.failure() {
+                    Some(reason) => format!("ingress not subscribed: {reason}"),
+                    None => "ingress not subscribed".to_owned(),
+                });
             } else if let Some(problem) = self.ingress.problem() {
                 problems.push(format!("ingress: {problem}"));
             } else if !self.ingress.is_connected() {

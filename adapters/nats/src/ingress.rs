@@ -14,6 +14,7 @@ use futures::{FutureExt, StreamExt};
 
 use crate::convert::{malformed_headers, message_from_nats, report_malformed};
 use crate::link::connection_status;
+use crate::overlap;
 
 /// How long the server may take to confirm the ingress subscription.
 const SUBSCRIBE_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -25,6 +26,16 @@ pub(crate) async fn subscribe(
     broker: &str,
     options: &IngressOptions,
 ) -> Result<NatsIngress, AdapterError> {
+    let refused = |reason: String| AdapterError::Broker {
+        url: baker_adapter_api::redact_url(broker),
+        reason,
+    };
+    if let Some(reason) = overlap::stream_over(&client, &options.prefix).await {
+        return Err(refused(reason));
+    }
+    let presence = overlap::Presence::start(&client, &options.prefix)
+        .await
+        .map_err(|e| refused(format!("answering on the presence subject: {e}")))?;
     let subscriber = client
         .queue_subscribe(format!("{}.>", options.prefix), options.queue_group.clone())
         .await
@@ -54,6 +65,8 @@ pub(crate) async fn subscribe(
         subscriber,
         client,
         prefix_len: options.prefix.len() + 1,
+        presence: Some(presence),
+        draining: false,
     })
 }
 
@@ -61,6 +74,11 @@ pub(crate) struct NatsIngress {
     subscriber: async_nats::Subscriber,
     client: Client,
     prefix_len: usize,
+    /// Answers JetStream routers asking whether core routers consume this
+    /// prefix, and watches for a stream over it; gone once closing.
+    presence: Option<overlap::Presence>,
+    /// The subscription is being drained: no more `drain()`.
+    draining: bool,
 }
 
 /// Answers a request that could not be delivered, so the requester learns why
@@ -131,14 +149,37 @@ impl NatsIngress {
 #[async_trait]
 impl Ingress for NatsIngress {
     fn status(&self) -> IngressStatus {
+        let overlap = self.presence.as_ref().map(|p| p.overlap.clone());
         connection_status(&self.client)
+            .with_problem(move || overlap.as_ref().and_then(|o| o.borrow().clone()))
     }
 
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            let msg = self.subscriber.next().await?;
-            if let Some(delivery) = self.delivery(msg) {
-                return Some(delivery);
+            let overlap = async {
+                match self.presence.as_mut() {
+                    Some(presence) if !self.draining => {
+                        let _ = presence.overlap.wait_for(Option::is_some).await;
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                msg = self.subscriber.next() => {
+                    if let Some(delivery) = self.delivery(msg?) {
+                        return Some(delivery);
+                    }
+                }
+                () = overlap => {
+                    // A stream took the prefix over: it has every message
+                    // from now on. What was received is still routed; then
+                    // the ingress ends.
+                    self.draining = true;
+                    if let Err(error) = self.subscriber.drain().await {
+                        tracing::warn!(%error, "could not drain the ingress subscription");
+                    }
+                }
             }
         }
     }
@@ -153,6 +194,10 @@ impl Ingress for NatsIngress {
     }
 
     async fn close(&mut self) {
+        self.presence = None;
+        if std::mem::replace(&mut self.draining, true) {
+            return;
+        }
         // Drain: the server stops sending to this member of the queue group,
         // and the stream ends after the messages already on the wire.
         if let Err(error) = self.subscriber.drain().await {

@@ -166,6 +166,12 @@ pub async fn start(
         reason: format!("{what}: {error}"),
     };
     let settings = StreamSettings::from_url(url).map_err(|e| e.for_url(url))?;
+    if let Some(reason) = crate::overlap::core_routers_on(&client, prefix).await {
+        return Err(AdapterError::Broker {
+            url: baker_adapter_api::redact_url(url),
+            reason,
+        });
+    }
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(settings.apply(StreamConfig {

@@ -30,6 +30,7 @@ mod inbox;
 mod ingress;
 mod jetstream;
 mod link;
+mod overlap;
 mod settings;
 mod url;
 
