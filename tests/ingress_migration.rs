@@ -81,8 +81,8 @@ fn app(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_moves_from_core_to_jetstream_one_sidecar_at_a_time_losing_and_duplicating_nothing(
-) {
+async fn a_fleet_moves_from_core_to_jetstream_one_sidecar_at_a_time_losing_and_duplicating_nothing()
+{
     bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let service = unique("move");
@@ -172,6 +172,29 @@ async fn a_fleet_moves_from_core_to_jetstream_one_sidecar_at_a_time_losing_and_d
         let _ = js_client
             .delete_stream(format!("BAKER_INGRESS_{}", js.prefix))
             .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_core_router_stops_consuming_once_a_stream_captures_its_prefix() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let core = Ingress::new();
+        let router = Router::start(&dir.url(), &core, &[]).await;
+        let js = async_nats::jetstream::new(connect().await);
+        let name = format!("BAKER_INGRESS_{}", core.prefix);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", core.prefix)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        wait_readyz(&router.admin, Some("captures")).await;
+        let log = router.proc.log_text();
+        assert!(log.contains("stopping the core NATS ingress"), "{log}");
+        let _ = js.delete_stream(name).await;
     })
     .await;
 }
