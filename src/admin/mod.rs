@@ -297,17 +297,14 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         metrics::gauge!("baker_broker_connected", "adapter" => broker.adapter, "broker" => broker.broker)
             .set(if broker.connected { 1.0 } else { 0.0 });
     }
-    if let Some(table) = &state.table {
-        let table = table.load();
-        for record in &table.catalog.instances {
-            if let Some(stats) = table.stats(&record.service, &record.id) {
-                metrics::gauge!("baker_instance_ejected", "service" => record.service.clone(), "instance" => record.id.clone())
-                    .set(if stats.outlier.is_ejected() { 1.0 } else { 0.0 });
-            }
-        }
-    }
     match &state.prometheus {
-        Some(handle) => handle.render().into_response(),
+        Some(handle) => {
+            let mut text = handle.render();
+            if let Some(table) = &state.table {
+                text.push_str(&table.load().render_instance_metrics());
+            }
+            text.into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use baker_adapter_api::{broker_key, redact_url, Endpoint, IngressOptions, Message, Target};
 
@@ -16,52 +17,47 @@ use super::policy::{Candidate, Policy, PolicyKind};
 use crate::adapters::{AdapterRegistry, EndpointRefusal};
 use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
 
-/// Running counts for one instance, kept across table rebuilds.
+/// How long a departed instance's counters stay in `/metrics`, so that the
+/// scrapes after it left still see its last increments.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(300);
+
+/// Running counts for one instance, kept across table rebuilds. They are its
+/// metric series too (`baker_messages_routed_total`, ...): rendered from
+/// here, rather than registered with the metrics recorder, which can never
+/// forget a series, so that a departed instance's series go with it.
+#[derive(Default)]
 pub struct InstanceStats {
     /// Messages the instance's broker accepted.
     pub delivered: AtomicU64,
     /// Failed sends.
     pub errors: AtomicU64,
+    /// Ejections by this router.
+    pub ejections: AtomicU64,
     /// Sends in flight.
     pub outstanding: AtomicUsize,
     /// Passive health: whether the instance is ejected for failing.
     pub outlier: OutlierState,
-    routed_metric: metrics::Counter,
-    error_metric: metrics::Counter,
-    ejection_metric: metrics::Counter,
 }
 
 impl InstanceStats {
-    fn new(service: &str, id: &str) -> Self {
-        let labels = [("service", service.to_owned()), ("instance", id.to_owned())];
-        Self {
-            delivered: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            outstanding: AtomicUsize::new(0),
-            outlier: OutlierState::default(),
-            routed_metric: metrics::counter!("baker_messages_routed_total", &labels),
-            error_metric: metrics::counter!("baker_egress_errors_total", &labels),
-            ejection_metric: metrics::counter!("baker_outlier_ejections_total", &labels),
-        }
-    }
-
     /// Counts a delivery accepted by the instance's broker.
     pub fn delivered(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        self.routed_metric.increment(1);
     }
 
     /// Counts a failed send.
     pub fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.error_metric.increment(1);
     }
 
     /// Counts an ejection.
     pub fn ejected(&self) {
-        self.ejection_metric.increment(1);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// An instance's counters, by service and instance id.
+type StatsByInstance = HashMap<(String, String), Arc<InstanceStats>>;
 
 /// One routable instance.
 #[derive(Clone)]
@@ -148,7 +144,12 @@ pub struct RoutingTable {
     services: HashMap<String, ServiceRoute>,
     /// Counters of every instance in the catalog that was ever routed to,
     /// including those no longer routable (draining, critical).
-    stats: HashMap<(String, String), Arc<InstanceStats>>,
+    stats: StatsByInstance,
+    /// Counters of instances that left the catalog, with when they left:
+    /// shown for [`DEPARTED_GRACE`], then dropped.
+    departed: Arc<Vec<((String, String), Arc<InstanceStats>, Instant)>>,
+    /// How long departed counters are shown.
+    grace: Duration,
     /// The catalog this table reflects (every record, routable or not).
     pub catalog: Arc<Catalog>,
 }
@@ -173,6 +174,57 @@ impl RoutingTable {
             .get(&(service.to_owned(), id.to_owned()))
             .map(|s| &**s)
     }
+
+    /// The per-instance metric families, in Prometheus' text format: every
+    /// instance in the catalog, and those that left it less than
+    /// [`DEPARTED_GRACE`] ago.
+    pub fn render_instance_metrics(&self) -> String {
+        use std::fmt::Write;
+        let departed = (self.departed.iter())
+            .filter(|(_, _, since)| since.elapsed() < self.grace)
+            .map(|(key, stats, _)| (key, stats, false));
+        let current = (self.stats.iter()).map(|(key, stats)| (key, stats, true));
+        let all: Vec<_> = current.chain(departed).collect();
+        let mut out = String::new();
+        let families: [(&str, &str, fn(&InstanceStats) -> u64); 4] = [
+            ("baker_messages_routed_total", "counter", |s| s.delivered.load(Ordering::Relaxed)),
+            ("baker_egress_errors_total", "counter", |s| s.errors.load(Ordering::Relaxed)),
+            ("baker_outlier_ejections_total", "counter", |s| s.ejections.load(Ordering::Relaxed)),
+            ("baker_instance_ejected", "gauge", |s| u64::from(s.outlier.is_ejected())),
+        ];
+        for (name, kind, value) in families {
+            if all.is_empty() {
+                break;
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for ((service, id), stats, in_catalog) in &all {
+                if kind == "gauge" && !in_catalog {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\",instance=\"{}\"}} {}",
+                    label_value(service),
+                    label_value(id),
+                    value(stats)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// `text` as a Prometheus label value: backslash, quote and line feed
+/// escaped.
+fn label_value(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['\\', '"', '\n']) {
+        text.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        text.into()
+    }
 }
 
 /// Builds tables from catalogs, reusing bound targets and counters.
@@ -181,7 +233,11 @@ pub struct TableBuilder {
     policies: HashMap<String, PolicyKind>,
     version_headers: HashMap<String, String>,
     targets: HashMap<EndpointRecord, Arc<dyn Target>>,
-    stats: HashMap<(String, String), Arc<InstanceStats>>,
+    stats: StatsByInstance,
+    /// Counters of instances that left the catalog, since when.
+    departed: HashMap<(String, String), (Arc<InstanceStats>, Instant)>,
+    /// How long departed counters are kept.
+    grace: Duration,
     unbindable: HashSet<EndpointRecord>,
     /// The router's own ingress: inboxes in its namespace are loops.
     ingress: Option<IngressOptions>,
@@ -200,10 +256,19 @@ impl TableBuilder {
             version_headers: HashMap::new(),
             targets: HashMap::new(),
             stats: HashMap::new(),
+            departed: HashMap::new(),
+            grace: DEPARTED_GRACE,
             unbindable: HashSet::new(),
             ingress: None,
             allowed_brokers: Vec::new(),
         }
+    }
+
+    /// Keeps a departed instance's counters for `grace` instead of
+    /// [`DEPARTED_GRACE`].
+    pub fn with_departed_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Refuses endpoints whose inbox lies in `ingress`'s namespace (routing
@@ -310,10 +375,12 @@ impl TableBuilder {
             };
             live_endpoints.insert(record.endpoint.clone());
             let key = (record.service.clone(), record.id.clone());
+            // An instance back within the grace period keeps its counts.
+            let back = self.departed.remove(&key).map(|(stats, _)| stats);
             let stats = self
                 .stats
                 .entry(key)
-                .or_insert_with(|| Arc::new(InstanceStats::new(&record.service, &record.id)))
+                .or_insert_with(|| back.unwrap_or_default())
                 .clone();
             grouped
                 .entry(record.service.clone())
@@ -331,8 +398,21 @@ impl TableBuilder {
         let named: HashSet<&EndpointRecord> =
             catalog.instances.iter().map(|r| &r.endpoint).collect();
         self.unbindable.retain(|e| named.contains(e));
-        // A draining instance keeps its counts; a departed one drops them.
-        self.stats.retain(|k, _| in_catalog.contains(k));
+        // A draining instance keeps its counts; a departed one keeps them
+        // for the grace period (for the scrapes after it left), then drops
+        // them.
+        let now = Instant::now();
+        let stats = std::mem::take(&mut self.stats);
+        for (key, stats) in stats {
+            if in_catalog.contains(&key) {
+                self.stats.insert(key, stats);
+            } else {
+                self.departed.insert(key, (stats, now));
+            }
+        }
+        let grace = self.grace;
+        self.departed
+            .retain(|key, (_, since)| since.elapsed() < grace && !in_catalog.contains(key));
         let services = grouped
             .into_iter()
             .map(|(service, instances)| {
@@ -365,6 +445,12 @@ impl TableBuilder {
         RoutingTable {
             services,
             stats: self.stats.clone(),
+            departed: Arc::new(
+                (self.departed.iter())
+                    .map(|(key, (stats, since))| (key.clone(), stats.clone(), *since))
+                    .collect(),
+            ),
+            grace: self.grace,
             catalog,
         }
     }
@@ -393,6 +479,39 @@ mod tests {
             .service(service)
             .map(|s| s.instances.iter().map(|i| i.record.id.clone()).collect())
             .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_departed_instances_series_stay_for_the_grace_period_then_go() {
+        let series = |table: &RoutingTable, id: &str| {
+            table
+                .render_instance_metrics()
+                .lines()
+                .filter(|l| l.contains(&format!("instance=\"{id}\"")))
+                .count()
+        };
+        for (grace, kept) in [(Duration::from_secs(60), true), (Duration::ZERO, false)] {
+            let mut builder = builder().with_departed_grace(grace);
+            let table = builder
+                .build(catalog(1, vec![record("s", "a", 5), record("s", "b", 5)]))
+                .await;
+            table.stats("s", "a").unwrap().delivered();
+            assert_eq!(series(&table, "a"), 4, "routed, errors, ejections, ejected");
+            assert!(table
+                .render_instance_metrics()
+                .contains("baker_messages_routed_total{service=\"s\",instance=\"a\"} 1"));
+            let table = builder.build(catalog(2, vec![record("s", "b", 5)])).await;
+            // Counters only: a departed instance is ejected from nothing.
+            assert_eq!(series(&table, "a"), if kept { 3 } else { 0 }, "grace {grace:?}");
+            assert_eq!(series(&table, "b"), 4);
+        }
+        // Back within the grace period: the same counters go on.
+        let mut builder = builder();
+        let table = builder.build(catalog(1, vec![record("s", "a", 5)])).await;
+        table.stats("s", "a").unwrap().delivered();
+        builder.build(catalog(2, vec![])).await;
+        let table = builder.build(catalog(3, vec![record("s", "a", 5)])).await;
+        assert_eq!(table.stats("s", "a").unwrap().delivered.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
