@@ -59,6 +59,9 @@ impl InstanceStats {
 /// An instance's counters, by service and instance id.
 type StatsByInstance = HashMap<(String, String), Arc<InstanceStats>>;
 
+/// Counters of instances that left the catalog, with when they left.
+type Departed = Vec<((String, String), Arc<InstanceStats>, Instant)>;
+
 /// One routable instance.
 #[derive(Clone)]
 pub struct InstanceRoute {
@@ -147,7 +150,7 @@ pub struct RoutingTable {
     stats: StatsByInstance,
     /// Counters of instances that left the catalog, with when they left:
     /// shown for [`DEPARTED_GRACE`], then dropped.
-    departed: Arc<Vec<((String, String), Arc<InstanceStats>, Instant)>>,
+    departed: Arc<Departed>,
     /// How long departed counters are shown.
     grace: Duration,
     /// The catalog this table reflects (every record, routable or not).
