@@ -189,11 +189,20 @@ impl RoutingTable {
         let current = (self.stats.iter()).map(|(key, stats)| (key, stats, true));
         let all: Vec<_> = current.chain(departed).collect();
         let mut out = String::new();
-        let families: [(&str, &str, fn(&InstanceStats) -> u64); 4] = [
-            ("baker_messages_routed_total", "counter", |s| s.delivered.load(Ordering::Relaxed)),
-            ("baker_egress_errors_total", "counter", |s| s.errors.load(Ordering::Relaxed)),
-            ("baker_outlier_ejections_total", "counter", |s| s.ejections.load(Ordering::Relaxed)),
-            ("baker_instance_ejected", "gauge", |s| u64::from(s.outlier.is_ejected())),
+        type Read = fn(&InstanceStats) -> u64;
+        let families: [(&str, &str, Read); 4] = [
+            ("baker_messages_routed_total", "counter", |s| {
+                s.delivered.load(Ordering::Relaxed)
+            }),
+            ("baker_egress_errors_total", "counter", |s| {
+                s.errors.load(Ordering::Relaxed)
+            }),
+            ("baker_outlier_ejections_total", "counter", |s| {
+                s.ejections.load(Ordering::Relaxed)
+            }),
+            ("baker_instance_ejected", "gauge", |s| {
+                u64::from(s.outlier.is_ejected())
+            }),
         ];
         for (name, kind, value) in families {
             if all.is_empty() {
@@ -505,7 +514,11 @@ mod tests {
                 .contains("baker_messages_routed_total{service=\"s\",instance=\"a\"} 1"));
             let table = builder.build(catalog(2, vec![record("s", "b", 5)])).await;
             // Counters only: a departed instance is ejected from nothing.
-            assert_eq!(series(&table, "a"), if kept { 3 } else { 0 }, "grace {grace:?}");
+            assert_eq!(
+                series(&table, "a"),
+                if kept { 3 } else { 0 },
+                "grace {grace:?}"
+            );
             assert_eq!(series(&table, "b"), 4);
         }
         // Back within the grace period: the same counters go on.
@@ -514,7 +527,14 @@ mod tests {
         table.stats("s", "a").unwrap().delivered();
         builder.build(catalog(2, vec![])).await;
         let table = builder.build(catalog(3, vec![record("s", "a", 5)])).await;
-        assert_eq!(table.stats("s", "a").unwrap().delivered.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            table
+                .stats("s", "a")
+                .unwrap()
+                .delivered
+                .load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[tokio::test]
