@@ -6,6 +6,7 @@ mod common;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
+use common::nats_server::NatsNode;
 use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -380,6 +381,56 @@ async fn a_wildcard_or_missing_topic_gets_a_reason_instead_of_vanishing() {
             assert!(reasons.iter().any(|r| r.contains(why)), "{reasons:?}");
         }
         assert_each_once(a, 1, Duration::from_secs(5)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_no_record_names_any_more_is_disconnected_and_not_retried() {
+    bounded(TEST_TIMEOUT, async {
+        let mut node = NatsNode::with_args(&[]).await;
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("gone");
+        let instance_client = async_nats::connect(node.url()).await.unwrap();
+        let a = consume_inbox(&instance_client, &service, "a").await;
+        let mut agent = agent_on("nats", &node.url(), &dir.url(), &service, "a", &[]);
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        router
+            .wait_routed(&service, &["a"], Duration::from_secs(10))
+            .await;
+        let client = connect().await;
+        client
+            .publish(ingress.subject(&service, "t"), "0".into())
+            .await
+            .unwrap();
+        assert_each_once(&a, 1, Duration::from_secs(5)).await;
+        let port = format!(":{}", node.port);
+        assert!(router.status().await["brokers"].to_string().contains(&port));
+
+        // The instance leaves: its broker is named by no record any more.
+        agent.terminate(Duration::from_secs(10));
+        wait_until(
+            "the router closes the connection",
+            Duration::from_secs(10),
+            || async {
+                router
+                    .proc
+                    .log_text()
+                    .contains("no endpoint uses this broker any more")
+            },
+        )
+        .await;
+        assert!(!router.status().await["brokers"].to_string().contains(&port));
+        // Before, it went on reconnecting to the stopped broker for ever.
+        node.kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log = router.proc.log_text();
+        let after = log
+            .split("no endpoint uses this broker any more")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(!after.contains("cannot connect to NATS"), "{log}");
     })
     .await;
 }

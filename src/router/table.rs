@@ -253,6 +253,8 @@ pub struct TableBuilder {
     unbindable: HashSet<EndpointRecord>,
     /// The router's own ingress: inboxes in its namespace are loops.
     ingress: Option<IngressOptions>,
+    /// The key of the ingress's broker: its connections always stay.
+    own_broker: Option<String>,
     /// Keys of the brokers this router may connect to (its own besides);
     /// empty: any.
     allowed_brokers: Vec<String>,
@@ -272,6 +274,7 @@ impl TableBuilder {
             grace: DEPARTED_GRACE,
             unbindable: HashSet::new(),
             ingress: None,
+            own_broker: None,
             allowed_brokers: Vec::new(),
         }
     }
@@ -293,6 +296,7 @@ impl TableBuilder {
         allowed: &[String],
     ) -> Self {
         self.ingress = Some(ingress);
+        self.own_broker = Some(broker_key(broker));
         if !allowed.is_empty() {
             self.allowed_brokers = allowed.iter().map(|url| broker_key(url)).collect();
             self.allowed_brokers.push(broker_key(broker));
@@ -410,6 +414,18 @@ impl TableBuilder {
         let named: HashSet<&EndpointRecord> =
             catalog.instances.iter().map(|r| &r.endpoint).collect();
         self.unbindable.retain(|e| named.contains(e));
+        // Connections to brokers no record names any more close, with their
+        // reconnection loops (a router's own ingress broker stays).
+        if let Some(own) = &self.own_broker {
+            let in_use: HashSet<String> = std::iter::once(own.clone())
+                .chain(named.iter().map(|e| broker_key(&e.broker)))
+                .collect();
+            for name in self.adapters.names() {
+                if let Some(adapter) = self.adapters.get(name) {
+                    adapter.forget_brokers(&in_use);
+                }
+            }
+        }
         // A draining instance keeps its counts; a departed one keeps them
         // for the grace period (for the scrapes after it left), then drops
         // them.

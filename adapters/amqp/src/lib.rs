@@ -246,6 +246,20 @@ impl Adapter for AmqpAdapter {
         )))
     }
 
+    fn forget_brokers(&self, in_use: &std::collections::HashSet<String>) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.retain(|url, (link, _)| {
+            let used = in_use.contains(&baker_adapter_api::broker_key(url));
+            if !used {
+                tracing::info!(broker = %redact(url), "no endpoint uses this broker any more; connection closed");
+                // Its publisher task ends with the last sender, when the
+                // targets that held it are gone.
+                link.abandon();
+            }
+            used
+        });
+    }
+
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links

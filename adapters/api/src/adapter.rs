@@ -333,6 +333,13 @@ pub trait Adapter: Send + Sync + 'static {
     /// Connection state of every broker this adapter has opened.
     fn health(&self) -> Vec<BrokerHealth>;
 
+    /// Closes the connections (and their reconnection loops) to every broker
+    /// whose [`crate::broker_key`] `in_use` does not hold: no endpoint names
+    /// it any more. A later use connects again. The default keeps them.
+    fn forget_brokers(&self, in_use: &std::collections::HashSet<String>) {
+        let _ = in_use;
+    }
+
     /// Waits until everything sent so far is written to the brokers. Called
     /// before the process exits, so that a send that resolved is not lost in
     /// a client-side buffer.

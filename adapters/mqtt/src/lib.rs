@@ -244,6 +244,18 @@ impl Adapter for MqttAdapter {
         )))
     }
 
+    fn forget_brokers(&self, in_use: &std::collections::HashSet<String>) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.retain(|url, link| {
+            let used = in_use.contains(&baker_adapter_api::broker_key(url));
+            if !used {
+                tracing::info!(broker = %link.url(), "no endpoint uses this broker any more; connection closed");
+                link.close();
+            }
+            used
+        });
+    }
+
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());

@@ -92,6 +92,8 @@ pub struct Link {
     connected: watch::Sender<bool>,
     ever_connected: AtomicBool,
     started: std::time::Instant,
+    /// Set once no endpoint uses the broker: the connection loop ends.
+    closed: watch::Sender<bool>,
 }
 
 impl Link {
@@ -104,6 +106,7 @@ impl Link {
             connected: watch::channel(false).0,
             ever_connected: AtomicBool::new(false),
             started: std::time::Instant::now(),
+            closed: watch::channel(false).0,
         });
         tokio::spawn(run(link.clone(), broker));
         link
@@ -117,6 +120,11 @@ impl Link {
     /// Why the broker refuses this sidecar, while it does.
     pub fn refused(&self) -> Option<String> {
         self.errors.refused()
+    }
+
+    /// Disconnects and stops reconnecting: no endpoint uses the broker.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Whether the connection is up.
@@ -248,11 +256,29 @@ pub fn fastrand_u32() -> u32 {
 }
 
 async fn run(link: Arc<Link>, broker: Broker) {
+    let mut closed = link.closed.subscribe();
+    let closing = async move {
+        let _ = closed.wait_for(|closed| *closed).await;
+    };
+    // Runs until the link is closed; a publish waiting then fails as
+    // unreachable, as on any connection loss.
+    tokio::select! {
+        () = connect_and_serve(&link, &broker) => {}
+        () = closing => {
+            if let Some(session) = link.current.swap(None) {
+                let _ = session.client.try_disconnect();
+            }
+            link.connected.send_replace(false);
+        }
+    }
+}
+
+async fn connect_and_serve(link: &Arc<Link>, broker: &Broker) {
     let mut backoff = BACKOFF_START;
     let mut outage_reported = false;
     loop {
         let mut up = false;
-        let (client, mut eventloop) = AsyncClient::new(options(&broker), REQUEST_CAPACITY);
+        let (client, mut eventloop) = AsyncClient::new(options(broker), REQUEST_CAPACITY);
         let session = Arc::new(Session {
             client,
             order: tokio::sync::Mutex::new(()),

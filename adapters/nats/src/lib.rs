@@ -141,6 +141,26 @@ impl Adapter for NatsAdapter {
         Ok(Box::new(ingress::subscribe(client, broker, options).await?))
     }
 
+    fn forget_brokers(&self, in_use: &std::collections::HashSet<String>) {
+        let gone = |url: &String| !in_use.contains(&baker_adapter_api::broker_key(url));
+        // Dropping the last handle of a client closes its connection; the
+        // targets that held the others went with the records.
+        let forgotten: Vec<String> = self
+            .lock_clients()
+            .keys()
+            .filter(|u| gone(u))
+            .cloned()
+            .collect();
+        if forgotten.is_empty() {
+            return;
+        }
+        self.lock_clients().retain(|url, _| !gone(url));
+        (self.errors.lock().unwrap_or_else(|e| e.into_inner())).retain(|url, _| !gone(url));
+        for url in forgotten {
+            tracing::info!(broker = %baker_adapter_api::redact_url(&url), "no endpoint uses this broker any more; connection closed");
+        }
+    }
+
     fn validate_broker(&self, url: &str) -> Result<(), AdapterError> {
         server_addrs(url).map_err(|e| e.for_url(url))?;
         settings::StreamSettings::from_url(url).map_err(|e| e.for_url(url))?;
