@@ -434,3 +434,59 @@ async fn a_broker_no_record_names_any_more_is_disconnected_and_not_retried() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_undeliverable_requests_stays_bounded_in_memory() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let router = Router::start(&dir.url(), &ingress, &[]).await;
+        let before = rss_kib(router.proc.pid());
+        let client = connect().await;
+        let reply = unique("_INBOX.burst.");
+        let mut replies = client.subscribe(reply.clone()).await.unwrap();
+        client.flush().await.unwrap();
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                while replies.next().await.is_some() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+
+        // Each gets an error reply (no instance): before, one task per
+        // reply, outside the router's window.
+        let subject = ingress.subject(&unique("nobody"), "t");
+        let total = 100_000u64;
+        for _ in 0..total {
+            client
+                .publish_with_reply(subject.clone(), reply.clone(), "x".into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut peak = before;
+        let mut last = (0, Instant::now());
+        while last.1.elapsed() < Duration::from_secs(2) && last.0 < total {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(rss_kib(router.proc.pid()));
+            let now = counted.load(std::sync::atomic::Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+        }
+        assert!(last.0 > 0, "error replies arrive");
+        let grown = peak.saturating_sub(before);
+        eprintln!(
+            "the router grew by {grown} KiB at most; {} error replies",
+            last.0
+        );
+        assert!(
+            grown < 50 * 1024,
+            "the router grew by {grown} KiB for {total} failed requests"
+        );
+    })
+    .await;
+}

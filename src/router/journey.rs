@@ -105,7 +105,10 @@ impl Journey {
             None => (route.await, ack),
             Some(every) => with_progress(route, ack, every).await,
         };
-        match &outcome {
+        // Settling is part of the journey: what it has left to do (a dead
+        // letter to publish, a pause before a hand-back) holds the message's
+        // place in the window, and a graceful stop waits for it.
+        let settling = match &outcome {
             Outcome::Delivered => ack.ack(),
             Outcome::Undeliverable(failure) => {
                 self.undelivered
@@ -113,12 +116,13 @@ impl Journey {
                 if failure.cause == Cause::Unreachable {
                     ack.settle(Settlement::Requeue {
                         reason: failure.reason.clone(),
-                    });
+                    })
                 } else {
-                    ack.dead_letter(failure.reason.clone(), failure.attempts);
+                    ack.dead_letter(failure.reason.clone(), failure.attempts)
                 }
             }
-        }
+        };
+        settling.await;
         outcome
     }
 
@@ -460,7 +464,7 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    use baker_adapter_api::{AckHandle, Settle, Settlement};
+    use baker_adapter_api::{AckHandle, Settle, Settlement, Settling};
     use bytes::Bytes;
 
     use super::*;
@@ -472,8 +476,22 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Settlement>>>);
 
     impl Settle for Recorder {
-        fn settle(self: Box<Self>, outcome: Settlement) {
+        fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
             self.0.lock().unwrap().push(outcome);
+            Settling::done()
+        }
+    }
+
+    /// A settlement with work left: it records its outcome only after a
+    /// pause, as a dead letter waiting for its broker would.
+    struct Slow(Arc<Mutex<Vec<Settlement>>>);
+
+    impl Settle for Slow {
+        fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
+            Settling::later(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.0.lock().unwrap().push(outcome);
+            })
         }
     }
 
@@ -481,7 +499,9 @@ mod tests {
     struct Patient(Arc<std::sync::atomic::AtomicU32>);
 
     impl Settle for Patient {
-        fn settle(self: Box<Self>, _: Settlement) {}
+        fn settle(self: Box<Self>, _: Settlement) -> Settling {
+            Settling::done()
+        }
 
         fn progress_interval(&self) -> Option<Duration> {
             Some(Duration::from_secs(10))
@@ -631,6 +651,18 @@ mod tests {
         assert_eq!(journey.carry(d).await, Outcome::Delivered);
         let got = a.recv().await.unwrap();
         assert!(got.message.headers.is_empty(), "{:?}", got.message.headers);
+    }
+
+    #[tokio::test]
+    async fn a_journey_ends_once_its_settlement_has_finished() {
+        let journey = journey("journey-slow", &[], PolicyKind::RoundRobin, 1024).await;
+        let (mut d, _) = delivery("s", b"x");
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        d.ack = AckHandle::new(Slow(settled.clone()));
+        assert!(matches!(journey.carry(d).await, Outcome::Undeliverable(_)));
+        // Inside the router's window: the dead letter is kept before the
+        // journey gives its place to another message.
+        assert_eq!(settled.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

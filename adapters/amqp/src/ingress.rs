@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, new_message_id, AckHandle, Delivery, Destination, Ingress, IngressStatus, Message,
-    Native, SendError, Settle, Settlement,
+    Native, SendError, Settle, Settlement, Settling,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -411,14 +411,17 @@ impl DeliverySettler {
 }
 
 impl Settle for DeliverySettler {
-    fn settle(self: Box<Self>, outcome: Settlement) {
+    fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
         let requeue = match outcome {
-            // The common case settles at once, with no task of its own.
-            Settlement::Delivered => return self.verdict(false),
+            // The common case settles at once, with nothing left to wait for.
+            Settlement::Delivered => {
+                self.verdict(false);
+                return Settling::done();
+            }
             Settlement::DeadLetter { reason, attempts } => Some((reason, attempts)),
             Settlement::Requeue { .. } => None,
         };
-        tokio::spawn(async move {
+        Settling::later(async move {
             let requeue = match requeue {
                 Some((reason, attempts)) => match self.dead_letter(&reason, attempts).await {
                     Ok(()) => {
@@ -436,6 +439,6 @@ impl Settle for DeliverySettler {
                 tokio::time::sleep(REQUEUE_PAUSE).await;
             }
             self.verdict(requeue);
-        });
+        })
     }
 }

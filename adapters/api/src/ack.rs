@@ -1,6 +1,8 @@
 //! The ack handle: a finalizer that settles an ingress message exactly once.
 
 use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::time::Duration;
 
 /// How a delivery ended.
@@ -24,10 +26,56 @@ pub enum Settlement {
     },
 }
 
+/// What is left of a settlement once [`Settle::settle`] returns: nothing
+/// (an ack passed to the connection), or work to finish (a dead letter to
+/// publish, a pause before a message is handed back). The router awaits it
+/// inside its window of messages in flight, so a burst of failures holds no
+/// more than the window, and a graceful stop finishes it.
+#[must_use = "a settlement may have work left: await it, or detach it"]
+pub struct Settling(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Settling {
+    /// Nothing left to do.
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// `work` is left to do.
+    pub fn later(work: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(Some(Box::pin(work)))
+    }
+
+    /// Whether work is left.
+    pub fn is_pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Lets the work finish on its own, for a settlement made where nothing
+    /// can wait for it (an adapter's event loop): a task of its own, on the
+    /// current runtime.
+    pub fn detach(self) {
+        if let Some(work) = self.0 {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(work);
+            }
+        }
+    }
+}
+
+impl IntoFuture for Settling {
+    type Output = ();
+    type IntoFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        self.0.unwrap_or_else(|| Box::pin(std::future::ready(())))
+    }
+}
+
 /// The adapter side of an [`AckHandle`]: what settling means for one protocol.
 pub trait Settle: Send + 'static {
-    /// Settles the original message. Called at most once.
-    fn settle(self: Box<Self>, outcome: Settlement);
+    /// Settles the original message, returning what is left to finish
+    /// (no task of its own: the caller awaits it). Called at most once.
+    fn settle(self: Box<Self>, outcome: Settlement) -> Settling;
 
     /// How often a message held unsettled must tell the broker it is still
     /// being worked on, where the broker redelivers a message held too long
@@ -64,9 +112,10 @@ impl AckHandle {
     }
 
     /// Settles with `outcome`.
-    pub fn settle(mut self, outcome: Settlement) {
-        if let Some(settle) = self.settle.take() {
-            settle.settle(outcome);
+    pub fn settle(mut self, outcome: Settlement) -> Settling {
+        match self.settle.take() {
+            Some(settle) => settle.settle(outcome),
+            None => Settling::done(),
         }
     }
 
@@ -83,26 +132,29 @@ impl AckHandle {
     }
 
     /// The message is safe at its destination.
-    pub fn ack(self) {
-        self.settle(Settlement::Delivered);
+    pub fn ack(self) -> Settling {
+        self.settle(Settlement::Delivered)
     }
 
     /// The message cannot be delivered after `attempts` tries; `reason`
     /// says why.
-    pub fn dead_letter(self, reason: impl Into<String>, attempts: u32) {
+    pub fn dead_letter(self, reason: impl Into<String>, attempts: u32) -> Settling {
         self.settle(Settlement::DeadLetter {
             reason: reason.into(),
             attempts,
-        });
+        })
     }
 }
 
 impl Drop for AckHandle {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            settle.settle(Settlement::Requeue {
-                reason: "dropped without settlement".to_owned(),
-            });
+            // Nothing can wait here: the rest goes on by itself.
+            settle
+                .settle(Settlement::Requeue {
+                    reason: "dropped without settlement".to_owned(),
+                })
+                .detach();
         }
     }
 }
@@ -123,15 +175,16 @@ mod tests {
     struct Record(Arc<Mutex<Vec<Settlement>>>);
 
     impl Settle for Record {
-        fn settle(self: Box<Self>, outcome: Settlement) {
+        fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
             self.0.lock().unwrap().push(outcome);
+            Settling::done()
         }
     }
 
     #[test]
     fn settles_exactly_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        AckHandle::new(Record(seen.clone())).ack();
+        AckHandle::new(Record(seen.clone())).ack().detach();
         assert_eq!(*seen.lock().unwrap(), vec![Settlement::Delivered]);
     }
 

@@ -21,7 +21,7 @@ pub use access::{
     broker_key, has_credentials, redact_url, split_query, without_credentials, AccessBook,
     AccessError, BrokerAccess, Secret, TlsFiles,
 };
-pub use ack::{AckHandle, Settle, Settlement};
+pub use ack::{AckHandle, Settle, Settlement, Settling};
 pub use adapter::{
     is_refusal, Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
     IngressStatus, Member, MemberKept, Provisioning, Replies, Reply, ReplyInbox, Roles, Target,

@@ -352,7 +352,9 @@ async fn run(
                             if log_due(&LAST_MALFORMED_LOG) {
                                 tracing::warn!(%reason, "MQTT ingress message cannot be routed; dead-lettered (QoS 1) or dropped (QoS 0), counted in baker_mqtt_malformed_total; logged at most every 10 s");
                             }
-                            ack.dead_letter(reason, 0);
+                            // The event loop cannot wait: on its own (bounded
+                            // by the messages the broker has outstanding).
+                            ack.dead_letter(reason, 0).detach();
                         }
                     }
                 }

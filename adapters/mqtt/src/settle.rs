@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::{SendError, Settle, Settlement};
+use baker_adapter_api::{SendError, Settle, Settlement, Settling};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use crate::acks::Acks;
@@ -70,10 +70,9 @@ impl Settler {
                 )],
                 ..Default::default()
             };
-            let link = self.shared.dlq.clone();
-            tokio::spawn(async move {
-                let _ = link.publish(reply, bytes::Bytes::new(), error).await;
-            });
+            let _ = (self.shared.dlq)
+                .publish(reply, bytes::Bytes::new(), error)
+                .await;
         }
         Ok(())
     }
@@ -99,24 +98,25 @@ impl Settler {
 }
 
 impl Settle for Settler {
-    fn settle(self: Box<Self>, outcome: Settlement) {
+    fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
         match outcome {
-            // The common case: no task of its own.
-            Settlement::Delivered => self.acks.done(self.place),
-            Settlement::DeadLetter { reason, attempts } => {
-                tokio::spawn(async move {
-                    match self.dead_letter(&reason, attempts).await {
-                        Ok(()) => self.acks.done(self.place),
-                        Err(error) => {
-                            tracing::warn!(%error, "could not dead-letter an MQTT message; it will be routed again");
-                            self.requeue().await;
-                        }
+            // The common case: nothing left to wait for.
+            Settlement::Delivered => {
+                self.acks.done(self.place);
+                Settling::done()
+            }
+            Settlement::DeadLetter { reason, attempts } => Settling::later(async move {
+                match self.dead_letter(&reason, attempts).await {
+                    Ok(()) => self.acks.done(self.place),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not dead-letter an MQTT message; it will be routed again");
+                        self.requeue().await;
                     }
-                });
-            }
-            Settlement::Requeue { .. } => {
-                tokio::spawn(self.requeue());
-            }
+                }
+            }),
+            // The pause before routing it again holds its place in the
+            // router's window: a broker outage cannot pile requeues up.
+            Settlement::Requeue { .. } => Settling::later(self.requeue()),
         }
     }
 }

@@ -7,7 +7,7 @@ use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressOptions, IngressStatus,
-    Settle, Settlement,
+    Settle, Settlement, Settling,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -89,9 +89,9 @@ struct ErrorReply {
 }
 
 impl Settle for ErrorReply {
-    fn settle(self: Box<Self>, outcome: Settlement) {
+    fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
         let reason = match outcome {
-            Settlement::Delivered => return,
+            Settlement::Delivered => return Settling::done(),
             Settlement::DeadLetter { reason, .. } | Settlement::Requeue { reason } => reason,
         };
         let mut headers = HeaderMap::new();
@@ -99,7 +99,7 @@ impl Settle for ErrorReply {
         // that came from elsewhere.
         let reason = reason.replace(['\r', '\n'], " ");
         headers.insert(header::ERROR, reason.as_str());
-        tokio::spawn(async move {
+        Settling::later(async move {
             if let Err(error) = self
                 .client
                 .publish_with_headers(self.reply, headers, Bytes::new())
@@ -107,7 +107,7 @@ impl Settle for ErrorReply {
             {
                 tracing::debug!(%error, "could not send error reply");
             }
-        });
+        })
     }
 }
 
@@ -117,11 +117,14 @@ impl NatsIngress {
             // At most once: counted and dropped; a requester learns why.
             report_malformed(reason, "dropped");
             if let Some(reply) = msg.reply.clone() {
+                // Hands the publish to the connection (bounded), as the
+                // router's own error replies do.
                 AckHandle::new(ErrorReply {
                     client: self.client.clone(),
                     reply,
                 })
-                .dead_letter(reason, 0);
+                .dead_letter(reason, 0)
+                .detach();
             }
             return None;
         }

@@ -19,7 +19,7 @@ use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
     header, new_message_id, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus,
-    Settle, Settlement,
+    Settle, Settlement, Settling,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -37,19 +37,15 @@ pub const DEAD_LETTER_STREAM: &str = "BAKER_DLQ";
 const NAK_DELAY: Duration = Duration::from_secs(1);
 
 /// One settlement for the ack task.
+// The large variant is the common one (an ack): boxing it would allocate for
+// each message.
+#[allow(clippy::large_enum_variant)]
 enum Ack {
     Kind(Acker, AckKind),
     /// Work in progress: restart the message's ack wait.
     Progress(async_nats::Subject),
     /// Answer once every settlement queued before is sent.
     Flush(tokio::sync::oneshot::Sender<()>),
-    /// Publish the dead letter, then ack (or nak when it could not be kept).
-    DeadLetter {
-        acker: Acker,
-        subject: String,
-        headers: HeaderMap,
-        payload: Bytes,
-    },
 }
 
 /// Sends each settlement to the server, in one task for every delivery.
@@ -69,32 +65,30 @@ async fn run_acks(js: Context, mut acks: mpsc::UnboundedReceiver<Ack>) {
                     tracing::debug!(%error, "could not send a JetStream progress ack");
                 }
             }
-            Ack::DeadLetter {
-                acker,
-                subject,
-                headers,
-                payload,
-            } => {
-                let js = js.clone();
-                // Off the ack task: a dead letter waits for its stream's ack.
-                tokio::spawn(async move {
-                    let kept = match js.publish_with_headers(subject, headers, payload).await {
-                        Ok(ack) => ack.await.is_ok(),
-                        Err(_) => false,
-                    };
-                    let kind = if kept {
-                        AckKind::Ack
-                    } else {
-                        tracing::warn!(
-                            "could not keep a dead letter; the message will be redelivered"
-                        );
-                        AckKind::Nak(Some(NAK_DELAY))
-                    };
-                    let _ = acker.ack_with(kind).await;
-                });
-            }
         }
     }
+}
+
+/// Publishes a dead letter, then acks the original (or naks it, to be
+/// redelivered, when the dead letter could not be kept).
+async fn dead_letter(
+    js: Context,
+    acker: Acker,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) {
+    let kept = match js.publish_with_headers(subject, headers, payload).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    let kind = if kept {
+        AckKind::Ack
+    } else {
+        tracing::warn!("could not keep a dead letter; the message will be redelivered");
+        AckKind::Nak(Some(NAK_DELAY))
+    };
+    let _ = acker.ack_with(kind).await;
 }
 
 /// Settles one JetStream delivery.
@@ -103,6 +97,8 @@ struct JetStreamSettle {
     /// The message's ack subject, for progress acks.
     reply: Option<async_nats::Subject>,
     acks: mpsc::UnboundedSender<Ack>,
+    /// For dead letters.
+    js: Context,
     /// How often a held message restarts its ack wait: a third of it.
     progress_every: Duration,
     service: String,
@@ -111,26 +107,30 @@ struct JetStreamSettle {
 }
 
 impl Settle for JetStreamSettle {
-    fn settle(mut self: Box<Self>, outcome: Settlement) {
+    fn settle(mut self: Box<Self>, outcome: Settlement) -> Settling {
         let Some(acker) = self.acker.take() else {
-            return;
+            return Settling::done();
         };
-        let ack = match outcome {
-            Settlement::Delivered => Ack::Kind(acker, AckKind::Ack),
-            Settlement::Requeue { .. } => Ack::Kind(acker, AckKind::Nak(Some(NAK_DELAY))),
+        let kind = match outcome {
+            Settlement::Delivered => AckKind::Ack,
+            Settlement::Requeue { .. } => AckKind::Nak(Some(NAK_DELAY)),
             Settlement::DeadLetter { reason, attempts } => {
                 let mut headers = self.headers.take().unwrap_or_default();
                 headers.insert(header::ERROR, reason.replace(['\r', '\n'], " ").as_str());
                 headers.insert(header::ATTEMPTS, attempts.to_string().as_str());
-                Ack::DeadLetter {
+                // Waits for the dead-letter stream's ack, in the router's
+                // window.
+                return Settling::later(dead_letter(
+                    self.js.clone(),
                     acker,
-                    subject: format!("{DEAD_LETTER_PREFIX}.{}", self.service),
+                    format!("{DEAD_LETTER_PREFIX}.{}", self.service),
                     headers,
-                    payload: self.payload.clone(),
-                }
+                    self.payload.clone(),
+                ));
             }
         };
-        let _ = self.acks.send(ack);
+        let _ = self.acks.send(Ack::Kind(acker, kind));
+        Settling::done()
     }
 
     fn progress_interval(&self) -> Option<Duration> {
@@ -148,6 +148,7 @@ pub struct JetStreamIngress {
     client: async_nats::Client,
     messages: Option<jetstream::consumer::pull::Stream>,
     acks: mpsc::UnboundedSender<Ack>,
+    js: Context,
     progress_every: Duration,
     prefix_len: usize,
 }
@@ -211,11 +212,12 @@ pub async fn start(
         .await
         .map_err(|e| broker_error("pulling from the durable consumer", e.to_string()))?;
     let (acks, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(run_acks(js, receiver));
+    tokio::spawn(run_acks(js.clone(), receiver));
     Ok(JetStreamIngress {
         client,
         messages: Some(messages),
         acks,
+        js,
         progress_every,
         prefix_len: prefix.len() + 1,
     })
@@ -252,6 +254,7 @@ impl JetStreamIngress {
             acker: Some(acker),
             reply,
             acks: self.acks.clone(),
+            js: self.js.clone(),
             progress_every: self.progress_every,
             service: destination.service.clone(),
             headers: native_headers,
@@ -261,7 +264,8 @@ impl JetStreamIngress {
             // Redelivering it would fail the same way: kept aside at once,
             // with the reason, behind no other message.
             report_malformed(&reason, "dead-lettered");
-            AckHandle::new(settle).dead_letter(reason, 0);
+            // Bounded by the consumer's max_ack_pending, like any message.
+            AckHandle::new(settle).dead_letter(reason, 0).detach();
             return None;
         }
         // Baker's id, whatever the publisher set: the same on every
