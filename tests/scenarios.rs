@@ -433,6 +433,19 @@ async fn assert_every_message_once<P: Protocol>(protocol: &P, inboxes: &[&Inbox]
     }
     tokio::time::sleep(protocol.settle()).await;
     let (duplicates, seen) = tally(inboxes);
-    assert_eq!(seen.len(), total as usize, "none lost");
+    // Which ones, if any: the ranges of missing sequence numbers.
+    let mut missing: Vec<(u64, u64)> = Vec::new();
+    for seq in (0..total).filter(|seq| !seen.contains_key(seq)) {
+        match missing.last_mut() {
+            Some((_, end)) if *end + 1 == seq => *end = seq,
+            _ => missing.push((seq, seq)),
+        }
+    }
+    let counts: Vec<usize> = inboxes.iter().map(|i| i.count()).collect();
+    assert_eq!(
+        seen.len(),
+        total as usize,
+        "none lost; missing {missing:?}; per inbox {counts:?}"
+    );
     assert_eq!(duplicates, 0, "none duplicated");
 }
