@@ -73,6 +73,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Most Bakers a message may go through: a chain of meshes is a handful of
 /// hops; a loop would go on for ever.
 pub const MAX_HOPS: u32 = 8;
+/// Pause before a message no instance's broker could take is routed again,
+/// for an ingress that cannot hand it back to its broker.
+const ROUTE_AGAIN_PAUSE: Duration = Duration::from_secs(1);
 
 impl Journey {
     /// A journey over `table`. Requests to instances on another broker than
@@ -100,11 +103,31 @@ impl Journey {
             destination,
             ack,
         } = delivery;
-        let route = self.route(&mut message, &destination, started);
-        let (outcome, ack) = match ack.progress_interval() {
+        let hops = match message.headers.get(header::HOPS) {
+            Some(text) => text.parse::<u32>().unwrap_or(MAX_HOPS),
+            None => 0,
+        };
+        let route = self.route(&mut message, &destination, hops, started);
+        let (mut outcome, ack) = match ack.progress_interval() {
             None => (route.await, ack),
             Some(every) => with_progress(route, ack, every).await,
         };
+        // An at-least-once ingress whose broker has no hand-back (MQTT): the
+        // message is routed again here after a pause, holding its place in
+        // the window, until it is delivered or found undeliverable (or the
+        // router stops, which leaves it with the broker).
+        while ack.routes_again() {
+            let Outcome::Undeliverable(failure) = &outcome else {
+                break;
+            };
+            if failure.cause != Cause::Unreachable {
+                break;
+            }
+            self.undelivered
+                .record(&destination.service, failure.cause, &failure.reason);
+            tokio::time::sleep(ROUTE_AGAIN_PAUSE).await;
+            outcome = (self.route(&mut message, &destination, hops, Instant::now())).await;
+        }
         // Settling is part of the journey: what it has left to do (a dead
         // letter to publish, a pause before a hand-back) holds the message's
         // place in the window, and a graceful stop waits for it.
@@ -130,6 +153,7 @@ impl Journey {
         &self,
         message: &mut Message,
         destination: &Destination,
+        hops: u32,
         started: Instant,
     ) -> Outcome {
         if message.payload.len() > self.config.max_payload {
@@ -163,10 +187,7 @@ impl Journey {
         // An attempt number is this router's to give, on retries only; a
         // hop count only into another Baker's ingress.
         message.headers.remove(header::ATTEMPT);
-        let hops = match message.headers.remove(header::HOPS) {
-            Some(text) => text.parse::<u32>().unwrap_or(MAX_HOPS),
-            None => 0,
-        };
+        message.headers.remove(header::HOPS);
         if hops >= MAX_HOPS {
             return Outcome::Undeliverable(Failure::new(
                 Cause::Loop,

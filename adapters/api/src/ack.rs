@@ -86,6 +86,15 @@ pub trait Settle: Send + 'static {
 
     /// Tells the broker the message is still being worked on.
     fn progress(&self) {}
+
+    /// Whether a message no instance's broker could take is routed again by
+    /// the router itself, after a pause: an at-least-once ingress whose
+    /// broker has no hand-back (MQTT). Otherwise it is settled as
+    /// [`Settlement::Requeue`]: handed back to a broker that redelivers it
+    /// (AMQP, JetStream), or, at most once, answered or dropped.
+    fn routes_again(&self) -> bool {
+        false
+    }
 }
 
 /// Settles one ingress message exactly once.
@@ -122,6 +131,11 @@ impl AckHandle {
     /// See [`Settle::progress_interval`].
     pub fn progress_interval(&self) -> Option<Duration> {
         self.settle.as_ref().and_then(|s| s.progress_interval())
+    }
+
+    /// See [`Settle::routes_again`].
+    pub fn routes_again(&self) -> bool {
+        self.settle.as_ref().is_some_and(|s| s.routes_again())
     }
 
     /// See [`Settle::progress`].

@@ -14,8 +14,9 @@
 //! Settling: delivered → PUBACK (through the in-order window, [`Acks`]);
 //! dead letter → republished to `_baker-dlq/<original topic>` with
 //! `baker-error` and `baker-attempts`, and acknowledged once the broker
-//! PUBACKs that; requeue (MQTT has no negative ack) → routed again after a
-//! pause, keeping its place in the window.
+//! PUBACKs that; unreachable instances (MQTT has no negative ack) → routed
+//! again by the router after a pause (`Settle::routes_again`), keeping its
+//! place in the window; a handle dropped unsettled → the same, from here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -114,9 +114,15 @@ impl Settle for Settler {
                     }
                 }
             }),
-            // The pause before routing it again holds its place in the
-            // router's window: a broker outage cannot pile requeues up.
+            // The router routes it again itself (`routes_again`); this is
+            // a handle dropped unsettled, or a dead letter that failed.
             Settlement::Requeue { .. } => Settling::later(self.requeue()),
         }
+    }
+
+    /// MQTT has no negative acknowledgement, and an unacknowledged message
+    /// comes back only when the session reconnects.
+    fn routes_again(&self) -> bool {
+        true
     }
 }
