@@ -11,8 +11,15 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// A directory on a port the system picks (and the directory logs).
     pub async fn start() -> Directory {
-        Self::start_on(free_port()).await
+        let proc = Proc::spawn("directory", &["directory", "--listen", "127.0.0.1:0"]);
+        let addr = proc.logged_addr("serving the directory").await;
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let dir = Directory { port, proc };
+        let health = format!("{}/healthz", dir.url());
+        wait_until("directory up", Duration::from_secs(10), || http_ok(&health)).await;
+        dir
     }
 
     pub async fn start_on(port: u16) -> Directory {
@@ -101,10 +108,10 @@ impl Router {
 
     /// A router with `args`, on its own admin port, once it is ready.
     pub async fn spawn(directory: &str, args: &[&str]) -> Router {
-        let admin = format!("127.0.0.1:{}", free_port());
-        let mut all = vec!["--directory", directory, "--admin", &admin];
+        let mut all = vec!["--directory", directory, "--admin", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let proc = Proc::spawn("router", &all);
+        let admin = proc.logged_addr("admin API listening").await;
         let router = Router { admin, proc };
         let ready = format!("http://{}/readyz", router.admin);
         wait_until("router ready", Duration::from_secs(20), || http_ok(&ready)).await;

@@ -75,6 +75,30 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address (`addr=HOST:PORT`) the process logged on its line saying
+    /// `what`, once it has: a process given port 0 says which port it got,
+    /// which no other process can take in between (as a port picked free
+    /// beforehand can be).
+    pub async fn logged_addr(&self, what: &str) -> String {
+        let deadline = Instant::now() + super::scaled(Duration::from_secs(20));
+        loop {
+            let text = self.log_text();
+            let found = text
+                .lines()
+                .filter(|l| l.contains(what))
+                .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")));
+            if let Some(addr) = found {
+                return addr.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never said {what:?}:\n{text}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Proc {
