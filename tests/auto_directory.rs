@@ -11,7 +11,7 @@ use common::*;
 const DEFAULT_DIRECTORY: &str = "127.0.0.1:7070";
 
 fn sidecar(service: &str, id: &str, ingress: &Ingress) -> Proc {
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = "127.0.0.1:0";
     let spec = format!("service={service},id={id},ttl=2");
     let url = nats_url();
     Proc::spawn(
@@ -20,7 +20,7 @@ fn sidecar(service: &str, id: &str, ingress: &Ingress) -> Proc {
             "--broker",
             &url,
             "--admin",
-            &admin,
+            admin,
             "--register",
             &spec,
             "--ingress-prefix",

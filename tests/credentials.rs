@@ -83,17 +83,18 @@ fn operator_mode() -> (String, String) {
 }
 
 /// Starts a router with `config` and returns it with its admin address.
-fn router_with(config: &Path, directory: &str, name: &str) -> (Proc, String) {
-    let admin = format!("127.0.0.1:{}", free_port());
+async fn router_with(config: &Path, directory: &str, name: &str) -> (Proc, String) {
     let args = [
         "--config",
         config.to_str().unwrap(),
         "--directory",
         directory,
         "--admin",
-        &admin,
+        "127.0.0.1:0",
     ];
-    (Proc::spawn(name, &args), admin)
+    let router = Proc::spawn(name, &args);
+    let admin = router.logged_addr("admin API listening").await;
+    (router, admin)
 }
 
 /// A router configured with `section` for `url` (through `adapter`) gets
@@ -115,7 +116,7 @@ async fn ready_with_and_refused_without(
     .unwrap();
     let without = dir.join(format!("{name}-without.toml"));
     std::fs::write(&without, &head).unwrap();
-    let (_router, admin) = router_with(&with, directory, &format!("router-{name}"));
+    let (_router, admin) = router_with(&with, directory, &format!("router-{name}")).await;
     let ready = format!("http://{admin}/readyz");
     wait_until(
         &format!("the router with the {name} gets ready"),
@@ -123,7 +124,7 @@ async fn ready_with_and_refused_without(
         || http_ok(&ready),
     )
     .await;
-    let (refused, admin) = router_with(&without, directory, &format!("refused-{name}"));
+    let (refused, admin) = router_with(&without, directory, &format!("refused-{name}")).await;
     wait_until(
         &format!("the router without the {name} is refused"),
         Duration::from_secs(20),

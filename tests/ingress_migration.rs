@@ -13,9 +13,9 @@ use tokio::sync::watch;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A JetStream router on `ingress`, not waited for.
-fn jetstream_router(directory: &str, ingress: &Ingress) -> (Proc, String) {
-    let admin = format!("127.0.0.1:{}", free_port());
+/// A JetStream router on `ingress`, not waited for (but for its admin
+/// address).
+async fn jetstream_router(directory: &str, ingress: &Ingress) -> (Proc, String) {
     let broker = format!("{}?ingress=jetstream", nats_url());
     let proc = Proc::spawn(
         "router-js",
@@ -23,7 +23,7 @@ fn jetstream_router(directory: &str, ingress: &Ingress) -> (Proc, String) {
             "--directory",
             directory,
             "--admin",
-            &admin,
+            "127.0.0.1:0",
             "--broker",
             &broker,
             "--ingress-prefix",
@@ -32,6 +32,7 @@ fn jetstream_router(directory: &str, ingress: &Ingress) -> (Proc, String) {
             &ingress.group,
         ],
     );
+    let admin = proc.logged_addr("admin API listening").await;
     (proc, admin)
 }
 
@@ -107,7 +108,7 @@ async fn a_fleet_moves_from_core_to_jetstream_one_sidecar_at_a_time_losing_and_d
 
         // A JetStream router on the core routers' prefix would take every
         // message they take: it does not start.
-        let (_overlapping, admin) = jetstream_router(&dir.url(), &core);
+        let (_overlapping, admin) = jetstream_router(&dir.url(), &core).await;
         wait_readyz(&admin, Some("core NATS routers consume")).await;
 
         let mut prefixes = Vec::new();
@@ -123,7 +124,7 @@ async fn a_fleet_moves_from_core_to_jetstream_one_sidecar_at_a_time_losing_and_d
         // its app publishing there, its core router stopped.
         let mut js_routers = Vec::new();
         for (i, mut core_router) in core_routers.drain(..).enumerate() {
-            let (router, admin) = jetstream_router(&dir.url(), &js);
+            let (router, admin) = jetstream_router(&dir.url(), &js).await;
             wait_readyz(&admin, None).await;
             js_routers.push(router);
             prefixes[i].send_replace(js.prefix.clone());
@@ -138,20 +139,20 @@ async fn a_fleet_moves_from_core_to_jetstream_one_sidecar_at_a_time_losing_and_d
 
         // A core router on the JetStream prefix would take every message
         // the stream takes: it does not subscribe.
-        let admin = format!("127.0.0.1:{}", free_port());
-        let _late = Proc::spawn(
+        let late = Proc::spawn(
             "router-core-late",
             &[
                 "--directory",
                 &dir.url(),
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
                 "--ingress-prefix",
                 &js.prefix,
                 "--queue-group",
                 &js.group,
             ],
         );
+        let admin = late.logged_addr("admin API listening").await;
         wait_readyz(&admin, Some("captures")).await;
 
         let mut total = 0;

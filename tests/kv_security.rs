@@ -14,9 +14,9 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An agent registering `spec` on the KV directory `directory`, with
 /// `extra` arguments; its admin address.
-fn kv_agent(directory: &str, spec: &str, extra: &[&str]) -> (Proc, String) {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let agent = agent_at("nats", &nats_url(), directory, spec, &admin, extra);
+async fn kv_agent(directory: &str, spec: &str, extra: &[&str]) -> (Proc, String) {
+    let agent = agent_at("nats", &nats_url(), directory, spec, "127.0.0.1:0", extra);
+    let admin = agent.logged_addr("admin API listening").await;
     (agent, admin)
 }
 
@@ -27,14 +27,14 @@ async fn a_second_agent_cannot_take_a_live_key_and_takes_it_once_the_lease_ends(
         let directory = format!("{}?bucket={bucket}", nats_url());
         let service = unique("kvown");
         let (mut first, first_admin) =
-            kv_agent(&directory, &format!("service={service},id=a,ttl=2"), &[]);
+            kv_agent(&directory, &format!("service={service},id=a,ttl=2"), &[]).await;
         let ready = format!("http://{first_admin}/readyz");
         wait_until("the first agent registers", Duration::from_secs(20), || {
             http_ok(&ready)
         })
         .await;
         let spec = format!("service={service},id=a,ttl=2,inbox=_baker.{service}.twin");
-        let (twin, twin_admin) = kv_agent(&directory, &spec, &[]);
+        let (twin, twin_admin) = kv_agent(&directory, &spec, &[]).await;
         wait_until("the twin is refused", Duration::from_secs(15), || async {
             twin.log_text().contains("another owner")
         })
@@ -120,10 +120,10 @@ async fn nats_permissions_keep_an_agent_to_its_services_keys_and_a_router_to_rea
         };
         let (agent_config, router_config) = (config("agent"), config("router"));
         let directory = format!("{url}?bucket={bucket}");
-        let (_own, own_admin) = kv_agent(&directory, &format!("service={service},id=a"), &["--config", &agent_config]);
+        let (_own, own_admin) = kv_agent(&directory, &format!("service={service},id=a"), &["--config", &agent_config]).await;
         let own_ready = format!("http://{own_admin}/readyz");
         wait_until("the agent registers its service", Duration::from_secs(20), || http_ok(&own_ready)).await;
-        let (foreign, _) = kv_agent(&directory, &format!("service={other},id=b"), &["--config", &agent_config]);
+        let (foreign, _) = kv_agent(&directory, &format!("service={other},id=b"), &["--config", &agent_config]).await;
         wait_until("the agent is refused another service's key", Duration::from_secs(20), || async {
             let log = foreign.log_text();
             log.contains("registration failed") && log.contains("Permissions Violation")

@@ -102,7 +102,6 @@ async fn two_routers_given_one_client_id_say_why_in_the_log_and_readyz() {
         let ingress = MqttIngress::new(&broker.url());
         let first = ingress.router(&dir.url(), &[]).await;
         // The second is never ready for long: no waiting for it.
-        let admin = format!("127.0.0.1:{}", free_port());
         let broker_url = format!("{}?client_id={}", ingress.url, ingress.client_id);
         let second = Proc::spawn(
             "router",
@@ -110,7 +109,7 @@ async fn two_routers_given_one_client_id_say_why_in_the_log_and_readyz() {
                 "--directory",
                 &dir.url(),
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
                 "--adapter",
                 "mqtt",
                 "--broker",
@@ -121,6 +120,7 @@ async fn two_routers_given_one_client_id_say_why_in_the_log_and_readyz() {
                 &ingress.group,
             ],
         );
+        let admin = second.logged_addr("admin API listening").await;
         let readyz = |admin: String| async move {
             let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
             response.text().await.ok()

@@ -38,7 +38,7 @@ fn mutual_tls(pki: &Pki) -> String {
 
 /// An agent registering `service`/`id` with the config file `config`.
 fn agent_with(config: &str, directory: &str, service: &str, id: &str) -> Proc {
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = "127.0.0.1:0";
     let spec = format!("service={service},id={id}");
     let args = [
         "--config",
@@ -47,7 +47,7 @@ fn agent_with(config: &str, directory: &str, service: &str, id: &str) -> Proc {
         "--directory",
         directory,
         "--admin",
-        &admin,
+        admin,
         "--register",
         &spec,
     ];
@@ -117,7 +117,6 @@ async fn refused_without_a_client_certificate(
             broker,
             &section,
         );
-        let admin = format!("127.0.0.1:{}", free_port());
         let refused = Proc::spawn(
             &format!("router-{name}"),
             &[
@@ -126,9 +125,10 @@ async fn refused_without_a_client_certificate(
                 "--directory",
                 &directory.url(),
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
             ],
         );
+        let admin = refused.logged_addr("admin API listening").await;
         let healthz = format!("http://{admin}/healthz");
         wait_until(
             &format!("the {name} router reports a failed connection with its cause"),
