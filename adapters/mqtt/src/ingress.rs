@@ -117,22 +117,6 @@ pub struct MqttIngress {
     closing: bool,
 }
 
-/// Seconds since the epoch of the last malformed-topic warning.
-static LAST_MALFORMED_LOG: AtomicU64 = AtomicU64::new(0);
-
-/// True at most once per 10 s per `last`: keeps per-message events to one
-/// log line per interval.
-pub(crate) fn log_due(last: &AtomicU64) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let prev = last.load(Ordering::Relaxed);
-    now >= prev + 10
-        && last
-            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
-
 impl MqttIngress {
     /// Connects, subscribes, and returns once the broker granted the
     /// subscription.
@@ -350,8 +334,9 @@ async fn run(
                         }
                         Err((reason, ack)) => {
                             metrics::counter!("baker_mqtt_malformed_total").increment(1);
-                            if log_due(&LAST_MALFORMED_LOG) {
-                                tracing::warn!(%reason, "MQTT ingress message cannot be routed; dead-lettered (QoS 1) or dropped (QoS 0), counted in baker_mqtt_malformed_total; logged at most every 10 s");
+                            static MALFORMED: Every = Every::new(Duration::from_secs(10));
+                            if let Some(held_back) = MALFORMED.check() {
+                                tracing::warn!(%reason, held_back, "MQTT ingress message cannot be routed; dead-lettered (QoS 1) or dropped (QoS 0), counted in baker_mqtt_malformed_total; logged at most every 10 s");
                             }
                             // The event loop cannot wait: on its own (bounded
                             // by the messages the broker has outstanding).

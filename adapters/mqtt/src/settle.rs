@@ -1,16 +1,16 @@
 //! Settling a QoS 1 ingress message: its ack in the window, a dead letter
 //! (with an error reply to a waiting requester), or a retry in its place.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::{SendError, Settle, Settlement, Settling};
+use baker_adapter_api::{Every, SendError, Settle, Settlement, Settling};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use crate::acks::Acks;
 use crate::convert;
-use crate::ingress::{log_due, Shared};
+use crate::ingress::Shared;
 use crate::link::Accepted;
 
 /// Prefix of the dead-letter topics: `_baker-dlq/<original topic>`.
@@ -18,9 +18,6 @@ pub const DEAD_LETTER_PREFIX: &str = "_baker-dlq";
 
 /// Pause before a message handed back is routed again.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
-
-/// Seconds since the epoch of the last unsubscribed-dead-letter warning.
-static LAST_DLQ_LOG: AtomicU64 = AtomicU64::new(0);
 
 /// Settles one QoS 1 ingress message.
 pub(crate) struct Settler {
@@ -49,8 +46,9 @@ impl Settler {
             Ok(Accepted::Delivered) => {}
             Ok(Accepted::NoSubscribers) => {
                 metrics::counter!("baker_mqtt_dead_letters_unheard_total").increment(1);
-                if log_due(&LAST_DLQ_LOG) {
-                    tracing::warn!(prefix = DEAD_LETTER_PREFIX, "a dead letter had no subscriber and the broker discarded it; keep a persistent session subscribed to {DEAD_LETTER_PREFIX}/# (counted in baker_mqtt_dead_letters_unheard_total; logged at most every 10 s)");
+                static UNHEARD: Every = Every::new(Duration::from_secs(10));
+                if let Some(held_back) = UNHEARD.check() {
+                    tracing::warn!(prefix = DEAD_LETTER_PREFIX, held_back, "a dead letter had no subscriber and the broker discarded it; keep a persistent session subscribed to {DEAD_LETTER_PREFIX}/# (counted in baker_mqtt_dead_letters_unheard_total; logged at most every 10 s)");
                 }
             }
             Err(error) => return Err(error),
