@@ -109,13 +109,7 @@ async fn mqtt_ingress_reaches_a_nats_instance_and_nats_ingress_an_mqtt_instance_
         .await
         .unwrap();
         nats.flush().await.unwrap();
-        wait_until(
-            "MQTT instance receives",
-            Duration::from_secs(10),
-            || async { inbox.count() >= 1 },
-        )
-        .await;
-        let got = all.lock().unwrap()[0].clone();
+        let got = mqtt::first_received(&inbox, &all).await;
         assert_eq!(
             std::str::from_utf8(&got.topic).unwrap(),
             format!("_baker/{to_mqtt}/m1/eu/updated")
@@ -204,13 +198,7 @@ async fn mqtt_ingress_reaches_an_amqp_instance_and_amqp_ingress_an_mqtt_instance
                 .with_content_type("application/json".into()),
         )
         .await;
-        wait_until(
-            "MQTT instance receives",
-            Duration::from_secs(10),
-            || async { inbox.count() >= 1 },
-        )
-        .await;
-        let got = all.lock().unwrap()[0].clone();
+        let got = mqtt::first_received(&inbox, &all).await;
         assert_eq!(
             std::str::from_utf8(&got.topic).unwrap(),
             format!("_baker/{to_mqtt}/m1/eu/updated")
@@ -399,13 +387,7 @@ async fn topic_levels_arrive_as_sent_and_one_another_protocol_cannot_carry_is_de
         publisher
             .publish_seq(&ingress.topic(&to_mqtt, "v1.2/eu"), 0, 1)
             .await;
-        wait_until(
-            "the MQTT instance receives",
-            Duration::from_secs(10),
-            || async { inbox.count() >= 1 },
-        )
-        .await;
-        let got = all.lock().unwrap()[0].clone();
+        let got = mqtt::first_received(&inbox, &all).await;
         assert_eq!(
             std::str::from_utf8(&got.topic).unwrap(),
             format!("_baker/{to_mqtt}/m1/v1.2/eu")

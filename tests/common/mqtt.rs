@@ -354,6 +354,18 @@ pub async fn consume_inbox_full(
     consume_with(client, service, id).await
 }
 
+/// The first message an inbox of [`consume_inbox_full`] received, once it
+/// has one.
+pub async fn first_received(inbox: &Inbox, all: &std::sync::Mutex<Vec<Publish>>) -> Publish {
+    super::wait_until(
+        "the MQTT instance receives",
+        Duration::from_secs(10),
+        || async { inbox.count() >= 1 },
+    )
+    .await;
+    all.lock().unwrap()[0].clone()
+}
+
 /// Consumes `_baker/<service>/<id>/#` with `client`, like an instance would:
 /// the sequence numbers in the payloads, and every message received.
 pub async fn consume_with(
