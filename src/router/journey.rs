@@ -198,7 +198,7 @@ impl Journey {
                 0,
             ));
         }
-        if service.instances.iter().any(|i| i.into_baker) {
+        if service.into_baker {
             message.headers.insert(header::HOPS, (hops + 1).to_string());
         }
         let outcome = match service.policy.pick(&service.instances, message) {

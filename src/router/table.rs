@@ -101,6 +101,10 @@ pub struct ServiceRoute {
     pub latency: metrics::Histogram,
     /// Routing by version, when the service has it.
     pub versions: Option<VersionRoutes>,
+    /// Some instance's inbox may be another Baker's ingress: messages to
+    /// the service carry a hop count (worked out once per table, not per
+    /// message).
+    pub into_baker: bool,
 }
 
 /// A service routed by version: a message whose `header` names a version
@@ -118,6 +122,7 @@ impl ServiceRoute {
         Self {
             kind,
             policy: Policy::build(kind, &instances),
+            into_baker: instances.iter().any(|i| i.into_baker),
             instances,
             latency,
             versions: None,

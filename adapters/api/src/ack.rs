@@ -1,8 +1,9 @@
 //! The ack handle: a finalizer that settles an ingress message exactly once.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// How a delivery ended.
@@ -62,12 +63,16 @@ impl Settling {
     }
 }
 
-impl IntoFuture for Settling {
+/// Awaiting a settlement with nothing left allocates nothing: the common
+/// case, once per message.
+impl Future for Settling {
     type Output = ();
-    type IntoFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        self.0.unwrap_or_else(|| Box::pin(std::future::ready(())))
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(work) => work.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
     }
 }
 
