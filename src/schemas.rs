@@ -62,6 +62,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         ),
         ("config.schema.json", render(schemars::schema_for!(Options))),
         (
+            "watch-changes.schema.json",
+            render(schemars::schema_for!(baker_directory_api::Changes)),
+        ),
+        (
             "headers.schema.json",
             render(schemars::schema_for!(BakerHeaders)),
         ),

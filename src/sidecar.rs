@@ -20,7 +20,7 @@ use crate::config::{DirectoryTarget, Settings};
 use crate::directory::http::Identity;
 use crate::directory::owner::owner_id;
 use crate::directory::snapshot::Snapshot;
-use crate::directory::{Catalog, DirectoryClient, Watcher};
+use crate::directory::{DirectoryClient, Interest, View, Watcher};
 use crate::member::member;
 use crate::router::reply::ReplyProxy;
 use crate::router::undelivered::UndeliveredReporter;
@@ -80,6 +80,8 @@ pub struct RouterSpec {
     pub version_routing: HashMap<String, String>,
     /// Brokers the router may connect to besides its own; empty: any.
     pub allowed_brokers: Vec<String>,
+    /// The services the router follows.
+    pub interest: Arc<Interest>,
 }
 
 /// Starts a router following `catalogs`: the table follower, the ingress
@@ -88,7 +90,7 @@ pub struct RouterSpec {
 pub fn start_router(
     spec: RouterSpec,
     adapters: AdapterRegistry,
-    catalogs: watch::Receiver<Arc<Catalog>>,
+    views: watch::Receiver<Arc<View>>,
     shutdown: Shutdown,
 ) -> Result<RouterParts, SidecarError> {
     let Some(adapter) = adapters.get(&spec.adapter).cloned() else {
@@ -97,26 +99,34 @@ pub fn start_router(
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies)
         .with_version_routing(spec.version_routing)
-        .with_ingress(&spec.broker, spec.ingress.clone(), &spec.allowed_brokers);
+        .with_ingress(&spec.broker, spec.ingress.clone(), &spec.allowed_brokers)
+        .with_interest(spec.interest.clone());
     let undelivered = Arc::new(UndeliveredReporter::default());
     let replies = Arc::new(ReplyProxy::new(
         adapter.clone(),
         &spec.broker,
         adapters.clone(),
     ));
-    let journey = Arc::new(Journey::new(
-        table.clone(),
-        spec.journey,
-        undelivered.clone(),
-        Some(replies.clone()),
-    ));
+    let journey = Arc::new(
+        Journey::new(
+            table.clone(),
+            spec.journey,
+            undelivered.clone(),
+            Some(replies.clone()),
+        )
+        .with_interest(spec.interest.clone()),
+    );
     let ingress_state = IngressState::default();
-    let mut tasks = vec![tokio::spawn(router::follow_catalog(
-        catalogs,
-        builder,
-        table.clone(),
-        shutdown.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(router::follow_catalog(
+            views,
+            builder,
+            table.clone(),
+            spec.interest.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(spec.interest.clone().run(shutdown.clone())),
+    ];
     {
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move { undelivered.run(shutdown).await }));
@@ -270,7 +280,8 @@ pub async fn run(
         DirectoryTarget::Url(_) | DirectoryTarget::Engine(_) => None,
     };
     let can_take_over = takeover.is_some();
-    let mut watcher = Watcher::new(client.clone(), takeover);
+    let interest = Arc::new(Interest::new(settings.interest.clone()));
+    let mut watcher = Watcher::new(client.clone(), takeover).with_interest(interest.clone());
     if let (true, Some(dir)) = (settings.router, &settings.state_dir) {
         watcher = watcher.with_snapshot(Snapshot::in_dir(dir));
     }
@@ -314,6 +325,7 @@ pub async fn run(
                 policies: settings.policies.clone(),
                 version_routing: settings.version_routing.clone(),
                 allowed_brokers: settings.allowed_brokers.clone(),
+                interest,
             },
             adapters.clone(),
             catalogs,

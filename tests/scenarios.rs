@@ -49,7 +49,7 @@ async fn three_instances_split_the_load_evenly_with_none_lost_or_duplicated<P: P
         .iter()
         .map(|id| protocol.agent(&dir.url(), &service, id))
         .collect();
-    let router = start_router(&dir.url(), &protocol, 1).await;
+    let router = start_router(&dir.url(), &protocol, 1, &service).await;
     router
         .wait_routed(&service, &ids, Duration::from_secs(15))
         .await;
@@ -79,7 +79,7 @@ async fn a_router_killed_mid_stream_loses_nothing_once_restarted<P: Protocol>() 
     let service = unique("crash");
     let a = protocol.inbox(&service, "a").await;
     let _agent = protocol.agent(&dir.url(), &service, "a");
-    let mut router = start_router(&dir.url(), &protocol, 1).await;
+    let mut router = start_router(&dir.url(), &protocol, 1, &service).await;
     router
         .wait_routed(&service, &["a"], Duration::from_secs(15))
         .await;
@@ -97,7 +97,7 @@ async fn a_router_killed_mid_stream_loses_nothing_once_restarted<P: Protocol>() 
             killed_at < total as usize,
             "killed mid-stream, but all {total} were delivered already"
         );
-        let router = start_router(&dir.url(), &protocol, 1).await;
+        let router = start_router(&dir.url(), &protocol, 1, &service).await;
         router
             .wait_routed(&service, &["a"], Duration::from_secs(15))
             .await;
@@ -137,8 +137,8 @@ async fn a_router_stopped_with_sigterm_mid_stream_hands_over_with_none_lost_or_d
     let service = unique("handover");
     let a = protocol.inbox(&service, "a").await;
     let _agent = protocol.agent(&dir.url(), &service, "a");
-    let mut r1 = start_router(&dir.url(), &protocol, 1).await;
-    let r2 = start_router(&dir.url(), &protocol, 2).await;
+    let mut r1 = start_router(&dir.url(), &protocol, 1, &service).await;
+    let r2 = start_router(&dir.url(), &protocol, 2, &service).await;
     for router in [&r1, &r2] {
         router
             .wait_routed(&service, &["a"], Duration::from_secs(15))
@@ -199,7 +199,7 @@ async fn an_instance_whose_broker_never_answers_does_not_stall_the_others<P: Pro
         .await
         .unwrap();
     assert!(registered.status().is_success(), "{registered:?}");
-    let router = start_router(&dir.url(), &protocol, 1).await;
+    let router = start_router(&dir.url(), &protocol, 1, &service).await;
     router
         .wait_routed(&service, &["a", "b"], Duration::from_secs(15))
         .await;
@@ -226,7 +226,7 @@ async fn requests_are_answered_through_the_router_and_unknown_services_get_an_er
     let responder =
         (protocol.responder(&service, "r1").await).expect("the protocol takes requests");
     let _agent = protocol.agent(&dir.url(), &service, "r1");
-    let router = start_router(&dir.url(), &protocol, 1).await;
+    let router = start_router(&dir.url(), &protocol, 1, &service).await;
     router
         .wait_routed(&service, &["r1"], Duration::from_secs(15))
         .await;
@@ -274,7 +274,7 @@ async fn a_rolling_upgrade_under_load_loses_nothing<P: Protocol + Send + Sync + 
     let mut v1_agents: Vec<Proc> = (ids[..3].iter())
         .map(|id| protocol.agent_registering(&dir.url(), &spec(id)))
         .collect();
-    let router = start_router(&dir.url(), &*protocol, 1).await;
+    let router = start_router(&dir.url(), &*protocol, 1, &service).await;
     router
         .wait_routed(&service, &ids[..3], Duration::from_secs(15))
         .await;
@@ -323,8 +323,8 @@ async fn two_routers_on_one_ingress_split_the_load_and_deliver_each_message_once
         .iter()
         .map(|id| protocol.agent(&dir.url(), &service, id))
         .collect();
-    let r1 = start_router(&dir.url(), &protocol, 1).await;
-    let r2 = start_router(&dir.url(), &protocol, 2).await;
+    let r1 = start_router(&dir.url(), &protocol, 1, &service).await;
+    let r2 = start_router(&dir.url(), &protocol, 2, &service).await;
     for router in [&r1, &r2] {
         router
             .wait_routed(&service, &ids, Duration::from_secs(15))
@@ -417,8 +417,16 @@ async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
 }
 
 /// Router number `number` on `protocol`'s ingress, once it is ready.
-async fn start_router<P: Protocol>(directory: &str, protocol: &P, number: usize) -> Router {
-    let args = protocol.router_args(number);
+/// A router following only `service` (declared, as an operator would to
+/// see it routed before the first message).
+async fn start_router<P: Protocol>(
+    directory: &str,
+    protocol: &P,
+    number: usize,
+    service: &str,
+) -> Router {
+    let mut args = protocol.router_args(number);
+    args.extend(["--watch".to_owned(), service.to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Router::spawn(directory, &args).await
 }

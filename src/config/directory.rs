@@ -4,6 +4,10 @@
 use std::net::SocketAddr;
 
 use crate::adapters::DirectoryEngine;
+use crate::directory::interest::{InterestConfig, DEFAULT_IDLE};
+use crate::directory::record::valid_name;
+
+use super::{invalid, Config, ConfigError, Origin};
 
 /// Where the directory is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,5 +52,37 @@ impl DirectoryTarget {
             DirectoryTarget::Url(url) => url.clone(),
             DirectoryTarget::Engine(engine) => engine.url(),
         }
+    }
+}
+
+impl Config {
+    /// The services the router follows: the file's `watch`, then the
+    /// command line's; `*` for all of them.
+    pub(super) fn interest(&self) -> Result<InterestConfig, ConfigError> {
+        let mut config = InterestConfig::default();
+        let layers = [
+            (&self.file.watch, self.file_origin.clone()),
+            (&self.cli.watch, Origin::CommandLine),
+        ];
+        for (services, origin) in layers {
+            for service in services {
+                if service == "*" {
+                    config.all = true;
+                } else if valid_name(service) {
+                    config.declared.insert(service.clone());
+                } else {
+                    let reason = format!(
+                        "{service:?} is not a service name (letters, digits, '-' and '_'), nor '*'"
+                    );
+                    return Err(invalid(origin, "watch", reason));
+                }
+            }
+        }
+        let (idle, origin) = self.get_or(|o| &o.watch_idle_secs, DEFAULT_IDLE.as_secs());
+        if idle == 0 {
+            return Err(invalid(origin, "watch_idle_secs", "must be at least 1"));
+        }
+        config.idle = std::time::Duration::from_secs(idle);
+        Ok(config)
     }
 }

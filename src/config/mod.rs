@@ -31,6 +31,7 @@ pub use options::{LogFormat, Options, ServicePolicy, VersionRoute};
 pub use registration::{Registered, Registration};
 
 use crate::adapters::{self, AdapterRegistry};
+use crate::directory::interest::InterestConfig;
 use crate::directory::record::{valid_name, DEFAULT_TTL_SECS};
 use crate::directory::server::DirectoryRules;
 use crate::directory::DEFAULT_LISTEN;
@@ -93,6 +94,8 @@ pub struct Settings {
     pub directory_token: Option<Secret>,
     /// What a directory served here enforces.
     pub directory_rules: DirectoryRules,
+    /// The services the router follows in the directory.
+    pub interest: InterestConfig,
 }
 
 /// The configuration as given: the command line's options (flags and
@@ -332,6 +335,7 @@ impl Config {
             directory_token,
             directory_rules,
             allowed_brokers,
+            interest: self.interest()?,
         })
     }
 

@@ -127,6 +127,23 @@ pub struct Options {
     #[serde(default)]
     pub allowed_brokers: Vec<String>,
 
+    /// Services this router follows in the directory from the start; `*`
+    /// follows every service. Others are followed from their first message
+    /// on. Repeatable, ';' between several in BAKER_WATCH [default: none]
+    #[arg(
+        long,
+        env = "BAKER_WATCH",
+        value_delimiter = ';',
+        value_name = "SERVICE"
+    )]
+    #[serde(default)]
+    pub watch: Vec<String>,
+
+    /// A service followed from its messages (not in `watch`) is followed no
+    /// more after this many seconds without one [default: 600]
+    #[arg(long, env = "BAKER_WATCH_IDLE_SECS", value_name = "SECS")]
+    pub watch_idle_secs: Option<u64>,
+
     /// Do not route: only register instances (agent only).
     #[arg(long, env = "BAKER_NO_ROUTER")]
     #[serde(default)]

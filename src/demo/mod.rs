@@ -29,8 +29,9 @@ use baker_adapter_api::{Destination, IngressOptions, Member, Topic};
 use tokio::net::TcpListener;
 
 use crate::adapters::AdapterRegistry;
+use crate::directory::interest::InterestConfig;
 use crate::directory::store::Store;
-use crate::directory::{server, DirectoryClient, Watcher};
+use crate::directory::{server, DirectoryClient, Interest, Watcher};
 use crate::router::{JourneyConfig, PolicyKind};
 use crate::shutdown::Shutdown;
 use crate::sidecar::{start_router, RouterSpec};
@@ -163,7 +164,13 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         member: Member::this_run(),
     };
     let client = DirectoryClient::http(&directory_url, &Default::default());
-    let watcher = Watcher::new(client.clone(), None);
+    // The router follows the demo's service from the start (as `watch`
+    // does), so the script can show its view before the first message.
+    let interest = Arc::new(Interest::new(InterestConfig {
+        declared: [service.clone()].into(),
+        ..InterestConfig::default()
+    }));
+    let watcher = Watcher::new(client.clone(), None).with_interest(interest.clone());
     let catalogs = watcher.subscribe();
     tokio::spawn(watcher.run(shutdown.clone()));
     let router = start_router(
@@ -180,6 +187,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
             policies: HashMap::from([(service.clone(), PolicyKind::Weighted)]),
             version_routing: HashMap::new(),
             allowed_brokers: Vec::new(),
+            interest,
         },
         adapters,
         catalogs,

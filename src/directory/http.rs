@@ -1,18 +1,24 @@
 //! HTTP client of the embedded directory.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::Secret;
 use reqwest::header::{HeaderMap, HeaderValue};
 
-use super::{Catalog, ClientError, Directory, InstanceRecord};
+use super::{Catalog, Changes, ClientError, Directory, InstanceRecord};
 
 /// Talks to one directory over HTTP/JSON.
 #[derive(Clone, Debug)]
 pub struct HttpDirectory {
     base: String,
     http: reqwest::Client,
+    /// Set once the directory turned out to be of a release without
+    /// `/v1/watch`: watches read the whole catalog then.
+    legacy: Arc<AtomicBool>,
 }
 
 /// Who a client is to the directory: its token (if the directory needs
@@ -49,6 +55,7 @@ impl HttpDirectory {
                 .default_headers(headers)
                 .build()
                 .unwrap_or_default(),
+            legacy: Arc::default(),
         }
     }
 
@@ -156,6 +163,44 @@ impl Directory for HttpDirectory {
             .map_err(|e| self.unreachable(e))
     }
 
+    /// What changed in `services`, from `/v1/watch`; from the whole catalog
+    /// when the directory is of a release without it.
+    async fn watch(
+        &self,
+        services: &BTreeSet<String>,
+        after: Option<(u64, u64)>,
+        wait: Duration,
+    ) -> Result<Changes, ClientError> {
+        if !self.legacy.load(Ordering::Relaxed) {
+            let (epoch, index) = after.unzip();
+            let body = serde_json::json!({
+                "services": services,
+                "epoch": epoch,
+                "index": index,
+                "wait": wait.as_secs(),
+            });
+            let response = self
+                .http
+                .post(format!("{}/v1/watch", self.base))
+                .json(&body)
+                .timeout(wait + CALL_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            match self.check(response).await {
+                Ok(response) => return response.json().await.map_err(|e| self.unreachable(e)),
+                Err(ClientError::LeaseUnknown) => {
+                    tracing::warn!(url = %self.base, "the directory has no /v1/watch (an older release): \
+                        following its whole catalog until it is upgraded");
+                    self.legacy.store(true, Ordering::Relaxed);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let catalog = self.catalog(after, wait).await?;
+        Ok(Changes::full_from(catalog, services))
+    }
+
     /// True when the directory answers its health endpoint.
     async fn ping(&self) -> bool {
         matches!(
@@ -166,5 +211,44 @@ impl Directory for HttpDirectory {
                 .await,
             Ok(r) if r.status().is_success()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baker_directory_api::testing::record;
+
+    /// A directory of a release before `/v1/watch`: only the catalog.
+    async fn old_directory(catalog: Catalog) -> String {
+        let app = axum::Router::new().route(
+            "/v1/catalog",
+            axum::routing::get(move || {
+                let catalog = catalog.clone();
+                async move { axum::Json(catalog) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_directory_without_the_watch_is_followed_through_its_catalog() {
+        let catalog = Catalog {
+            epoch: 7,
+            index: 3,
+            instances: vec![record("a", "1", 5), record("b", "1", 5)],
+        };
+        let directory = HttpDirectory::new(&old_directory(catalog).await, &Identity::default());
+        let services = BTreeSet::from(["b".to_owned()]);
+        for _ in 0..2 {
+            let changes = (directory.watch(&services, None, Duration::ZERO).await).unwrap();
+            assert!(changes.full);
+            assert_eq!((changes.epoch, changes.index), (7, 3));
+            assert_eq!(changes.instances, [record("b", "1", 5)]);
+        }
+        assert!(directory.legacy.load(Ordering::Relaxed));
     }
 }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod client;
 pub mod http;
+pub mod interest;
 pub mod owner;
 pub mod server;
 pub mod snapshot;
@@ -15,10 +16,11 @@ pub mod watch;
 
 pub use baker_directory_api::record;
 pub use baker_directory_api::{
-    Catalog, ClientError, Directory, EndpointRecord, InstanceRecord, Status,
+    Catalog, Changes, ClientError, Directory, EndpointRecord, InstanceRecord, Status,
 };
 pub use client::DirectoryClient;
-pub use watch::{DirectoryHealth, DirectoryStatus, Watcher};
+pub use interest::Interest;
+pub use watch::{DirectoryHealth, DirectoryStatus, View, Watcher};
 
 /// Where the directory is when none is configured.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";

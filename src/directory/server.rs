@@ -6,7 +6,8 @@
 //! | POST | `/v1/services/{service}/instances/{id}/renew` | extend the lease; 404 when unknown |
 //! | DELETE | `/v1/services/{service}/instances/{id}` | deregister |
 //! | GET | `/v1/services/{service}` | the service's records |
-//! | GET | `/v1/catalog?epoch=E&index=N&wait=S` | every record; waits up to S seconds while the directory is still at epoch E, index N (the watch) |
+//! | POST | `/v1/watch` | a router's watch: body `{"services": [...], "epoch": E, "index": N, "wait": S}`; answers what changed in those services since (E, N), waiting up to S seconds for a change of one of them; everything of those services without a position |
+//! | GET | `/v1/catalog?epoch=E&index=N&wait=S` | every record; waits up to S seconds while the directory is still at epoch E, index N (the watch of releases before `/v1/watch`, and whole-fleet views) |
 //! | GET | `/healthz` | liveness |
 //!
 //! With tokens configured ([`DirectoryAuth`]), each request carries
@@ -14,6 +15,7 @@
 //! its grant. A write carries the agent's owner id in `X-Baker-Owner`: a
 //! live lease is its owner's (409 for anyone else) until it runs out.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,15 +33,19 @@ use baker_adapter_api::Every;
 use baker_adapter_api::IngressOptions;
 
 use super::auth::{Action, DirectoryAuth, Refusal};
-use super::record::InstanceRecord;
+use super::record::{valid_name, InstanceRecord};
 use super::store::{LeaseOutcome, Store, StoreError};
 use crate::adapters::AdapterRegistry;
 use crate::shutdown::Shutdown;
+use baker_directory_api::MAX_WATCHED_SERVICES;
 
 /// How often expired leases are swept. Bounds how late an expiry is seen.
 const EXPIRY_SWEEP: Duration = Duration::from_millis(200);
 /// Largest request body: a record with every field at its longest fits.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest watch request: the most services a watch may name, each at its
+/// longest.
+const MAX_WATCH_BODY: usize = 1024 * 1024;
 /// Longest watch wait a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -80,8 +86,13 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+            let mut sweeps = 0u32;
             while shutdown.run_until(tick.tick()).await.is_some() {
                 store.expire(Instant::now());
+                sweeps = sweeps.wrapping_add(1);
+                if sweeps.is_multiple_of(50) {
+                    store.forget_idle_services();
+                }
             }
         })
     };
@@ -140,6 +151,10 @@ fn routes(shared: Shared) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/catalog", get(catalog))
+        .route(
+            "/v1/watch",
+            post(watch).layer(axum::extract::DefaultBodyLimit::max(MAX_WATCH_BODY)),
+        )
         .route("/v1/services/{service}", get(service))
         .route(
             "/v1/services/{service}/instances/{id}",
@@ -323,4 +338,46 @@ async fn catalog(
         store.wait_for_change(query.index, wait).await;
     }
     Json(store.catalog()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchRequest {
+    services: BTreeSet<String>,
+    #[serde(default)]
+    epoch: Option<u64>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn watch(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Json(request): Json<WatchRequest>,
+) -> Response {
+    if let Some(refused) = refused(&shared, &headers, Action::Read) {
+        return refused;
+    }
+    if request.services.len() > MAX_WATCHED_SERVICES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a watch names at most {MAX_WATCHED_SERVICES} services, this one {}; \
+                 watch the whole catalog instead (GET /v1/catalog)",
+                request.services.len()
+            ),
+        );
+    }
+    if let Some(bad) = request.services.iter().find(|s| !valid_name(s)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("service {bad:?} is not a service name"),
+        );
+    }
+    let after = request.epoch.zip(request.index);
+    let wait = Duration::from_secs(request.wait).min(MAX_WAIT);
+    let body = shared.store.watch(&request.services, after, wait).await;
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -16,6 +16,7 @@
 //! previous epoch stay in the view until their agent registers again or one
 //! lease (the record's TTL) has passed ([`Carryover`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,10 +27,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::client::DirectoryClient;
+use super::interest::Interest;
 use super::record::{Catalog, InstanceRecord};
 use super::server::{self, DirectoryRules};
 use super::snapshot::Snapshot;
 use super::store::Store;
+use super::{Changes, ClientError};
 use crate::shutdown::Shutdown;
 use baker_adapter_api::Backoff;
 
@@ -178,28 +181,47 @@ impl Carryover {
     }
 }
 
-/// Follows the directory and publishes each new catalog.
+/// What a router routes from: the directory's records of the services it
+/// follows, and which services those are.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The records.
+    pub catalog: Arc<Catalog>,
+    /// The services the records are complete for; `None`: every service.
+    pub covers: Option<Arc<BTreeSet<String>>>,
+}
+
+/// Follows the directory and publishes each new view.
 pub struct Watcher {
     client: DirectoryClient,
     /// Address to serve the directory on when nothing answers (auto mode).
     takeover: Option<(SocketAddr, DirectoryRules)>,
     health: Arc<DirectoryHealth>,
-    catalogs: watch::Sender<Arc<Catalog>>,
+    views: watch::Sender<Arc<View>>,
     snapshot: Option<Snapshot>,
+    interest: Arc<Interest>,
 }
 
 impl Watcher {
-    /// A watcher of `client`'s directory. With `takeover`, the watcher serves
-    /// the directory on that address whenever nothing answers there.
+    /// A watcher of `client`'s directory, following every service. With
+    /// `takeover`, the watcher serves the directory on that address
+    /// whenever nothing answers there.
     pub fn new(client: DirectoryClient, takeover: Option<(SocketAddr, DirectoryRules)>) -> Self {
         let health = Arc::new(DirectoryHealth::new(client.url()));
         Self {
             client,
             takeover,
             health,
-            catalogs: watch::Sender::new(Arc::new(Catalog::default())),
+            views: watch::Sender::new(Arc::default()),
             snapshot: None,
+            interest: Arc::new(Interest::all()),
         }
+    }
+
+    /// Follows only the services `interest` names.
+    pub fn with_interest(mut self, interest: Arc<Interest>) -> Self {
+        self.interest = interest;
+        self
     }
 
     /// Saves every new view to `snapshot`, and routes from the saved one
@@ -209,12 +231,21 @@ impl Watcher {
         self
     }
 
-    /// Publishes `view` and saves it.
-    async fn publish(&self, view: Catalog) {
-        let view = Arc::new(view);
-        self.catalogs.send_replace(view.clone());
+    /// The services a view of `catalog` covers when the directory answered
+    /// for `services`.
+    fn covers(&self, services: &Arc<BTreeSet<String>>) -> Option<Arc<BTreeSet<String>>> {
+        (!self.interest.is_all()).then(|| services.clone())
+    }
+
+    /// Publishes `catalog` as the view of `covers`, and saves it.
+    async fn publish(&self, catalog: Catalog, covers: Option<Arc<BTreeSet<String>>>) {
+        let catalog = Arc::new(catalog);
+        self.views.send_replace(Arc::new(View {
+            catalog: catalog.clone(),
+            covers,
+        }));
         if let Some(snapshot) = &self.snapshot {
-            if let Err(error) = snapshot.save(&view).await {
+            if let Err(error) = snapshot.save(&catalog).await {
                 tracing::warn!(path = %snapshot.path().display(), %error, "cannot save the view");
             }
         }
@@ -225,9 +256,9 @@ impl Watcher {
         self.health.clone()
     }
 
-    /// A receiver of every new catalog.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Catalog>> {
-        self.catalogs.subscribe()
+    /// A receiver of every new view.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
+        self.views.subscribe()
     }
 
     /// Serves the directory here if nothing holds the takeover address.
@@ -284,15 +315,46 @@ impl Watcher {
         }
     }
 
+    /// One watch: the changes of `services` (everything when the whole
+    /// directory is followed).
+    async fn fetch(
+        &self,
+        services: &BTreeSet<String>,
+        after: Option<(u64, u64)>,
+        wait: Duration,
+    ) -> Result<Changes, ClientError> {
+        if self.interest.is_all() {
+            let catalog = self.client.catalog(after, wait).await?;
+            Ok(Changes {
+                epoch: catalog.epoch,
+                index: catalog.index,
+                full: true,
+                instances: catalog.instances,
+                removed: Vec::new(),
+            })
+        } else {
+            self.client.watch(services, after, wait).await
+        }
+    }
+
     /// Follows the directory until shutdown.
     pub async fn run(self, shutdown: Shutdown) {
         let mut after: Option<(u64, u64)> = None;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut outage_reported = false;
         let mut carryover = Carryover::default();
-        let mut directory_view = Catalog::default();
+        // The directory's records of the services followed.
+        let mut records = Records::default();
         let mut saved = self.snapshot.as_ref().and_then(Snapshot::load);
+        let mut wanted = self.interest.wanted();
+        // The services the last answer was for.
+        let mut following: Option<Arc<BTreeSet<String>>> = None;
         loop {
+            let services = wanted.borrow_and_update().clone();
+            if following.as_ref() != Some(&services) && !self.interest.is_all() {
+                // A new set of services is read in full.
+                after = None;
+            }
             // Held records must leave the view when their lease runs out, even
             // if the directory has nothing new to say by then.
             let wait = carryover
@@ -301,20 +363,22 @@ impl Watcher {
                     until.saturating_duration_since(Instant::now()).min(RESYNC)
                 })
                 .max(Duration::from_secs(1));
-            let result = match shutdown.run_until(self.client.catalog(after, wait)).await {
-                Some(result) => result,
-                None => return,
+            let result = tokio::select! {
+                result = self.fetch(&services, after, wait) => result,
+                _ = wanted.changed() => continue,
+                _ = shutdown.cancelled() => return,
             };
             match result {
-                Ok(catalog) => {
+                Ok(changes) => {
                     backoff.reset();
                     self.health.synced();
                     if outage_reported {
                         tracing::info!(url = self.client.url(), "directory reachable again");
                         outage_reported = false;
                     }
-                    let position = (catalog.epoch, catalog.index);
+                    let position = (changes.epoch, changes.index);
                     let now = Instant::now();
+                    let covers = self.covers(&services);
                     if after.is_none() && self.health.serving.load(Ordering::Relaxed) {
                         if let Some(view) = saved.take() {
                             // This process has just started serving a new,
@@ -323,23 +387,32 @@ impl Watcher {
                             tracing::info!(instances = view.catalog.instances.len(),
                                 "serving a new directory; keeping the saved view's instances until they register again");
                             let catalog = carryover.view(view.catalog, &Catalog::default(), now);
-                            self.catalogs.send_replace(Arc::new(catalog));
+                            self.views.send_replace(Arc::new(View {
+                                catalog: Arc::new(catalog),
+                                covers: covers.clone(),
+                            }));
                         }
                     }
-                    if after != Some(position) {
-                        if after.is_some_and(|(epoch, _)| epoch != catalog.epoch) {
-                            tracing::info!(url = self.client.url(),
-                                "the directory restarted; keeping the instances it does not know yet for one lease");
-                        }
-                        after = Some(position);
-                        directory_view = catalog.clone();
-                        let previous = self.catalogs.borrow().clone();
-                        let view = carryover.view(catalog, &previous, now);
-                        self.publish(view).await;
-                    } else if carryover.expire(&directory_view, now) {
-                        let previous = self.catalogs.borrow().clone();
-                        let view = carryover.view(directory_view.clone(), &previous, now);
-                        self.publish(view).await;
+                    let changed = match after {
+                        None => true,
+                        Some(before) if changes.full => before != position,
+                        Some(_) => !changes.is_empty(),
+                    };
+                    if after.is_some_and(|(epoch, _)| epoch != changes.epoch) {
+                        tracing::info!(url = self.client.url(),
+                            "the directory restarted; keeping the instances it does not know yet for one lease");
+                    }
+                    after = Some(position);
+                    following = Some(services);
+                    if changed {
+                        records.apply(changes);
+                        let previous = self.views.borrow().catalog.clone();
+                        let view = carryover.view(records.catalog(position), &previous, now);
+                        self.publish(view, covers).await;
+                    } else if carryover.expire(&records.catalog(position), now) {
+                        let previous = self.views.borrow().catalog.clone();
+                        let view = carryover.view(records.catalog(position), &previous, now);
+                        self.publish(view, covers).await;
                     }
                 }
                 Err(error) => {
@@ -354,9 +427,19 @@ impl Watcher {
                             age_secs = view.saved_at.elapsed().map_or(0, |d| d.as_secs()),
                             "directory unreachable at start; routing from the saved view until it answers");
                         self.health.routing_from_snapshot(view.saved_at);
+                        let covers = (!self.interest.is_all()).then(|| {
+                            let mut saved: BTreeSet<String> = (view.catalog.instances.iter())
+                                .map(|record| record.service.clone())
+                                .collect();
+                            saved.extend(services.iter().cloned());
+                            Arc::new(saved)
+                        });
                         let catalog =
                             carryover.view(view.catalog, &Catalog::default(), Instant::now());
-                        self.catalogs.send_replace(Arc::new(catalog));
+                        self.views.send_replace(Arc::new(View {
+                            catalog: Arc::new(catalog),
+                            covers,
+                        }));
                         outage_reported = true;
                     }
                     if !outage_reported {
@@ -375,6 +458,36 @@ impl Watcher {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The directory's records of the services followed, kept up to date from
+/// each answer.
+#[derive(Debug, Default)]
+struct Records(BTreeMap<(String, String), InstanceRecord>);
+
+impl Records {
+    /// Applies an answer: a full one replaces everything.
+    fn apply(&mut self, changes: Changes) {
+        if changes.full {
+            self.0.clear();
+        }
+        for removal in changes.removed {
+            self.0.remove(&(removal.service, removal.id));
+        }
+        for record in changes.instances {
+            self.0
+                .insert((record.service.clone(), record.id.clone()), record);
+        }
+    }
+
+    /// The records as a catalog at `position`.
+    fn catalog(&self, (epoch, index): (u64, u64)) -> Catalog {
+        Catalog {
+            epoch,
+            index,
+            instances: self.0.values().cloned().collect(),
         }
     }
 }

@@ -19,6 +19,7 @@ use super::policy::{Pick, PolicyKind};
 use super::reply::ReplyProxy;
 use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
 use super::undelivered::{Cause, UndeliveredReporter};
+use crate::directory::Interest;
 
 /// Tunables of the journey.
 #[derive(Debug, Clone)]
@@ -67,6 +68,9 @@ pub struct Journey {
     config: JourneyConfig,
     undelivered: Arc<UndeliveredReporter>,
     replies: Option<Arc<ReplyProxy>>,
+    /// The services the router follows: a message for another one waits for
+    /// its first view. None: the table holds every service.
+    interest: Option<Arc<Interest>>,
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -92,7 +96,15 @@ impl Journey {
             config,
             undelivered,
             replies,
+            interest: None,
         }
+    }
+
+    /// Learns the services messages name into `interest`: a message for a
+    /// service not followed yet waits for its first view.
+    pub fn with_interest(mut self, interest: Arc<Interest>) -> Self {
+        self.interest = Some(interest);
+        self
     }
 
     /// Routes one delivery and settles it.
@@ -167,10 +179,23 @@ impl Journey {
                 0,
             ));
         }
-        let table = self.table.load_full();
+        let mut table = self.table.load_full();
+        if let (None, Some(interest)) = (table.service(&destination.service), &self.interest) {
+            if let Err(no_view) = interest.view_of(&destination.service).await {
+                return Outcome::Undeliverable(Failure::new(
+                    Cause::NoRoute,
+                    no_view.to_string(),
+                    0,
+                ));
+            }
+            table = self.table.load_full();
+        }
         let Some(service) = table.service(&destination.service) else {
             return Outcome::Undeliverable(no_route(destination));
         };
+        if let Some(used) = &service.used {
+            used.touch();
+        }
         let service = match service.for_message(message) {
             Ok(service) => service,
             Err(version) => {

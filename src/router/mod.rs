@@ -25,7 +25,7 @@ pub use journey::{Journey, JourneyConfig, Outcome};
 pub use policy::PolicyKind;
 pub use table::{RoutingTable, TableBuilder};
 
-use crate::directory::Catalog;
+use crate::directory::{Interest, View};
 use crate::shutdown::Shutdown;
 
 /// How long closing the ingress may take at shutdown.
@@ -34,22 +34,28 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long in-flight messages may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Rebuilds the routing table whenever a new catalog arrives, and swaps it
-/// in. Returns at shutdown.
+/// Rebuilds the routing table whenever a new view arrives, and swaps it in;
+/// then tells `interest` which services the table covers. Returns at
+/// shutdown.
 pub async fn follow_catalog(
-    mut catalogs: watch::Receiver<Arc<Catalog>>,
+    mut views: watch::Receiver<Arc<View>>,
     mut builder: TableBuilder,
     table: Arc<ArcSwap<RoutingTable>>,
+    interest: Arc<Interest>,
     shutdown: Shutdown,
 ) {
     loop {
-        let catalog = catalogs.borrow_and_update().clone();
+        let view = views.borrow_and_update().clone();
+        let catalog = view.catalog.clone();
         let next = builder.build(catalog.clone()).await;
         let routable: usize = catalog.instances.iter().filter(|r| r.routable()).count();
         tracing::debug!(index = catalog.index, routable, "routing table updated");
         table.store(Arc::new(next));
+        if let Some(covers) = &view.covers {
+            interest.covered(covers.clone());
+        }
         if shutdown
-            .run_until(catalogs.changed())
+            .run_until(views.changed())
             .await
             .is_none_or(|r| r.is_err())
         {

@@ -15,6 +15,7 @@ use baker_adapter_api::{broker_key, redact_url, Endpoint, IngressOptions, Messag
 use super::outlier::OutlierState;
 use super::policy::{Candidate, Policy, PolicyKind};
 use crate::adapters::{AdapterRegistry, EndpointRefusal};
+use crate::directory::interest::{Interest, Use};
 use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
 
 /// How long a departed instance's counters stay in `/metrics`, so that the
@@ -105,6 +106,9 @@ pub struct ServiceRoute {
     /// the service carry a hop count (worked out once per table, not per
     /// message).
     pub into_baker: bool,
+    /// Where its use is noted, when the router follows only the services it
+    /// routes to.
+    pub used: Option<Arc<Use>>,
 }
 
 /// A service routed by version: a message whose `header` names a version
@@ -126,6 +130,7 @@ impl ServiceRoute {
             instances,
             latency,
             versions: None,
+            used: None,
         }
     }
 
@@ -263,6 +268,8 @@ pub struct TableBuilder {
     /// Keys of the brokers this router may connect to (its own besides);
     /// empty: any.
     allowed_brokers: Vec<String>,
+    /// The services followed, whose use the table notes.
+    interest: Option<Arc<Interest>>,
 }
 
 impl TableBuilder {
@@ -281,7 +288,15 @@ impl TableBuilder {
             ingress: None,
             own_broker: None,
             allowed_brokers: Vec::new(),
+            interest: None,
         }
+    }
+
+    /// Notes each message's service in `interest`, so that services not
+    /// routed to for a while are followed no more.
+    pub fn with_interest(mut self, interest: Arc<Interest>) -> Self {
+        self.interest = Some(interest);
+        self
     }
 
     /// Keeps a departed instance's counters for `grace` instead of
@@ -472,6 +487,7 @@ impl TableBuilder {
                 });
                 let mut route = ServiceRoute::build(kind, instances, latency);
                 route.versions = versions;
+                route.used = (self.interest.as_ref()).and_then(|i| i.use_of(&service));
                 (service, route)
             })
             .collect();

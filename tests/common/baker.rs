@@ -106,9 +106,15 @@ impl Router {
         Self::spawn(directory, &args).await
     }
 
-    /// A router with `args`, on its own admin port, once it is ready.
+    /// A router with `args`, on its own admin port, once it is ready. Unless
+    /// `args` say which services it follows, it follows every service, so
+    /// that a test can wait for its view before the first message (as
+    /// `--watch SERVICE` lets an operator do).
     pub async fn spawn(directory: &str, args: &[&str]) -> Router {
         let mut all = vec!["--directory", directory, "--admin", "127.0.0.1:0"];
+        if !args.iter().any(|arg| arg.starts_with("--watch")) {
+            all.extend(["--watch", "*"]);
+        }
         all.extend_from_slice(args);
         let proc = Proc::spawn("router", &all);
         let admin = proc.logged_addr("admin API listening").await;

@@ -4,11 +4,15 @@
 //! directory's HTTP client lives in the core; other engines (the JetStream
 //! key-value bucket) are crates of their own that implement the trait.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod changes;
 pub mod record;
+
+pub use changes::{Changes, Removal, RemovalCause, MAX_WATCHED_SERVICES};
 
 pub use record::{
     valid_name, Catalog, EndpointRecord, InstanceRecord, RecordError, Status, DEFAULT_TTL_SECS,
@@ -64,6 +68,24 @@ pub trait Directory: Send + Sync + std::fmt::Debug + 'static {
         after: Option<(u64, u64)>,
         wait: Duration,
     ) -> Result<Catalog, ClientError>;
+
+    /// The records of `services`: all of them without `after` (or when the
+    /// directory cannot tell what changed since), else the changes since
+    /// that (epoch, index), waiting up to `wait` for one. Only a change of
+    /// one of `services` ends the wait: a router is not woken, nor sent
+    /// anything, for the rest of the fleet.
+    ///
+    /// The default answers in full from [`Directory::catalog`], for engines
+    /// that only keep the whole catalog.
+    async fn watch(
+        &self,
+        services: &BTreeSet<String>,
+        after: Option<(u64, u64)>,
+        wait: Duration,
+    ) -> Result<Changes, ClientError> {
+        let catalog = self.catalog(after, wait).await?;
+        Ok(Changes::full_from(catalog, services))
+    }
 
     /// True when the directory answers.
     async fn ping(&self) -> bool;
