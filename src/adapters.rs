@@ -66,6 +66,18 @@ impl AdapterRegistry {
         self.adapters.iter().find(|a| a.name() == name)
     }
 
+    /// Whether a send to `record`'s instance fails once it is gone (see
+    /// `Adapter::send_fails_when_gone`); false for an adapter this build
+    /// lacks.
+    pub fn send_fails_when_gone(&self, record: &crate::directory::InstanceRecord) -> bool {
+        let endpoint = baker_adapter_api::Endpoint {
+            adapter: record.endpoint.adapter.clone(),
+            broker: record.endpoint.broker.clone(),
+            inbox: record.endpoint.inbox.clone(),
+        };
+        (self.get(&record.endpoint.adapter)).is_some_and(|a| a.send_fails_when_gone(&endpoint))
+    }
+
     /// The adapter whose URLs have `url`'s scheme.
     pub fn for_url(&self, url: &str) -> Option<&Arc<dyn Adapter>> {
         let scheme = url.split_once("://")?.0.to_ascii_lowercase();

@@ -281,7 +281,10 @@ pub async fn run(
     };
     let can_take_over = takeover.is_some();
     let interest = Arc::new(Interest::new(settings.interest.clone()));
-    let mut watcher = Watcher::new(client.clone(), takeover).with_interest(interest.clone());
+    let judge = adapters.clone();
+    let mut watcher = Watcher::new(client.clone(), takeover)
+        .with_interest(interest.clone())
+        .with_self_preservation(Arc::new(move |record| judge.send_fails_when_gone(record)));
     if let (true, Some(dir)) = (settings.router, &settings.state_dir) {
         watcher = watcher.with_snapshot(Snapshot::in_dir(dir));
     }

@@ -201,9 +201,10 @@ impl AdminState {
             view_age_secs,
             serving,
             source,
+            preserved_instances,
         } = self.directory.status();
         serde_json::json!({ "url": url, "reachable": reachable, "view_age_secs": view_age_secs,
-            "serving": serving, "view_source": source })
+            "serving": serving, "view_source": source, "preserved_instances": preserved_instances })
     }
 
     fn brokers_json(&self) -> Vec<serde_json::Value> {

@@ -9,14 +9,17 @@ pub mod client;
 pub mod http;
 pub mod interest;
 pub mod owner;
+pub mod preserve;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+mod view;
 pub mod watch;
 
 pub use baker_directory_api::record;
 pub use baker_directory_api::{
-    Catalog, Changes, ClientError, Directory, EndpointRecord, InstanceRecord, Status,
+    Catalog, Changes, ClientError, Directory, EndpointRecord, InstanceRecord, Removal,
+    RemovalCause, Status,
 };
 pub use client::DirectoryClient;
 pub use interest::Interest;

@@ -1,9 +1,14 @@
 //! Keeps a router's view of the directory current, and keeps the last known
 //! view when the directory is unreachable.
 //!
-//! The watch is a long poll that returns the whole catalog as soon as it
-//! changes, or after [`RESYNC`] otherwise, so every answer is also a full
-//! resync: a change missed for any reason is repaired within that period.
+//! The watch follows the services the router routes to ([`Interest`]): a
+//! long poll answered with what changed in them since the watcher's index
+//! (records added or changed, records removed and why), as soon as one of
+//! them changes, or empty after [`RESYNC`]; in full when the watcher starts,
+//! when its services change, and after a directory restart. A router that
+//! follows everything (`watch = ["*"]`) reads the whole catalog instead.
+//! Lapses of half a service or more at once are held back
+//! ([`super::preserve`]).
 //! When the directory does not answer, the last catalog stays in force, the
 //! watcher retries with jittered backoff, and [`DirectoryHealth`] reports the
 //! outage and the view's age. In auto mode (no directory configured) a
@@ -16,9 +21,9 @@
 //! previous epoch stay in the view until their agent registers again or one
 //! lease (the record's TTL) has passed ([`Carryover`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,10 +33,12 @@ use tokio::sync::watch;
 
 use super::client::DirectoryClient;
 use super::interest::Interest;
-use super::record::{Catalog, InstanceRecord};
+use super::preserve::{Preservation, SendFailsWhenGone};
+use super::record::Catalog;
 use super::server::{self, DirectoryRules};
 use super::snapshot::Snapshot;
 use super::store::Store;
+use super::view::{Carryover, Records};
 use super::{Changes, ClientError};
 use crate::shutdown::Shutdown;
 use baker_adapter_api::Backoff;
@@ -51,6 +58,8 @@ pub struct DirectoryHealth {
     /// Milliseconds since the Unix epoch when the view in force was saved,
     /// while it comes from the snapshot; 0 otherwise.
     snapshot_saved_ms: AtomicU64,
+    /// Instances kept by self-preservation.
+    preserved: AtomicUsize,
 }
 
 /// A snapshot of [`DirectoryHealth`] for the admin API.
@@ -68,6 +77,9 @@ pub struct DirectoryStatus {
     /// view saved by an earlier run, used while the directory has not
     /// answered since this process started).
     pub source: &'static str,
+    /// Instances whose lease lapsed that the view keeps (self-preservation:
+    /// half or more of their service lapsed within one lease).
+    pub preserved_instances: usize,
 }
 
 impl DirectoryHealth {
@@ -80,7 +92,13 @@ impl DirectoryHealth {
             last_sync_ms: AtomicU64::new(0),
             serving: AtomicBool::new(false),
             snapshot_saved_ms: AtomicU64::new(0),
+            preserved: AtomicUsize::new(0),
         }
+    }
+
+    fn preserving(&self, instances: usize) {
+        self.preserved.store(instances, Ordering::Relaxed);
+        metrics::gauge!("baker_directory_preserved_instances").set(instances as f64);
     }
 
     fn synced(&self) {
@@ -125,59 +143,8 @@ impl DirectoryHealth {
             view_age_secs,
             serving: self.serving.load(Ordering::Relaxed),
             source: if saved > 0 { "snapshot" } else { "directory" },
+            preserved_instances: self.preserved.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// The records of a previous directory epoch that the current one does not
-/// know yet, each held until its lease would have run out.
-#[derive(Debug, Default)]
-struct Carryover {
-    epoch: u64,
-    held: Vec<(InstanceRecord, Instant)>,
-}
-
-impl Carryover {
-    /// The view to route from, given the directory's `catalog` and the view
-    /// published before it, at `now`.
-    fn view(&mut self, catalog: Catalog, previous: &Catalog, now: Instant) -> Catalog {
-        if self.epoch != 0 && catalog.epoch != self.epoch {
-            self.held = previous
-                .instances
-                .iter()
-                .map(|r| (r.clone(), now + Duration::from_secs(r.ttl_secs)))
-                .collect();
-        }
-        self.epoch = catalog.epoch;
-        self.expire(&catalog, now);
-        if self.held.is_empty() {
-            return catalog;
-        }
-        let mut view = catalog;
-        view.instances
-            .extend(self.held.iter().map(|(record, _)| record.clone()));
-        view.instances
-            .sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-        view
-    }
-
-    /// Drops held records that the directory knows again or whose lease ran
-    /// out. Returns whether any was dropped.
-    fn expire(&mut self, catalog: &Catalog, now: Instant) -> bool {
-        let before = self.held.len();
-        self.held.retain(|(record, until)| {
-            *until > now
-                && !catalog
-                    .instances
-                    .iter()
-                    .any(|r| r.service == record.service && r.id == record.id)
-        });
-        self.held.len() != before
-    }
-
-    /// When the next held record runs out.
-    fn next_expiry(&self) -> Option<Instant> {
-        self.held.iter().map(|(_, until)| *until).min()
     }
 }
 
@@ -200,6 +167,8 @@ pub struct Watcher {
     views: watch::Sender<Arc<View>>,
     snapshot: Option<Snapshot>,
     interest: Arc<Interest>,
+    /// Self-preservation, off unless set.
+    preservation: Option<SendFailsWhenGone>,
 }
 
 impl Watcher {
@@ -215,12 +184,21 @@ impl Watcher {
             views: watch::Sender::new(Arc::default()),
             snapshot: None,
             interest: Arc::new(Interest::all()),
+            preservation: None,
         }
     }
 
     /// Follows only the services `interest` names.
     pub fn with_interest(mut self, interest: Arc<Interest>) -> Self {
         self.interest = interest;
+        self
+    }
+
+    /// Keeps instances whose lease lapsed with half or more of their service
+    /// within one lease, where `judge` says a send to them fails once they
+    /// are gone (see [`super::preserve`]).
+    pub fn with_self_preservation(mut self, judge: SendFailsWhenGone) -> Self {
+        self.preservation = Some(judge);
         self
     }
 
@@ -345,6 +323,10 @@ impl Watcher {
         let mut carryover = Carryover::default();
         // The directory's records of the services followed.
         let mut records = Records::default();
+        let mut preservation = match &self.preservation {
+            Some(judge) => Preservation::new(judge.clone()),
+            None => Preservation::default(),
+        };
         let mut saved = self.snapshot.as_ref().and_then(Snapshot::load);
         let mut wanted = self.interest.wanted();
         // The services the last answer was for.
@@ -357,8 +339,8 @@ impl Watcher {
             }
             // Held records must leave the view when their lease runs out, even
             // if the directory has nothing new to say by then.
-            let wait = carryover
-                .next_expiry()
+            let next = [carryover.next_expiry(), preservation.next_release()];
+            let wait = (next.into_iter().flatten().min())
                 .map_or(RESYNC, |until| {
                     until.saturating_duration_since(Instant::now()).min(RESYNC)
                 })
@@ -403,17 +385,25 @@ impl Watcher {
                             "the directory restarted; keeping the instances it does not know yet for one lease");
                     }
                     after = Some(position);
-                    following = Some(services);
-                    if changed {
+                    let followed =
+                        |service: &str| self.interest.is_all() || services.contains(service);
+                    let released = if changed {
+                        preservation.hold_back(&changes, &records.0, now);
+                        let removed = changes.removed.clone();
                         records.apply(changes);
+                        preservation.release(&removed, &records.0, followed, now);
+                        true
+                    } else {
+                        preservation.release(&[], &records.0, followed, now)
+                    };
+                    self.health.preserving(preservation.len());
+                    let catalog = records.catalog(position, preservation.held());
+                    if changed || released || carryover.expire(&catalog, now) {
                         let previous = self.views.borrow().catalog.clone();
-                        let view = carryover.view(records.catalog(position), &previous, now);
-                        self.publish(view, covers).await;
-                    } else if carryover.expire(&records.catalog(position), now) {
-                        let previous = self.views.borrow().catalog.clone();
-                        let view = carryover.view(records.catalog(position), &previous, now);
+                        let view = carryover.view(catalog, &previous, now);
                         self.publish(view, covers).await;
                     }
+                    following = Some(services);
                 }
                 Err(error) => {
                     self.health.reachable.store(false, Ordering::Relaxed);
@@ -459,90 +449,5 @@ impl Watcher {
                 }
             }
         }
-    }
-}
-
-/// The directory's records of the services followed, kept up to date from
-/// each answer.
-#[derive(Debug, Default)]
-struct Records(BTreeMap<(String, String), InstanceRecord>);
-
-impl Records {
-    /// Applies an answer: a full one replaces everything.
-    fn apply(&mut self, changes: Changes) {
-        if changes.full {
-            self.0.clear();
-        }
-        for removal in changes.removed {
-            self.0.remove(&(removal.service, removal.id));
-        }
-        for record in changes.instances {
-            self.0
-                .insert((record.service.clone(), record.id.clone()), record);
-        }
-    }
-
-    /// The records as a catalog at `position`.
-    fn catalog(&self, (epoch, index): (u64, u64)) -> Catalog {
-        Catalog {
-            epoch,
-            index,
-            instances: self.0.values().cloned().collect(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use baker_directory_api::testing::record;
-
-    fn catalog(epoch: u64, index: u64, ids: &[&str]) -> Catalog {
-        Catalog {
-            epoch,
-            index,
-            instances: ids.iter().map(|id| record("s", id, 10)).collect(),
-        }
-    }
-
-    fn ids(catalog: &Catalog) -> Vec<&str> {
-        catalog.instances.iter().map(|r| r.id.as_str()).collect()
-    }
-
-    #[test]
-    fn a_restarted_directory_does_not_empty_the_view_for_one_lease() {
-        let t0 = Instant::now();
-        let mut carryover = Carryover::default();
-        let first = carryover.view(catalog(1, 5, &["a", "b"]), &Catalog::default(), t0);
-        assert_eq!(ids(&first), ["a", "b"]);
-
-        // The directory restarts empty: a and b stay.
-        let empty = carryover.view(catalog(2, 1, &[]), &first, t0);
-        assert_eq!(ids(&empty), ["a", "b"]);
-        assert_eq!((empty.epoch, empty.index), (2, 1));
-
-        // b registers again (as the new directory has it, draining, say) and
-        // c is new; a is still held.
-        let mut again = catalog(2, 3, &["b", "c"]);
-        again.instances[0].status = crate::directory::Status::Draining;
-        let view = carryover.view(again.clone(), &empty, t0 + Duration::from_secs(1));
-        assert_eq!(ids(&view), ["a", "b", "c"]);
-        assert_eq!(view.instances[1].status, crate::directory::Status::Draining);
-
-        // a's lease runs out without a registration: it leaves the view.
-        let later = t0 + Duration::from_secs(11);
-        assert!(carryover.expire(&again, later));
-        let view = carryover.view(again, &view, later);
-        assert_eq!(ids(&view), ["b", "c"]);
-        assert_eq!(carryover.next_expiry(), None);
-    }
-
-    #[test]
-    fn within_one_epoch_removals_apply_at_once() {
-        let t0 = Instant::now();
-        let mut carryover = Carryover::default();
-        let first = carryover.view(catalog(1, 1, &["a", "b"]), &Catalog::default(), t0);
-        let second = carryover.view(catalog(1, 2, &["a"]), &first, t0);
-        assert_eq!(ids(&second), ["a"]);
     }
 }

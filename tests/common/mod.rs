@@ -5,6 +5,7 @@
 //! - [`traffic`]: publishing, counting inboxes, tallies
 //! - [`upgrade`]: rolling upgrades
 //! - [`protocols`]: the scenario suite's protocols
+//! - [`scenario`]: the scenario suite's frame (`scenario!`) and checks
 //! - [`amqp`], [`mqtt`], [`nats_server`]: per-broker helpers
 //! - [`pki`]: a CA and certificates of a test's own
 #![allow(dead_code)]
@@ -134,6 +135,7 @@ pub mod pki;
 pub mod procs;
 pub mod protocols;
 pub mod rabbit_node;
+pub mod scenario;
 pub mod traffic;
 pub mod upgrade;
 
@@ -142,6 +144,8 @@ pub mod upgrade;
 pub use baker::*;
 #[allow(unused_imports)]
 pub use procs::*;
+#[allow(unused_imports)]
+pub use scenario::{assert_every_message_once, start_router};
 #[allow(unused_imports)]
 pub use traffic::*;
 #[allow(unused_imports)]

@@ -43,6 +43,17 @@ impl Proc {
             .status();
     }
 
+    /// SIGSTOP: the process stays, frozen (a host cut off, as the
+    /// directory sees it).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

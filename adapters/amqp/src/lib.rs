@@ -260,6 +260,12 @@ impl Adapter for AmqpAdapter {
         });
     }
 
+    /// A message to a deleted inbox queue comes back (it is published
+    /// mandatory): the send fails.
+    fn send_fails_when_gone(&self, _endpoint: &Endpoint) -> bool {
+        true
+    }
+
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links

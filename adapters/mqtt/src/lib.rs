@@ -256,6 +256,12 @@ impl Adapter for MqttAdapter {
         });
     }
 
+    /// With no subscriber left on its inbox, the broker answers "no
+    /// matching subscribers": the send fails.
+    fn send_fails_when_gone(&self, _endpoint: &Endpoint) -> bool {
+        true
+    }
+
     fn health(&self) -> Vec<BrokerHealth> {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let ingresses = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());

@@ -196,6 +196,13 @@ impl Adapter for NatsAdapter {
         self.flush_all().await;
     }
 
+    /// A durable inbox's stream removed, nothing answers the publish: the
+    /// send fails. A core inbox takes a message with no subscriber in
+    /// silence.
+    fn send_fails_when_gone(&self, endpoint: &Endpoint) -> bool {
+        settings::durable_inbox(&endpoint.broker)
+    }
+
     fn health(&self) -> Vec<BrokerHealth> {
         self.connections()
     }

@@ -1,0 +1,110 @@
+//! Self-preservation: when half or more of a service's instances lapse at
+//! once (their agents cut off from the directory, the instances alive), a
+//! router keeps them where a send to a gone instance would fail, and keeps
+//! routing to them; on core NATS, where such a send succeeds silently, it
+//! does not.
+
+mod common;
+
+use std::time::Duration;
+
+use common::protocols::{Amqp, JetStream, Mqtt, NatsCore, Pace, Protocol};
+use common::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+scenario!(a_burst_of_lapsed_leases_is_held_back_and_routed_to: amqp => Amqp, mqtt => Mqtt);
+
+async fn a_burst_of_lapsed_leases_is_held_back_and_routed_to<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("blip");
+    let ids = ["a", "b", "c", "d"];
+    let mut inboxes = Vec::new();
+    for id in ids {
+        inboxes.push(protocol.inbox(&service, id).await);
+    }
+    let agents: Vec<Proc> = (ids.iter())
+        .map(|id| {
+            let spec = format!("service={service},id={id},ttl=2");
+            protocol.agent_registering(&dir.url(), &spec)
+        })
+        .collect();
+    let router = start_router(&dir.url(), &protocol, 1, &service).await;
+    router
+        .wait_routed(&service, &ids, Duration::from_secs(15))
+        .await;
+
+    // The agents freeze: every lease lapses within one TTL.
+    for agent in &agents {
+        agent.pause();
+    }
+    wait_until("all four lapsed", Duration::from_secs(15), || async {
+        dir.instances(&service).await.is_empty()
+    })
+    .await;
+    wait_until("held back", Duration::from_secs(10), || async {
+        router.status().await["directory"]["preserved_instances"] == 4
+    })
+    .await;
+    assert_eq!(router.routed(&service).await, ids);
+    let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", router.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["directory"]["preserved_instances"], 4, "{health}");
+    assert!(router
+        .metrics()
+        .await
+        .contains("baker_directory_preserved_instances 4"));
+
+    // The instances are alive: they get everything sent meanwhile.
+    let total = 2_000;
+    protocol.publish(&service, "t", 0..total, Pace::Fast).await;
+    let all: Vec<&Inbox> = inboxes.iter().collect();
+    assert_every_message_once(&protocol, &all, total).await;
+
+    // The agents come back and register again: nothing held any more.
+    for agent in &agents {
+        agent.resume();
+    }
+    wait_until("released", Duration::from_secs(20), || async {
+        router.status().await["directory"]["preserved_instances"] == 0
+            && dir.instances(&service).await.len() == 4
+    })
+    .await;
+    assert_eq!(router.routed(&service).await, ids);
+    protocol.teardown().await;
+}
+
+scenario!(lapsed_core_nats_inboxes_are_not_held: nats => NatsCore, jetstream => JetStream);
+
+/// On a core NATS inbox (whichever the ingress) a send to a gone instance
+/// succeeds for no one, so lapsed instances leave at once, whatever their
+/// number.
+async fn lapsed_core_nats_inboxes_are_not_held<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("blip");
+    let ids = ["a", "b", "c"];
+    let agents: Vec<Proc> = (ids.iter())
+        .map(|id| {
+            let spec = format!("service={service},id={id},ttl=2");
+            protocol.agent_registering(&dir.url(), &spec)
+        })
+        .collect();
+    let router = start_router(&dir.url(), &protocol, 1, &service).await;
+    router
+        .wait_routed(&service, &ids, Duration::from_secs(15))
+        .await;
+    for agent in &agents {
+        agent.pause();
+    }
+    router
+        .wait_routed(&service, &[], Duration::from_secs(15))
+        .await;
+    assert_eq!(router.status().await["directory"]["preserved_instances"], 0);
+    protocol.teardown().await;
+}
