@@ -56,6 +56,21 @@ pub fn render(doc: &StatusDocument) -> String {
         "directory {} {reach}, {age}{serving}",
         d["url"].as_str().unwrap_or("?")
     );
+    let following = match &d["following"] {
+        serde_json::Value::Array(services) if services.is_empty() => "no service".to_owned(),
+        serde_json::Value::Array(services) => {
+            let names: Vec<&str> = services.iter().filter_map(|s| s.as_str()).collect();
+            names.join(", ")
+        }
+        _ => "every service".to_owned(),
+    };
+    let _ = writeln!(out, "following {following}");
+    if let Some(kept) = d["preserved_instances"].as_u64().filter(|n| *n > 0) {
+        let _ = writeln!(
+            out,
+            "          {kept} lapsed instances kept (self-preservation: their agents cannot reach the directory)"
+        );
+    }
     for b in &doc.brokers {
         let state = if b["connected"].as_bool() == Some(true) {
             "connected"

@@ -47,7 +47,9 @@ async fn a_router_follows_a_service_from_its_first_message_through_registrations
         })
         .await;
         let router = learning_router(&dir, &ingress, "600").await;
-        assert_eq!(followed(&router.status().await), Vec::<String>::new());
+        let status = router.status().await;
+        assert_eq!(followed(&status), Vec::<String>::new());
+        assert_eq!(status["directory"]["following"], serde_json::json!([]));
 
         // The first message waits for the service's view, then goes on; the
         // router follows that service, not the other one.
@@ -57,7 +59,12 @@ async fn a_router_follows_a_service_from_its_first_message_through_registrations
             inboxes.iter().map(Inbox::count).sum::<usize>() == 1
         })
         .await;
-        assert_eq!(followed(&router.status().await), [service.as_str()]);
+        let status = router.status().await;
+        assert_eq!(followed(&status), [service.as_str()]);
+        assert_eq!(
+            status["directory"]["following"],
+            serde_json::json!([service])
+        );
         router
             .wait_routed(&service, &["a", "b"], Duration::from_secs(5))
             .await;
@@ -109,7 +116,9 @@ async fn a_service_not_routed_to_is_dropped_and_learned_again_by_its_next_messag
         })
         .await;
         wait_until("dropped when idle", Duration::from_secs(15), || async {
-            followed(&router.status().await).is_empty()
+            let status = router.status().await;
+            followed(&status).is_empty()
+                && status["directory"]["following"] == serde_json::json!([])
         })
         .await;
         publish_paced(&client, &subject, 1, 1, 1, Duration::ZERO).await;

@@ -202,9 +202,12 @@ impl AdminState {
             serving,
             source,
             preserved_instances,
+            following,
         } = self.directory.status();
+        let following = following.map_or(serde_json::json!("*"), |services| services.into());
         serde_json::json!({ "url": url, "reachable": reachable, "view_age_secs": view_age_secs,
-            "serving": serving, "view_source": source, "preserved_instances": preserved_instances })
+            "serving": serving, "view_source": source, "preserved_instances": preserved_instances,
+            "following": following })
     }
 
     fn brokers_json(&self) -> Vec<serde_json::Value> {

@@ -60,6 +60,8 @@ pub struct DirectoryHealth {
     snapshot_saved_ms: AtomicU64,
     /// Instances kept by self-preservation.
     preserved: AtomicUsize,
+    /// The services the view holds; `None`: every service.
+    following: std::sync::Mutex<Option<Arc<BTreeSet<String>>>>,
 }
 
 /// A snapshot of [`DirectoryHealth`] for the admin API.
@@ -80,6 +82,9 @@ pub struct DirectoryStatus {
     /// Instances whose lease lapsed that the view keeps (self-preservation:
     /// half or more of their service lapsed within one lease).
     pub preserved_instances: usize,
+    /// The services the view holds (those the router routes to, and those
+    /// it is told to watch); `None`: every service.
+    pub following: Option<Vec<String>>,
 }
 
 impl DirectoryHealth {
@@ -93,7 +98,12 @@ impl DirectoryHealth {
             serving: AtomicBool::new(false),
             snapshot_saved_ms: AtomicU64::new(0),
             preserved: AtomicUsize::new(0),
+            following: std::sync::Mutex::new(Some(Arc::default())),
         }
+    }
+
+    fn follows(&self, services: Option<Arc<BTreeSet<String>>>) {
+        *self.following.lock().unwrap_or_else(|e| e.into_inner()) = services;
     }
 
     fn preserving(&self, instances: usize) {
@@ -144,6 +154,9 @@ impl DirectoryHealth {
             serving: self.serving.load(Ordering::Relaxed),
             source: if saved > 0 { "snapshot" } else { "directory" },
             preserved_instances: self.preserved.load(Ordering::Relaxed),
+            following: (self.following.lock().unwrap_or_else(|e| e.into_inner()))
+                .as_ref()
+                .map(|services| services.iter().cloned().collect()),
         }
     }
 }
@@ -217,6 +230,7 @@ impl Watcher {
 
     /// Publishes `catalog` as the view of `covers`, and saves it.
     async fn publish(&self, catalog: Catalog, covers: Option<Arc<BTreeSet<String>>>) {
+        self.health.follows(covers.clone());
         let catalog = Arc::new(catalog);
         self.views.send_replace(Arc::new(View {
             catalog: catalog.clone(),
