@@ -417,3 +417,54 @@ async fn agents_write_to_a_bucket_replaced_by_one_without_per_key_ttl() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_reads_only_the_keys_of_the_services_it_routes_to() {
+    bounded(TEST_TIMEOUT, async {
+        let bucket = Bucket::new(&nats_url()).await;
+        let ingress = Ingress::new();
+        let (routed, other) = (unique("kv"), unique("kvother"));
+        let _a = agent(&bucket.url, &routed, "a", &[]);
+        let _b = agent(&bucket.url, &other, "b", &["--ttl", "1"]);
+        let router = Router::start(&bucket.url, &ingress, &["--watch", &routed]).await;
+        router
+            .wait_routed(&routed, &["a"], Duration::from_secs(15))
+            .await;
+        assert_eq!(router.routed(&other).await, Vec::<String>::new());
+        // The router's watch of the bucket (the only one: agents make none)
+        // is filtered on the keys of its service: a renewal of the other
+        // service, written every third of a second, never reaches it.
+        let store = bucket.store().await;
+        let mut consumers = store.stream.consumers();
+        let mut filters = Vec::new();
+        while let Some(info) = consumers.next().await {
+            let config = info.unwrap().config;
+            filters.push((config.filter_subject, config.filter_subjects));
+        }
+        let prefix = format!("$KV.{}.", bucket.name);
+        assert_eq!(
+            filters,
+            [(String::new(), vec![format!("{prefix}{routed}.>")])],
+            "one consumer, on the routed service's keys"
+        );
+
+        // A first message for the other service: the router follows it too.
+        let nats = connect().await;
+        let inbox = consume_inbox(&nats, &other, "b").await;
+        publish_paced(
+            &nats,
+            &ingress.subject(&other, "t"),
+            0,
+            1,
+            1,
+            Duration::ZERO,
+        )
+        .await;
+        wait_until("learned and delivered", Duration::from_secs(10), || async {
+            inbox.count() == 1
+        })
+        .await;
+        assert_eq!(router.routed(&other).await, ["b"]);
+    })
+    .await;
+}

@@ -1,4 +1,5 @@
-//! Following the bucket: a watch of the whole bucket feeds the reader's
+//! Following the bucket: a watch of the keys of the services followed (of
+//! the whole bucket, for a reader of everything) feeds the reader's
 //! view; a complete read replaces the view at once; leases that run out end
 //! once the bucket confirms them; the watch is made again when it fails and
 //! every [`RELOAD`].
@@ -11,7 +12,7 @@ use baker_adapter_nats::async_nats::jetstream::kv;
 use futures::StreamExt;
 
 use crate::bucket::{recreate_if_deleted, Bucket};
-use crate::view::{written_at, Lease, View};
+use crate::view::{in_filter, written_at, Filter, Lease, View};
 use crate::{BucketError, Inner, CALL_TIMEOUT, RELOAD, STALLED_HISTORY};
 
 /// Keeps the view in step with the bucket for as long as the process runs.
@@ -50,8 +51,20 @@ async fn read_bucket(
     bucket: &Bucket,
     created_ns: &mut Option<i128>,
 ) -> Result<(), BucketError> {
-    let mut watch = (bucket.store.watch_with_history(">").await)
-        .map_err(|e| BucketError::nats("watching the bucket", e))?;
+    // Only the keys of the services followed: a renewal of another service
+    // never reaches this reader.
+    let mut filters = inner.filter.subscribe();
+    let filter = filters.borrow_and_update().clone();
+    let mut watch = match &filter {
+        None => Some(bucket.store.watch_with_history(">").await),
+        Some(services) if services.is_empty() => None,
+        Some(services) => {
+            let keys = services.iter().map(|service| format!("{service}.>"));
+            Some(bucket.store.watch_many_with_history(keys).await)
+        }
+    }
+    .transpose()
+    .map_err(|e| BucketError::nats("watching the bucket", e))?;
     // Until the history is read, changes go to a fresh view; it replaces the
     // live one once complete, so readers never see half a bucket.
     let mut fresh: Option<View> = Some(View::default());
@@ -65,9 +78,13 @@ async fn read_bucket(
         tracing::warn!(url = %inner.url, bucket = %inner.settings.bucket,
             "the directory bucket is a new one (it was deleted); keeping the records it lacks for one lease");
     }
-    let empty = info.state.messages == 0;
-    if empty {
-        adopt(inner, fresh.take().expect("not adopted yet"), new_bucket);
+    if no_entries(bucket, &filter, info.state.messages).await? {
+        adopt(
+            inner,
+            fresh.take().expect("not adopted yet"),
+            new_bucket,
+            &filter,
+        );
     }
     let reload_at = tokio::time::Instant::now() + RELOAD;
     let mut reported_bad_keys = false;
@@ -78,11 +95,11 @@ async fn read_bucket(
                 .unwrap_or(Duration::ZERO)
         });
         tokio::select! {
-            entry = watch.next() => {
+            Some(entry) = next_entry(&mut watch) => {
                 let entry = match entry {
-                    Some(Ok(entry)) => entry,
-                    Some(Err(error)) => return Err(BucketError::nats("watching the bucket", error)),
-                    None => return Err(BucketError::WatchEnded),
+                    Ok(Some(entry)) => entry,
+                    Err(error) => return Err(BucketError::nats("watching the bucket", error)),
+                    Ok(None) => return Err(BucketError::WatchEnded),
                 };
                 let now = SystemTime::now();
                 let lease = match entry.operation {
@@ -103,7 +120,7 @@ async fn read_bucket(
                     Some(view) => {
                         view.apply(&entry.key, lease, now);
                         if entry.delta == 0 {
-                            adopt(inner, fresh.take().expect("checked"), new_bucket);
+                            adopt(inner, fresh.take().expect("checked"), new_bucket, &filter);
                         }
                     }
                     None => {
@@ -121,11 +138,14 @@ async fn read_bucket(
             // delivers them; then no entry ends the history.
             _ = tokio::time::sleep(STALLED_HISTORY), if fresh.is_some() => {
                 let info = stream.info().await;
-                if info.map_err(|e| BucketError::nats("reading the bucket", e))?.state.messages == 0 {
-                    adopt(inner, fresh.take().expect("checked"), new_bucket);
+                let messages = info.map_err(|e| BucketError::nats("reading the bucket", e))?.state.messages;
+                if no_entries(bucket, &filter, messages).await? {
+                    adopt(inner, fresh.take().expect("checked"), new_bucket, &filter);
                 }
             }
             _ = tokio::time::sleep_until(reload_at) => return Ok(()),
+            // Other services to follow: read them from the start.
+            _ = filters.changed() => return Ok(()),
         }
     }
 }
@@ -167,8 +187,40 @@ async fn end_leases(inner: &Inner, bucket: &Bucket) -> Result<(), BucketError> {
     Ok(())
 }
 
-/// Replaces the live view with a complete read of the bucket.
-fn adopt(inner: &Inner, mut fresh: View, new_bucket: bool) {
+/// The next entry of `watch`; never, without one (nothing to follow).
+async fn next_entry(
+    watch: &mut Option<kv::Watch>,
+) -> Option<Result<Option<kv::Entry>, kv::WatcherError>> {
+    match watch {
+        Some(watch) => Some(watch.next().await.transpose()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the bucket holds no entry of `filter`'s services (`messages`:
+/// the bucket's message count), so that a read of their history would
+/// deliver nothing.
+async fn no_entries(bucket: &Bucket, filter: &Filter, messages: u64) -> Result<bool, BucketError> {
+    let Some(services) = filter else {
+        return Ok(messages == 0);
+    };
+    if messages == 0 {
+        return Ok(true);
+    }
+    for service in services.iter() {
+        let subjects = format!("{}{service}.>", bucket.store.prefix);
+        let mut found = (bucket.store.stream.info_with_subjects(subjects).await)
+            .map_err(|e| BucketError::nats("reading the bucket", e))?;
+        if found.next().await.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Replaces the live view with a complete read of the bucket (of
+/// `filter`'s services).
+fn adopt(inner: &Inner, mut fresh: View, new_bucket: bool, filter: &Filter) {
     let now = SystemTime::now();
     fresh.expire(now);
     let mut view = inner.lock_view();
@@ -178,12 +230,15 @@ fn adopt(inner: &Inner, mut fresh: View, new_bucket: bool) {
         // lease ends only once the bucket confirms it (`end_leases`, when it
         // runs out). A deregistration the watch saw is gone already.
         for (key, lease) in &view.leases {
-            if lease.expires > now && !fresh.leases.contains_key(key) {
+            let kept = lease.expires > now && in_filter(key, filter);
+            if kept && !fresh.leases.contains_key(key) {
                 fresh.leases.insert(key.clone(), lease.clone());
             }
         }
     }
-    let changed = new_bucket || !view.loaded || view.leases != fresh.leases;
+    let changed =
+        new_bucket || !view.loaded || view.filter != *filter || view.leases != fresh.leases;
+    view.filter = filter.clone();
     if new_bucket {
         view.recreations += 1;
     }

@@ -1,6 +1,7 @@
 //! The directory on a JetStream key-value bucket, for deployments that
 //! outgrow one embedded directory: the bucket is replicated by the NATS
-//! cluster (Raft), and every router watches it.
+//! cluster (Raft), and every router watches the keys of the services it
+//! routes to.
 //!
 //! Each instance is one key, `<service>.<instance>`, whose value is the
 //! instance record as JSON. Registering and renewing both write the record
@@ -15,8 +16,9 @@
 //! server removes the key itself and leaves a delete marker that watchers
 //! see, and a bucket created by Baker has them switched on.
 //!
-//! The reader keeps the bucket's live records in memory, fed by a watch of
-//! the whole bucket; the watch is made again (a full reload) when it fails
+//! The reader keeps the live records of the services it follows in memory,
+//! fed by a watch of their keys (of the whole bucket for a reader of the
+//! whole catalog); the watch is made again (a full reload) when it fails
 //! and every [`RELOAD`] as a safety net, and the view is replaced only once
 //! a reload is complete.
 //!
@@ -25,7 +27,7 @@
 //! - `bucket`: opening, creating and healing the bucket
 //! - `follow`: the watch that keeps the view in step
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +36,7 @@ use async_trait::async_trait;
 use baker_adapter_api::BrokerAccess;
 use baker_adapter_nats::async_nats::jetstream::context::PublishErrorKind;
 use baker_adapter_nats::async_nats::{self, connection::State};
-use baker_directory_api::{Catalog, ClientError, Directory, InstanceRecord};
+use baker_directory_api::{Catalog, Changes, ClientError, Directory, InstanceRecord};
 use tokio::sync::watch;
 
 mod bucket;
@@ -45,8 +47,8 @@ mod view;
 
 use bucket::Bucket;
 pub use settings::{KvSettings, SettingsError, DEFAULT_BUCKET};
-use view::View;
 pub use view::{key, KV_EPOCH};
+use view::{Filter, View};
 
 /// Safety net against a watch that silently stopped: the whole bucket is
 /// read again this often.
@@ -106,6 +108,8 @@ struct Inner {
     /// Set once a reader asked for the catalog: the bucket is followed from
     /// then on (an agent alone never follows it).
     watching: AtomicBool,
+    /// The services the reader follows; `None`: the whole bucket.
+    filter: watch::Sender<Filter>,
     /// Set while the bucket, found deleted, is being created again.
     recreating: AtomicBool,
     /// The SHA-256 (hex) of this agent's owner id, on every write.
@@ -182,6 +186,7 @@ impl KvDirectory {
             view: Mutex::new(View::default()),
             changes: watch::Sender::new(0),
             watching: AtomicBool::new(false),
+            filter: watch::Sender::new(None),
             recreating: AtomicBool::new(false),
             owner: hex_sha256(owner),
             revisions: Mutex::default(),
@@ -306,6 +311,40 @@ impl Directory for KvDirectory {
         after: Option<(u64, u64)>,
         wait: Duration,
     ) -> Result<Catalog, ClientError> {
+        self.read(None, after, wait).await
+    }
+
+    /// The records of `services` only: the reader follows their keys alone,
+    /// so that a renewal or change of another service never reaches it.
+    /// Each answer is in full (the records of a router's services).
+    async fn watch(
+        &self,
+        services: &BTreeSet<String>,
+        after: Option<(u64, u64)>,
+        wait: Duration,
+    ) -> Result<Changes, ClientError> {
+        let catalog = (self.read(Some(Arc::new(services.clone())), after, wait)).await?;
+        Ok(Changes::full_from(catalog, services))
+    }
+}
+
+impl KvDirectory {
+    /// The records of `filter`'s services (all without one), following
+    /// them from now on; with `after`, waits up to `wait` for a change from
+    /// that position.
+    async fn read(
+        &self,
+        filter: Filter,
+        after: Option<(u64, u64)>,
+        wait: Duration,
+    ) -> Result<Catalog, ClientError> {
+        self.inner.filter.send_if_modified(|current| {
+            let changed = *current != filter;
+            if changed {
+                *current = filter.clone();
+            }
+            changed
+        });
         if !self.inner.watching.swap(true, Ordering::Relaxed) {
             tokio::spawn(follow::follow_bucket(self.inner.clone()));
         }
@@ -321,7 +360,7 @@ impl Directory for KvDirectory {
             return Err(self.unreachable("not connected to any NATS server"));
         }
         let mut changes = self.inner.changes.subscribe();
-        let loaded = |view: &View| view.loaded;
+        let loaded = |view: &View| view.loaded && view.filter == filter;
         if !loaded(&self.lock_view()) {
             let first = tokio::time::timeout(FIRST_LOAD_WAIT.min(wait), async {
                 loop {

@@ -1,7 +1,8 @@
 //! What a reader holds of the bucket: the live leases, each judged from its
 //! entry's write time (the server's clock) and its record's TTL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baker_adapter_nats::async_nats::jetstream::kv;
@@ -28,6 +29,21 @@ pub(crate) struct View {
     pub(crate) recreations: u64,
     /// When the last catalog was built for a reader, and how long that took.
     pub(crate) built: Option<(tokio::time::Instant, Duration)>,
+    /// The services the loaded view holds; `None`: the whole bucket.
+    pub(crate) filter: Filter,
+}
+
+/// The services a reader follows; `None`: the whole bucket.
+pub(crate) type Filter = Option<Arc<BTreeSet<String>>>;
+
+/// Whether the key `<service>.<id>` is one of `filter`'s services.
+pub(crate) fn in_filter(key: &str, filter: &Filter) -> bool {
+    match filter {
+        None => true,
+        Some(services) => key
+            .split_once('.')
+            .is_some_and(|(service, _)| services.contains(service)),
+    }
 }
 
 /// A record and when its lease runs out.
