@@ -23,7 +23,8 @@
 //! Each bench includes it with `mod common;`; Cargo takes only
 //! `benches/*.rs` and `benches/*/main.rs` for bench targets, so these files
 //! are not ones of their own. `kv_directory` uses only the settings and
-//! statistics.
+//! statistics; `directory_scale` the settings, statistics, CPU accounting,
+//! processes and the `baker-mq directory`.
 
 // Each bench uses a different part of this module; what one does not use
 // would otherwise warn in its build.
