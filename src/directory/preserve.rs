@@ -6,7 +6,8 @@
 //! instance that is gone fails (where its protocol says so) and outlier
 //! ejection takes it out of routing, while the others keep their traffic.
 //!
-//! A single lapse still removes its instance at once, and so does one on a
+//! A single lapse still removes its instance at once (it comes back if more
+//! lapses follow within the lease and make half), and so does one on a
 //! protocol where a send to a gone instance succeeds silently (core NATS
 //! inboxes): keeping those would lose messages. A held instance leaves the
 //! view when it registers again (the directory has it back), when its agent
@@ -33,8 +34,8 @@ pub type SendFailsWhenGone = Arc<dyn Fn(&InstanceRecord) -> bool + Send + Sync>;
 #[derive(Default)]
 pub struct Preservation {
     judge: Option<SendFailsWhenGone>,
-    /// Lapses per service within the last lease.
-    lapses: HashMap<String, Vec<Instant>>,
+    /// Lapses per service within the last lease that were not held.
+    lapses: HashMap<String, Vec<(Instant, InstanceRecord)>>,
     /// Held records, with when they lapsed.
     held: BTreeMap<(String, String), (InstanceRecord, Instant)>,
 }
@@ -86,21 +87,29 @@ impl Preservation {
         for (service, lapsed) in batch {
             let lease = Duration::from_secs(lapsed.iter().map(|r| r.ttl_secs).max().unwrap_or(1));
             let recent = self.lapses.entry(service.to_owned()).or_default();
-            recent.retain(|at| now.duration_since(*at) < lease);
+            recent.retain(|(at, _)| now.duration_since(*at) < lease);
             let held = self.held.keys().filter(|(s, _)| s == service).count();
-            let instances = known.keys().filter(|(s, _)| s == service).count() + held;
-            let lapsing = recent.len() + lapsed.len();
-            recent.extend(std::iter::repeat_n(now, lapsed.len()));
+            let known = known.keys().filter(|(s, _)| s == service).count();
+            // Every instance the service had within the lease, and those of
+            // them that lapsed (held ones included).
+            let instances = known + held + recent.len();
+            let lapsing = recent.len() + lapsed.len() + held;
             if instances < MIN_INSTANCES || lapsing * 2 < instances {
+                recent.extend(lapsed.into_iter().map(|r| (now, r.clone())));
                 continue;
             }
-            let kept: Vec<&InstanceRecord> = (lapsed.into_iter()).filter(|r| judge(r)).collect();
+            // The lapses of this lease that went at once are kept too: the
+            // service is not emptied one step at a time either.
+            let earlier = std::mem::take(recent).into_iter().map(|(_, r)| r);
+            let kept: Vec<InstanceRecord> = (earlier.chain(lapsed.into_iter().cloned()))
+                .filter(|r| judge(r))
+                .collect();
             if !kept.is_empty() {
                 tracing::warn!(service, lapsed = lapsing, instances, kept = kept.len(),
                     "self-preservation: half or more of the service's instances lapsed within one lease; \
                      keeping them (sends judge them) rather than emptying the service");
             }
-            hold.extend(kept.into_iter().cloned());
+            hold.extend(kept);
         }
         for record in hold {
             let key = (record.service.clone(), record.id.clone());
@@ -206,22 +215,24 @@ mod tests {
     }
 
     #[test]
-    fn a_single_lapse_is_removed_but_the_one_that_makes_half_is_held() {
+    fn a_single_lapse_is_removed_but_the_one_that_makes_half_brings_it_back() {
         let mut preservation = Preservation::new(everything());
         let t0 = Instant::now();
         preservation.hold_back(&lapses(&["a"]), &known(&["a", "b", "c", "d"]), t0);
         assert!(preservation.is_empty(), "a single lapse goes at once");
         let second = t0 + Duration::from_secs(1);
         preservation.hold_back(&lapses(&["b"]), &known(&["b", "c", "d"]), second);
-        assert_eq!(
-            preservation.len(),
-            1,
-            "the second within one lease makes half"
-        );
+        let held: Vec<_> = preservation.held().map(|r| r.id.as_str()).collect();
+        assert_eq!(held, ["a", "b"], "the second within one lease makes half");
+        // Further lapses one at a time are held as well.
+        preservation.hold_back(&lapses(&["c"]), &known(&["c", "d"]), second);
+        assert_eq!(preservation.len(), 3);
         // A lapse more than one lease after the first one is alone again.
+        let mut preservation = Preservation::new(everything());
+        preservation.hold_back(&lapses(&["a"]), &known(&["a", "b", "c", "d"]), t0);
         let at = t0 + Duration::from_secs(30);
-        preservation.hold_back(&lapses(&["c"]), &known(&["c", "d", "e", "f", "g"]), at);
-        assert_eq!(preservation.len(), 1);
+        preservation.hold_back(&lapses(&["b"]), &known(&["b", "c", "d"]), at);
+        assert!(preservation.is_empty());
     }
 
     #[test]

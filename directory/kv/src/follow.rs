@@ -246,5 +246,6 @@ fn adopt(inner: &Inner, mut fresh: View, new_bucket: bool, filter: &Filter) {
     view.loaded = true;
     if changed {
         inner.bump(&mut view);
+        view.forget_changes();
     }
 }

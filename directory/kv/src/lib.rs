@@ -311,7 +311,7 @@ impl Directory for KvDirectory {
         after: Option<(u64, u64)>,
         wait: Duration,
     ) -> Result<Catalog, ClientError> {
-        self.read(None, after, wait).await
+        self.read(None, after, wait, View::catalog).await
     }
 
     /// The records of `services` only: the reader follows their keys alone,
@@ -323,21 +323,23 @@ impl Directory for KvDirectory {
         after: Option<(u64, u64)>,
         wait: Duration,
     ) -> Result<Changes, ClientError> {
-        let catalog = (self.read(Some(Arc::new(services.clone())), after, wait)).await?;
-        Ok(Changes::full_from(catalog, services))
+        let filter = Some(Arc::new(services.clone()));
+        self.read(filter, after, wait, |view| view.changes_since(after))
+            .await
     }
 }
 
 impl KvDirectory {
-    /// The records of `filter`'s services (all without one), following
-    /// them from now on; with `after`, waits up to `wait` for a change from
-    /// that position.
-    async fn read(
+    /// What `answer` makes of the view of `filter`'s services (all without
+    /// one), following them from now on; with `after`, waits up to `wait`
+    /// for a change from that position first.
+    async fn read<T>(
         &self,
         filter: Filter,
         after: Option<(u64, u64)>,
         wait: Duration,
-    ) -> Result<Catalog, ClientError> {
+        answer: impl Fn(&View) -> T,
+    ) -> Result<T, ClientError> {
         self.inner.filter.send_if_modified(|current| {
             let changed = *current != filter;
             if changed {
@@ -375,7 +377,7 @@ impl KvDirectory {
                     self.inner.settings.bucket
                 )));
             }
-            return Ok(self.lock_view().catalog());
+            return Ok(answer(&self.lock_view()));
         }
         if let Some((epoch, index)) = after {
             if epoch == KV_EPOCH + self.lock_view().recreations {
@@ -400,9 +402,9 @@ impl KvDirectory {
         }
         let started = tokio::time::Instant::now();
         let mut view = self.lock_view();
-        let catalog = view.catalog();
+        let answered = answer(&view);
         view.built = Some((started, started.elapsed()));
-        Ok(catalog)
+        Ok(answered)
     }
 }
 
@@ -518,6 +520,7 @@ impl Inner {
     /// Makes a change of the view known to readers.
     fn bump(&self, view: &mut View) {
         view.index += 1;
+        view.log_pending();
         self.changes.send_replace(view.index);
     }
 }

@@ -1,12 +1,12 @@
 //! What a reader holds of the bucket: the live leases, each judged from its
 //! entry's write time (the server's clock) and its record's TTL.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baker_adapter_nats::async_nats::jetstream::kv;
-use baker_directory_api::{Catalog, InstanceRecord};
+use baker_directory_api::{Catalog, Changes, InstanceRecord, Removal, RemovalCause};
 use bytes::Bytes;
 
 /// Epoch of the catalogs read from a bucket. The bucket outlives its
@@ -31,7 +31,22 @@ pub(crate) struct View {
     pub(crate) built: Option<(tokio::time::Instant, Duration)>,
     /// The services the loaded view holds; `None`: the whole bucket.
     pub(crate) filter: Filter,
+    /// The latest changes, by index, for readers that come back with an
+    /// older one: each a key and its record, or why it left.
+    log: VecDeque<(u64, String, Result<InstanceRecord, RemovalCause>)>,
+    /// Changes made since the last index.
+    pending: Vec<(String, Result<InstanceRecord, RemovalCause>)>,
+    /// The highest index the log no longer covers: a reader at or behind it
+    /// gets the records in full.
+    forgotten: u64,
 }
+
+/// Changes a reader's log keeps; one further behind reads in full.
+const LOG_LEN: usize = 10_000;
+
+/// A lease that ran out this close to a removal lapsed, rather than was
+/// removed by its agent: the server's own TTL marker comes at expiry.
+const LAPSE_SKEW: Duration = Duration::from_secs(1);
 
 /// The services a reader follows; `None`: the whole bucket.
 pub(crate) type Filter = Option<Arc<BTreeSet<String>>>;
@@ -89,12 +104,89 @@ impl View {
                     false
                 }
                 _ => {
+                    self.pending
+                        .push((key.to_owned(), Ok(lease.record.clone())));
                     self.leases.insert(key.to_owned(), lease);
                     true
                 }
             },
-            None => self.leases.remove(key).is_some(),
+            None => match self.leases.remove(key) {
+                Some(held) => {
+                    let cause = if held.expires <= now + LAPSE_SKEW {
+                        RemovalCause::Lapsed
+                    } else {
+                        RemovalCause::Deregistered
+                    };
+                    self.pending.push((key.to_owned(), Err(cause)));
+                    true
+                }
+                None => false,
+            },
         }
+    }
+
+    /// Logs the pending changes at the current index.
+    pub(crate) fn log_pending(&mut self) {
+        for (key, change) in self.pending.drain(..) {
+            if self.log.len() == LOG_LEN {
+                if let Some((index, _, _)) = self.log.pop_front() {
+                    self.forgotten = index;
+                }
+            }
+            self.log.push_back((self.index, key, change));
+        }
+    }
+
+    /// The view was replaced whole: a reader of an earlier index reads it
+    /// in full.
+    pub(crate) fn forget_changes(&mut self) {
+        self.pending.clear();
+        self.log.clear();
+        // A reader at the current index has the whole view.
+        self.forgotten = self.index.saturating_sub(1);
+    }
+
+    /// What changed since `after`, or every record when the log cannot say.
+    pub(crate) fn changes_since(&self, after: Option<(u64, u64)>) -> Changes {
+        let epoch = KV_EPOCH + self.recreations;
+        let since = after
+            .filter(|(e, index)| *e == epoch && self.forgotten < *index && *index <= self.index)
+            .map(|(_, index)| index);
+        let Some(since) = since else {
+            let catalog = self.catalog();
+            return Changes {
+                epoch,
+                index: self.index,
+                full: true,
+                instances: catalog.instances,
+                removed: Vec::new(),
+            };
+        };
+        let start = self.log.partition_point(|(index, _, _)| *index <= since);
+        let mut last: HashMap<&str, &Result<InstanceRecord, RemovalCause>> = HashMap::new();
+        for (_, key, change) in self.log.range(start..) {
+            last.insert(key, change);
+        }
+        let mut changes = Changes {
+            epoch,
+            index: self.index,
+            ..Changes::default()
+        };
+        for (key, change) in last {
+            match change {
+                Ok(record) => changes.instances.push(record.clone()),
+                Err(cause) => {
+                    if let Some((service, id)) = key.split_once('.') {
+                        changes.removed.push(Removal {
+                            service: service.to_owned(),
+                            id: id.to_owned(),
+                            cause: *cause,
+                        });
+                    }
+                }
+            }
+        }
+        changes
     }
 
     /// The keys whose lease ran out by `now`.
@@ -175,6 +267,56 @@ mod tests {
         assert!(view.apply("s.a", Some(Lease::parse(&value, later).unwrap()), later));
         assert!(view.apply("s.a", None, later));
         assert!(!view.apply("s.a", None, later));
+    }
+
+    fn bump(view: &mut View) {
+        view.index += 1;
+        view.log_pending();
+    }
+
+    #[test]
+    fn a_reader_gets_what_changed_since_its_index_and_why_records_left() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut view = View::default();
+        for id in ["a", "b", "c"] {
+            view.apply(&format!("s.{id}"), Some(lease(id, 10, t0)), t0);
+        }
+        bump(&mut view);
+        let first = view.changes_since(None);
+        assert!(first.full);
+        assert_eq!(first.instances.len(), 3);
+        let position = Some((first.epoch, first.index));
+
+        // b is deleted by its agent while its lease runs; c's lease ran out.
+        view.apply("s.b", None, t0 + Duration::from_secs(2));
+        bump(&mut view);
+        view.apply("s.c", None, t0 + Duration::from_secs(10));
+        bump(&mut view);
+        let mut delta = view.changes_since(position);
+        assert!(!delta.full && delta.instances.is_empty());
+        delta.removed.sort_by(|x, y| x.id.cmp(&y.id));
+        let causes: Vec<_> = delta
+            .removed
+            .iter()
+            .map(|r| (r.id.as_str(), r.cause))
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                ("b", RemovalCause::Deregistered),
+                ("c", RemovalCause::Lapsed)
+            ]
+        );
+
+        // A reader of another epoch, or one the log no longer covers,
+        // reads in full.
+        assert!(
+            view.changes_since(Some((first.epoch + 1, first.index)))
+                .full
+        );
+        view.forget_changes();
+        assert!(view.changes_since(position).full);
+        assert!(!view.changes_since(Some((first.epoch, view.index))).full);
     }
 
     #[test]
