@@ -183,3 +183,51 @@ async fn a_watcher_of_an_older_release_still_follows_the_whole_catalog() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_thousands_of_unknown_services_lose_nothing_of_a_real_one() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique("real");
+        let client = connect().await;
+        let inbox = consume_inbox(&client, &service, "a").await;
+        let _a = agent(&dir.url(), &service, "a", &[]);
+        wait_until("registered", Duration::from_secs(15), || async {
+            dir.instances(&service).await.len() == 1
+        })
+        .await;
+        let router = learning_router(&dir, &ingress, "600").await;
+        // 1,500 distinct names no instance has (more than the 1,024 services a
+        // router follows), between 1,000 messages for the real service.
+        let junk = unique("junk");
+        for seq in 0..1_000u64 {
+            for k in 0..3 {
+                let name = format!("{junk}{}", seq * 3 / 2 + k);
+                client
+                    .publish(ingress.subject(&name, "t"), "x".into())
+                    .await
+                    .unwrap();
+            }
+            client
+                .publish(ingress.subject(&service, "t"), seq.to_string().into())
+                .await
+                .unwrap();
+            if seq % 50 == 49 {
+                client.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        client.flush().await.unwrap();
+        wait_until("all 1,000 delivered", Duration::from_secs(60), || async {
+            inbox.count() >= 1_000
+        })
+        .await;
+        let (duplicates, seen) = tally(&[&inbox]);
+        assert_eq!((duplicates, seen.len()), (0, 1_000));
+        let following = router.status().await["directory"]["following"].clone();
+        let following = following.as_array().map_or(0, Vec::len);
+        assert!(following <= 1_024, "following {following} services");
+    })
+    .await;
+}

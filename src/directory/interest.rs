@@ -22,7 +22,8 @@ use crate::shutdown::Shutdown;
 pub const FIRST_VIEW_WAIT: Duration = Duration::from_secs(5);
 /// A learned service unused for this long is followed no more.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
-/// Most services a router follows; a message for one more is dead-lettered.
+/// Most services a router follows; one more makes it stop following the
+/// learned service routed to least recently.
 pub const DEFAULT_LIMIT: usize = 1024;
 
 /// When a service was last routed to.
@@ -171,17 +172,16 @@ impl Interest {
         }
         {
             let mut used = self.lock();
-            match used.get(service) {
-                Some(known) => known.touch(),
-                None if used.len() >= self.config.limit => {
-                    return Err(NoView::Limit(self.config.limit, service.to_owned()))
+            if let Some(known) = used.get(service) {
+                known.touch();
+            } else {
+                if used.len() >= self.config.limit && !self.evict_one(&mut used) {
+                    return Err(NoView::Limit(self.config.limit, service.to_owned()));
                 }
-                None => {
-                    used.insert(service.to_owned(), Arc::new(Use::new()));
-                    tracing::debug!(service, "following a new service");
-                    self.wanted
-                        .send_replace(Arc::new(used.keys().cloned().collect()));
-                }
+                used.insert(service.to_owned(), Arc::new(Use::new()));
+                tracing::debug!(service, "following a new service");
+                self.wanted
+                    .send_replace(Arc::new(used.keys().cloned().collect()));
             }
         }
         let viewed =
@@ -189,6 +189,30 @@ impl Interest {
         match tokio::time::timeout(FIRST_VIEW_WAIT, viewed).await {
             Ok(true) => Ok(()),
             _ => Err(NoView::Timeout(FIRST_VIEW_WAIT, service.to_owned())),
+        }
+    }
+
+    /// Makes room for one more service: stops following the learned one
+    /// routed to least recently (its next message learns it again). False
+    /// when every service followed is declared.
+    fn evict_one(&self, used: &mut BTreeMap<String, Arc<Use>>) -> bool {
+        let oldest = (used.iter())
+            .filter(|(service, _)| !self.config.declared.contains(*service))
+            .min_by_key(|(_, last)| last.0.load(Ordering::Relaxed))
+            .map(|(service, _)| service.clone());
+        match oldest {
+            Some(service) => {
+                used.remove(&service);
+                static EVICTED: baker_adapter_api::Every =
+                    baker_adapter_api::Every::new(Duration::from_secs(60));
+                if let Some(more) = EVICTED.check() {
+                    tracing::warn!(limit = self.config.limit, %service, more,
+                        "following as many services as allowed; no longer following the one routed to least recently \
+                         (a router that routes to this many services should watch every service: watch = [\"*\"])");
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -265,7 +289,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_names_and_names_over_the_limit_are_refused_at_once() {
+    async fn bad_names_and_names_over_a_limit_of_declared_services_are_refused_at_once() {
         let interest = interest(&["orders"], 1);
         assert!(matches!(
             interest.view_of("no.such").await,
@@ -275,6 +299,21 @@ mod tests {
             interest.view_of("billing").await,
             Err(NoView::Limit(1, _))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limit_the_service_routed_to_least_recently_makes_room() {
+        let interest = interest(&["orders"], 3);
+        let (old, recent) = (
+            Arc::new(Use(AtomicU64::new(0))),
+            Arc::new(Use(AtomicU64::new(5))),
+        );
+        interest.lock().insert("old".into(), old);
+        interest.lock().insert("recent".into(), recent);
+        // Not answered here (no watcher): only the set followed matters.
+        let _ = interest.view_of("billing").await;
+        let followed: Vec<String> = interest.wanted().borrow().iter().cloned().collect();
+        assert_eq!(followed, ["billing", "orders", "recent"]);
     }
 
     #[tokio::test(start_paused = true)]

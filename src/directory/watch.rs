@@ -43,6 +43,10 @@ use super::{Changes, ClientError};
 use crate::shutdown::Shutdown;
 use baker_adapter_api::Backoff;
 
+/// How long a watcher waits after the services it follows changed before it
+/// asks for them, so that a burst of new services makes one request.
+const NEW_SERVICES_PAUSE: Duration = Duration::from_millis(10);
+
 /// Longest time between two full catalogs while the directory is reachable.
 pub const RESYNC: Duration = Duration::from_secs(10);
 
@@ -361,7 +365,12 @@ impl Watcher {
                 .max(Duration::from_secs(1));
             let result = tokio::select! {
                 result = self.fetch(&services, after, wait) => result,
-                _ = wanted.changed() => continue,
+                _ = wanted.changed() => {
+                    // A burst of new services (a router starting under
+                    // traffic) makes one request, not one each.
+                    tokio::time::sleep(NEW_SERVICES_PAUSE).await;
+                    continue;
+                }
                 _ = shutdown.cancelled() => return,
             };
             match result {
