@@ -74,6 +74,9 @@ async fn a_three_node_cluster_loses_a_node_mid_stream_and_routing_and_the_direct
             let prefix = ingress.prefix.clone();
             let group = ingress.group.clone();
             let dir = directory(i);
+            // One router reads only its service's keys, the other the whole
+            // bucket: both ways of following it live through the node loss.
+            let watch = if i == 0 { service.clone() } else { "*".to_owned() };
             async move {
                 Router::spawn(
                     &dir,
@@ -86,6 +89,8 @@ async fn a_three_node_cluster_loses_a_node_mid_stream_and_routing_and_the_direct
                         &prefix,
                         "--queue-group",
                         &group,
+                        "--watch",
+                        &watch,
                     ],
                 )
                 .await
