@@ -161,10 +161,9 @@ impl Interest {
             return Ok(());
         }
         let mut covered = self.covered.subscribe();
+        // Followed, with no routable instance: nothing to wait for (and no
+        // lock taken, however many such messages come).
         if covered.borrow().contains(service) {
-            if let Some(used) = self.use_of(service) {
-                used.touch();
-            }
             return Ok(());
         }
         if !valid_name(service) {
