@@ -88,8 +88,12 @@ async fn read_bucket(
     }
     let reload_at = tokio::time::Instant::now() + RELOAD;
     let mut reported_bad_keys = false;
+    // When the next lease of the live view may run out: never later than
+    // the true one (a renewal only moves a lease later), so it is worked
+    // out again in full only when it passes or the view is replaced, not
+    // once per entry, which would cost every lease held for each renewal.
+    let mut next_expiry = inner.lock_view().next_expiry();
     loop {
-        let next_expiry = inner.lock_view().next_expiry();
         let expiry_in = next_expiry.map_or(RELOAD, |t| {
             t.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
@@ -121,9 +125,13 @@ async fn read_bucket(
                         view.apply(&entry.key, lease, now);
                         if entry.delta == 0 {
                             adopt(inner, fresh.take().expect("checked"), new_bucket, &filter);
+                            next_expiry = inner.lock_view().next_expiry();
                         }
                     }
                     None => {
+                        if let Some(expires) = lease.as_ref().map(|l| l.expires) {
+                            next_expiry = Some(next_expiry.map_or(expires, |t| t.min(expires)));
+                        }
                         let mut view = inner.lock_view();
                         if view.apply(&entry.key, lease, now) {
                             inner.bump(&mut view);
@@ -133,6 +141,7 @@ async fn read_bucket(
             }
             _ = tokio::time::sleep(expiry_in), if next_expiry.is_some() => {
                 end_leases(inner, bucket).await?;
+                next_expiry = inner.lock_view().next_expiry();
             }
             // Keys present when the watch began can leave before it
             // delivers them; then no entry ends the history.
@@ -141,6 +150,7 @@ async fn read_bucket(
                 let messages = info.map_err(|e| BucketError::nats("reading the bucket", e))?.state.messages;
                 if no_entries(bucket, &filter, messages).await? {
                     adopt(inner, fresh.take().expect("checked"), new_bucket, &filter);
+                    next_expiry = inner.lock_view().next_expiry();
                 }
             }
             _ = tokio::time::sleep_until(reload_at) => return Ok(()),
