@@ -26,9 +26,22 @@
 //!    are counted for the same kind of random services per watcher, though
 //!    each gets everything.
 //!
+//! 4. KV (`BAKER_BENCH_KV=0` skips it): the directory on a JetStream KV
+//!    bucket of the run's own (`baker-directory-kv`, NATS at
+//!    `BAKER_BENCH_NATS_URL`, nats://127.0.0.1:4222), deleted at the end.
+//!    One writer registers `BAKER_BENCH_KV_INSTANCES` (20,000) in
+//!    `BAKER_BENCH_KV_SERVICES` (instances / 100) services, 64 at a time;
+//!    `BAKER_BENCH_KV_READERS` (300) readers, each a `KvDirectory` of its
+//!    own, watch `BAKER_BENCH_WATCHED` random services (only their keys),
+//!    `BAKER_BENCH_KV_BASELINE_READERS` (30) read the whole bucket
+//!    (`catalog`, today's); `BAKER_BENCH_KV_CHANGES` (30) changes, one every
+//!    200 ms, propagation as above. Then renewals at a 10 s TTL's rate for
+//!    `BAKER_BENCH_KV_RENEWALS_SECS` (10) s, and the entries the server
+//!    delivered to each reader's consumer then (`kv.rs` says how).
+//!
 //! `BAKER_BENCH_SEED` (42) seeds the choices, `BAKER_BENCH_TIMEOUT_SECS`
 //! (3000) bounds the run. Run with `cargo bench --bench directory_scale`;
-//! without `--bench` it does nothing. Needs no broker.
+//! without `--bench` it does nothing. Phases 1-3 need no broker.
 //!
 //! Limits: the soft RLIMIT_NOFILE is raised to the hard limit (the
 //! directory, a child, inherits it); with a hard limit below watchers +
@@ -41,6 +54,8 @@
 
 mod common;
 
+#[path = "directory_scale/kv.rs"]
+mod kv;
 #[path = "directory_scale/phase.rs"]
 mod phase;
 #[path = "directory_scale/wire.rs"]
@@ -142,9 +157,9 @@ async fn timed_pool(
 fn main() {
     bench_main(
         "directory_scale",
-        "only this build's baker-mq (it starts its own directory)",
+        "this build's baker-mq (it starts its own directory), and NATS with JetStream for the KV phase",
         3000,
-        || {},
+        kv::cleanup,
         run,
     );
 }
@@ -456,6 +471,9 @@ async fn run() -> bool {
         for line in warnings.iter().take(10) {
             println!("    {line}");
         }
+    }
+    if env_or("BAKER_BENCH_KV", 1) != 0 {
+        ok &= kv::run(seed).await;
     }
     ok
 }
