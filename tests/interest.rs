@@ -17,6 +17,43 @@ async fn learning_router(dir: &Directory, ingress: &Ingress, idle_secs: &str) ->
     Router::start(&dir.url(), ingress, &["--watch-idle-secs", idle_secs]).await
 }
 
+/// One instance `a` of a new service, registered, its inbox consumed, and a
+/// router learning services, idle after `idle_secs`.
+struct OneService {
+    _dir: Directory,
+    ingress: Ingress,
+    service: String,
+    client: async_nats::Client,
+    inbox: Inbox,
+    _agent: Proc,
+    router: Router,
+}
+
+impl OneService {
+    async fn start(name: &str, idle_secs: &str) -> OneService {
+        let dir = Directory::start().await;
+        let ingress = Ingress::new();
+        let service = unique(name);
+        let client = connect().await;
+        let inbox = consume_inbox(&client, &service, "a").await;
+        let agent = agent(&dir.url(), &service, "a", &[]);
+        wait_until("registered", Duration::from_secs(15), || async {
+            dir.instances(&service).await.len() == 1
+        })
+        .await;
+        let router = learning_router(&dir, &ingress, idle_secs).await;
+        OneService {
+            _dir: dir,
+            ingress,
+            service,
+            client,
+            inbox,
+            _agent: agent,
+            router,
+        }
+    }
+}
+
 fn followed(status: &serde_json::Value) -> Vec<String> {
     let mut services: Vec<String> = (status["services"].as_object())
         .map(|services| services.keys().cloned().collect())
@@ -98,19 +135,11 @@ async fn a_router_follows_a_service_from_its_first_message_through_registrations
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_not_routed_to_is_dropped_and_learned_again_by_its_next_message() {
     bounded(TEST_TIMEOUT, async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("idle");
-        let client = connect().await;
-        let inbox = consume_inbox(&client, &service, "a").await;
-        let _a = agent(&dir.url(), &service, "a", &[]);
-        wait_until("registered", Duration::from_secs(15), || async {
-            dir.instances(&service).await.len() == 1
-        })
-        .await;
-        let router = learning_router(&dir, &ingress, "1").await;
-        let subject = ingress.subject(&service, "t");
-        publish_paced(&client, &subject, 0, 1, 1, Duration::ZERO).await;
+        let one = OneService::start("idle", "1").await;
+        let (ingress, service, client) = (&one.ingress, &one.service, &one.client);
+        let (inbox, router) = (&one.inbox, &one.router);
+        let subject = ingress.subject(service, "t");
+        publish_paced(client, &subject, 0, 1, 1, Duration::ZERO).await;
         wait_until("delivered", Duration::from_secs(10), || async {
             inbox.count() == 1
         })
@@ -121,7 +150,7 @@ async fn a_service_not_routed_to_is_dropped_and_learned_again_by_its_next_messag
                 && status["directory"]["following"] == serde_json::json!([])
         })
         .await;
-        publish_paced(&client, &subject, 1, 1, 1, Duration::ZERO).await;
+        publish_paced(client, &subject, 1, 1, 1, Duration::ZERO).await;
         wait_until("learned again", Duration::from_secs(10), || async {
             inbox.count() == 2
         })
@@ -187,17 +216,9 @@ async fn a_watcher_of_an_older_release_still_follows_the_whole_catalog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_for_thousands_of_unknown_services_lose_nothing_of_a_real_one() {
     bounded(TEST_TIMEOUT, async {
-        let dir = Directory::start().await;
-        let ingress = Ingress::new();
-        let service = unique("real");
-        let client = connect().await;
-        let inbox = consume_inbox(&client, &service, "a").await;
-        let _a = agent(&dir.url(), &service, "a", &[]);
-        wait_until("registered", Duration::from_secs(15), || async {
-            dir.instances(&service).await.len() == 1
-        })
-        .await;
-        let router = learning_router(&dir, &ingress, "600").await;
+        let one = OneService::start("real", "600").await;
+        let (ingress, service, client) = (&one.ingress, &one.service, &one.client);
+        let (inbox, router) = (&one.inbox, &one.router);
         // 1,500 distinct names no instance has (more than the 1,024 services a
         // router follows), between 1,000 messages for the real service.
         let junk = unique("junk");
@@ -210,7 +231,7 @@ async fn messages_for_thousands_of_unknown_services_lose_nothing_of_a_real_one()
                     .unwrap();
             }
             client
-                .publish(ingress.subject(&service, "t"), seq.to_string().into())
+                .publish(ingress.subject(service, "t"), seq.to_string().into())
                 .await
                 .unwrap();
             if seq % 50 == 49 {
@@ -223,7 +244,7 @@ async fn messages_for_thousands_of_unknown_services_lose_nothing_of_a_real_one()
             inbox.count() >= 1_000
         })
         .await;
-        let (duplicates, seen) = tally(&[&inbox]);
+        let (duplicates, seen) = tally(&[inbox]);
         assert_eq!((duplicates, seen.len()), (0, 1_000));
         let following = router.status().await["directory"]["following"].clone();
         let following = following.as_array().map_or(0, Vec::len);

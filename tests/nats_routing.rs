@@ -198,12 +198,7 @@ async fn routers_survive_a_directory_outage_and_registrations_rebuild_after_rest
             || async { a.count() >= 1000 },
         )
         .await;
-        let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", router.admin))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = router.healthz().await;
         assert_eq!(health["directory"]["reachable"], serde_json::json!(false));
         assert!(health["directory"]["view_age_secs"].as_f64().unwrap() > 0.0);
 

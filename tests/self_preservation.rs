@@ -66,12 +66,7 @@ async fn held_back<P: Protocol>(protocol: &P, directory: &str) {
     })
     .await;
     assert_eq!(router.routed(&service).await, ids);
-    let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", router.admin))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = router.healthz().await;
     assert_eq!(health["directory"]["preserved_instances"], 4, "{health}");
     assert!(router
         .metrics()

@@ -162,6 +162,12 @@ impl Router {
         .await;
     }
 
+    /// Its `/healthz` document.
+    pub async fn healthz(&self) -> serde_json::Value {
+        let url = format!("http://{}/healthz", self.admin);
+        reqwest::get(&url).await.unwrap().json().await.unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.admin);
         reqwest::get(&url).await.unwrap().text().await.unwrap()
