@@ -333,12 +333,10 @@ pub trait Adapter: Send + Sync + 'static {
     /// Connection state of every broker this adapter has opened.
     fn health(&self) -> Vec<BrokerHealth>;
 
-    /// Whether a send to `endpoint` fails once its instance is gone (its
-    /// queue deleted, no subscriber left, its stream removed), rather than
-    /// being accepted for no one. Where it does, a router may keep an
-    /// instance whose lease lapsed and let failed sends judge it
-    /// (self-preservation); where a send succeeds silently, it may not. The
-    /// default: it does not.
+    /// Whether a send to `endpoint` fails once its instance is gone (queue
+    /// deleted, no subscriber, stream removed) rather than being accepted
+    /// for no one: only then may a router keep a lapsed instance for sends
+    /// to judge (self-preservation). The default: it does not.
     fn send_fails_when_gone(&self, endpoint: &Endpoint) -> bool {
         let _ = endpoint;
         false

@@ -26,6 +26,7 @@
 //! - `view`: the leases a reader holds
 //! - `bucket`: opening, creating and healing the bucket
 //! - `follow`: the watch that keeps the view in step
+//! - `write`: writing a record on the revision this agent owns
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::BrokerAccess;
-use baker_adapter_nats::async_nats::jetstream::context::PublishErrorKind;
 use baker_adapter_nats::async_nats::{self, connection::State};
 use baker_directory_api::{Catalog, Changes, ClientError, Directory, InstanceRecord};
 use tokio::sync::watch;
@@ -44,11 +44,13 @@ mod follow;
 mod owner;
 pub mod settings;
 mod view;
+mod write;
 
 use bucket::Bucket;
 pub use settings::{KvSettings, SettingsError, DEFAULT_BUCKET};
 pub use view::{key, KV_EPOCH};
 use view::{Filter, View};
+use write::Written;
 
 /// Safety net against a watch that silently stopped: the whole bucket is
 /// read again this often.
@@ -405,74 +407,6 @@ impl KvDirectory {
         let answered = answer(&view);
         view.built = Some((started, started.elapsed()));
         Ok(answered)
-    }
-}
-
-/// How a write of a key went wrong.
-enum Written {
-    /// The key is not at the revision the write was made on.
-    Stale,
-    /// Another owner's lease is live.
-    Owned,
-    /// The bucket failed or refused it.
-    Failed(ClientError),
-}
-
-impl KvDirectory {
-    /// Writes `record` at `key` on revision `known`, or (with none) on the
-    /// revision the key's last write has, if this owner may take it.
-    async fn write(
-        &self,
-        bucket: &Bucket,
-        record: &InstanceRecord,
-        key: &str,
-        known: Option<u64>,
-    ) -> Result<(), Written> {
-        let prefix = bucket.store.put_prefix.as_ref();
-        let subject = format!("{}{key}", prefix.unwrap_or(&bucket.store.prefix));
-        let revision = match known {
-            Some(revision) => revision,
-            None => match owner::claim(bucket, &subject, &self.inner.owner).await {
-                Ok(owner::Claim::Revision(revision)) => revision,
-                Ok(owner::Claim::Owned) => return Err(Written::Owned),
-                Err(reason) => return Err(Written::Failed(self.unreachable(reason))),
-            },
-        };
-        let value = serde_json::to_vec(record).map_err(|e| Written::Failed(self.unreachable(e)))?;
-        let mut headers = owner::write_headers(&self.inner.owner, revision);
-        if bucket.ttl_headers {
-            headers.insert("Nats-TTL", record.ttl_secs.to_string().as_str());
-        }
-        let write = async {
-            bucket
-                .js
-                .publish_with_headers(subject, headers, value.into())
-                .await?
-                .await
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, write).await {
-            Ok(Ok(ack)) => {
-                self.inner
-                    .lock_revisions()
-                    .insert(key.to_owned(), ack.sequence);
-                Ok(())
-            }
-            Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(Written::Stale)
-            }
-            Ok(Err(error)) => {
-                // Agents without a router follow no bucket: a bucket deleted
-                // or replaced under them is noticed here.
-                tokio::spawn(bucket::heal_after_refused_write(
-                    self.inner.clone(),
-                    bucket.clone(),
-                ));
-                Err(Written::Failed(self.unreachable(error)))
-            }
-            Err(_) => Err(Written::Failed(
-                self.unreachable("no acknowledgement from the bucket"),
-            )),
-        }
     }
 }
 
