@@ -6,10 +6,12 @@
 //! between ingress and settlement, and a full window stops pulling from the
 //! ingress, so memory stays bounded and the broker holds the backlog.
 
+mod attempts;
 pub mod journey;
 pub mod outlier;
 pub mod policy;
 pub mod reply;
+mod stats;
 pub mod table;
 pub mod undelivered;
 

@@ -6,14 +6,15 @@
 //! per-instance counters carry over from one table to the next.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baker_adapter_api::{broker_key, redact_url, Endpoint, IngressOptions, Message, Target};
 
-use super::outlier::OutlierState;
 use super::policy::{Candidate, Policy, PolicyKind};
+use super::stats::label_value;
+pub use super::stats::InstanceStats;
 use crate::adapters::{AdapterRegistry, EndpointRefusal};
 use crate::directory::interest::{Interest, Use};
 use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
@@ -21,41 +22,6 @@ use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
 /// How long a departed instance's counters stay in `/metrics`, so that the
 /// scrapes after it left still see its last increments.
 pub const DEPARTED_GRACE: Duration = Duration::from_secs(300);
-
-/// Running counts for one instance, kept across table rebuilds. They are its
-/// metric series too (`baker_messages_routed_total`, ...): rendered from
-/// here, rather than registered with the metrics recorder, which can never
-/// forget a series, so that a departed instance's series go with it.
-#[derive(Default)]
-pub struct InstanceStats {
-    /// Messages the instance's broker accepted.
-    pub delivered: AtomicU64,
-    /// Failed sends.
-    pub errors: AtomicU64,
-    /// Ejections by this router.
-    pub ejections: AtomicU64,
-    /// Sends in flight.
-    pub outstanding: AtomicUsize,
-    /// Passive health: whether the instance is ejected for failing.
-    pub outlier: OutlierState,
-}
-
-impl InstanceStats {
-    /// Counts a delivery accepted by the instance's broker.
-    pub fn delivered(&self) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a failed send.
-    pub fn failed(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts an ejection.
-    pub fn ejected(&self) {
-        self.ejections.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// An instance's counters, by service and instance id.
 type StatsByInstance = HashMap<(String, String), Arc<InstanceStats>>;
@@ -233,19 +199,6 @@ impl RoutingTable {
             }
         }
         out
-    }
-}
-
-/// `text` as a Prometheus label value: backslash, quote and line feed
-/// escaped.
-fn label_value(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains(['\\', '"', '\n']) {
-        text.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-            .into()
-    } else {
-        text.into()
     }
 }
 
