@@ -178,19 +178,24 @@ impl Journey {
                 0,
             ));
         }
-        let mut table = self.table.load_full();
-        if let (None, Some(interest)) = (table.service(&destination.service), &self.interest) {
-            if let Err(no_view) = interest.view_of(&destination.service).await {
-                return Outcome::Undeliverable(Failure::new(
-                    Cause::NoRoute,
-                    no_view.to_string(),
-                    0,
-                ));
+        // One lookup on the way of a known service; a service not followed
+        // yet waits for its first view, then is looked up again.
+        let table = self.table.load_full();
+        let reloaded;
+        let service = match (table.service(&destination.service), &self.interest) {
+            (Some(service), _) => service,
+            (None, None) => return Outcome::Undeliverable(no_route(destination)),
+            (None, Some(interest)) => {
+                if let Err(no_view) = interest.view_of(&destination.service).await {
+                    let reason = no_view.to_string();
+                    return Outcome::Undeliverable(Failure::new(Cause::NoRoute, reason, 0));
+                }
+                reloaded = self.table.load_full();
+                match reloaded.service(&destination.service) {
+                    Some(service) => service,
+                    None => return Outcome::Undeliverable(no_route(destination)),
+                }
             }
-            table = self.table.load_full();
-        }
-        let Some(service) = table.service(&destination.service) else {
-            return Outcome::Undeliverable(no_route(destination));
         };
         if let Some(used) = &service.used {
             used.touch();
