@@ -83,8 +83,9 @@ pub struct Sidecar {
 }
 
 /// Starts a `baker-mq` sidecar named `name` with `args`, its admin API on a
-/// free port and `directory` for its directory, logging to `log`, and waits
-/// until it is ready and routes to `service`; `Err` (it stopped) with its
+/// free port and `directory` for its directory, following `service` unless
+/// `args` say `--watch`, logging to `log`, and waits until it is ready and
+/// routes to `service`; `Err` (it stopped) with its
 /// log when it exits early or is not ready and routed in time.
 pub async fn start_sidecar(
     name: &str,
@@ -97,6 +98,11 @@ pub async fn start_sidecar(
     let (directory_url, admin_addr) = (format!("http://{}", directory.addr), admin.to_string());
     let mut all = args.to_vec();
     all.extend(["--directory", &directory_url, "--admin", &admin_addr]);
+    // A router follows the services it is told of (or learns from a first
+    // message): the bench's service, so that it routes before the first one.
+    if !args.contains(&"--watch") {
+        all.extend(["--watch", service]);
+    }
     let pid = spawn_baker_mq(name, &all, &log);
     let http = http_client();
     let deadline = Instant::now() + READY_TIMEOUT;

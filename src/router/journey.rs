@@ -107,21 +107,35 @@ impl Journey {
     }
 
     /// Routes one delivery and settles it.
-    pub async fn carry(&self, delivery: Delivery) -> Outcome {
+    pub fn carry(&self, delivery: Delivery) -> impl std::future::Future<Output = Outcome> + '_ {
+        // The parts as the future's own arguments: an async fn keeps its
+        // arguments, and taking a `Delivery` apart inside it would keep a
+        // second copy of the message.
+        self.carry_parts(delivery.message, delivery.destination, delivery.ack)
+    }
+
+    async fn carry_parts(
+        &self,
+        mut message: Message,
+        destination: Destination,
+        ack: baker_adapter_api::AckHandle,
+    ) -> Outcome {
         let started = Instant::now();
-        let Delivery {
-            mut message,
-            destination,
-            ack,
-        } = delivery;
         let hops = match message.headers.get(header::HOPS) {
             Some(text) => text.parse::<u32>().unwrap_or(MAX_HOPS),
             None => 0,
         };
-        let route = self.route(&mut message, &destination, hops, started);
-        let (mut outcome, ack) = match ack.progress_interval() {
-            None => (route.await, ack),
-            Some(every) => with_progress(route, ack, every).await,
+        // Every message's journey lives in the router's window as one
+        // allocation: what only some messages need (progress reports, the
+        // wait for a new service, retries, broadcast copies) is boxed where
+        // it happens, so that the common journey stays small.
+        let (mut outcome, ack) = {
+            let route = self.route(&mut message, &destination, hops, started);
+            tokio::pin!(route);
+            match ack.progress_interval() {
+                None => (route.await, ack),
+                Some(every) => Box::pin(with_progress(route, ack, every)).await,
+            }
         };
         // An at-least-once ingress whose broker has no hand-back (MQTT): the
         // message is routed again here after a pause, holding its place in
@@ -136,8 +150,8 @@ impl Journey {
             }
             self.undelivered
                 .record(&destination.service, failure.cause, &failure.reason);
-            tokio::time::sleep(ROUTE_AGAIN_PAUSE).await;
-            outcome = (self.route(&mut message, &destination, hops, Instant::now())).await;
+            Box::pin(tokio::time::sleep(ROUTE_AGAIN_PAUSE)).await;
+            outcome = Box::pin(self.route(&mut message, &destination, hops, Instant::now())).await;
         }
         // Settling is part of the journey: what it has left to do (a dead
         // letter to publish, a pause before a hand-back) holds the message's
@@ -186,7 +200,7 @@ impl Journey {
             (Some(service), _) => service,
             (None, None) => return Outcome::Undeliverable(no_route(destination)),
             (None, Some(interest)) => {
-                if let Err(no_view) = interest.view_of(&destination.service).await {
+                if let Err(no_view) = Box::pin(interest.view_of(&destination.service)).await {
                     let reason = no_view.to_string();
                     return Outcome::Undeliverable(Failure::new(Cause::NoRoute, reason, 0));
                 }
@@ -232,7 +246,7 @@ impl Journey {
         }
         let outcome = match service.policy.pick(&service.instances, message) {
             Pick::One(first) => self.deliver_one(service, first, destination, message).await,
-            Pick::All => self.broadcast(service, destination, message).await,
+            Pick::All => Box::pin(self.broadcast(service, destination, message)).await,
             Pick::Nobody => Err(no_route(destination)),
         };
         match outcome {
@@ -268,7 +282,7 @@ impl Journey {
                 Err(error) => failed.record(instance, error, attempt)?,
             }
             if attempt < self.config.max_attempts {
-                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
             }
         }
         Err(failed.exhausted(
@@ -333,7 +347,7 @@ impl Journey {
         let stats = &instance.stats;
         stats.outstanding.fetch_add(1, Ordering::Relaxed);
         let result = match self.proxy_for(instance, message) {
-            Some(proxy) => send_proxied(proxy, instance, destination, message).await,
+            Some(proxy) => Box::pin(send_proxied(proxy, instance, destination, message)).await,
             None => instance.target.send(destination, message).await,
         };
         stats.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -400,11 +414,10 @@ async fn send_proxied(
 /// being worked on, so that retries taking longer than the broker's
 /// redelivery timer do not bring a second copy.
 async fn with_progress(
-    route: impl std::future::Future<Output = Outcome>,
+    mut route: std::pin::Pin<&mut impl std::future::Future<Output = Outcome>>,
     ack: baker_adapter_api::AckHandle,
     every: Duration,
 ) -> (Outcome, baker_adapter_api::AckHandle) {
-    tokio::pin!(route);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
@@ -584,6 +597,16 @@ mod tests {
         let got = b.recv().await.unwrap();
         assert_eq!(got.subject, "_baker.s.b.t");
         assert_eq!(got.message.headers.get(header::ATTEMPT), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn a_journey_in_the_window_stays_small() {
+        // Each message in the window is one allocation of this future
+        // (2.8 kB before the rare paths were boxed).
+        let journey = journey("journey-size", &["a"], PolicyKind::RoundRobin, 1024).await;
+        let (d, _) = delivery("s", b"x");
+        let size = std::mem::size_of_val(&journey.carry(d));
+        assert!(size <= 1_280, "a journey takes {size} bytes");
     }
 
     #[tokio::test]
