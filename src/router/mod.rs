@@ -11,6 +11,7 @@ pub mod journey;
 pub mod outlier;
 pub mod policy;
 pub mod reply;
+mod shards;
 mod stats;
 pub mod table;
 pub mod undelivered;
@@ -70,7 +71,25 @@ pub async fn follow_catalog(
 /// most `max_in_flight` at once. At shutdown it closes the ingress, routes
 /// what the ingress had already received, and lets in-flight messages finish,
 /// all within [`DRAIN_TIMEOUT`].
+///
+/// On a runtime of one thread the journeys are futures of this task; with
+/// more worker threads they are spread over one routing task per worker
+/// (`shards.rs`).
 pub async fn run(
+    journey: Arc<Journey>,
+    ingress: Box<dyn Ingress>,
+    max_in_flight: usize,
+    shutdown: Shutdown,
+) {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    if workers > 1 {
+        return shards::run(journey, ingress, max_in_flight, workers, shutdown).await;
+    }
+    run_here(journey, ingress, max_in_flight, shutdown).await
+}
+
+/// [`run`] with every journey a future of this task.
+async fn run_here(
     journey: Arc<Journey>,
     mut ingress: Box<dyn Ingress>,
     max_in_flight: usize,
