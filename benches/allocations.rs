@@ -23,7 +23,9 @@
 //! each window is received whole before the next, so core NATS drops
 //! nothing. `BAKER_BENCH_ALLOC_MESSAGES` (100,000) messages are counted per
 //! path and round after a warm-up, `BAKER_BENCH_ROUNDS` (3) rounds, medians.
-//! CPU per message is the hop thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+//! CPU per message is the hop threads' CPU time (`/proc/self/task/*/schedstat`).
+//! `BAKER_BENCH_HOP_WORKERS=N` runs the hop on a runtime of N worker threads
+//! instead (all counted), as `--worker-threads N` runs baker-mq.
 //! `BAKER_BENCH_ALLOC_ONLY=<path name>` measures one path alone (for a
 //! profiler: the hop threads are named `hop-relay`, `hop-baker`, ...).
 //!
@@ -35,8 +37,8 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Subscriber};
@@ -65,13 +67,18 @@ struct Counting;
 static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 thread_local! {
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
+    /// This thread runs the hop under test.
+    static HOP_THREAD: Cell<bool> = const { Cell::new(false) };
 }
+/// Between `Start` and `Stop`.
+static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// The hop's threads, for their CPU time.
+static HOP_THREADS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 
 fn count(size: usize) {
-    if COUNTED.try_with(Cell::get).unwrap_or(false) {
+    if COUNTING.load(Ordering::Relaxed) && HOP_THREAD.try_with(Cell::get).unwrap_or(false) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(size as u64, Ordering::Relaxed);
     }
@@ -99,15 +106,24 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The CPU time this thread has used.
-fn thread_cpu() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+/// Marks this thread as one of the hop's.
+fn hop_thread() {
+    HOP_THREAD.set(true);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    HOP_THREADS.lock().expect("hop threads").push(tid);
+}
+
+/// The CPU time the hop's threads have used (`/proc/self/task/*/schedstat`,
+/// in nanoseconds).
+fn hop_cpu() -> Duration {
+    let threads = HOP_THREADS.lock().expect("hop threads").clone();
+    let nanos = threads
+        .iter()
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -184,10 +200,20 @@ fn start_hop(
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("hop runtime");
+            HOP_THREADS.lock().expect("hop threads").clear();
+            hop_thread();
+            let workers: usize = env_or("BAKER_BENCH_HOP_WORKERS", 1);
+            let mut builder = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder
+                    .worker_threads(workers)
+                    .thread_name(name)
+                    .on_thread_start(hop_thread);
+                builder
+            };
+            let runtime = builder.enable_all().build().expect("hop runtime");
             runtime.block_on(async move {
                 let shutdown = Shutdown::new();
                 let (tasks, _views) = match path.hop {
@@ -204,16 +230,16 @@ fn start_hop(
                         Command::Start => {
                             ALLOCATIONS.store(0, Ordering::Relaxed);
                             BYTES.store(0, Ordering::Relaxed);
-                            started = thread_cpu();
-                            COUNTED.set(true);
+                            started = hop_cpu();
+                            COUNTING.store(true, Ordering::Relaxed);
                         }
                         Command::Stop(messages, answer) => {
-                            COUNTED.set(false);
+                            COUNTING.store(false, Ordering::Relaxed);
                             let per = |n: f64| n / messages as f64;
                             let _ = answer.send(Counted {
                                 allocations: per(ALLOCATIONS.load(Ordering::Relaxed) as f64),
                                 bytes: per(BYTES.load(Ordering::Relaxed) as f64),
-                                cpu_ns: per((thread_cpu() - started).as_nanos() as f64),
+                                cpu_ns: per((hop_cpu() - started).as_nanos() as f64),
                             });
                         }
                     }
