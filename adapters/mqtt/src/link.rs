@@ -159,8 +159,8 @@ impl Link {
     pub async fn publish(
         &self,
         topic: String,
-        payload: Bytes,
-        properties: PublishProperties,
+        mut payload: Bytes,
+        mut properties: PublishProperties,
     ) -> Result<Accepted, SendError> {
         if !crate::convert::valid_topic_name(&topic) {
             return Err(SendError::rejected(format!(
@@ -170,13 +170,13 @@ impl Link {
         let session = self.session().await?;
         let max = session.max_packet.load(Ordering::Relaxed);
         if max > 0 {
-            let size = Publish::new(
-                topic.as_str(),
-                QoS::AtLeastOnce,
-                payload.clone(),
-                Some(properties.clone()),
-            )
-            .size();
+            // The packet's size, from the packet the client will build;
+            // the properties are moved in and back out, not copied.
+            let mut packet =
+                Publish::new(topic.as_str(), QoS::AtLeastOnce, payload, Some(properties));
+            let size = packet.size();
+            properties = packet.properties.take().unwrap_or_default();
+            payload = packet.payload;
             if size > max as usize {
                 return Err(SendError::rejected(format!(
                     "a packet of {size} bytes exceeds the broker's maximum of {max}"
