@@ -4,8 +4,6 @@
 //! tables, arrays) stay in the message's native properties, so an AMQP egress
 //! keeps them exactly while other protocols get the string headers only.
 
-use std::sync::Arc;
-
 use baker_adapter_api::{header, new_message_id, Destination, Headers, Message, Properties};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -61,16 +59,39 @@ fn short(what: &'static str, value: &str) -> Result<ShortString, AmqpError> {
     })
 }
 
-/// AMQP properties for `message`, sent for `destination`: the ingress's own
-/// AMQP properties when it had some, with Baker's headers and fields laid
-/// over them. Fails when a value from another protocol cannot be carried
-/// (over 255 bytes where AMQP allows no more).
+/// AMQP properties for `message`, sent for `destination`: Baker's headers
+/// and fields, with what only the ingress's own AMQP properties held (typed
+/// headers, type, user id, app id, cluster id) when it was AMQP. One header
+/// table is built per message; nothing of the ingress's is copied twice.
+/// Fails when a value from another protocol cannot be carried (over 255
+/// bytes where AMQP allows no more).
 pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProperties, AmqpError> {
     let native = (message.native.as_ref()).and_then(|n| n.get::<BasicProperties>(crate::NAME));
-    let mut table = native
-        .as_deref()
-        .and_then(|p| p.headers().clone())
-        .unwrap_or_default();
+    let mut table = FieldTable::default();
+    let mut out = BasicProperties::default();
+    if let Some(native) = native.as_deref() {
+        // String headers are the message's own (which the core may have
+        // changed); typed ones only the ingress had.
+        if let Some(headers) = native.headers() {
+            for (name, value) in headers.inner() {
+                if as_text(value).is_none() {
+                    table.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        if let Some(v) = native.kind() {
+            out = out.with_type(v.clone());
+        }
+        if let Some(v) = native.user_id() {
+            out = out.with_user_id(v.clone());
+        }
+        if let Some(v) = native.app_id() {
+            out = out.with_app_id(v.clone());
+        }
+        if let Some(v) = native.cluster_id() {
+            out = out.with_cluster_id(v.clone());
+        }
+    }
     for (name, value) in message.headers.iter() {
         table.insert(
             short("header name", name)?,
@@ -91,7 +112,6 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
             AMQPValue::LongString(LongString::from(topic.as_ref())),
         );
     }
-    let mut out = native.map_or_else(BasicProperties::default, Arc::unwrap_or_clone);
     out = out.with_headers(table);
     let p = &message.properties;
     if let Some(v) = &p.content_type {
@@ -150,6 +170,8 @@ pub fn dead_lettered(properties: &BasicProperties, reason: &str, attempts: u32) 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use baker_adapter_api::Topic;
 
@@ -195,8 +217,11 @@ mod tests {
         let mut table = FieldTable::default();
         table.insert("trace".into(), AMQPValue::LongString("abc".into()));
         table.insert("count".into(), AMQPValue::LongInt(7));
+        table.insert(header::ATTEMPT.into(), AMQPValue::LongString("3".into()));
         let original = BasicProperties::default()
             .with_headers(table)
+            .with_app_id("billing".into())
+            .with_type("invoice.created".into())
             .with_content_type("application/json".into())
             .with_correlation_id("c-1".into())
             .with_reply_to("amq.rabbitmq.reply-to".into())
@@ -204,8 +229,10 @@ mod tests {
             .with_priority(5)
             .with_timestamp(1_700_000_000)
             .with_expiration("60000".into());
-        let (headers, reply_to, properties) = from_amqp(&original);
+        let (mut headers, reply_to, properties) = from_amqp(&original);
         assert_eq!(headers.get("trace"), Some("abc"));
+        // What the core takes off stays off.
+        assert!(headers.remove(header::ATTEMPT).is_some());
         assert_eq!(headers.get("count"), None, "typed headers stay native");
         let message = Message {
             headers,
@@ -224,6 +251,13 @@ mod tests {
         let sent = to_amqp(&message, &destination).unwrap();
         let table = sent.headers().clone().unwrap();
         assert_eq!(table.inner().get("count"), Some(&AMQPValue::LongInt(7)));
+        assert_eq!(
+            table.inner().get("trace"),
+            Some(&AMQPValue::LongString("abc".into()))
+        );
+        assert_eq!(table.inner().get(header::ATTEMPT), None);
+        assert_eq!(sent.app_id(), original.app_id());
+        assert_eq!(sent.kind(), original.kind());
         assert_eq!(
             table.inner().get(header::TOPIC),
             Some(&AMQPValue::LongString("created".into()))
