@@ -13,11 +13,11 @@ pub mod policy;
 pub mod reply;
 mod shards;
 mod stats;
+mod stopping;
 pub mod table;
 pub mod undelivered;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use baker_adapter_api::Ingress;
@@ -30,12 +30,7 @@ pub use table::{RoutingTable, TableBuilder};
 
 use crate::directory::{Interest, View};
 use crate::shutdown::Shutdown;
-
-/// How long closing the ingress may take at shutdown.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long in-flight messages may take to finish after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+use stopping::{Stopping, Turn};
 
 /// Rebuilds the routing table whenever a new view arrives, and swaps it in;
 /// then tells `interest` which services the table covers. Returns at
@@ -70,7 +65,7 @@ pub async fn follow_catalog(
 /// Pulls deliveries from `ingress` and carries each through `journey`, with at
 /// most `max_in_flight` at once. At shutdown it closes the ingress, routes
 /// what the ingress had already received, and lets in-flight messages finish,
-/// all within [`DRAIN_TIMEOUT`].
+/// all within the drain timeout (10 s, `stopping.rs`).
 ///
 /// On a runtime of one thread the journeys are futures of this task; with
 /// more worker threads they are spread over one routing task per worker
@@ -96,26 +91,14 @@ async fn run_here(
     shutdown: Shutdown,
 ) {
     let mut in_flight = FuturesUnordered::new();
-    // Both made once, outside the loop: creating a cancellation future takes
-    // the token's lock, which must not happen once per message.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(u32::MAX as u64));
-    tokio::pin!(drain_deadline);
-    let mut closing = false;
+    let mut stopping = Stopping::new(&shutdown);
     loop {
         tokio::select! {
             biased;
-            _ = &mut cancelled, if !closing => {
-                closing = true;
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                tracing::info!(in_flight = in_flight.len(), "closing the ingress and finishing received messages");
-                // Bounded: a broker that blocks the connection never answers.
-                if tokio::time::timeout(CLOSE_TIMEOUT, ingress.close()).await.is_err() {
-                    tracing::warn!("the broker did not confirm closing the ingress in time");
-                }
-            }
-            _ = &mut drain_deadline, if closing => break,
+            turn = stopping.next() => match turn {
+                Turn::Stop => stopping.close(&mut *ingress, in_flight.len()).await,
+                Turn::Deadline => break,
+            },
             Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
             delivery = ingress.next(), if in_flight.len() < max_in_flight => match delivery {
                 Some(delivery) => {
@@ -133,13 +116,13 @@ async fn run_here(
             },
         }
     }
-    if !closing {
+    if !stopping.closing() {
         tracing::warn!("ingress closed by the broker side");
     }
     let finish = async { while in_flight.next().await.is_some() {} };
     tokio::select! {
         _ = finish => {}
-        _ = &mut drain_deadline => {
+        _ = stopping.deadline() => {
             tracing::warn!(in_flight = in_flight.len(),
                 "messages did not finish within the drain timeout; brokers with acknowledgements redeliver them");
         }
@@ -147,12 +130,5 @@ async fn run_here(
     // Dropping what is left settles it as requeued, before the ingress
     // passes its last settlements to the broker.
     drop(in_flight);
-    if tokio::time::timeout(CLOSE_TIMEOUT, ingress.finish())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "the broker did not take the last acknowledgements in time; it redelivers those messages"
-        );
-    }
+    Stopping::finish(&mut *ingress).await;
 }

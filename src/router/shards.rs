@@ -11,13 +11,13 @@
 //! next shard: one wake-up per run rather than per message.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use baker_adapter_api::{Delivery, Ingress};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::{Journey, CLOSE_TIMEOUT, DRAIN_TIMEOUT};
+use super::stopping::{Stopping, Turn};
+use super::Journey;
 use crate::shutdown::Shutdown;
 
 /// Most deliveries handed to one shard before the next shard's turn.
@@ -44,24 +44,17 @@ pub(super) async fn run(
     let mut turn = 0;
     // A permit taken while waiting for the next delivery.
     let mut held: Option<OwnedSemaphorePermit> = None;
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(u32::MAX as u64));
-    tokio::pin!(drain_deadline);
-    let mut closing = false;
+    let mut stopping = Stopping::new(&shutdown);
     loop {
         tokio::select! {
             biased;
-            _ = &mut cancelled, if !closing => {
-                closing = true;
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                tracing::info!(in_flight = max_in_flight - window.available_permits(),
-                    "closing the ingress and finishing received messages");
-                if tokio::time::timeout(CLOSE_TIMEOUT, ingress.close()).await.is_err() {
-                    tracing::warn!("the broker did not confirm closing the ingress in time");
+            turn = stopping.next() => match turn {
+                Turn::Stop => {
+                    let in_flight = max_in_flight - window.available_permits();
+                    stopping.close(&mut *ingress, in_flight).await;
                 }
-            }
-            _ = &mut drain_deadline, if closing => break,
+                Turn::Deadline => break,
+            },
             permit = window.clone().acquire_owned(), if held.is_none() => {
                 held = Some(permit.expect("the window is never closed"));
             }
@@ -92,7 +85,7 @@ pub(super) async fn run(
             },
         }
     }
-    if !closing {
+    if !stopping.closing() {
         tracing::warn!("ingress closed by the broker side");
     }
     drop(held);
@@ -101,7 +94,7 @@ pub(super) async fn run(
     let finish = futures::future::join_all(tasks.iter_mut());
     tokio::select! {
         _ = finish => {}
-        _ = &mut drain_deadline => {
+        _ = stopping.deadline() => {
             tracing::warn!(in_flight = max_in_flight - window.available_permits(),
                 "messages did not finish within the drain timeout; brokers with acknowledgements redeliver them");
             // Dropping what is left settles it as requeued, before the
@@ -114,14 +107,7 @@ pub(super) async fn run(
             }
         }
     }
-    if tokio::time::timeout(CLOSE_TIMEOUT, ingress.finish())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "the broker did not take the last acknowledgements in time; it redelivers those messages"
-        );
-    }
+    Stopping::finish(&mut *ingress).await;
 }
 
 /// One routing task: carries the deliveries it is handed until its sender
@@ -157,6 +143,7 @@ async fn carry(journey: &Journey, (delivery, permit): Admitted) {
 mod tests {
     use std::collections::{HashMap, VecDeque};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use arc_swap::ArcSwap;
     use async_trait::async_trait;
@@ -270,20 +257,32 @@ mod tests {
         )
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn journeys_run_on_more_than_one_thread_at_once() {
-        let broker = baker_adapter_memory::broker("shards-overlap");
-        let _inbox = broker.subscribe("_baker.s.a.>", None, 1_000);
+    /// Routes `4 * RUN` deliveries to an instance on memory broker
+    /// `broker` with `route`, and says how their settlements overlapped.
+    async fn route_all<F: std::future::Future<Output = ()>>(
+        broker: &str,
+        route: impl FnOnce(Arc<Journey>, Box<dyn Ingress>) -> F,
+    ) -> Arc<Overlap> {
+        let memory = baker_adapter_memory::broker(broker);
+        let _inbox = memory.subscribe("_baker.s.a.>", None, 1_000);
         let overlap = Arc::new(Overlap::default());
-        let journey = journey("shards-overlap").await;
         let ingress = Box::new(deliveries(4 * RUN, &overlap));
         tokio::time::timeout(
             Duration::from_secs(20),
-            super::super::run(journey, ingress, 1_000, Shutdown::new()),
+            route(journey(broker).await, ingress),
         )
         .await
         .expect("every journey ends");
         assert_eq!(overlap.delivered.load(Ordering::SeqCst), 4 * RUN);
+        overlap
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn journeys_run_on_more_than_one_thread_at_once() {
+        let overlap = route_all("shards-overlap", |journey, ingress| {
+            super::super::run(journey, ingress, 1_000, Shutdown::new())
+        })
+        .await;
         assert!(
             overlap.most.load(Ordering::SeqCst) >= 2,
             "journeys never overlapped: routing is confined to one thread"
@@ -292,18 +291,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_window_bounds_journeys_across_shards() {
-        let broker = baker_adapter_memory::broker("shards-window");
-        let _inbox = broker.subscribe("_baker.s.a.>", None, 1_000);
-        let overlap = Arc::new(Overlap::default());
-        let journey = journey("shards-window").await;
-        let ingress = Box::new(deliveries(4 * RUN, &overlap));
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            run(journey, ingress, 1, 2, Shutdown::new()),
-        )
-        .await
-        .expect("every journey ends");
-        assert_eq!(overlap.delivered.load(Ordering::SeqCst), 4 * RUN);
+        let overlap = route_all("shards-window", |journey, ingress| {
+            run(journey, ingress, 1, 2, Shutdown::new())
+        })
+        .await;
         assert_eq!(overlap.most.load(Ordering::SeqCst), 1, "a window of one");
     }
 
