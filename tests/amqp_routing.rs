@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::amqp::{self, Vhost};
+use common::amqp::{self, User, Vhost};
 use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
@@ -173,6 +173,62 @@ async fn a_deleted_inbox_queue_sends_its_share_to_the_other_instances() {
         assert_eq!(seen.len(), 2000, "none lost");
         assert_eq!(duplicates, 0);
         assert_eq!(b.count(), b_before, "nothing reached the deleted queue");
+    })
+    .await;
+}
+
+/// RabbitMQ checks a message's user id against the user of the connection
+/// that publishes it: forwarded by the router's connection, a publisher's
+/// user id would be refused and close the router's channel, over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_user_id_costs_the_router_nothing() {
+    bounded(TEST_TIMEOUT, async {
+        let vhost = Vhost::create();
+        let password = unique("pw-");
+        let user = User::create(&vhost, &password);
+        let dir = Directory::start().await;
+        let (_conn, channel) = vhost.channel().await;
+        let (inbox, received) = amqp::consume(&channel, "_baker.who.a").await;
+        let _agent = amqp::agent(&dir.url(), &vhost, "who", "a");
+        let router = amqp::router(&dir.url(), &vhost, &[]).await;
+        router
+            .wait_routed("who", &["a"], Duration::from_secs(15))
+            .await;
+        let as_user = vhost
+            .url()
+            .replace("guest:guest", &format!("{}:{password}", user.name));
+        let publisher = lapin::Connection::connect(&as_user, Default::default())
+            .await
+            .unwrap();
+        let publishing = publisher.create_channel().await.unwrap();
+        for seq in 0..20u64 {
+            let properties = if seq % 2 == 0 {
+                lapin::BasicProperties::default().with_user_id(user.name.as_str().into())
+            } else {
+                lapin::BasicProperties::default()
+            };
+            amqp::publish_one(&publishing, "who.t", seq.to_string().as_bytes(), properties).await;
+        }
+        let (dead, _) = amqp::consume(&channel, "baker.dead-letters").await;
+        for seq in 100..104u64 {
+            let properties =
+                lapin::BasicProperties::default().with_user_id(user.name.as_str().into());
+            amqp::publish_one(
+                &publishing,
+                "nobody.t",
+                seq.to_string().as_bytes(),
+                properties,
+            )
+            .await;
+        }
+        wait_until("every message", Duration::from_secs(20), || async {
+            inbox.count() >= 20 && dead.count() >= 4
+        })
+        .await;
+        let (duplicates, seen) = tally(&[&inbox]);
+        assert_eq!((seen.len(), duplicates), (20, 0));
+        let forwarded = received.lock().unwrap();
+        assert!(forwarded.iter().all(|m| m.properties.user_id().is_none()));
     })
     .await;
 }

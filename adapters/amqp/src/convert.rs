@@ -61,7 +61,8 @@ fn short(what: &'static str, value: &str) -> Result<ShortString, AmqpError> {
 
 /// AMQP properties for `message`, sent for `destination`: Baker's headers
 /// and fields, with what only the ingress's own AMQP properties held (typed
-/// headers, type, user id, app id, cluster id) when it was AMQP. One header
+/// headers, type, app id, cluster id; not the user id, see [`republished`])
+/// when it was AMQP. One header
 /// table is built per message; nothing of the ingress's is copied twice.
 /// Fails when a value from another protocol cannot be carried (over 255
 /// bytes where AMQP allows no more).
@@ -81,9 +82,6 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
         }
         if let Some(v) = native.kind() {
             out = out.with_type(v.clone());
-        }
-        if let Some(v) = native.user_id() {
-            out = out.with_user_id(v.clone());
         }
         if let Some(v) = native.app_id() {
             out = out.with_app_id(v.clone());
@@ -165,7 +163,38 @@ pub fn dead_lettered(properties: &BasicProperties, reason: &str, attempts: u32) 
         AMQPValue::LongString(LongString::from(reason)),
     );
     table.insert(header::ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
-    properties.clone().with_headers(table)
+    republished(properties).with_headers(table)
+}
+
+/// `properties` for a message the router publishes again on its own
+/// connection: all but the headers (set by the caller) and the user id,
+/// which RabbitMQ checks against the publishing connection's user. Forwarded
+/// by the router, a publisher's user id would be refused and close the
+/// router's channel.
+fn republished(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {$(
+            if let Some(v) = p.$get() {
+                out = out.$set(v.clone());
+            }
+        )*};
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        expiration => with_expiration,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
 }
 
 #[cfg(test)]
@@ -258,6 +287,11 @@ mod tests {
         assert_eq!(table.inner().get(header::ATTEMPT), None);
         assert_eq!(sent.app_id(), original.app_id());
         assert_eq!(sent.kind(), original.kind());
+        let dead = dead_lettered(&original.clone().with_user_id("alice".into()), "why", 3);
+        assert_eq!(dead.user_id(), &None, "the router cannot vouch for it");
+        assert_eq!(dead.app_id(), original.app_id());
+        assert_eq!(dead.expiration(), original.expiration());
+        assert_eq!(dead.priority(), original.priority());
         assert_eq!(
             table.inner().get(header::TOPIC),
             Some(&AMQPValue::LongString("created".into()))
