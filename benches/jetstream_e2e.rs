@@ -510,7 +510,7 @@ async fn bench() -> bool {
             ("relay", "direct"),
             ("baker-mq", "relay+hdr"),
         ],
-        target: Some(("baker-mq", "relay", 0.8)),
+        target: Some(("baker-mq", "relay", 0.9)),
     };
     report::print(&plan, &report, &results)
 }

@@ -366,7 +366,7 @@ async fn bench() -> bool {
             ("baker-mq B→A", "direct"),
             ("baker-mq A→A", "direct"),
         ],
-        target: None,
+        target: Some(("baker-mq B→A", "bridge B→A", 1.0)),
     };
     report::print(&plan, &report, &results)
 }

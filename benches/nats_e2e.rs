@@ -342,7 +342,7 @@ async fn bench() -> bool {
             ("relay", "direct"),
             ("baker-mq", "relay+hdr"),
         ],
-        target: None,
+        target: Some(("baker-mq", "relay", 0.8)),
     };
     report::print(&plan, &report, &results)
 }
