@@ -17,7 +17,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::stopping::{Stopping, Turn};
-use super::Journey;
+use super::{begin, Journey};
 use crate::shutdown::Shutdown;
 
 /// Most deliveries handed to one shard before the next shard's turn.
@@ -121,9 +121,9 @@ async fn shard(journey: Arc<Journey>, mut deliveries: mpsc::UnboundedReceiver<Ad
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = deliveries.recv() => match next {
                 Some(admitted) => {
-                    in_flight.push(carry(journey, admitted));
+                    begin(&mut in_flight, carry(journey, admitted)).await;
                     while let Ok(admitted) = deliveries.try_recv() {
-                        in_flight.push(carry(journey, admitted));
+                        begin(&mut in_flight, carry(journey, admitted)).await;
                     }
                 }
                 None => break,
