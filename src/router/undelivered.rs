@@ -2,14 +2,17 @@
 //! large, refused, every attempt failed) and reports them once per interval,
 //! never once per message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use metrics::Counter;
 
 use crate::shutdown::Shutdown;
 
 /// Why a message could not be delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Cause {
     /// The service has no routable instance.
     NoRoute,
@@ -25,6 +28,13 @@ pub enum Cause {
     /// The message went through more Bakers than a route needs: a loop.
     Loop,
 }
+
+/// How many [`Cause`]s there are.
+const CAUSES: usize = 6;
+const _: () = assert!(
+    Cause::Loop as usize + 1 == CAUSES,
+    "CAUSES counts every cause"
+);
 
 impl Cause {
     /// Metric label.
@@ -58,46 +68,78 @@ pub struct UndeliveredReporter {
 
 #[derive(Default)]
 struct State {
-    /// Services that have a metric series of their own.
-    named: HashSet<String>,
-    /// Counts and latest reason since the last report.
-    pending: HashMap<String, (u64, String)>,
+    /// Services that have a metric series of their own (at most
+    /// [`MAX_TRACKED`], then [`OTHER`]), with their counters.
+    named: HashMap<String, Tally>,
+}
+
+/// One service's counters, made once: a failed message costs no metric
+/// registry lookup and no label allocation.
+struct Tally {
+    no_route: Counter,
+    /// By [`Cause`], made at the cause's first message.
+    by_cause: [Option<Counter>; CAUSES],
+    /// Messages since the last report, and the latest reason.
+    pending: u64,
+    reason: String,
+}
+
+impl Tally {
+    fn new(service: &str) -> Self {
+        Self {
+            no_route: metrics::counter!("baker_no_route_total", "service" => service.to_owned()),
+            by_cause: Default::default(),
+            pending: 0,
+            reason: String::new(),
+        }
+    }
 }
 
 impl UndeliveredReporter {
     /// Counts one message for `service` that could not be delivered.
     pub fn record(&self, service: &str, cause: Cause, reason: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if state.named.contains(service) {
-            service
-        } else if state.named.len() < MAX_TRACKED {
-            state.named.insert(service.to_owned());
+        let key = if state.named.contains_key(service) || state.named.len() < MAX_TRACKED {
             service
         } else {
             OTHER
         };
-        if cause == Cause::NoRoute {
-            metrics::counter!("baker_no_route_total", "service" => key.to_owned()).increment(1);
+        if !state.named.contains_key(key) {
+            state.named.insert(key.to_owned(), Tally::new(key));
         }
-        metrics::counter!("baker_undelivered_total", "service" => key.to_owned(), "cause" => cause.as_str())
+        let tally = state.named.get_mut(key).expect("inserted above");
+        if cause == Cause::NoRoute {
+            tally.no_route.increment(1);
+        }
+        tally.by_cause[cause as usize]
+            .get_or_insert_with(|| {
+                metrics::counter!("baker_undelivered_total", "service" => key.to_owned(), "cause" => cause.as_str())
+            })
             .increment(1);
-        let entry = state
-            .pending
-            .entry(key.to_owned())
-            .or_insert_with(|| (0, String::new()));
-        entry.0 += 1;
-        if entry.1 != reason {
-            entry.1 = reason.to_owned();
+        tally.pending += 1;
+        if tally.reason != reason {
+            tally.reason.clear();
+            tally.reason.push_str(reason);
         }
     }
 
     /// Logs and clears the tally.
     pub fn flush(&self) {
-        let pending =
-            std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).pending);
-        for (service, (count, reason)) in pending {
+        for (service, count, reason) in self.take_pending() {
             tracing::warn!(%service, count, %reason, "messages not delivered in the last interval");
         }
+    }
+
+    /// Each service's count and latest reason since the last call.
+    fn take_pending(&self) -> Vec<(String, u64, String)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (state.named.iter_mut())
+            .filter(|(_, tally)| tally.pending > 0)
+            .map(|(service, tally)| {
+                let count = std::mem::take(&mut tally.pending);
+                (service.clone(), count, std::mem::take(&mut tally.reason))
+            })
+            .collect()
     }
 
     /// Flushes every [`REPORT_INTERVAL`] until shutdown.
@@ -108,5 +150,40 @@ impl UndeliveredReporter {
             self.flush();
         }
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_tallied_per_service_and_unknown_names_beyond_the_limit_share_one() {
+        let reporter = UndeliveredReporter::default();
+        reporter.record("a", Cause::NoRoute, "first");
+        reporter.record("a", Cause::Rejected, "second");
+        reporter.record("b", Cause::TooLarge, "big");
+        let mut pending = reporter.take_pending();
+        pending.sort();
+        assert_eq!(
+            pending,
+            [
+                ("a".to_owned(), 2, "second".to_owned()),
+                ("b".to_owned(), 1, "big".to_owned())
+            ]
+        );
+        assert!(reporter.take_pending().is_empty(), "cleared once reported");
+        for i in 0..MAX_TRACKED + 10 {
+            reporter.record(&format!("s{i}"), Cause::NoRoute, "none");
+        }
+        let pending = reporter.take_pending();
+        // a and b had nothing new; 1,022 more up to the limit, then one for
+        // the rest.
+        assert_eq!(pending.len(), MAX_TRACKED - 2 + 1);
+        let other = pending
+            .iter()
+            .find(|(s, _, _)| s == OTHER)
+            .expect("the rest");
+        assert_eq!(other.1, 12);
     }
 }
