@@ -28,6 +28,9 @@
 //!   carries (see `common::stamp`: the send time, the sequence number and
 //!   the run's tag).
 //!
+//! Last, baker-mq's memory under overload (`common::overload`): publishing
+//! at 3,000 msg/s for a minute to an instance taking 300.
+//!
 //! `BAKER_BENCH_ROUNDS` rounds (default 3), medians. `BAKER_BENCH_PAYLOAD`
 //! sets the payload size, `BAKER_BENCH_TIMEOUT_SECS` the overall limit,
 //! `BAKER_BENCH_AMQP_URL` the broker without vhost (default
@@ -57,6 +60,7 @@ use common::amqp::{
 };
 use common::baker::{start_directory, start_sidecar, Sidecar};
 use common::measure::Path;
+use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, stop_child, Created};
 use common::report::{self, Report};
 use common::rounds::{self, Sizes};
@@ -182,8 +186,10 @@ async fn bench() -> bool {
     paths.push(open_path("shovel", &vhost("shovel"), shovel, None, flow).await);
     let mut skipped = Vec::new();
     let mut baker = None;
+    let mut idle = None;
     match start_baker(&run, &vhost("baker"), logs.path()).await {
         Ok((sidecar, service)) => {
+            idle = rss_kib(sidecar.pid);
             let inbox = format!("_baker.{service}.i1");
             let path = ("baker", &format!("{service}.work")[..], &inbox[..]);
             let path = open_path("baker-mq", &vhost("baker"), path, Some(sidecar.pid), flow).await;
@@ -208,6 +214,11 @@ async fn bench() -> bool {
 
     let plan = burst_plan(window, sizes);
     let results = rounds::run(&plan, &paths, skipped).await;
+    let overload = Overload::from_env(3_000);
+    let mut memory = Vec::new();
+    if let (Some(overload), Some(path)) = (&overload, paths.iter().find(|p| p.name == "baker-mq")) {
+        memory.push(overload::run(path, idle, plan.sizes.size, overload).await);
+    }
 
     // What is left in the queues (late duplicates would be here).
     let mut depths = Vec::new();
@@ -251,7 +262,11 @@ async fn bench() -> bool {
         ],
         target: None,
     };
-    report::print(&plan, &report, &results)
+    let passed = report::print(&plan, &report, &results);
+    if let Some(overload) = &overload {
+        overload::print(overload, &memory);
+    }
+    passed
 }
 
 fn main() {

@@ -30,7 +30,9 @@
 //! end to end and the CPU time each process spent per message (Linux
 //! /proc); then a paced run of `BAKER_BENCH_LATENCY_MESSAGES` at
 //! `BAKER_BENCH_RATE` msg/s for p50/p99. Each payload starts with its send
-//! time, a sequence number and the run's tag (see `common::stamp`).
+//! time, a sequence number and the run's tag (see `common::stamp`). Last,
+//! baker-mq's memory under overload (`common::overload`): publishing at
+//! 5,000 msg/s for a minute to an instance taking 500.
 //! `BAKER_BENCH_PAYLOAD` sets the payload size, `BAKER_BENCH_TIMEOUT_SECS`
 //! the overall limit, `BAKER_BENCH_RELAY_RUNTIME` the relay's tokio runtime
 //! (`current_thread`, the default and what baker-mq uses, or
@@ -70,6 +72,7 @@ use common::baker::{start_directory, start_sidecar, Sidecar};
 use common::confirms::{Confirm, Confirms};
 use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
 use common::nats::{connect, nats_server_pid, nats_url, relay_env, relay_runtime};
+use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, kill_children, spawn_self, stop_child, Created};
 use common::report::{self, Report};
 use common::rounds::{self, Load, Plan, Sizes};
@@ -449,6 +452,7 @@ async fn bench() -> bool {
         paths.push(path(name, (prefix, stream, inbox, Some(pid))));
     }
     let (baker, prefix, stream, inbox) = start_baker(&run, logs.path()).await;
+    let idle = rss_kib(baker.pid);
     paths.push(path("baker-mq", (prefix, stream, inbox, Some(baker.pid))));
     let plan = Plan {
         loads: vec![Load {
@@ -468,6 +472,11 @@ async fn bench() -> bool {
         sizes,
     };
     let results = rounds::run(&plan, &paths, Vec::new()).await;
+    let overload = Overload::from_env(5_000);
+    let mut memory = Vec::new();
+    if let (Some(overload), Some(path)) = (&overload, paths.last()) {
+        memory.push(overload::run(path, idle, plan.sizes.size, overload).await);
+    }
 
     baker.print_record().await;
     // The hops first (the sidecar before its directory, which it would
@@ -512,7 +521,11 @@ async fn bench() -> bool {
         ],
         target: Some(("baker-mq", "relay", 0.9)),
     };
-    report::print(&plan, &report, &results)
+    let passed = report::print(&plan, &report, &results);
+    if let Some(overload) = &overload {
+        overload::print(overload, &memory);
+    }
+    passed
 }
 
 fn main() {

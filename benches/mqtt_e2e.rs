@@ -29,6 +29,9 @@
 //!   `BAKER_BENCH_MQTT_RATE` msg/s, p50/p99 from the send time each payload
 //!   carries.
 //!
+//! Last, the B→A sidecar's memory under overload (`common::overload`):
+//! publishing at 5,000 msg/s for a minute to an instance taking 500.
+//!
 //! `BAKER_BENCH_ROUNDS` rounds (default 3), medians; `BAKER_BENCH_PAYLOAD`
 //! bytes per payload (default 128); `BAKER_BENCH_TIMEOUT_SECS` the overall
 //! limit. The harness in `common` measures and reports; this file holds
@@ -53,6 +56,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use common::baker::{free_addr, start_directory, start_sidecar};
 use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
+use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, spawn_child};
 use common::report::{self, Report};
 use common::rounds::{self, Load, Plan, Sizes};
@@ -299,6 +303,7 @@ async fn bench() -> bool {
         },
     };
     let ((same, a2a), (across, b2a)) = (&sidecars[0], &sidecars[1]);
+    let idle = rss_kib(b2a.pid);
     // The bridge is up once a message crosses it: the warm-up waits for one.
     let paths = [
         path(
@@ -346,6 +351,12 @@ async fn bench() -> bool {
         sizes,
     };
     let results = rounds::run(&plan, &paths, Vec::new()).await;
+    let overload = Overload::from_env(5_000);
+    let mut memory = Vec::new();
+    if let Some(overload) = &overload {
+        let path = &paths[2];
+        memory.push(overload::run(path, idle, plan.sizes.size, overload).await);
+    }
 
     // The last PUBACKs to the sidecars may still be on their way.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -368,7 +379,11 @@ async fn bench() -> bool {
         ],
         target: Some(("baker-mq B→A", "bridge B→A", 1.0)),
     };
-    report::print(&plan, &report, &results)
+    let passed = report::print(&plan, &report, &results);
+    if let Some(overload) = &overload {
+        overload::print(overload, &memory);
+    }
+    passed
 }
 
 fn main() {

@@ -23,6 +23,8 @@
 //! both with the CPU time each process spent per message (Linux /proc),
 //! `BAKER_BENCH_ROUNDS` times each, then a paced run of
 //! `BAKER_BENCH_LATENCY_MESSAGES` at `BAKER_BENCH_RATE` msg/s for p50/p99.
+//! Last, baker-mq's memory under overload (`common::overload`): publishing
+//! at 20,000 msg/s for a minute to an instance taking 2,000.
 //! Each payload starts with its send time, a sequence number and the run's
 //! tag (see `common::stamp`). `BAKER_BENCH_PAYLOAD` sets the payload size,
 //! `BAKER_BENCH_TIMEOUT_SECS` the overall limit, `BAKER_BENCH_RELAY_RUNTIME`
@@ -50,6 +52,7 @@ use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, 
 use common::nats::{
     connect, inbox_subject, nats_server_pid, nats_url, relay_env, relay_runtime, run_relay,
 };
+use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, spawn_self};
 use common::report::{self, Report};
 use common::rounds::{self, Load, Plan, Sizes};
@@ -282,6 +285,15 @@ async fn bench() -> bool {
     let (relay_pub, relay_recv, relay) = start_relay(&run, false);
     let (stamp_pub, stamp_recv, stamp) = start_relay(&run, true);
     let (baker, baker_pub, baker_recv) = start_baker(&run, logs.path()).await;
+    let idle = rss_kib(baker.pid);
+    let overload_route = NatsRoute {
+        publish_prefix: baker_pub.clone(),
+        receive_prefix: baker_recv.clone(),
+        publisher: publisher.clone(),
+        // The instance under overload: a client that holds what it has not
+        // taken up to async-nats's default, then drops.
+        consumer: connect("baker-bench-slow-consumer", ConnectOptions::new()).await,
+    };
     let paths = [
         path("direct", (direct.clone(), direct, None)),
         path("relay", (relay_pub, relay_recv, Some(relay))),
@@ -318,6 +330,18 @@ async fn bench() -> bool {
         sizes,
     };
     let results = rounds::run(&plan, &paths, Vec::new()).await;
+    let overload = Overload::from_env(20_000);
+    let memory = match &overload {
+        Some(overload) => {
+            let path = Path {
+                name: "baker-mq",
+                hop: Some(baker.pid),
+                route: overload_route,
+            };
+            vec![overload::run(&path, idle, plan.sizes.size, overload).await]
+        }
+        None => Vec::new(),
+    };
 
     baker.print_record().await;
     let log = std::fs::read_to_string(&baker.log).unwrap_or_default();
@@ -344,7 +368,11 @@ async fn bench() -> bool {
         ],
         target: Some(("baker-mq", "relay", 0.8)),
     };
-    report::print(&plan, &report, &results)
+    let passed = report::print(&plan, &report, &results);
+    if let Some(overload) = &overload {
+        overload::print(overload, &memory);
+    }
+    passed
 }
 
 fn main() {

@@ -246,7 +246,7 @@ impl Outcome {
 
 /// A tag for each run, so that messages of one run are never counted in
 /// another.
-fn next_tag() -> u64 {
+pub fn next_tag() -> u64 {
     static TAG: AtomicU64 = AtomicU64::new(1);
     TAG.fetch_add(1, Ordering::Relaxed)
 }
@@ -318,7 +318,7 @@ pub async fn measure<R: Route>(
 
 /// Publishes run `tag`'s `count` messages; what it did and how long it took
 /// (to the last confirm).
-async fn publish<P: Publisher>(
+pub async fn publish<P: Publisher>(
     mut publisher: P,
     tag: u64,
     count: u64,

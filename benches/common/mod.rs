@@ -12,6 +12,8 @@
 //! * `confirms`: the window of publishes awaiting the broker's confirm;
 //! * `rounds`: the plan (loads, rounds, latency runs) and running it;
 //! * `report`: the statistics and the report table;
+//! * `overload`: the hop's memory while publishers send ten times what the
+//!   instance consumes;
 //! * `cpu`: CPU accounting from Linux /proc;
 //! * `procs`: the child processes, the bench's entry point and its cleanup
 //!   on every way out;
@@ -36,6 +38,7 @@ pub mod confirms;
 pub mod cpu;
 pub mod measure;
 pub mod nats;
+pub mod overload;
 pub mod procs;
 pub mod report;
 pub mod rounds;
