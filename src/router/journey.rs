@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use baker_adapter_api::{header, Delivery, Destination, Message, SendError, Settlement};
+use baker_adapter_api::{header, Delivery, Destination, Message, SendError, Settlement, Settling};
 
 use super::attempts::{admitted_from, attempt_text, FailedAttempts};
 use super::outlier::{OutlierConfig, Transition};
@@ -50,6 +50,20 @@ impl Failure {
             attempts,
         }
     }
+}
+
+/// What [`Journey::try_carry`] did with a delivery.
+#[must_use = "a delivery handed back must be carried"]
+// The delivery comes back by value, to move on into its journey: boxing it
+// would cost an allocation for each one handed back.
+#[allow(clippy::large_enum_variant)]
+pub enum Quick {
+    /// The instance took it; what is left is its settlement (usually
+    /// nothing).
+    Sent(Settling),
+    /// It needs a journey: carry it with [`Journey::carry_picked`], with the
+    /// instance picked for it, if any.
+    Wait(Delivery, Option<usize>),
 }
 
 /// How one delivery ended, for the caller's accounting.
@@ -108,10 +122,68 @@ impl Journey {
 
     /// Routes one delivery and settles it.
     pub fn carry(&self, delivery: Delivery) -> impl std::future::Future<Output = Outcome> + '_ {
+        self.carry_picked(delivery, None)
+    }
+
+    /// [`Journey::carry`] for a delivery [`Journey::try_carry`] handed back:
+    /// its first send goes to the instance picked there (`picked`), so that
+    /// a policy with a sequence (round robin) is not moved on twice.
+    pub fn carry_picked(
+        &self,
+        delivery: Delivery,
+        picked: Option<usize>,
+    ) -> impl std::future::Future<Output = Outcome> + '_ {
         // The parts as the future's own arguments: an async fn keeps its
         // arguments, and taking a `Delivery` apart inside it would keep a
         // second copy of the message.
-        self.carry_parts(delivery.message, delivery.destination, delivery.ack)
+        self.carry_parts(delivery.message, delivery.destination, delivery.ack, picked)
+    }
+
+    /// The journey of a delivery whose send completes at once, without a
+    /// future: the common case on core NATS, where a send hands the message
+    /// to the connection's buffer. `Quick::Sent` once the instance took it
+    /// (what is left is its settlement, usually nothing); `Quick::Wait` with
+    /// the delivery untouched, and the instance picked if any, when any step
+    /// would wait or the message is not a plain one (a hop count, no
+    /// instance to pick, a copy to every instance, a proxied reply, a send
+    /// that cannot complete at once): the caller carries it with
+    /// [`Journey::carry_picked`].
+    pub fn try_carry(&self, mut delivery: Delivery) -> Quick {
+        let started = Instant::now();
+        let message = &mut delivery.message;
+        if message.payload.len() > self.config.max_payload
+            || message.headers.get(header::HOPS).is_some()
+        {
+            return Quick::Wait(delivery, None);
+        }
+        let table = self.table.load();
+        let Some(service) = table.service(&delivery.destination.service) else {
+            return Quick::Wait(delivery, None);
+        };
+        if let Some(used) = &service.used {
+            used.touch();
+        }
+        let Ok(service) = service.for_message(message) else {
+            return Quick::Wait(delivery, None);
+        };
+        if service.into_baker {
+            return Quick::Wait(delivery, None);
+        }
+        let Pick::One(first) = service.policy.pick(&service.instances, message) else {
+            return Quick::Wait(delivery, None);
+        };
+        let instance = &service.instances[admitted_from(service, first)];
+        if self.proxy_for(instance, message).is_some() {
+            return Quick::Wait(delivery, Some(first));
+        }
+        // As `route` does; the slow path removes it again, to no effect.
+        message.headers.remove(header::ATTEMPT);
+        if !instance.target.try_send(&delivery.destination, message) {
+            return Quick::Wait(delivery, Some(first));
+        }
+        self.sent(instance, &Ok(()));
+        service.latency.record(started.elapsed().as_secs_f64());
+        Quick::Sent(delivery.ack.ack())
     }
 
     async fn carry_parts(
@@ -119,6 +191,7 @@ impl Journey {
         mut message: Message,
         destination: Destination,
         ack: baker_adapter_api::AckHandle,
+        picked: Option<usize>,
     ) -> Outcome {
         let started = Instant::now();
         let hops = match message.headers.get(header::HOPS) {
@@ -130,7 +203,7 @@ impl Journey {
         // wait for a new service, retries, broadcast copies) is boxed where
         // it happens, so that the common journey stays small.
         let (mut outcome, ack) = {
-            let route = self.route(&mut message, &destination, hops, started);
+            let route = self.route(&mut message, &destination, hops, started, picked);
             tokio::pin!(route);
             match ack.progress_interval() {
                 None => (route.await, ack),
@@ -151,7 +224,8 @@ impl Journey {
             self.undelivered
                 .record(&destination.service, failure.cause, &failure.reason);
             Box::pin(tokio::time::sleep(ROUTE_AGAIN_PAUSE)).await;
-            outcome = Box::pin(self.route(&mut message, &destination, hops, Instant::now())).await;
+            let again = self.route(&mut message, &destination, hops, Instant::now(), None);
+            outcome = Box::pin(again).await;
         }
         // Settling is part of the journey: what it has left to do (a dead
         // letter to publish, a pause before a hand-back) holds the message's
@@ -180,6 +254,7 @@ impl Journey {
         destination: &Destination,
         hops: u32,
         started: Instant,
+        picked: Option<usize>,
     ) -> Outcome {
         if message.payload.len() > self.config.max_payload {
             return Outcome::Undeliverable(Failure::new(
@@ -244,7 +319,13 @@ impl Journey {
         if service.into_baker {
             message.headers.insert(header::HOPS, (hops + 1).to_string());
         }
-        let outcome = match service.policy.pick(&service.instances, message) {
+        // An instance already picked for this message (see `try_carry`), if
+        // the table still has it.
+        let pick = match picked.filter(|&i| i < service.instances.len()) {
+            Some(index) => Pick::One(index),
+            None => service.policy.pick(&service.instances, message),
+        };
+        let outcome = match pick {
             Pick::One(first) => self.deliver_one(service, first, destination, message).await,
             Pick::All => Box::pin(self.broadcast(service, destination, message)).await,
             Pick::Nobody => Err(no_route(destination)),
@@ -351,7 +432,14 @@ impl Journey {
             None => instance.target.send(destination, message).await,
         };
         stats.outstanding.fetch_sub(1, Ordering::Relaxed);
-        let transition = match &result {
+        self.sent(instance, &result);
+        result
+    }
+
+    /// Counts a send's result for `instance` and ejects or readmits it.
+    fn sent(&self, instance: &InstanceRoute, result: &Result<(), SendError>) {
+        let stats = &instance.stats;
+        let transition = match result {
             Ok(()) => {
                 stats.delivered();
                 stats.outlier.succeeded()
@@ -379,7 +467,6 @@ impl Journey {
                     "instance takes messages again after its ejection");
             }
         }
-        result
     }
 
     /// The reply proxy, when `message` is a request that `instance` cannot
@@ -597,6 +684,62 @@ mod tests {
         let got = b.recv().await.unwrap();
         assert_eq!(got.subject, "_baker.s.b.t");
         assert_eq!(got.message.headers.get(header::ATTEMPT), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn a_message_an_instance_takes_at_once_is_sent_and_settled_without_a_future() {
+        let broker = baker_adapter_memory::broker("journey-quick");
+        let mut a = broker.subscribe("_baker.s.a.>", None, 10);
+        let journey = journey("journey-quick", &["a"], PolicyKind::RoundRobin, 1024).await;
+        let (d, settled) = delivery("s", b"x");
+        let Quick::Sent(settling) = journey.try_carry(d) else {
+            panic!("a send with room in the inbox waits for nothing");
+        };
+        assert!(!settling.is_pending());
+        assert_eq!(*settled.lock().unwrap(), vec![Settlement::Delivered]);
+        assert_eq!(a.recv().await.unwrap().subject, "_baker.s.a.t");
+        let table = journey.table.load();
+        let stats = &table.service("s").unwrap().instances[0].stats;
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_handed_back_goes_to_the_instance_picked_for_it() {
+        let broker = baker_adapter_memory::broker("journey-picked");
+        // `a`'s inbox is full, so a send to it has to wait.
+        let mut a = broker.subscribe("_baker.s.a.>", None, 1);
+        let mut b = broker.subscribe("_baker.s.b.>", None, 10);
+        assert_eq!(broker.publish("_baker.s.a.t", Message::default()).await, 1);
+        let journey = journey("journey-picked", &["a", "b"], PolicyKind::RoundRobin, 1024).await;
+        let (d, settled) = delivery("s", b"picked");
+        let Quick::Wait(d, picked) = journey.try_carry(d) else {
+            panic!("a full inbox cannot take a message at once");
+        };
+        assert_eq!(picked, Some(0), "round robin picks `a` first");
+        assert!(settled.lock().unwrap().is_empty(), "handed back unsettled");
+        // Round robin has moved on to `b`: the journey must still go to `a`.
+        let carried = tokio::spawn(async move { journey.carry_picked(d, picked).await });
+        a.recv().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), a.recv())
+            .await
+            .expect("the message reaches `a`")
+            .unwrap();
+        assert_eq!(&got.message.payload[..], b"picked");
+        assert_eq!(carried.await.unwrap(), Outcome::Delivered);
+        assert!(b.try_recv().is_err(), "nothing went to `b`");
+    }
+
+    #[tokio::test]
+    async fn a_message_with_a_hop_count_is_handed_back_untouched() {
+        let broker = baker_adapter_memory::broker("journey-hops");
+        let _a = broker.subscribe("_baker.s.a.>", None, 10);
+        let journey = journey("journey-hops", &["a"], PolicyKind::RoundRobin, 1024).await;
+        let (mut d, _) = delivery("s", b"x");
+        d.message.headers.insert(header::HOPS, "3");
+        let Quick::Wait(d, _) = journey.try_carry(d) else {
+            panic!("a hop count is the journey's to check");
+        };
+        assert_eq!(d.message.headers.get(header::HOPS), Some("3"));
     }
 
     #[tokio::test]

@@ -20,11 +20,11 @@ pub mod undelivered;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use baker_adapter_api::Ingress;
+use baker_adapter_api::{Delivery, Ingress};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
-pub use journey::{Journey, JourneyConfig, Outcome};
+pub use journey::{Journey, JourneyConfig, Outcome, Quick};
 pub use policy::PolicyKind;
 pub use table::{RoutingTable, TableBuilder};
 
@@ -83,16 +83,39 @@ pub async fn run(
     run_here(journey, ingress, max_in_flight, shutdown).await
 }
 
-/// Polls a journey once, and keeps it among `in_flight` only if it has more
-/// to do: a journey that ends at once (a send and a settlement that
-/// complete without waiting, as on core NATS) costs no place in the set.
-async fn begin<F: std::future::Future>(
-    in_flight: &mut FuturesUnordered<std::pin::Pin<Box<F>>>,
-    journey: F,
+/// A delivery's place in the window while it has more to do: its journey,
+/// or the work left of its settlement.
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Starts `delivery`, holding `held` until it is done. A delivery whose send
+/// completes at once (core NATS, usually) is sent and settled here with no
+/// future at all ([`Journey::try_carry`]); any other is carried by a journey
+/// that is polled once and kept among `in_flight` only if it has more to
+/// do.
+async fn start<'a, T: Send + 'a>(
+    journey: &'a Journey,
+    in_flight: &mut FuturesUnordered<Pending<'a>>,
+    delivery: Delivery,
+    held: T,
 ) {
-    let mut journey = Box::pin(journey);
-    if futures::poll!(journey.as_mut()).is_pending() {
-        in_flight.push(journey);
+    // A send that completes at once uses no resource of the runtime's, so
+    // a steady ingress would keep this task from ever yielding: each
+    // delivery counts against its cooperative budget, as a channel's send
+    // would.
+    tokio::task::coop::consume_budget().await;
+    let mut pending: Pending<'a> = match journey.try_carry(delivery) {
+        Quick::Sent(settling) if !settling.is_pending() => return,
+        Quick::Sent(settling) => Box::pin(async move {
+            settling.await;
+            drop(held);
+        }),
+        Quick::Wait(delivery, picked) => Box::pin(async move {
+            journey.carry_picked(delivery, picked).await;
+            drop(held);
+        }),
+    };
+    if futures::poll!(pending.as_mut()).is_pending() {
+        in_flight.push(pending);
     }
 }
 
@@ -115,13 +138,13 @@ async fn run_here(
             Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
             delivery = ingress.next(), if in_flight.len() < max_in_flight => match delivery {
                 Some(delivery) => {
-                    // Each journey is polled once here: one whose send and
+                    // Each delivery is started here: one whose send and
                     // settlement complete at once (core NATS, usually) ends
                     // without joining the window's set. Then what has already
                     // arrived, without a round through the select for each.
                     let mut next = Some(delivery);
                     while let Some(delivery) = next.take() {
-                        begin(&mut in_flight, journey.carry(delivery)).await;
+                        start(&journey, &mut in_flight, delivery, ()).await;
                         if in_flight.len() < max_in_flight {
                             next = ingress.try_next();
                         }

@@ -17,7 +17,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::stopping::{Stopping, Turn};
-use super::{begin, Journey};
+use super::{start, Journey};
 use crate::shutdown::Shutdown;
 
 /// Most deliveries handed to one shard before the next shard's turn.
@@ -120,10 +120,10 @@ async fn shard(journey: Arc<Journey>, mut deliveries: mpsc::UnboundedReceiver<Ad
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = deliveries.recv() => match next {
-                Some(admitted) => {
-                    begin(&mut in_flight, carry(journey, admitted)).await;
-                    while let Ok(admitted) = deliveries.try_recv() {
-                        begin(&mut in_flight, carry(journey, admitted)).await;
+                Some((delivery, permit)) => {
+                    start(journey, &mut in_flight, delivery, permit).await;
+                    while let Ok((delivery, permit)) = deliveries.try_recv() {
+                        start(journey, &mut in_flight, delivery, permit).await;
                     }
                 }
                 None => break,
@@ -131,12 +131,6 @@ async fn shard(journey: Arc<Journey>, mut deliveries: mpsc::UnboundedReceiver<Ad
         }
     }
     while in_flight.next().await.is_some() {}
-}
-
-/// Carries one delivery, then gives its place in the window back.
-async fn carry(journey: &Journey, (delivery, permit): Admitted) {
-    journey.carry(delivery).await;
-    drop(permit);
 }
 
 #[cfg(test)]

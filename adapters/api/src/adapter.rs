@@ -172,6 +172,17 @@ pub trait Target: Send + Sync {
     /// the broker has taken responsibility for it (for at-most-once
     /// protocols, when it is written).
     async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError>;
+
+    /// Sends `message` as [`Target::send`] would, if that completes at once
+    /// and succeeds: `true` when the broker's client took it. `false` leaves
+    /// nothing done (a send that would wait, or fail), and the caller
+    /// awaits [`Target::send`] instead. Lets the router send without a
+    /// future where the protocol's client only buffers a publish (core
+    /// NATS); the default never does.
+    fn try_send(&self, destination: &Destination, message: &Message) -> bool {
+        let _ = (destination, message);
+        false
+    }
 }
 
 /// An instance's side of an inbox: the messages routed to it, each

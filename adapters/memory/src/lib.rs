@@ -57,6 +57,11 @@ impl Subscriber {
         self.receiver.recv().await
     }
 
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Envelope, mpsc::error::TryRecvError> {
+        self.receiver.try_recv()
+    }
+
     /// Stops receiving new messages; those already buffered are still
     /// returned by [`recv`](Self::recv).
     pub fn unsubscribe(&self) {
@@ -152,6 +157,26 @@ impl MemoryBroker {
             }
         }
         delivered
+    }
+
+    /// Publishes as [`Broker::publish`] does if every recipient has room
+    /// now: whether it did (`false` with no subscriber, or a buffer full,
+    /// and then nothing was sent).
+    pub fn try_publish(&self, subject: &str, message: &Message) -> bool {
+        let recipients = self.recipients(subject);
+        let permits: Option<Vec<_>> = recipients.iter().map(|s| s.try_reserve().ok()).collect();
+        match permits {
+            Some(permits) if !permits.is_empty() => {
+                for permit in permits {
+                    permit.send(Envelope {
+                        subject: subject.to_owned(),
+                        message: message.clone(),
+                    });
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Messages waiting in the buffers of the subscriptions made with
@@ -251,6 +276,12 @@ impl Target for MemoryTarget {
             ))),
             _ => Ok(()),
         }
+    }
+
+    fn try_send(&self, destination: &Destination, message: &Message) -> bool {
+        (destination.topic)
+            .under(&self.inbox, '.')
+            .is_ok_and(|subject| self.broker.try_publish(&subject, message))
     }
 }
 

@@ -11,6 +11,7 @@ use async_nats::connection::State;
 use async_nats::Client;
 use async_trait::async_trait;
 use baker_adapter_api::{Cause, Destination, Message, SendError, Target, Topic};
+use futures::FutureExt;
 
 use crate::convert::nats_headers;
 
@@ -122,9 +123,14 @@ impl NatsTarget {
     }
 }
 
-#[async_trait]
-impl Target for NatsTarget {
-    async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
+impl NatsTarget {
+    /// The subject and headers `message` is published with, or why it
+    /// cannot be; reports once per instance the headers NATS cannot carry.
+    fn outbound(
+        &self,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(String, async_nats::HeaderMap), SendError> {
         if destination.topic.is_empty() {
             // Core NATS would take it and give it to nobody: an instance
             // subscribes to `<inbox>.>`, which needs a token after it.
@@ -140,12 +146,16 @@ impl Target for NatsTarget {
             tracing::warn!(inbox = %self.inbox, skipped,
                 "headers that NATS cannot carry were left out (reported once per instance)");
         }
-        if !self.connected().await {
-            return Err(SendError::unreachable(format!(
-                "not connected to {}",
-                self.broker
-            )));
-        }
+        Ok((subject, headers))
+    }
+
+    /// Hands the publish to the connection.
+    async fn publish(
+        &self,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        message: &Message,
+    ) -> Result<(), SendError> {
         let payload = message.payload.clone();
         let result = match &message.reply_to {
             Some(reply) => {
@@ -160,6 +170,37 @@ impl Target for NatsTarget {
             }
         };
         result.map_err(publish_error)
+    }
+}
+
+#[async_trait]
+impl Target for NatsTarget {
+    async fn send(&self, destination: &Destination, message: &Message) -> Result<(), SendError> {
+        let (subject, headers) = self.outbound(destination, message)?;
+        if !self.connected().await {
+            return Err(SendError::unreachable(format!(
+                "not connected to {}",
+                self.broker
+            )));
+        }
+        self.publish(subject, headers, message).await
+    }
+
+    /// A publish only waits for room in the client's command channel: with
+    /// room, and connected, it completes at its first poll. Dropping a
+    /// publish that would wait leaves nothing sent (the channel's send is
+    /// cancel-safe), and `send` then does it all again.
+    fn try_send(&self, destination: &Destination, message: &Message) -> bool {
+        if self.client.connection_state() != State::Connected {
+            return false;
+        }
+        let Ok((subject, headers)) = self.outbound(destination, message) else {
+            return false;
+        };
+        matches!(
+            self.publish(subject, headers, message).now_or_never(),
+            Some(Ok(()))
+        )
     }
 }
 
