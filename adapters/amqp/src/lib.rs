@@ -52,8 +52,8 @@ pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The AMQP adapter: one connection per broker URL, whose confirm channel
 /// (its confirms settled in publish order by one task) serves egress targets
-/// and dead-lettering, and
-/// which the ingress consumes on with a channel of its own. One connection
+/// and dead-lettering, and which the ingress consumes on with a channel of
+/// its own. One connection
 /// means one lapin I/O thread per broker instead of two, which measured 17%
 /// less CPU per routed message (`cargo bench --bench amqp_e2e`). The cost:
 /// while RabbitMQ blocks the connection for a resource alarm, the ingress's
