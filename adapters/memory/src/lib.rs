@@ -159,9 +159,10 @@ impl MemoryBroker {
         delivered
     }
 
-    /// Publishes as [`Broker::publish`] does if every recipient has room
+    /// Publishes as [`publish`](Self::publish) does if every recipient has room
     /// now: whether it did (`false` with no subscriber, or a buffer full,
-    /// and then nothing was sent).
+    /// and then nothing was sent, though a queue group's turn has moved on
+    /// to its next member).
     pub fn try_publish(&self, subject: &str, message: &Message) -> bool {
         let recipients = self.recipients(subject);
         let permits: Option<Vec<_>> = recipients.iter().map(|s| s.try_reserve().ok()).collect();
