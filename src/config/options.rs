@@ -75,7 +75,7 @@ pub struct Options {
     pub admin_token_file: Option<PathBuf>,
 
     /// Instances to register. On the command line:
-    /// service=NAME,id=ID[,version=V][,weight=W][,zone=Z][,ttl=SECS][,adapter=A][,broker=URL][,inbox=ADDR][,check=URL][,check_interval_ms=N][,rise=N][,fall=N];
+    /// `service=NAME,id=ID[,version=V][,weight=W][,zone=Z][,ttl=SECS][,adapter=A][,broker=URL][,inbox=ADDR][,check=URL][,check_interval_ms=N][,rise=N][,fall=N]`;
     /// repeatable, and in BAKER_REGISTER separated by ';'. In the file: `[[register]]` tables.
     #[arg(
         long = "register",

@@ -9,10 +9,10 @@
 //! drain of v1, showing a live table of each instance's counts and rates, and
 //! ends with a summary: sent, delivered, lost, per version.
 //!
-//! - [`script`]: the story, step by step
-//! - [`instances`]: the instances, their consumers, agents and health
-//! - [`publisher`]: the application publishing to the service
-//! - [`display`]: the live table
+//! - `script`: the story, step by step
+//! - `instances`: the instances, their consumers, agents and health
+//! - `publisher`: the application publishing to the service
+//! - `display`: the live table
 //!
 //! [`AppClient`]: baker_adapter_api::AppClient
 

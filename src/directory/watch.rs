@@ -19,7 +19,7 @@
 //! register again, within one lease. Adopting its first, empty catalog would
 //! leave routers with nowhere to send for that long, so the records of the
 //! previous epoch stay in the view until their agent registers again or one
-//! lease (the record's TTL) has passed ([`Carryover`]).
+//! lease (the record's TTL) has passed (`Carryover`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -1,9 +1,9 @@
 //! MQTT 5 adapter (rumqttc), at least once with QoS 1.
 //!
-//! Ingress ([`ingress`]): routers share the subscription
+//! Ingress (`ingress`): routers share the subscription
 //! `$share/<group>/<prefix>/+/#` at QoS 1 on a persistent session, and
 //! acknowledge each message (in arrival order, as MQTT requires) only after
-//! its egress was acknowledged. Egress ([`egress`], over [`link`]): a QoS 1
+//! its egress was acknowledged. Egress (`egress`, over `link`): a QoS 1
 //! publish to the instance's inbox topic `_baker/<service>/<instance>/<topic
 //! levels...>`, resolved by the PUBACK, with headers as MQTT 5 user
 //! properties and content type, response topic and correlation data kept.
@@ -13,7 +13,7 @@
 //! The ingress and each broker's egress are separate connections, each with
 //! its event loop polled by a task of its own: the ingress's event loop
 //! never waits for an egress PUBACK, so neither can stall the other. Every
-//! connection reaches its broker the same way ([`connect`]): credentials and
+//! connection reaches its broker the same way (`connect`): credentials and
 //! TLS from the configuration's `[[brokers]]` section, else from the URL
 //! (`mqtts://` for TLS).
 

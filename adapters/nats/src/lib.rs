@@ -1,15 +1,15 @@
 //! NATS adapter (async-nats): core NATS and JetStream.
 //!
-//! - [`url`]: broker URLs (several servers; Baker's settings in the query)
-//! - [`link`]: one connection per server list, its events and state
-//! - [`convert`]: headers and properties between NATS messages and Baker's
-//! - [`ingress`]: the core NATS ingress (queue group, at most once)
-//! - [`settings`]: Baker's settings in the broker URL's query
-//! - [`jetstream`]: the JetStream ingress (`?ingress=jetstream`, at least
+//! - `url`: broker URLs (several servers; Baker's settings in the query)
+//! - `link`: one connection per server list, its events and state
+//! - `convert`: headers and properties between NATS messages and Baker's
+//! - `ingress`: the core NATS ingress (queue group, at most once)
+//! - `settings`: Baker's settings in the broker URL's query
+//! - `jetstream`: the JetStream ingress (`?ingress=jetstream`, at least
 //!   once) and its dead letters
-//! - [`durable`]: durable inboxes (`?inbox=jetstream`)
-//! - [`egress`]: publishing to an instance's inbox
-//! - [`inbox`]: an instance's inbox subscription and a router's reply inbox
+//! - `durable`: durable inboxes (`?inbox=jetstream`)
+//! - `egress`: publishing to an instance's inbox
+//! - `inbox`: an instance's inbox subscription and a router's reply inbox
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
