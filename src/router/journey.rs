@@ -5,18 +5,17 @@
 //! when no instance can take it. Retries move to the next instance and are
 //! bounded by `max_attempts`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use baker_adapter_api::{header, Delivery, Destination, Message, SendError, Settlement, Settling};
+use baker_adapter_api::{header, Delivery, Destination, Message, Settlement, Settling};
 
 use super::attempts::{admitted_from, attempt_text, FailedAttempts};
-use super::outlier::{OutlierConfig, Transition};
+use super::outlier::OutlierConfig;
 use super::policy::Pick;
 use super::reply::ReplyProxy;
-use super::table::{InstanceRoute, RoutingTable, ServiceRoute};
+use super::table::{RoutingTable, ServiceRoute};
 use super::undelivered::{Cause, UndeliveredReporter};
 use crate::directory::Interest;
 
@@ -78,9 +77,9 @@ pub enum Outcome {
 /// Carries deliveries from ingress to instances.
 pub struct Journey {
     table: Arc<ArcSwap<RoutingTable>>,
-    config: JourneyConfig,
+    pub(super) config: JourneyConfig,
     undelivered: Arc<UndeliveredReporter>,
-    replies: Option<Arc<ReplyProxy>>,
+    pub(super) replies: Option<Arc<ReplyProxy>>,
     /// The services the router follows: a message for another one waits for
     /// its first view. None: the table holds every service.
     interest: Option<Arc<Interest>>,
@@ -418,85 +417,6 @@ impl Journey {
     }
 }
 
-impl Journey {
-    async fn send(
-        &self,
-        instance: &InstanceRoute,
-        destination: &Destination,
-        message: &Message,
-    ) -> Result<(), SendError> {
-        let stats = &instance.stats;
-        stats.outstanding.fetch_add(1, Ordering::Relaxed);
-        let result = match self.proxy_for(instance, message) {
-            Some(proxy) => Box::pin(send_proxied(proxy, instance, destination, message)).await,
-            None => instance.target.send(destination, message).await,
-        };
-        stats.outstanding.fetch_sub(1, Ordering::Relaxed);
-        self.sent(instance, &result);
-        result
-    }
-
-    /// Counts a send's result for `instance` and ejects or readmits it.
-    fn sent(&self, instance: &InstanceRoute, result: &Result<(), SendError>) {
-        let stats = &instance.stats;
-        let transition = match result {
-            Ok(()) => {
-                stats.delivered();
-                stats.outlier.succeeded()
-            }
-            // The message's fault, not the instance's.
-            Err(SendError::Rejected(_)) => {
-                stats.failed();
-                Transition::None
-            }
-            Err(_) => {
-                stats.failed();
-                stats.outlier.failed(&self.config.outlier)
-            }
-        };
-        match transition {
-            Transition::None => {}
-            Transition::Ejected(length) => {
-                stats.ejected();
-                tracing::warn!(service = %instance.record.service, id = %instance.record.id,
-                    failures = self.config.outlier.consecutive_failures, ejection_secs = length.as_secs_f64(),
-                    "instance ejected from routing after failed sends in a row");
-            }
-            Transition::Recovered => {
-                tracing::info!(service = %instance.record.service, id = %instance.record.id,
-                    "instance takes messages again after its ejection");
-            }
-        }
-    }
-
-    /// The reply proxy, when `message` is a request that `instance` cannot
-    /// answer directly because it is on another broker than the requester.
-    fn proxy_for(&self, instance: &InstanceRoute, message: &Message) -> Option<&ReplyProxy> {
-        let proxy = self.replies.as_deref()?;
-        let endpoint = &instance.record.endpoint;
-        (message.reply_to.is_some() && proxy.needed_for(&endpoint.adapter, &endpoint.broker))
-            .then_some(proxy)
-    }
-}
-
-/// Sends a request with its reply address pointed at the router's proxy.
-async fn send_proxied(
-    proxy: &ReplyProxy,
-    instance: &InstanceRoute,
-    destination: &Destination,
-    message: &Message,
-) -> Result<(), SendError> {
-    let endpoint = &instance.record.endpoint;
-    let stamped = proxy
-        .stamp(&endpoint.adapter, &endpoint.broker, message)
-        .await?;
-    let sent = instance.target.send(destination, &stamped.message).await;
-    if sent.is_err() {
-        proxy.forget(stamped);
-    }
-    sent
-}
-
 /// Runs `route`, telling the broker every `every` that the message is still
 /// being worked on, so that retries taking longer than the broker's
 /// redelivery timer do not bring a second copy.
@@ -700,7 +620,10 @@ mod tests {
         assert_eq!(a.recv().await.unwrap().subject, "_baker.s.a.t");
         let table = journey.table.load();
         let stats = &table.service("s").unwrap().instances[0].stats;
-        assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     #[tokio::test]

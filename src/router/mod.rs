@@ -11,6 +11,7 @@ pub mod journey;
 pub mod outlier;
 pub mod policy;
 pub mod reply;
+mod send;
 mod shards;
 mod stats;
 mod stopping;

@@ -14,6 +14,7 @@ mod backoff;
 mod error;
 mod every;
 mod ids;
+mod ingress;
 mod message;
 pub mod tls;
 
@@ -23,13 +24,14 @@ pub use access::{
 };
 pub use ack::{AckHandle, Settle, Settlement, Settling};
 pub use adapter::{
-    is_refusal, Adapter, AppClient, BrokerHealth, Delivery, InboxConsumer, Ingress, IngressOptions,
-    IngressStatus, Member, MemberKept, Provisioning, Replies, Reply, ReplyInbox, Roles, Target,
+    is_refusal, Adapter, AppClient, BrokerHealth, InboxConsumer, Provisioning, Replies, Reply,
+    ReplyInbox, Roles, Target,
 };
 pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
 pub use every::Every;
 pub use ids::new_message_id;
+pub use ingress::{Delivery, Ingress, IngressOptions, IngressStatus, Member, MemberKept};
 pub use message::{
     Destination, Endpoint, HeaderText, Headers, Message, Native, Properties, Topic, TopicError,
 };
