@@ -1,4 +1,4 @@
-//! End-to-end throughput and latency over real Mosquitto brokers, four
+//! End-to-end throughput and latency over real Mosquitto brokers, five
 //! paths with the same guarantee (QoS 1 publishes and subscriptions), in one
 //! run:
 //!
@@ -9,7 +9,12 @@
 //! * `baker-mq B→A`: publisher → B, topic `baker/<svc>/work` → a `baker-mq
 //!   --adapter mqtt` sidecar → A, topic `_baker/<svc>/i1/work` → subscriber:
 //!   the bridge's topology, with Baker as the hop;
-//! * `baker-mq A→A`: the same with ingress and inbox both on A.
+//! * `baker-mq A→A`: the same with ingress and inbox both on A;
+//! * `relay B→A`: a minimal rumqttc relay (this binary re-executed with
+//!   `BAKER_BENCH_MQTT_RELAY` set): one client subscribed on B with manual
+//!   acks, one publishing on A at QoS 1, each message acknowledged on B once
+//!   A's PUBACK for its copy came (the same guarantee as baker-mq's hop):
+//!   what the MQTT client costs a hop with nothing else in it.
 //!
 //! The sidecars share a `baker-mq directory` of their own.
 //!
@@ -57,7 +62,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use common::baker::{free_addr, start_directory, start_sidecar};
 use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
 use common::overload::{self, rss_kib, Overload};
-use common::procs::{bench_main, spawn_child};
+use common::procs::{bench_main, run_relay, spawn_child, spawn_self};
 use common::report::{self, Report};
 use common::rounds::{self, Load, Plan, Sizes};
 use common::stamp::now_ns;
@@ -65,6 +70,88 @@ use common::{run_id, READY_TIMEOUT, RUN_DEADLINE};
 
 /// Unacknowledged QoS 1 messages a client or broker may have in flight.
 const IN_FLIGHT: u16 = 1000;
+
+/// Selects relay mode when this binary re-executes itself: the ingress
+/// broker's port, the egress broker's port, the filter and the topic to
+/// publish to, separated by spaces.
+const RELAY_ENV: &str = "BAKER_BENCH_MQTT_RELAY";
+
+// ---------------------------------------------------------------------------
+// Relay mode.
+
+/// The minimal relay: subscribe on one broker, republish on the other,
+/// acknowledge the original once the copy's PUBACK came. Mosquitto answers a
+/// connection's QoS 1 publishes in order, so the PUBACKs match the
+/// originals first in, first out.
+fn relay_main(spec: &str) {
+    let spec: Vec<&str> = spec.split(' ').collect();
+    let [from, to, filter, topic] = spec[..] else {
+        panic!("{RELAY_ENV}={spec:?}: expected `<from port> <to port> <filter> <topic>`");
+    };
+    let port = |p: &str| p.parse::<u16>().expect("relay port");
+    let (from, to, filter, topic) = (port(from), port(to), filter.to_owned(), topic.to_owned());
+    run_relay(async move {
+        let mut ingress = options(format!("relay-in-{}", run_id()), from);
+        ingress.set_manual_acks(true);
+        let (source, mut source_loop) = AsyncClient::new(ingress, 1000);
+        let mut egress = options(format!("relay-out-{}", run_id()), to);
+        egress.set_outgoing_inflight_upper_limit(IN_FLIGHT);
+        let (sink, mut sink_loop) = AsyncClient::new(egress, 1000);
+        source
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("relay subscribes");
+        // Each event loop runs in a task of its own (as baker-mq's do), so
+        // neither waits on the other's requests.
+        let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match source_loop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => println!("ready"),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let _ = arrived_tx.send(publish);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return eprintln!("relay: ingress connection ended: {e}"),
+                }
+            }
+        });
+        let (acked_tx, mut acked) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match sink_loop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let _ = acked_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return eprintln!("relay: egress connection ended: {e}"),
+                }
+            }
+        });
+        let mut unacked = std::collections::VecDeque::new();
+        loop {
+            tokio::select! {
+                Some(publish) = arrived.recv() => {
+                    let payload = publish.payload.clone();
+                    if sink.publish_bytes(topic.as_str(), QoS::AtLeastOnce, false, payload).await.is_err() {
+                        return;
+                    }
+                    unacked.push_back(publish);
+                }
+                Some(()) = acked.recv() => {
+                    let original = unacked.pop_front().expect("a PUBACK for a relayed message");
+                    if source.ack(&original).await.is_err() {
+                        return;
+                    }
+                }
+                else => return,
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The paths.
 
 fn mosquitto_bin() -> String {
     ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
@@ -302,6 +389,12 @@ async fn bench() -> bool {
             filter,
         },
     };
+    let relay_filter = format!("benchrelay/{id}/#");
+    let relay_topic = format!("relayed/{id}/work");
+    let relay = spawn_self(
+        "relay B→A",
+        &[(RELAY_ENV, format!("{b} {a} {relay_filter} {relay_topic}"))],
+    );
     let ((same, a2a), (across, b2a)) = (&sidecars[0], &sidecars[1]);
     let idle = rss_kib(b2a.pid);
     // The bridge is up once a message crosses it: the warm-up waits for one.
@@ -329,6 +422,12 @@ async fn bench() -> bool {
             (a, format!("baker/{same}/work")),
             (a, format!("_baker/{same}/i1/#")),
             Some(a2a.pid),
+        ),
+        path(
+            "relay B→A",
+            (b, format!("benchrelay/{id}/work")),
+            (a, relay_topic.clone()),
+            Some(relay),
         ),
     ];
     let plan = Plan {
@@ -373,6 +472,8 @@ async fn bench() -> bool {
         ],
         ratios: vec![
             ("baker-mq B→A", "bridge B→A"),
+            ("baker-mq B→A", "relay B→A"),
+            ("relay B→A", "bridge B→A"),
             ("bridge B→A", "direct"),
             ("baker-mq B→A", "direct"),
             ("baker-mq A→A", "direct"),
@@ -387,5 +488,9 @@ async fn bench() -> bool {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(RELAY_ENV) {
+        relay_main(&spec);
+        return;
+    }
     bench_main("mqtt_e2e", "Mosquitto", 900, || {}, bench);
 }
