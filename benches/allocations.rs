@@ -350,6 +350,7 @@ fn baker(
         max_in_flight: 8_192,
         policies: HashMap::new(),
         version_routing: HashMap::new(),
+        zones: Default::default(),
         allowed_brokers: Vec::new(),
         interest,
     };

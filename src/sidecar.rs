@@ -24,6 +24,7 @@ use crate::directory::{DirectoryClient, Interest, View, Watcher};
 use crate::member::member;
 use crate::router::reply::ReplyProxy;
 use crate::router::undelivered::UndeliveredReporter;
+use crate::router::zones::ZoneRouting;
 use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
 use crate::shutdown::{self, Shutdown};
 use baker_adapter_api::Backoff;
@@ -78,6 +79,8 @@ pub struct RouterSpec {
     pub policies: HashMap<String, PolicyKind>,
     /// Header naming the version, per service routed by version.
     pub version_routing: HashMap<String, String>,
+    /// The router's zone and the services routed by it.
+    pub zones: ZoneRouting,
     /// Brokers the router may connect to besides its own; empty: any.
     pub allowed_brokers: Vec<String>,
     /// The services the router follows.
@@ -99,6 +102,7 @@ pub fn start_router(
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies)
         .with_version_routing(spec.version_routing)
+        .with_zone_routing(spec.zones)
         .with_ingress(&spec.broker, spec.ingress.clone(), &spec.allowed_brokers)
         .with_interest(spec.interest.clone());
     let undelivered = Arc::new(UndeliveredReporter::default());
@@ -327,6 +331,7 @@ pub async fn run(
                 max_in_flight: settings.max_in_flight,
                 policies: settings.policies.clone(),
                 version_routing: settings.version_routing.clone(),
+                zones: settings.zones.clone(),
                 allowed_brokers: settings.allowed_brokers.clone(),
                 interest,
             },

@@ -84,12 +84,21 @@ pub fn render(doc: &StatusDocument) -> String {
             b["broker"].as_str().unwrap_or("?")
         );
     }
+    for (name, service) in &doc.services {
+        if let (Some(zone), true) = (&service.zone, service.zone_failover) {
+            let _ = writeln!(
+                out,
+                "zone      {name}: no instance in {zone} can take messages; routing to every zone"
+            );
+        }
+    }
     let _ = writeln!(out);
     let header = [
         "SERVICE",
         "POLICY",
         "INSTANCE",
         "VERSION",
+        "ZONE",
         "STATUS",
         "WEIGHT",
         "DELIVERED",
@@ -112,6 +121,7 @@ pub fn render(doc: &StatusDocument) -> String {
                 service.policy.clone(),
                 i.id.clone(),
                 i.version.clone(),
+                i.zone.clone().unwrap_or_else(|| "-".to_owned()),
                 status,
                 i.weight.to_string(),
                 i.delivered.to_string(),

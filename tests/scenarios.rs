@@ -396,3 +396,74 @@ async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
     });
     (port, task)
 }
+
+scenario!(a_router_keeps_messages_in_its_zone_and_fails_over_when_the_zone_empties:
+    nats => NatsCore, jetstream => JetStream, amqp => Amqp, mqtt => Mqtt);
+
+/// Instances in three zones, a router in the first routing the service by
+/// zone: every message goes to the instance in its zone; once that one
+/// leaves (its agent stops and drains it), the next messages are split
+/// between the two other zones, counted as crossing zones, with none lost
+/// or duplicated.
+async fn a_router_keeps_messages_in_its_zone_and_fails_over_when_the_zone_empties<P: Protocol>() {
+    let protocol = P::setup().await;
+    let dir = Directory::start().await;
+    let service = unique("zones");
+    let zones = [("a", "z1"), ("b", "z2"), ("c", "z3")];
+    let mut inboxes = Vec::new();
+    let mut agents = Vec::new();
+    for (id, zone) in zones {
+        inboxes.push(protocol.inbox(&service, id).await);
+        let spec = format!("service={service},id={id},zone={zone}");
+        agents.push(protocol.agent_registering(&dir.url(), &spec));
+    }
+    let mut args = protocol.router_args(1);
+    args.extend(
+        [
+            "--watch",
+            &service,
+            "--zone",
+            "z1",
+            "--zone-routing",
+            &service,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let router = Router::spawn(&dir.url(), &args).await;
+    router
+        .wait_routed(&service, &["a", "b", "c"], Duration::from_secs(15))
+        .await;
+    let all: Vec<&Inbox> = inboxes.iter().collect();
+
+    protocol.publish(&service, "work", 0..300, Pace::Fast).await;
+    assert_every_message_once(&protocol, &all, 300).await;
+    let counts: Vec<usize> = inboxes.iter().map(|i| i.count()).collect();
+    assert_eq!(counts, [300, 0, 0], "every message stays in z1");
+    assert_eq!(router.status().await["services"][&service]["zone"], "z1");
+
+    // z1 empties: its only instance's agent stops (draining it first).
+    let code = tokio::task::block_in_place(|| agents[0].terminate(Duration::from_secs(30)));
+    assert_eq!(code, Some(0), "the agent drains and exits");
+    router
+        .wait_routed(&service, &["b", "c"], Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        router.status().await["services"][&service]["zone_failover"],
+        true
+    );
+    protocol
+        .publish(&service, "work", 300..900, Pace::Fast)
+        .await;
+    assert_every_message_once(&protocol, &all, 900).await;
+    let counts: Vec<usize> = inboxes.iter().map(|i| i.count()).collect();
+    assert_eq!(counts[0], 300, "nothing more for the emptied zone");
+    assert_eq!(counts[1] + counts[2], 600);
+    assert!(
+        counts[1] >= 200 && counts[2] >= 200,
+        "split between z2 and z3: {counts:?}"
+    );
+    let crossed = format!("baker_zone_crossed_total{{service=\"{service}\"}} 600");
+    assert!(router.metrics().await.contains(&crossed), "{crossed}");
+    protocol.teardown().await;
+}

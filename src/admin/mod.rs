@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::adapters::AdapterRegistry;
 use crate::agent::{DrainRequests, Lifecycle};
 use crate::directory::{DirectoryHealth, DirectoryStatus};
+use crate::router::table::ServiceRoute;
 use crate::router::{PolicyKind, RoutingTable};
 use crate::shutdown::Shutdown;
 
@@ -137,6 +138,9 @@ pub struct InstanceStatus {
     /// Ejections since it last took a message.
     #[serde(default)]
     pub ejections: u32,
+    /// Its zone, if its record names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// One service in `/v1/status`.
@@ -144,6 +148,13 @@ pub struct InstanceStatus {
 pub struct ServiceStatus {
     /// Policy in force.
     pub policy: String,
+    /// The zone its messages prefer (this router's), when routed by zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Whether no instance in that zone can take its messages now, so that
+    /// they go to every zone.
+    #[serde(default)]
+    pub zone_failover: bool,
     /// Its instances.
     pub instances: Vec<InstanceStatus>,
 }
@@ -234,6 +245,9 @@ impl AdminState {
                                 .or_else(|| self.policies.get(&record.service).copied())
                                 .unwrap_or_default()
                                 .to_string(),
+                            zone: (table.service(&record.service)).and_then(|s| s.zone.clone()),
+                            zone_failover: (table.service(&record.service))
+                                .is_some_and(ServiceRoute::failing_over),
                             instances: Vec::new(),
                         });
                 let stats = table.stats(&record.service, &record.id);
@@ -252,6 +266,7 @@ impl AdminState {
                     in_flight: stats.map_or(0, |s| s.outstanding.load(Ordering::Relaxed)),
                     ejected: stats.is_some_and(|s| s.outlier.is_ejected()),
                     ejections: stats.map_or(0, |s| s.outlier.ejections()),
+                    zone: record.zone.clone(),
                 });
             }
         }

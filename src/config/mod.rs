@@ -14,6 +14,7 @@ mod options;
 mod registration;
 mod secret;
 mod security;
+mod zones;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ pub use brokers::BrokerSection;
 pub use check::{CheckConfig, CheckKind};
 pub use directory::DirectoryTarget;
 pub use error::{ConfigError, Origin};
-pub use options::{LogFormat, Options, ServicePolicy, VersionRoute};
+pub use options::{LogFormat, Options, ServicePolicy, VersionRoute, ZoneRoute};
 pub use registration::{Registered, Registration};
 
 use crate::adapters::{self, AdapterRegistry};
@@ -36,6 +37,7 @@ use crate::directory::record::{valid_name, DEFAULT_TTL_SECS};
 use crate::directory::server::DirectoryRules;
 use crate::directory::DEFAULT_LISTEN;
 use crate::router::outlier::OutlierConfig;
+use crate::router::zones::ZoneRouting;
 use crate::router::{JourneyConfig, PolicyKind};
 
 /// The variable that may hold the admin API's token itself.
@@ -72,6 +74,8 @@ pub struct Settings {
     pub policies: HashMap<String, PolicyKind>,
     /// Header naming the version, per service routed by version.
     pub version_routing: HashMap<String, String>,
+    /// The router's zone and the services routed by it.
+    pub zones: ZoneRouting,
     /// Whether to route.
     pub router: bool,
     /// Journey tunables.
@@ -252,11 +256,13 @@ impl Config {
             return Err(invalid(origin, "max_in_flight", "must be at least 1"));
         }
         let ingress = self.ingress(max_in_flight)?;
+        let zones = self.zone_routing()?;
         let defaults = registration::Defaults {
             adapter: &adapter,
             broker: &broker,
             ttl_secs: ttl,
             ingress: &ingress,
+            zone: zones.zone.as_deref(),
         };
         let mut registrations = self.registrations(&defaults, adapters)?;
         // Credentials in the configured URLs are kept in the book of broker
@@ -320,6 +326,7 @@ impl Config {
             registrations,
             policies: self.policies()?,
             version_routing: self.version_routing()?,
+            zones,
             router: !(self.cli.no_router || self.file.no_router),
             journey: JourneyConfig {
                 max_attempts,
@@ -400,7 +407,11 @@ impl Config {
 
     /// Policies from the file's `[policy]` table, then the command line's.
     fn policies(&self) -> Result<HashMap<String, PolicyKind>, ConfigError> {
-        self.per_service(|o| &o.policy, "policy", |p| Ok((&p.service, p.policy)))
+        self.per_service(
+            |o| &o.policy,
+            ("policy", false),
+            |p| Ok((&p.service, p.policy)),
+        )
     }
 
     /// Services routed by version, from the file, then the command line.
@@ -409,7 +420,7 @@ impl Config {
             |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':');
         self.per_service(
             |o| &o.version_routing,
-            "version_routing",
+            ("version_routing", false),
             |v| match valid_header(&v.header) {
                 true => Ok((&v.service, v.header.clone())),
                 false => Err(format!("{:?} is not a header name", v.header)),
@@ -419,11 +430,12 @@ impl Config {
 
     /// A per-service setting: the file's table, overridden by the command
     /// line's `SERVICE=VALUE` entries. `split` gives an entry's service and
-    /// value, or why the value is not valid.
+    /// value, or why the value is not valid. With `every`, `*` may stand for
+    /// every service.
     fn per_service<T, V>(
         &self,
         field: impl Fn(&Options) -> &Vec<T>,
-        key: &str,
+        (key, every): (&str, bool),
         split: impl Fn(&T) -> Result<(&String, V), String>,
     ) -> Result<HashMap<String, V>, ConfigError> {
         let mut map = HashMap::new();
@@ -433,7 +445,9 @@ impl Config {
         ];
         for (options, origin) in layers {
             for entry in field(options) {
-                let checked = split(entry).and_then(|(service, value)| match valid_name(service) {
+                let named =
+                    |s: &str| valid_name(s) || (every && s == crate::router::zones::EVERY_SERVICE);
+                let checked = split(entry).and_then(|(service, value)| match named(service) {
                     true => Ok((service, value)),
                     false => Err(format!("{service:?} is not a valid service name")),
                 });
@@ -466,7 +480,7 @@ mod tests {
 
     /// The settings from `file` and `args`, or the error the process would
     /// print (clap's for a flag it refuses).
-    fn resolve_with(file: &str, args: &[&str]) -> Result<Settings, String> {
+    pub(super) fn resolve_with(file: &str, args: &[&str]) -> Result<Settings, String> {
         let mut tmp = tempfile::NamedTempFile::new().unwrap();
         tmp.write_all(file.as_bytes()).unwrap();
         let path = tmp.path().to_str().unwrap().to_owned();

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use super::registration::Registration;
+use crate::router::zones::ZoneMode;
 use crate::router::PolicyKind;
 
 /// Log output format.
@@ -113,6 +114,28 @@ pub struct Options {
     #[serde(default, deserialize_with = "service_map")]
     #[schemars(with = "BTreeMap<String, String>")]
     pub version_routing: Vec<VersionRoute>,
+
+    /// This sidecar's zone (an availability zone or any other locality):
+    /// the zone its router prefers for the services in zone_routing, and the
+    /// zone of the instances it registers that name none [default: none]
+    #[arg(long, env = "BAKER_ZONE", value_name = "ZONE")]
+    pub zone: Option<String>,
+
+    /// Services whose messages go to instances in this router's zone while
+    /// one there can take them, and to every zone only while none can.
+    /// SERVICE[=MODE] on the command line (repeatable; ';' between several
+    /// in BAKER_ZONE_ROUTING), `orders = "strict"` in a `[zone_routing]`
+    /// table; `*` names every service not named on its own. MODE is strict
+    /// (the default) or off. Needs zone [default: none]
+    #[arg(
+        long = "zone-routing",
+        env = "BAKER_ZONE_ROUTING",
+        value_name = "SERVICE[=MODE]",
+        value_delimiter = ';'
+    )]
+    #[serde(default, deserialize_with = "service_map")]
+    #[schemars(with = "BTreeMap<String, ZoneMode>")]
+    pub zone_routing: Vec<ZoneRoute>,
 
     /// Brokers this router may connect to for an instance, besides its own
     /// (`--broker`): a record naming any other broker is not routed to.
@@ -308,6 +331,30 @@ impl FromStr for VersionRoute {
     }
 }
 
+/// A service routed by zone, and how (`SERVICE[=MODE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneRoute {
+    /// The service, or `*` for every service.
+    pub service: String,
+    /// Whether it prefers the router's zone.
+    pub mode: ZoneMode,
+}
+
+impl FromStr for ZoneRoute {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (service, mode) = match spec.split_once('=') {
+            Some((service, mode)) => (service, mode.parse()?),
+            None => (spec, ZoneMode::default()),
+        };
+        Ok(Self {
+            service: service.to_owned(),
+            mode,
+        })
+    }
+}
+
 /// A per-service setting: a `SERVICE=VALUE` pair on the command line, a
 /// `service = value` entry of a table in the file.
 trait PerService: Sized {
@@ -326,6 +373,13 @@ impl PerService for VersionRoute {
     type Value = String;
     fn new(service: String, header: String) -> Self {
         Self { service, header }
+    }
+}
+
+impl PerService for ZoneRoute {
+    type Value = ZoneMode;
+    fn new(service: String, mode: ZoneMode) -> Self {
+        Self { service, mode }
     }
 }
 

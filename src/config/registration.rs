@@ -119,6 +119,8 @@ pub(super) struct Defaults<'a> {
     pub ttl_secs: u64,
     /// The sidecar's ingress: an inbox in its namespace would loop.
     pub ingress: &'a IngressOptions,
+    /// The sidecar's zone, for instances that name none.
+    pub zone: Option<&'a str>,
 }
 
 impl Registration {
@@ -161,7 +163,7 @@ impl Registration {
                 inbox,
             },
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
-            zone: self.zone.clone(),
+            zone: (self.zone.as_deref()).or(defaults.zone).map(str::to_owned),
             metadata: self.metadata.clone(),
             // An instance with a check is admitted by its first passing probe.
             status: if check.is_some() {

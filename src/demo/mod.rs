@@ -186,6 +186,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
             max_in_flight: 1024,
             policies: HashMap::from([(service.clone(), PolicyKind::Weighted)]),
             version_routing: HashMap::new(),
+            zones: Default::default(),
             allowed_brokers: Vec::new(),
             interest,
         },

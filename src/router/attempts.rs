@@ -74,15 +74,17 @@ impl FailedAttempts {
 /// `from` itself: an ejected instance is still a better chance than none.
 pub(super) fn admitted_from(service: &ServiceRoute, from: usize) -> usize {
     let n = service.instances.len();
-    let weighted = service.kind == PolicyKind::Weighted;
     (0..n)
         .map(|k| (from + k) % n)
-        .find(|&i| {
-            let instance = &service.instances[i];
-            let never_picked = weighted && instance.record.weight == 0;
-            !instance.stats.outlier.is_ejected() && !never_picked
-        })
+        .find(|&i| admits(service, &service.instances[i]))
         .unwrap_or(from % n)
+}
+
+/// Whether `instance` of `service` may take a message: not ejected, and
+/// under the weighted policy not of weight 0.
+pub(super) fn admits(service: &ServiceRoute, instance: &InstanceRoute) -> bool {
+    let never_picked = service.kind == PolicyKind::Weighted && instance.record.weight == 0;
+    !instance.stats.outlier.is_ejected() && !never_picked
 }
 
 /// The `baker-attempt` value; small numbers are constants, so the first

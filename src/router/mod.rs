@@ -17,6 +17,7 @@ mod stats;
 mod stopping;
 pub mod table;
 pub mod undelivered;
+pub mod zones;
 
 use std::sync::Arc;
 

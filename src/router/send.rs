@@ -36,6 +36,9 @@ impl Journey {
         let transition = match result {
             Ok(()) => {
                 stats.delivered();
+                if let Some(crossed) = &instance.crossed {
+                    crossed.increment(1);
+                }
                 stats.outlier.succeeded()
             }
             // The message's fault, not the instance's.

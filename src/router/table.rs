@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use baker_adapter_api::{broker_key, redact_url, Endpoint, IngressOptions, Message, Target};
 
+use super::attempts::admits;
 use super::policy::{Candidate, Policy, PolicyKind};
 use super::stats::label_value;
 pub use super::stats::InstanceStats;
+use super::zones::ZoneRouting;
 use crate::adapters::{AdapterRegistry, EndpointRefusal};
 use crate::directory::interest::{Interest, Use};
 use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
@@ -42,6 +44,9 @@ pub struct InstanceRoute {
     /// Baker's inboxes live and no ingress prefix may): what is sent there
     /// carries a hop count.
     pub into_baker: bool,
+    /// Counts deliveries to it when its service prefers the router's zone
+    /// and it is in another: what fails over across zones.
+    pub crossed: Option<metrics::Counter>,
 }
 
 impl Candidate for InstanceRoute {
@@ -75,6 +80,11 @@ pub struct ServiceRoute {
     /// Where its use is noted, when the router follows only the services it
     /// routes to.
     pub used: Option<Arc<Use>>,
+    /// The zone the service's messages prefer, if any.
+    pub zone: Option<String>,
+    /// When the service prefers the router's zone and only some of its
+    /// instances are there: the routing state of those.
+    pub local: Option<Box<ServiceRoute>>,
 }
 
 /// A service routed by version: a message whose `header` names a version
@@ -97,22 +107,66 @@ impl ServiceRoute {
             latency,
             versions: None,
             used: None,
+            zone: None,
+            local: None,
+        }
+    }
+
+    /// Keeps, beside every instance, the group of those in `zone` (when
+    /// some, not all, are there and the policy is not broadcast).
+    fn prefer_zone(mut self, zone: Option<&str>) -> Self {
+        let Some(zone) = zone.filter(|_| self.kind != PolicyKind::Broadcast) else {
+            return self;
+        };
+        self.zone = Some(zone.to_owned());
+        let local: Vec<InstanceRoute> = (self.instances.iter())
+            .filter(|i| i.record.zone.as_deref() == Some(zone))
+            .cloned()
+            .collect();
+        if !local.is_empty() && local.len() < self.instances.len() {
+            let group = ServiceRoute::build(self.kind, local, self.latency.clone());
+            self.local = Some(Box::new(group));
+        }
+        self
+    }
+
+    /// Whether the service prefers a zone where no instance can take its
+    /// messages now, so that they go to every zone.
+    pub fn failing_over(&self) -> bool {
+        let Some(zone) = &self.zone else {
+            return false;
+        };
+        match &self.local {
+            Some(local) => !local.instances.iter().any(|i| admits(local, i)),
+            None => !(self.instances.iter()).any(|i| i.record.zone.as_ref() == Some(zone)),
+        }
+    }
+
+    /// The instances in the router's zone while one of them is admitted,
+    /// else all of them (see [`super::zones`]).
+    fn in_zone(&self) -> &ServiceRoute {
+        match &self.local {
+            Some(local) if local.instances.iter().any(|i| admits(local, i)) => local,
+            _ => self,
         }
     }
 
     /// The instances `message` may go to: those of the version it names when
-    /// the service is routed by version, else all of them. `Err` with the
-    /// version when no routable instance has it.
+    /// the service is routed by version, else all of them; of those, the ones
+    /// in the router's zone when the service prefers it and one there is
+    /// admitted. `Err` with the version when no routable instance has it.
     pub fn for_message<'s, 'm>(
         &'s self,
         message: &'m Message,
     ) -> Result<&'s ServiceRoute, &'m str> {
         let Some(versions) = &self.versions else {
-            return Ok(self);
+            return Ok(self.in_zone());
         };
         match message.headers.get(&versions.header) {
-            None => Ok(self),
-            Some(version) => versions.groups.get(version).ok_or(version),
+            None => Ok(self.in_zone()),
+            Some(version) => (versions.groups.get(version))
+                .map(ServiceRoute::in_zone)
+                .ok_or(version),
         }
     }
 }
@@ -223,6 +277,8 @@ pub struct TableBuilder {
     allowed_brokers: Vec<String>,
     /// The services followed, whose use the table notes.
     interest: Option<Arc<Interest>>,
+    /// The router's zone and the services that prefer it.
+    zones: ZoneRouting,
 }
 
 impl TableBuilder {
@@ -242,7 +298,14 @@ impl TableBuilder {
             own_broker: None,
             allowed_brokers: Vec::new(),
             interest: None,
+            zones: ZoneRouting::default(),
         }
+    }
+
+    /// Routes the services `zones` names to the router's zone first.
+    pub fn with_zone_routing(mut self, zones: ZoneRouting) -> Self {
+        self.zones = zones;
+        self
     }
 
     /// Notes each message's service in `interest`, so that services not
@@ -371,6 +434,12 @@ impl TableBuilder {
                 .entry(key)
                 .or_insert_with(|| back.unwrap_or_default())
                 .clone();
+            let crossed = (self.zones.zone_for(&record.service))
+                .filter(|zone| record.zone.as_deref() != Some(*zone))
+                .map(|_| {
+                    let service = record.service.clone();
+                    metrics::counter!("baker_zone_crossed_total", "service" => service)
+                });
             grouped
                 .entry(record.service.clone())
                 .or_default()
@@ -379,6 +448,7 @@ impl TableBuilder {
                     record: record.clone(),
                     target,
                     stats,
+                    crossed,
                 });
         }
         self.targets.retain(|e, _| live_endpoints.contains(e));
@@ -418,6 +488,7 @@ impl TableBuilder {
             .into_iter()
             .map(|(service, instances)| {
                 let kind = self.policy_of(&service);
+                let zone = self.zones.zone_for(&service);
                 let latency =
                     metrics::histogram!("baker_routing_seconds", "service" => service.clone());
                 let versions = self.version_headers.get(&service).map(|header| {
@@ -433,12 +504,13 @@ impl TableBuilder {
                         groups: by_version
                             .into_iter()
                             .map(|(version, group)| {
-                                (version, ServiceRoute::build(kind, group, latency.clone()))
+                                let group = ServiceRoute::build(kind, group, latency.clone());
+                                (version, group.prefer_zone(zone))
                             })
                             .collect(),
                     }
                 });
-                let mut route = ServiceRoute::build(kind, instances, latency);
+                let mut route = ServiceRoute::build(kind, instances, latency).prefer_zone(zone);
                 route.versions = versions;
                 route.used = (self.interest.as_ref()).and_then(|i| i.use_of(&service));
                 (service, route)
