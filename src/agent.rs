@@ -14,12 +14,16 @@
 //! Leaving is a drain: the instance is registered `draining` (routers send
 //! it nothing new), the agent waits until its inbox is empty (as far as the
 //! broker can tell) or the drain timeout passes, then deregisters it.
+//!
+//! While an instance is registered, the agent also shows it in its broker's
+//! own service discovery where the adapter has one (the NATS Services API),
+//! unless told not to: routers never do, so it is listed once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::Endpoint;
+use baker_adapter_api::{Announced, Endpoint, IngressOptions};
 use tokio::sync::watch;
 
 use crate::adapters::AdapterRegistry;
@@ -36,6 +40,8 @@ pub struct Agent {
     registered: Arc<Vec<AtomicBool>>,
     drains: DrainRequests,
     drain_timeout: Duration,
+    /// The ingress its instances are announced under, if they are.
+    announce: Option<IngressOptions>,
 }
 
 /// How long deregistration may take at shutdown.
@@ -136,7 +142,16 @@ impl Agent {
             registered,
             drains,
             drain_timeout,
+            announce: None,
         }
+    }
+
+    /// Shows each instance in its broker's own service discovery (where its
+    /// adapter has one) while it is registered, with `ingress` as where
+    /// applications send to it.
+    pub fn with_announcing(mut self, ingress: IngressOptions) -> Self {
+        self.announce = Some(ingress);
+        self
     }
 
     /// True when every instance is currently registered.
@@ -175,6 +190,10 @@ impl Agent {
                 checks.clone(),
             ));
         }
+        let announcing = self.announce.as_ref().map(|ingress| {
+            let announced = self.announced(&record, ingress, statuses.clone());
+            tokio::spawn(announce(self.adapters.clone(), announced))
+        });
         let registered = &self.registered[index];
         let serving = async {
             prepare_inbox(&self.adapters, &record).await;
@@ -192,10 +211,40 @@ impl Agent {
             self.drain(&mut record).await;
         }
         self.deregister(&record).await;
+        if let Some(task) = announcing {
+            task.abort();
+        }
         self.drains.set(index, Lifecycle::Drained);
         // Drained on purpose: no longer a reason for the process not to be
         // ready.
         registered.store(true, Ordering::Relaxed);
+    }
+
+    /// The instance of `record` as its broker's discovery shows it, its status read
+    /// from `statuses` (its check's) and its drain.
+    fn announced(
+        &self,
+        record: &InstanceRecord,
+        ingress: &IngressOptions,
+        statuses: watch::Receiver<Status>,
+    ) -> Announced {
+        let drains = self.drains.clone();
+        let (service, id) = (record.service.clone(), record.id.clone());
+        Announced {
+            service: record.service.clone(),
+            id: record.id.clone(),
+            version: record.version.clone(),
+            metadata: record.metadata.clone(),
+            weight: record.weight,
+            zone: record.zone.clone(),
+            endpoint: endpoint_of(record),
+            ingress: ingress.clone(),
+            started: std::time::SystemTime::now(),
+            status: Arc::new(move || match drains.lifecycle(&service, &id) {
+                Some(Lifecycle::Serving) | None => statuses.borrow().as_str(),
+                Some(_) => Status::Draining.as_str(),
+            }),
+        }
     }
 
     /// Marks the instance draining and waits until its inbox is empty, or
@@ -212,11 +261,7 @@ impl Agent {
         tracing::info!(service = %record.service, id = %record.id,
             timeout_secs = self.drain_timeout.as_secs(), "draining");
         tokio::time::sleep_until(deadline.min(started + DRAIN_PROPAGATION)).await;
-        let endpoint = Endpoint {
-            adapter: record.endpoint.adapter.clone(),
-            broker: record.endpoint.broker.clone(),
-            inbox: record.endpoint.inbox.clone(),
-        };
+        let endpoint = endpoint_of(record);
         // An adapter with nothing provisioned has no backlog to see: the
         // propagation pause is all.
         let Some(adapter) = self
@@ -303,6 +348,40 @@ async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord) {
             reported = true;
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Where `record`'s inbox is.
+fn endpoint_of(record: &InstanceRecord) -> Endpoint {
+    Endpoint {
+        adapter: record.endpoint.adapter.clone(),
+        broker: record.endpoint.broker.clone(),
+        inbox: record.endpoint.inbox.clone(),
+    }
+}
+
+/// Shows `announced` in its broker's own service discovery, retrying with
+/// backoff until the broker takes it, then holds it until aborted. Nothing
+/// to do where the adapter has no such discovery.
+async fn announce(adapters: AdapterRegistry, announced: Announced) {
+    let Some(announcing) = (adapters.get(&announced.endpoint.adapter)).and_then(|a| a.announcing())
+    else {
+        return;
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut reported = false;
+    loop {
+        match announcing.announce(announced.clone()).await {
+            Ok(_announcement) => return std::future::pending().await,
+            Err(error) => {
+                if !reported {
+                    tracing::warn!(service = %announced.service, id = %announced.id, %error,
+                        "cannot show the instance in its broker's service discovery; retrying");
+                    reported = true;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
     }
 }
 

@@ -347,12 +347,15 @@ pub async fn run(
 
     // The agent stops first: its instances leave the directory (which this
     // process may be serving) while the router still routes.
-    let agent = Agent::new(
+    let mut agent = Agent::new(
         client,
         adapters.clone(),
         settings.registrations.clone(),
         settings.drain_timeout,
     );
+    if settings.announce {
+        agent = agent.with_announcing(settings.ingress.clone());
+    }
     let registered = agent.ready_flag();
     let drains = agent.drain_requests();
     let stop_requested = Shutdown::new();

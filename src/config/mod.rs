@@ -78,6 +78,8 @@ pub struct Settings {
     pub zones: ZoneRouting,
     /// Whether to route.
     pub router: bool,
+    /// Whether registered instances are shown in their broker's discovery.
+    pub announce: bool,
     /// Journey tunables.
     pub journey: JourneyConfig,
     /// In-flight window.
@@ -328,6 +330,7 @@ impl Config {
             version_routing: self.version_routing()?,
             zones,
             router: !(self.cli.no_router || self.file.no_router),
+            announce: !(self.cli.no_announce || self.file.no_announce),
             journey: JourneyConfig {
                 max_attempts,
                 max_payload: self.max_payload()?,

@@ -172,6 +172,13 @@ pub struct Options {
     #[serde(default)]
     pub no_router: bool,
 
+    /// Do not show registered instances in their broker's own service
+    /// discovery (on NATS, the Services API: `$SRV.PING`, `$SRV.INFO`,
+    /// `$SRV.STATS`, which `nats micro ls` reads).
+    #[arg(long, env = "BAKER_NO_ANNOUNCE")]
+    #[serde(default)]
+    pub no_announce: bool,
+
     /// Lease TTL of registered instances, in seconds [default: 10]
     #[arg(long, env = "BAKER_TTL", value_name = "SECS")]
     pub ttl: Option<u64>,

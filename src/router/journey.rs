@@ -239,7 +239,8 @@ impl Journey {
                         reason: failure.reason.clone(),
                     })
                 } else {
-                    ack.dead_letter(failure.reason.clone(), failure.attempts)
+                    let code = failure.cause.code();
+                    ack.dead_letter(failure.reason.clone(), failure.attempts, code)
                 }
             }
         };

@@ -48,6 +48,18 @@ impl Cause {
             Cause::Loop => "loop",
         }
     }
+
+    /// Its HTTP-like status (see [`baker_adapter_api::code`]).
+    pub fn code(self) -> u16 {
+        use baker_adapter_api::code;
+        match self {
+            Cause::NoRoute => code::NO_ROUTE,
+            Cause::TooLarge => code::TOO_LARGE,
+            Cause::Rejected => code::BAD_MESSAGE,
+            Cause::Unavailable | Cause::Unreachable => code::UNAVAILABLE,
+            Cause::Loop => code::LOOP,
+        }
+    }
 }
 
 /// Most distinct services named in the metrics and logs over the process's

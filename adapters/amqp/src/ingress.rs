@@ -418,7 +418,9 @@ impl Settle for DeliverySettler {
                 self.verdict(false);
                 return Settling::done();
             }
-            Settlement::DeadLetter { reason, attempts } => Some((reason, attempts)),
+            Settlement::DeadLetter {
+                reason, attempts, ..
+            } => Some((reason, attempts)),
             Settlement::Requeue { .. } => None,
         };
         Settling::later(async move {

@@ -18,6 +18,9 @@ pub enum Settlement {
         reason: String,
         /// Delivery attempts made, sent in the `baker-attempts` header.
         attempts: u32,
+        /// The failure's kind as an HTTP-like status ([`code`]), for the
+        /// protocols whose error replies carry one.
+        code: u16,
     },
     /// Not delivered, but another try may succeed: hand it back to the broker
     /// for redelivery where the protocol allows.
@@ -156,13 +159,31 @@ impl AckHandle {
     }
 
     /// The message cannot be delivered after `attempts` tries; `reason`
-    /// says why.
-    pub fn dead_letter(self, reason: impl Into<String>, attempts: u32) -> Settling {
+    /// says why, `code` ([`code`]) what kind of failure it is.
+    pub fn dead_letter(self, reason: impl Into<String>, attempts: u32, code: u16) -> Settling {
         self.settle(Settlement::DeadLetter {
             reason: reason.into(),
             attempts,
+            code,
         })
     }
+}
+
+/// The kinds of undeliverable message as HTTP-like statuses: what Baker
+/// answers a requester with where the protocol's error replies carry a code
+/// (the NATS Services API's `Nats-Service-Error-Code`).
+pub mod code {
+    /// The message cannot be read (malformed headers, no service in its
+    /// address) or its instance's broker refused it.
+    pub const BAD_MESSAGE: u16 = 400;
+    /// No routable instance of the service (or of the version it names).
+    pub const NO_ROUTE: u16 = 404;
+    /// The payload is larger than `max_payload`.
+    pub const TOO_LARGE: u16 = 413;
+    /// Every attempt failed; another try later may succeed.
+    pub const UNAVAILABLE: u16 = 503;
+    /// The message went through more Bakers than a route needs.
+    pub const LOOP: u16 = 508;
 }
 
 impl Drop for AckHandle {

@@ -238,6 +238,12 @@ pub trait Adapter: Send + Sync + 'static {
     fn app_client(&self) -> Option<&dyn AppClient> {
         self.roles().app_client
     }
+
+    /// Its announcing of instances in the broker's own service discovery,
+    /// if the broker has one.
+    fn announcing(&self) -> Option<&dyn crate::Announcing> {
+        self.roles().announcing
+    }
 }
 
 /// The roles an adapter has besides routing.
@@ -249,6 +255,8 @@ pub struct Roles<'a> {
     pub provisioning: Option<&'a dyn Provisioning>,
     /// The applications' side.
     pub app_client: Option<&'a dyn AppClient>,
+    /// Instances in the broker's own service discovery.
+    pub announcing: Option<&'a dyn crate::Announcing>,
 }
 
 impl<'a> Roles<'a> {
@@ -258,6 +266,7 @@ impl<'a> Roles<'a> {
             replies: Some(adapter),
             provisioning: Some(adapter),
             app_client: Some(adapter),
+            announcing: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod access;
 mod ack;
 mod adapter;
+mod announce;
 mod backoff;
 mod error;
 mod every;
@@ -22,11 +23,12 @@ pub use access::{
     broker_key, has_credentials, redact_url, split_query, without_credentials, AccessBook,
     AccessError, BrokerAccess, Secret, TlsFiles,
 };
-pub use ack::{AckHandle, Settle, Settlement, Settling};
+pub use ack::{code, AckHandle, Settle, Settlement, Settling};
 pub use adapter::{
     is_refusal, Adapter, AppClient, BrokerHealth, InboxConsumer, Provisioning, Replies, Reply,
     ReplyInbox, Roles, Target,
 };
+pub use announce::{Announced, Announcement, Announcing};
 pub use backoff::Backoff;
 pub use error::{AdapterError, Cause, SendError};
 pub use every::Every;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, new_message_id, AckHandle, Delivery, Every, Ingress, IngressStatus,
+    code, header, new_message_id, AckHandle, Delivery, Every, Ingress, IngressStatus,
 };
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -340,7 +340,7 @@ async fn run(
                             }
                             // The event loop cannot wait: on its own (bounded
                             // by the messages the broker has outstanding).
-                            ack.dead_letter(reason, 0).detach();
+                            ack.dead_letter(reason, 0, code::BAD_MESSAGE).detach();
                         }
                     }
                 }

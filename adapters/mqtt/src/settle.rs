@@ -103,7 +103,9 @@ impl Settle for Settler {
                 self.acks.done(self.place);
                 Settling::done()
             }
-            Settlement::DeadLetter { reason, attempts } => Settling::later(async move {
+            Settlement::DeadLetter {
+                reason, attempts, ..
+            } => Settling::later(async move {
                 match self.dead_letter(&reason, attempts).await {
                     Ok(()) => self.acks.done(self.place),
                     Err(error) => {

@@ -6,8 +6,8 @@
 use async_nats::{Client, HeaderMap, Subject};
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressOptions, IngressStatus,
-    Settle, Settlement, Settling,
+    code, header, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressOptions,
+    IngressStatus, Settle, Settlement, Settling,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -81,6 +81,10 @@ pub(crate) struct NatsIngress {
     draining: bool,
 }
 
+/// The NATS Services API's error headers (ADR-32), on Baker's error replies.
+const SERVICE_ERROR: &str = "Nats-Service-Error";
+const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
 /// Answers a request that could not be delivered, so the requester learns why
 /// instead of waiting for its timeout.
 struct ErrorReply {
@@ -90,15 +94,20 @@ struct ErrorReply {
 
 impl Settle for ErrorReply {
     fn settle(self: Box<Self>, outcome: Settlement) -> Settling {
-        let reason = match outcome {
+        let (reason, status) = match outcome {
             Settlement::Delivered => return Settling::done(),
-            Settlement::DeadLetter { reason, .. } | Settlement::Requeue { reason } => reason,
+            Settlement::DeadLetter { reason, code, .. } => (reason, code),
+            // Core NATS cannot hand a message back: it is lost, for now.
+            Settlement::Requeue { reason } => (reason, code::UNAVAILABLE),
         };
         let mut headers = HeaderMap::new();
         // A header value may not hold line breaks; reasons can quote names
         // that came from elsewhere.
         let reason = reason.replace(['\r', '\n'], " ");
         headers.insert(header::ERROR, reason.as_str());
+        // As a NATS Services API endpoint answers an error (ADR-32).
+        headers.insert(SERVICE_ERROR, reason.as_str());
+        headers.insert(SERVICE_ERROR_CODE, status.to_string().as_str());
         Settling::later(async move {
             if let Err(error) = self
                 .client
@@ -123,7 +132,7 @@ impl NatsIngress {
                     client: self.client.clone(),
                     reply,
                 })
-                .dead_letter(reason, 0)
+                .dead_letter(reason, 0, code::BAD_MESSAGE)
                 .detach();
             }
             return None;

@@ -18,8 +18,8 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    header, new_message_id, AckHandle, AdapterError, Delivery, Destination, Ingress, IngressStatus,
-    Settle, Settlement, Settling,
+    code, header, new_message_id, AckHandle, AdapterError, Delivery, Destination, Ingress,
+    IngressStatus, Settle, Settlement, Settling,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -114,7 +114,9 @@ impl Settle for JetStreamSettle {
         let kind = match outcome {
             Settlement::Delivered => AckKind::Ack,
             Settlement::Requeue { .. } => AckKind::Nak(Some(NAK_DELAY)),
-            Settlement::DeadLetter { reason, attempts } => {
+            Settlement::DeadLetter {
+                reason, attempts, ..
+            } => {
                 let mut headers = self.headers.take().unwrap_or_default();
                 headers.insert(header::ERROR, reason.replace(['\r', '\n'], " ").as_str());
                 headers.insert(header::ATTEMPTS, attempts.to_string().as_str());
@@ -265,7 +267,9 @@ impl JetStreamIngress {
             // with the reason, behind no other message.
             report_malformed(&reason, "dead-lettered");
             // Bounded by the consumer's max_ack_pending, like any message.
-            AckHandle::new(settle).dead_letter(reason, 0).detach();
+            AckHandle::new(settle)
+                .dead_letter(reason, 0, code::BAD_MESSAGE)
+                .detach();
             return None;
         }
         // Baker's id, whatever the publisher set: the same on every

@@ -10,6 +10,7 @@
 //! - `durable`: durable inboxes (`?inbox=jetstream`)
 //! - `egress`: publishing to an instance's inbox
 //! - `inbox`: an instance's inbox subscription and a router's reply inbox
+//! - `services`: the NATS Services API for the instances an agent registers
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use async_nats::Client;
 use async_trait::async_trait;
 use baker_adapter_api::{
-    AccessBook, AccessError, Adapter, AdapterError, AppClient, BrokerAccess, BrokerHealth, Cause,
-    Destination, Endpoint, InboxConsumer, Ingress, IngressOptions, Message, Provisioning, Replies,
-    Reply, ReplyInbox, Roles, SendError, Target,
+    AccessBook, AccessError, Adapter, AdapterError, Announced, Announcement, Announcing, AppClient,
+    BrokerAccess, BrokerHealth, Cause, Destination, Endpoint, InboxConsumer, Ingress,
+    IngressOptions, Message, Provisioning, Replies, Reply, ReplyInbox, Roles, SendError, Target,
 };
 
 mod convert;
@@ -31,6 +32,7 @@ mod ingress;
 mod jetstream;
 mod link;
 mod overlap;
+mod services;
 mod settings;
 mod url;
 
@@ -208,7 +210,20 @@ impl Adapter for NatsAdapter {
     }
 
     fn roles(&self) -> Roles<'_> {
-        Roles::all(self)
+        Roles {
+            announcing: Some(self),
+            ..Roles::all(self)
+        }
+    }
+}
+
+#[async_trait]
+impl Announcing for NatsAdapter {
+    /// Answers the NATS Services API for the instance (see `services`).
+    async fn announce(&self, instance: Announced) -> Result<Announcement, AdapterError> {
+        let broker = instance.endpoint.broker.clone();
+        let client = self.client(&broker).await?;
+        services::announce(client, &broker, instance).await
     }
 }
 
