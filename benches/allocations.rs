@@ -351,6 +351,7 @@ fn baker(
         policies: HashMap::new(),
         version_routing: HashMap::new(),
         zones: Default::default(),
+        shadows: HashMap::new(),
         allowed_brokers: Vec::new(),
         interest,
     };

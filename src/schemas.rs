@@ -46,6 +46,12 @@ pub struct BakerHeaders {
     /// queue): the topic the publisher addressed, e.g. `created`.
     #[serde(rename = "baker-topic", skip_serializing_if = "Option::is_none")]
     topic: Option<String>,
+    /// On a shadow copy only: "true". The message is a copy of one delivered
+    /// to another instance, sent to an instance of the version a shadow rule
+    /// tries; it carries no reply address. A publisher's own value is
+    /// removed.
+    #[serde(rename = "baker-shadow", skip_serializing_if = "Option::is_none")]
+    shadow: Option<String>,
 }
 
 /// Every schema, as (file name, pretty JSON text ending in a newline).

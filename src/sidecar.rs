@@ -23,6 +23,7 @@ use crate::directory::snapshot::Snapshot;
 use crate::directory::{DirectoryClient, Interest, View, Watcher};
 use crate::member::member;
 use crate::router::reply::ReplyProxy;
+use crate::router::shadow::ShadowRule;
 use crate::router::undelivered::UndeliveredReporter;
 use crate::router::zones::ZoneRouting;
 use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
@@ -81,6 +82,8 @@ pub struct RouterSpec {
     pub version_routing: HashMap<String, String>,
     /// The router's zone and the services routed by it.
     pub zones: ZoneRouting,
+    /// Shadow rules by service.
+    pub shadows: HashMap<String, ShadowRule>,
     /// Brokers the router may connect to besides its own; empty: any.
     pub allowed_brokers: Vec<String>,
     /// The services the router follows.
@@ -103,6 +106,7 @@ pub fn start_router(
     let builder = TableBuilder::new(Arc::new(adapters.clone()), spec.policies)
         .with_version_routing(spec.version_routing)
         .with_zone_routing(spec.zones)
+        .with_shadows(spec.shadows)
         .with_ingress(&spec.broker, spec.ingress.clone(), &spec.allowed_brokers)
         .with_interest(spec.interest.clone());
     let undelivered = Arc::new(UndeliveredReporter::default());
@@ -332,6 +336,7 @@ pub async fn run(
                 policies: settings.policies.clone(),
                 version_routing: settings.version_routing.clone(),
                 zones: settings.zones.clone(),
+                shadows: settings.shadows.clone(),
                 allowed_brokers: settings.allowed_brokers.clone(),
                 interest,
             },

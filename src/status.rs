@@ -111,6 +111,8 @@ pub fn render(doc: &StatusDocument) -> String {
         for i in &service.instances {
             let status = if i.ejected {
                 format!("{} (ejected)", i.status)
+            } else if i.shadow {
+                format!("{} (shadow)", i.status)
             } else if i.routed || i.status != "passing" {
                 i.status.clone()
             } else {

@@ -141,6 +141,9 @@ pub struct InstanceStatus {
     /// Its zone, if its record names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Whether it takes this router's shadow copies (and no original).
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// One service in `/v1/status`.
@@ -267,6 +270,7 @@ impl AdminState {
                     ejected: stats.is_some_and(|s| s.outlier.is_ejected()),
                     ejections: stats.map_or(0, |s| s.outlier.ejections()),
                     zone: record.zone.clone(),
+                    shadow: table.shadows_to(&record.service, &record.id),
                 });
             }
         }

@@ -14,6 +14,7 @@ mod options;
 mod registration;
 mod secret;
 mod security;
+mod shadow;
 mod zones;
 
 use std::collections::HashMap;
@@ -28,7 +29,9 @@ pub use brokers::BrokerSection;
 pub use check::{CheckConfig, CheckKind};
 pub use directory::DirectoryTarget;
 pub use error::{ConfigError, Origin};
-pub use options::{LogFormat, Options, ServicePolicy, VersionRoute, ZoneRoute};
+pub use options::{
+    LogFormat, Options, ServicePolicy, ShadowEntry, ShadowSpec, VersionRoute, ZoneRoute,
+};
 pub use registration::{Registered, Registration};
 
 use crate::adapters::{self, AdapterRegistry};
@@ -37,6 +40,7 @@ use crate::directory::record::{valid_name, DEFAULT_TTL_SECS};
 use crate::directory::server::DirectoryRules;
 use crate::directory::DEFAULT_LISTEN;
 use crate::router::outlier::OutlierConfig;
+use crate::router::shadow::ShadowRule;
 use crate::router::zones::ZoneRouting;
 use crate::router::{JourneyConfig, PolicyKind};
 
@@ -76,6 +80,8 @@ pub struct Settings {
     pub version_routing: HashMap<String, String>,
     /// The router's zone and the services routed by it.
     pub zones: ZoneRouting,
+    /// Shadow rules by service.
+    pub shadows: HashMap<String, ShadowRule>,
     /// Whether to route.
     pub router: bool,
     /// Whether registered instances are shown in their broker's discovery.
@@ -329,6 +335,7 @@ impl Config {
             policies: self.policies()?,
             version_routing: self.version_routing()?,
             zones,
+            shadows: self.shadows()?,
             router: !(self.cli.no_router || self.file.no_router),
             announce: !(self.cli.no_announce || self.file.no_announce),
             journey: JourneyConfig {

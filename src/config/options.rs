@@ -137,6 +137,23 @@ pub struct Options {
     #[schemars(with = "BTreeMap<String, ZoneMode>")]
     pub zone_routing: Vec<ZoneRoute>,
 
+    /// Shadow traffic: a copy of a share of a service's messages goes to its
+    /// instances of a version, which get nothing else.
+    /// `SERVICE=VERSION:PERCENT[:MAX_IN_FLIGHT]` on the command line
+    /// (repeatable; ';' between several in BAKER_SHADOW), `orders = {
+    /// version = "2.4.0", percent = 10 }` in a `[shadow]` table. PERCENT is
+    /// more than 0 and at most 100 (to a tenth); MAX_IN_FLIGHT, the most
+    /// copies under way at once (more are dropped), defaults to 100
+    #[arg(
+        long = "shadow",
+        env = "BAKER_SHADOW",
+        value_name = "SERVICE=VERSION:PERCENT[:MAX_IN_FLIGHT]",
+        value_delimiter = ';'
+    )]
+    #[serde(default, deserialize_with = "service_map")]
+    #[schemars(with = "BTreeMap<String, ShadowSpec>")]
+    pub shadow: Vec<ShadowEntry>,
+
     /// Brokers this router may connect to for an instance, besides its own
     /// (`--broker`): a record naming any other broker is not routed to.
     /// URLs without credentials; repeatable, ';' between several in
@@ -362,6 +379,61 @@ impl FromStr for ZoneRoute {
     }
 }
 
+/// A service's shadow rule as given.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// The version whose instances get the copies (and nothing else).
+    pub version: String,
+    /// Share of the messages copied, more than 0 and at most 100.
+    pub percent: f64,
+    /// Most copies under way at once; more are dropped (default 100).
+    pub max_in_flight: Option<usize>,
+}
+
+/// A service's shadow rule (`SERVICE=VERSION:PERCENT[:MAX_IN_FLIGHT]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowEntry {
+    /// The service.
+    pub service: String,
+    /// Its rule.
+    pub spec: ShadowSpec,
+}
+
+impl FromStr for ShadowEntry {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let expected = || format!("{spec:?} is not SERVICE=VERSION:PERCENT[:MAX_IN_FLIGHT]");
+        let (service, rule) = spec.split_once('=').ok_or_else(expected)?;
+        let mut parts = rule.split(':');
+        let (Some(version), Some(percent)) = (parts.next(), parts.next()) else {
+            return Err(expected());
+        };
+        let percent = percent
+            .parse()
+            .map_err(|_| format!("{percent:?} is not a percentage"))?;
+        let max_in_flight = match parts.next() {
+            Some(n) => Some(
+                n.parse()
+                    .map_err(|_| format!("{n:?} is not a whole number"))?,
+            ),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return Err(expected());
+        }
+        Ok(Self {
+            service: service.to_owned(),
+            spec: ShadowSpec {
+                version: version.to_owned(),
+                percent,
+                max_in_flight,
+            },
+        })
+    }
+}
+
 /// A per-service setting: a `SERVICE=VALUE` pair on the command line, a
 /// `service = value` entry of a table in the file.
 trait PerService: Sized {
@@ -387,6 +459,13 @@ impl PerService for ZoneRoute {
     type Value = ZoneMode;
     fn new(service: String, mode: ZoneMode) -> Self {
         Self { service, mode }
+    }
+}
+
+impl PerService for ShadowEntry {
+    type Value = ShadowSpec;
+    fn new(service: String, spec: ShadowSpec) -> Self {
+        Self { service, spec }
     }
 }
 

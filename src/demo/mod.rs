@@ -187,6 +187,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
             policies: HashMap::from([(service.clone(), PolicyKind::Weighted)]),
             version_routing: HashMap::new(),
             zones: Default::default(),
+            shadows: HashMap::new(),
             allowed_brokers: Vec::new(),
             interest,
         },

@@ -15,6 +15,7 @@ use super::attempts::{admitted_from, attempt_text, FailedAttempts};
 use super::outlier::OutlierConfig;
 use super::policy::Pick;
 use super::reply::ReplyProxy;
+use super::shadow::ShadowCopy;
 use super::table::{RoutingTable, ServiceRoute};
 use super::undelivered::{Cause, UndeliveredReporter};
 use crate::directory::Interest;
@@ -162,6 +163,10 @@ impl Journey {
         if let Some(used) = &service.used {
             used.touch();
         }
+        if service.shadow.is_some() {
+            // A copy may be due, to send once this one is settled.
+            return Quick::Wait(delivery, None);
+        }
         let Ok(service) = service.for_message(message) else {
             return Quick::Wait(delivery, None);
         };
@@ -175,8 +180,9 @@ impl Journey {
         if self.proxy_for(instance, message).is_some() {
             return Quick::Wait(delivery, Some(first));
         }
-        // As `route` does; the slow path removes it again, to no effect.
+        // As `route` does; the slow path removes them again, to no effect.
         message.headers.remove(header::ATTEMPT);
+        message.headers.remove(header::SHADOW);
         if !instance.target.try_send(&delivery.destination, message) {
             return Quick::Wait(delivery, Some(first));
         }
@@ -201,8 +207,9 @@ impl Journey {
         // allocation: what only some messages need (progress reports, the
         // wait for a new service, retries, broadcast copies) is boxed where
         // it happens, so that the common journey stays small.
+        let mut copy = None;
         let (mut outcome, ack) = {
-            let route = self.route(&mut message, &destination, hops, started, picked);
+            let route = self.route(&mut message, &destination, hops, started, picked, &mut copy);
             tokio::pin!(route);
             match ack.progress_interval() {
                 None => (route.await, ack),
@@ -223,7 +230,14 @@ impl Journey {
             self.undelivered
                 .record(&destination.service, failure.cause, &failure.reason);
             Box::pin(tokio::time::sleep(ROUTE_AGAIN_PAUSE)).await;
-            let again = self.route(&mut message, &destination, hops, Instant::now(), None);
+            let again = self.route(
+                &mut message,
+                &destination,
+                hops,
+                Instant::now(),
+                None,
+                &mut copy,
+            );
             outcome = Box::pin(again).await;
         }
         // Settling is part of the journey: what it has left to do (a dead
@@ -245,6 +259,10 @@ impl Journey {
             }
         };
         settling.await;
+        // The original is settled: its shadow copy, if any, cannot touch it.
+        if let Some(copy) = copy {
+            Box::pin(self.send_shadow(copy)).await;
+        }
         outcome
     }
 
@@ -255,6 +273,7 @@ impl Journey {
         hops: u32,
         started: Instant,
         picked: Option<usize>,
+        copy: &mut Option<Box<ShadowCopy>>,
     ) -> Outcome {
         if message.payload.len() > self.config.max_payload {
             return Outcome::Undeliverable(Failure::new(
@@ -289,6 +308,7 @@ impl Journey {
         if let Some(used) = &service.used {
             used.touch();
         }
+        let shadowed = service.shadow.is_some();
         let service = match service.for_message(message) {
             Ok(service) => service,
             Err(version) => {
@@ -303,8 +323,10 @@ impl Journey {
             }
         };
         // An attempt number is this router's to give, on retries only; a
-        // hop count only into another Baker's ingress.
+        // hop count only into another Baker's ingress; a shadow mark only
+        // on its copies.
         message.headers.remove(header::ATTEMPT);
+        message.headers.remove(header::SHADOW);
         message.headers.remove(header::HOPS);
         if hops >= MAX_HOPS {
             return Outcome::Undeliverable(Failure::new(
@@ -333,6 +355,9 @@ impl Journey {
         match outcome {
             Ok(()) => {
                 service.latency.record(started.elapsed().as_secs_f64());
+                if shadowed {
+                    *copy = ShadowCopy::of(&self.table.load_full(), destination, message);
+                }
                 Outcome::Delivered
             }
             Err(failure) => Outcome::Undeliverable(failure),
@@ -444,7 +469,7 @@ fn no_route(destination: &Destination) -> Failure {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -457,7 +482,8 @@ mod tests {
     use crate::router::{PolicyKind, TableBuilder};
     use baker_directory_api::testing::record;
 
-    struct Recorder(Arc<Mutex<Vec<Settlement>>>);
+    /// Records each settlement at once.
+    pub(crate) struct Recorder(pub Arc<Mutex<Vec<Settlement>>>);
 
     impl Settle for Recorder {
         fn settle(self: Box<Self>, outcome: Settlement) -> Settling {

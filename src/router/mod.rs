@@ -7,11 +7,13 @@
 //! ingress, so memory stays bounded and the broker holds the backlog.
 
 mod attempts;
+mod builder;
 pub mod journey;
 pub mod outlier;
 pub mod policy;
 pub mod reply;
 mod send;
+pub mod shadow;
 mod shards;
 mod stats;
 mod stopping;
@@ -26,9 +28,10 @@ use baker_adapter_api::{Delivery, Ingress};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
+pub use builder::TableBuilder;
 pub use journey::{Journey, JourneyConfig, Outcome, Quick};
 pub use policy::PolicyKind;
-pub use table::{RoutingTable, TableBuilder};
+pub use table::RoutingTable;
 
 use crate::directory::{Interest, View};
 use crate::shutdown::Shutdown;

@@ -5,28 +5,27 @@
 //! whenever the directory's catalog changes, then swapped in atomically; the
 //! per-instance counters carry over from one table to the next.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baker_adapter_api::{broker_key, redact_url, Endpoint, IngressOptions, Message, Target};
+use baker_adapter_api::{Message, Target};
 
 use super::attempts::admits;
 use super::policy::{Candidate, Policy, PolicyKind};
+use super::shadow::ShadowRoute;
 use super::stats::label_value;
 pub use super::stats::InstanceStats;
-use super::zones::ZoneRouting;
-use crate::adapters::{AdapterRegistry, EndpointRefusal};
-use crate::directory::interest::{Interest, Use};
-use crate::directory::{Catalog, EndpointRecord, InstanceRecord};
+use crate::directory::interest::Use;
+use crate::directory::{Catalog, InstanceRecord};
 
 /// How long a departed instance's counters stay in `/metrics`, so that the
 /// scrapes after it left still see its last increments.
 pub const DEPARTED_GRACE: Duration = Duration::from_secs(300);
 
 /// An instance's counters, by service and instance id.
-type StatsByInstance = HashMap<(String, String), Arc<InstanceStats>>;
+pub(super) type StatsByInstance = HashMap<(String, String), Arc<InstanceStats>>;
 
 /// Counters of instances that left the catalog, with when they left.
 type Departed = Vec<((String, String), Arc<InstanceStats>, Instant)>;
@@ -85,6 +84,9 @@ pub struct ServiceRoute {
     /// When the service prefers the router's zone and only some of its
     /// instances are there: the routing state of those.
     pub local: Option<Box<ServiceRoute>>,
+    /// Its shadow rule, with the instances that get the copies (who are not
+    /// among `instances`).
+    pub shadow: Option<ShadowRoute>,
 }
 
 /// A service routed by version: a message whose `header` names a version
@@ -98,7 +100,11 @@ pub struct VersionRoutes {
 }
 
 impl ServiceRoute {
-    fn build(kind: PolicyKind, instances: Vec<InstanceRoute>, latency: metrics::Histogram) -> Self {
+    pub(super) fn build(
+        kind: PolicyKind,
+        instances: Vec<InstanceRoute>,
+        latency: metrics::Histogram,
+    ) -> Self {
         Self {
             kind,
             policy: Policy::build(kind, &instances),
@@ -109,12 +115,13 @@ impl ServiceRoute {
             used: None,
             zone: None,
             local: None,
+            shadow: None,
         }
     }
 
     /// Keeps, beside every instance, the group of those in `zone` (when
     /// some, not all, are there and the policy is not broadcast).
-    fn prefer_zone(mut self, zone: Option<&str>) -> Self {
+    pub(super) fn prefer_zone(mut self, zone: Option<&str>) -> Self {
         let Some(zone) = zone.filter(|_| self.kind != PolicyKind::Broadcast) else {
             return self;
         };
@@ -174,15 +181,15 @@ impl ServiceRoute {
 /// Every service's routing state, plus the catalog it was built from.
 #[derive(Default)]
 pub struct RoutingTable {
-    services: HashMap<String, ServiceRoute>,
+    pub(super) services: HashMap<String, ServiceRoute>,
     /// Counters of every instance in the catalog that was ever routed to,
     /// including those no longer routable (draining, critical).
-    stats: StatsByInstance,
+    pub(super) stats: StatsByInstance,
     /// Counters of instances that left the catalog, with when they left:
     /// shown for [`DEPARTED_GRACE`], then dropped.
-    departed: Arc<Departed>,
+    pub(super) departed: Arc<Departed>,
     /// How long departed counters are shown.
-    grace: Duration,
+    pub(super) grace: Duration,
     /// The catalog this table reflects (every record, routable or not).
     pub catalog: Arc<Catalog>,
 }
@@ -198,6 +205,14 @@ impl RoutingTable {
         self.services
             .get(service)
             .is_some_and(|s| s.instances.iter().any(|i| i.record.id == id))
+    }
+
+    /// Whether `id` of `service` takes this router's shadow copies.
+    pub fn shadows_to(&self, service: &str, id: &str) -> bool {
+        let group = (self.services.get(service))
+            .and_then(|s| s.shadow.as_ref())
+            .and_then(|shadow| shadow.group.as_deref());
+        group.is_some_and(|g| g.instances.iter().any(|i| i.record.id == id))
     }
 
     /// Counters of an instance this router has routed to, while it is in the
@@ -256,284 +271,12 @@ impl RoutingTable {
     }
 }
 
-/// Builds tables from catalogs, reusing bound targets and counters.
-pub struct TableBuilder {
-    adapters: Arc<AdapterRegistry>,
-    policies: HashMap<String, PolicyKind>,
-    version_headers: HashMap<String, String>,
-    targets: HashMap<EndpointRecord, Arc<dyn Target>>,
-    stats: StatsByInstance,
-    /// Counters of instances that left the catalog, since when.
-    departed: HashMap<(String, String), (Arc<InstanceStats>, Instant)>,
-    /// How long departed counters are kept.
-    grace: Duration,
-    unbindable: HashSet<EndpointRecord>,
-    /// The router's own ingress: inboxes in its namespace are loops.
-    ingress: Option<IngressOptions>,
-    /// The key of the ingress's broker: its connections always stay.
-    own_broker: Option<String>,
-    /// Keys of the brokers this router may connect to (its own besides);
-    /// empty: any.
-    allowed_brokers: Vec<String>,
-    /// The services followed, whose use the table notes.
-    interest: Option<Arc<Interest>>,
-    /// The router's zone and the services that prefer it.
-    zones: ZoneRouting,
-}
-
-impl TableBuilder {
-    /// A builder using `adapters` to bind targets and `policies` per service
-    /// (round robin where none is given).
-    pub fn new(adapters: Arc<AdapterRegistry>, policies: HashMap<String, PolicyKind>) -> Self {
-        Self {
-            adapters,
-            policies,
-            version_headers: HashMap::new(),
-            targets: HashMap::new(),
-            stats: HashMap::new(),
-            departed: HashMap::new(),
-            grace: DEPARTED_GRACE,
-            unbindable: HashSet::new(),
-            ingress: None,
-            own_broker: None,
-            allowed_brokers: Vec::new(),
-            interest: None,
-            zones: ZoneRouting::default(),
-        }
-    }
-
-    /// Routes the services `zones` names to the router's zone first.
-    pub fn with_zone_routing(mut self, zones: ZoneRouting) -> Self {
-        self.zones = zones;
-        self
-    }
-
-    /// Notes each message's service in `interest`, so that services not
-    /// routed to for a while are followed no more.
-    pub fn with_interest(mut self, interest: Arc<Interest>) -> Self {
-        self.interest = Some(interest);
-        self
-    }
-
-    /// Keeps a departed instance's counters for `grace` instead of
-    /// [`DEPARTED_GRACE`].
-    pub fn with_departed_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
-
-    /// Refuses endpoints whose inbox lies in `ingress`'s namespace (routing
-    /// loops), and with `allowed` brokers (URLs; the ingress's `broker`
-    /// besides), endpoints on any other broker.
-    pub fn with_ingress(
-        mut self,
-        broker: &str,
-        ingress: IngressOptions,
-        allowed: &[String],
-    ) -> Self {
-        self.ingress = Some(ingress);
-        self.own_broker = Some(broker_key(broker));
-        if !allowed.is_empty() {
-            self.allowed_brokers = allowed.iter().map(|url| broker_key(url)).collect();
-            self.allowed_brokers.push(broker_key(broker));
-        }
-        self
-    }
-
-    /// Whether this router may route to `endpoint`, before binding it.
-    fn admit(&self, endpoint: &EndpointRecord) -> Result<(), EndpointRefusal> {
-        if !self.allowed_brokers.is_empty()
-            && !self.allowed_brokers.contains(&broker_key(&endpoint.broker))
-        {
-            return Err(EndpointRefusal::NotAllowed(format!(
-                "broker {} is not in this router's allowed_brokers",
-                redact_url(&endpoint.broker)
-            )));
-        }
-        match &self.ingress {
-            Some(ingress) => self.adapters.check_endpoint(
-                &endpoint.adapter,
-                &endpoint.broker,
-                &endpoint.inbox,
-                ingress,
-            ),
-            None => Ok(()),
-        }
-    }
-
-    /// Routes each service of `headers` by version: a message whose header
-    /// (the map's value) names a version goes only to that version.
-    pub fn with_version_routing(mut self, headers: HashMap<String, String>) -> Self {
-        self.version_headers = headers;
-        self
-    }
-
-    /// The policy `service` uses.
-    pub fn policy_of(&self, service: &str) -> PolicyKind {
-        self.policies.get(service).copied().unwrap_or_default()
-    }
-
-    async fn bind(&mut self, endpoint: &EndpointRecord) -> Option<Arc<dyn Target>> {
-        if let Some(target) = self.targets.get(endpoint) {
-            return Some(target.clone());
-        }
-        let result = match (self.admit(endpoint), self.adapters.get(&endpoint.adapter)) {
-            (Err(refusal), _) => Err(refusal),
-            (Ok(()), Some(adapter)) => adapter
-                .target(&Endpoint {
-                    adapter: endpoint.adapter.clone(),
-                    broker: endpoint.broker.clone(),
-                    inbox: endpoint.inbox.clone(),
-                })
-                .await
-                .map_err(|e| EndpointRefusal::Bind(e.to_string())),
-            (Ok(()), None) => Err(EndpointRefusal::UnknownAdapter(format!(
-                "adapter {:?} is not built into this baker-mq (available: {})",
-                endpoint.adapter,
-                self.adapters.names().join(", ")
-            ))),
-        };
-        match result {
-            Ok(target) => {
-                self.targets.insert(endpoint.clone(), target.clone());
-                Some(target)
-            }
-            Err(refusal) => {
-                // Said once per endpoint while it stays in the catalog, not
-                // per message or per catalog change.
-                if self.unbindable.insert(endpoint.clone()) {
-                    metrics::counter!("baker_records_refused_total", "reason" => refusal.label())
-                        .increment(1);
-                    tracing::warn!(adapter = %endpoint.adapter, broker = %redact_url(&endpoint.broker),
-                        inbox = %endpoint.inbox, reason = %refusal, "not routing to this endpoint; skipping its instances");
-                }
-                None
-            }
-        }
-    }
-
-    /// A table for `catalog`.
-    pub async fn build(&mut self, catalog: Arc<Catalog>) -> RoutingTable {
-        let mut grouped: HashMap<String, Vec<InstanceRoute>> = HashMap::new();
-        let mut live_endpoints = HashSet::new();
-        let in_catalog: HashSet<(String, String)> = catalog
-            .instances
-            .iter()
-            .map(|r| (r.service.clone(), r.id.clone()))
-            .collect();
-        for record in catalog.instances.iter().filter(|r| r.routable()) {
-            let Some(target) = self.bind(&record.endpoint).await else {
-                continue;
-            };
-            live_endpoints.insert(record.endpoint.clone());
-            let key = (record.service.clone(), record.id.clone());
-            // An instance back within the grace period keeps its counts.
-            let back = self.departed.remove(&key).map(|(stats, _)| stats);
-            let stats = self
-                .stats
-                .entry(key)
-                .or_insert_with(|| back.unwrap_or_default())
-                .clone();
-            let crossed = (self.zones.zone_for(&record.service))
-                .filter(|zone| record.zone.as_deref() != Some(*zone))
-                .map(|_| {
-                    let service = record.service.clone();
-                    metrics::counter!("baker_zone_crossed_total", "service" => service)
-                });
-            grouped
-                .entry(record.service.clone())
-                .or_default()
-                .push(InstanceRoute {
-                    into_baker: !record.endpoint.inbox.starts_with('_'),
-                    record: record.clone(),
-                    target,
-                    stats,
-                    crossed,
-                });
-        }
-        self.targets.retain(|e, _| live_endpoints.contains(e));
-        // Refused endpoints are remembered (to say so once) only while a
-        // record names them: the set stays as small as the catalog.
-        let named: HashSet<&EndpointRecord> =
-            catalog.instances.iter().map(|r| &r.endpoint).collect();
-        self.unbindable.retain(|e| named.contains(e));
-        // Connections to brokers no record names any more close, with their
-        // reconnection loops (a router's own ingress broker stays).
-        if let Some(own) = &self.own_broker {
-            let in_use: HashSet<String> = std::iter::once(own.clone())
-                .chain(named.iter().map(|e| broker_key(&e.broker)))
-                .collect();
-            for name in self.adapters.names() {
-                if let Some(adapter) = self.adapters.get(name) {
-                    adapter.forget_brokers(&in_use);
-                }
-            }
-        }
-        // A draining instance keeps its counts; a departed one keeps them
-        // for the grace period (for the scrapes after it left), then drops
-        // them.
-        let now = Instant::now();
-        let stats = std::mem::take(&mut self.stats);
-        for (key, stats) in stats {
-            if in_catalog.contains(&key) {
-                self.stats.insert(key, stats);
-            } else {
-                self.departed.insert(key, (stats, now));
-            }
-        }
-        let grace = self.grace;
-        self.departed
-            .retain(|key, (_, since)| since.elapsed() < grace && !in_catalog.contains(key));
-        let services = grouped
-            .into_iter()
-            .map(|(service, instances)| {
-                let kind = self.policy_of(&service);
-                let zone = self.zones.zone_for(&service);
-                let latency =
-                    metrics::histogram!("baker_routing_seconds", "service" => service.clone());
-                let versions = self.version_headers.get(&service).map(|header| {
-                    let mut by_version: HashMap<String, Vec<InstanceRoute>> = HashMap::new();
-                    for instance in &instances {
-                        by_version
-                            .entry(instance.record.version.clone())
-                            .or_default()
-                            .push(instance.clone());
-                    }
-                    VersionRoutes {
-                        header: header.clone(),
-                        groups: by_version
-                            .into_iter()
-                            .map(|(version, group)| {
-                                let group = ServiceRoute::build(kind, group, latency.clone());
-                                (version, group.prefer_zone(zone))
-                            })
-                            .collect(),
-                    }
-                });
-                let mut route = ServiceRoute::build(kind, instances, latency).prefer_zone(zone);
-                route.versions = versions;
-                route.used = (self.interest.as_ref()).and_then(|i| i.use_of(&service));
-                (service, route)
-            })
-            .collect();
-        RoutingTable {
-            services,
-            stats: self.stats.clone(),
-            departed: Arc::new(
-                (self.departed.iter())
-                    .map(|(key, (stats, since))| (key.clone(), stats.clone(), *since))
-                    .collect(),
-            ),
-            grace: self.grace,
-            catalog,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::AdapterRegistry;
     use crate::directory::Status;
+    use crate::router::TableBuilder;
     use baker_directory_api::testing::record;
 
     fn catalog(index: u64, records: Vec<InstanceRecord>) -> Arc<Catalog> {

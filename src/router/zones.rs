@@ -81,8 +81,9 @@ mod tests {
     use crate::adapters::AdapterRegistry;
     use crate::directory::{Catalog, InstanceRecord};
     use crate::router::outlier::OutlierConfig;
-    use crate::router::table::{RoutingTable, TableBuilder};
+    use crate::router::table::RoutingTable;
     use crate::router::PolicyKind;
+    use crate::router::TableBuilder;
 
     /// `s` with instances `z1a`, `z1b` in zone z1, `z2` in z2 and `z3` in z3
     /// (and those of `extra`), routed by a router in z1 with `policy`.

@@ -77,4 +77,8 @@ pub mod header {
     /// The topic the publisher addressed, for inboxes that cannot carry it in
     /// the address itself.
     pub const TOPIC: &str = "baker-topic";
+    /// On a shadow copy (`true`): a copy of a message delivered elsewhere,
+    /// sent to an instance of the version being tried. Baker's own: removed
+    /// from what publishers send.
+    pub const SHADOW: &str = "baker-shadow";
 }
