@@ -2,7 +2,8 @@
 # The tools some tests check Baker's files with, beside the brokers:
 # - the client libraries of integration/clients (npm ci, from its lock file);
 # - kubernetes-validate (PyPI), in a venv under the state directory;
-# - systemd-analyze (Debian's systemd package), when missing.
+# - systemd-analyze (Debian's systemd package), when missing;
+# - Debian's Chromium, for the dashboard's browser test, when missing.
 # Idempotent; run by integration/run.sh. Prints where each is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +29,20 @@ if ! "$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUB
 fi
 printf '%s\n' "$TOOLS_VENV/bin/kubernetes-validate" >"$STATE_DIR/kubernetes-validate-bin"
 
+apt_install() {
+  command -v apt-get >/dev/null || die "$1 not found and no apt-get: install it"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || { as_root apt-get update -qq >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive \
+         apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } \
+    || die "'apt-get install $*' failed"
+}
+
+if ! command -v chromium >/dev/null; then
+  log "installing chromium (Debian's, headless, for tests/dashboard.rs)"
+  apt_install chromium
+fi
+
 if ! command -v systemd-analyze >/dev/null; then
   log "installing systemd (for systemd-analyze)"
-  command -v apt-get >/dev/null || die "systemd-analyze not found and no apt-get: install systemd"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null \
-    || die "'apt-get install systemd' failed"
+  apt_install systemd
 fi

@@ -378,6 +378,7 @@ pub async fn run(
         drains,
         stop_requested: stop_requested.clone(),
         guard: admin::guard::AdminGuard::new(settings.admin_token.clone()),
+        rates: Default::default(),
     };
     {
         let shutdown = shutdown.clone();

@@ -3,7 +3,9 @@
 //! read by `baker-mq status`), open to read; and the drains, which only
 //! [`guard`] lets through.
 
+mod dashboard;
 pub mod guard;
+mod rates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +52,8 @@ pub struct AdminState {
     pub stop_requested: Shutdown,
     /// Who may change state (drain).
     pub guard: guard::AdminGuard,
+    /// Each instance's rates over the last second.
+    pub rates: rates::Rates,
 }
 
 /// The router's ingress as the health endpoints see it. The router task owns
@@ -144,6 +148,13 @@ pub struct InstanceStatus {
     /// Whether it takes this router's shadow copies (and no original).
     #[serde(default)]
     pub shadow: bool,
+    /// Messages delivered per second by this router, over the last second
+    /// (none until two readings were taken).
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Failed sends per second, over the last second.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
 }
 
 /// One service in `/v1/status`.
@@ -254,6 +265,7 @@ impl AdminState {
                             instances: Vec::new(),
                         });
                 let stats = table.stats(&record.service, &record.id);
+                let rate = self.rates.of(&record.service, &record.id);
                 service.instances.push(InstanceStatus {
                     id: record.id.clone(),
                     version: record.version.clone(),
@@ -271,6 +283,8 @@ impl AdminState {
                     ejections: stats.map_or(0, |s| s.outlier.ejections()),
                     zone: record.zone.clone(),
                     shadow: table.shadows_to(&record.service, &record.id),
+                    rate: rate.map(|r| r.delivered),
+                    error_rate: rate.map(|r| r.errors),
                 });
             }
         }
@@ -400,11 +414,16 @@ pub async fn serve(
     state: AdminState,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    if let Some(table) = &state.table {
+        let rates = state.rates.clone().follow(table.clone(), shutdown.clone());
+        tokio::spawn(rates);
+    }
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/status", get(status))
+        .merge(dashboard::routes())
         .route("/v1/drain", axum::routing::post(drain_process))
         .route(
             "/v1/drain/{service}/{id}",

@@ -195,6 +195,16 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
+    /// Every instance's counters: service, id, and its counts of messages
+    /// delivered and failed sends.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, &str, u64, u64)> {
+        self.stats.iter().map(|((service, id), stats)| {
+            let delivered = stats.delivered.load(Ordering::Relaxed);
+            let errors = stats.errors.load(Ordering::Relaxed);
+            (service.as_str(), id.as_str(), delivered, errors)
+        })
+    }
+
     /// The routing state of `service`, if it has any routable instance.
     pub fn service(&self, service: &str) -> Option<&ServiceRoute> {
         self.services.get(service)
