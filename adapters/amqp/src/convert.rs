@@ -4,6 +4,7 @@
 //! tables, arrays) stay in the message's native properties, so an AMQP egress
 //! keeps them exactly while other protocols get the string headers only.
 
+use baker_adapter_api::cloudevents::{self, Exported};
 use baker_adapter_api::{header, new_message_id, Destination, Headers, Message, Properties};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -23,13 +24,44 @@ fn as_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
+/// The prefix of a CloudEvents attribute's header in the AMQP binding
+/// (1.0.3, written for AMQP 1.0's application properties, which are 0.9.1's
+/// headers); the binding allows `cloudEvents:` too, and Baker reads both.
+const CLOUDEVENTS_PREFIX: &str = "cloudEvents_";
+
+/// The CloudEvents attribute an AMQP header carries, if it is one.
+fn cloudevents_attribute(name: &str) -> Option<&str> {
+    (name.strip_prefix(CLOUDEVENTS_PREFIX))
+        .or_else(|| name.strip_prefix("cloudEvents:"))
+        .filter(|a| cloudevents::is_attribute_name(a))
+}
+
+/// A CloudEvents attribute's value that is not a string, in its canonical
+/// string form (booleans and integers; the binding allows AMQP's own types).
+fn canonical(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::Boolean(b) => Some(b.to_string()),
+        AMQPValue::ShortShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::ShortShortUInt(n) => Some(n.to_string()),
+        AMQPValue::ShortUInt(n) => Some(n.to_string()),
+        AMQPValue::LongUInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// Baker's view of an AMQP message's properties.
 pub fn from_amqp(properties: &BasicProperties) -> (Headers, Option<String>, Properties) {
     let mut headers = Headers::default();
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
-            if let Some(text) = as_text(value) {
-                headers.append(name.as_str().to_owned(), text);
+            let name = name.as_str();
+            let text = as_text(value)
+                .or_else(|| cloudevents_attribute(name).and_then(|_| canonical(value)));
+            if let Some(text) = text {
+                headers.append(name.to_owned(), text);
             }
         }
     }
@@ -48,6 +80,12 @@ pub fn from_amqp(properties: &BasicProperties) -> (Headers, Option<String>, Prop
         priority: *properties.priority(),
         timestamp: *properties.timestamp(),
     };
+    // A binary-mode CloudEvent's attributes, as Baker carries them.
+    cloudevents::import(
+        &mut headers,
+        props.content_type.as_deref(),
+        cloudevents_attribute,
+    );
     (headers, text(properties.reply_to()), props)
 }
 
@@ -90,10 +128,20 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
             out = out.with_cluster_id(v.clone());
         }
     }
+    let event = cloudevents::is_binary(&message.headers);
     for (name, value) in message.headers.iter() {
+        let (name, value) = match cloudevents::exported(event, name, value) {
+            Exported::Header(name, value) => (short("header name", name)?, value),
+            Exported::Attribute(attribute, value) => (
+                short("header name", &format!("{CLOUDEVENTS_PREFIX}{attribute}"))?,
+                value,
+            ),
+            // Carried as the content type (below).
+            Exported::ContentType => continue,
+        };
         table.insert(
-            short("header name", name)?,
-            AMQPValue::LongString(LongString::from(value)),
+            name,
+            AMQPValue::LongString(LongString::from(value.as_ref())),
         );
     }
     if !table.inner().contains_key(header::MSG_ID) {
@@ -112,8 +160,8 @@ pub fn to_amqp(message: &Message, destination: &Destination) -> Result<BasicProp
     }
     out = out.with_headers(table);
     let p = &message.properties;
-    if let Some(v) = &p.content_type {
-        out = out.with_content_type(short("content type", v)?);
+    if let Some(v) = cloudevents::content_type(&message.headers, p.content_type.as_deref()) {
+        out = out.with_content_type(short("content type", &v)?);
     }
     if let Some(v) = &p.content_encoding {
         out = out.with_content_encoding(short("content encoding", v)?);

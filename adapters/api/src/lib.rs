@@ -12,6 +12,7 @@ mod ack;
 mod adapter;
 mod announce;
 mod backoff;
+pub mod cloudevents;
 mod error;
 mod every;
 mod ids;

@@ -6,9 +6,14 @@
 //! inboxes. From an MQTT ingress the original publish rides along as the
 //! message's native metadata, so an MQTT egress keeps binary correlation
 //! data, the payload format indicator and the message expiry exactly.
+//!
+//! A binary-mode CloudEvent (the MQTT binding 1.0.3: each attribute a user
+//! property of its own name, `datacontenttype` the content type) is carried
+//! as Baker carries CloudEvents (`adapters/api`'s `cloudevents`), both ways.
 
 use std::sync::Arc;
 
+use baker_adapter_api::cloudevents::{self, Exported};
 use baker_adapter_api::{Destination, Headers, Message, Native, Properties};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
@@ -53,7 +58,26 @@ pub fn from_mqtt(publish: &Arc<Publish>) -> Message {
         expiration_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
         ..Default::default()
     };
+    // Structured mode (the event in the payload) passes as it is.
+    let structured = (p.content_type.as_deref()).is_some_and(|c| {
+        c.to_ascii_lowercase()
+            .starts_with("application/cloudevents")
+    });
+    if !structured {
+        let content_type = message.properties.content_type.clone();
+        cloudevents::import(
+            &mut message.headers,
+            content_type.as_deref(),
+            mqtt_attribute,
+        );
+    }
     message
+}
+
+/// The CloudEvents attribute a user property carries, if it is one: in the
+/// MQTT binding, the property is named as the attribute.
+fn mqtt_attribute(name: &str) -> Option<&str> {
+    cloudevents::is_attribute_name(name).then_some(name)
 }
 
 /// Whether MQTT can carry `text` as a UTF-8 string: no NUL character (the
@@ -74,9 +98,15 @@ pub fn to_mqtt(message: &Message) -> (PublishProperties, usize) {
     let native = native.as_deref().and_then(|p| p.properties.as_ref());
     let mut skipped = 0;
     let mut user_properties = Vec::with_capacity(message.headers.len());
+    let event = cloudevents::is_binary(&message.headers);
     for (name, value) in message.headers.iter() {
-        if valid_string(name) && valid_string(value) {
-            user_properties.push((name.to_owned(), value.to_owned()));
+        let (name, value) = match cloudevents::exported(event, name, value) {
+            Exported::Header(name, value) | Exported::Attribute(name, value) => (name, value),
+            // Carried as the content type (below).
+            Exported::ContentType => continue,
+        };
+        if valid_string(name) && valid_string(&value) {
+            user_properties.push((name.to_owned(), value.into_owned()));
         } else {
             skipped += 1;
         }
@@ -100,7 +130,9 @@ pub fn to_mqtt(message: &Message) -> (PublishProperties, usize) {
         response_topic: message.reply_to.clone().filter(|r| valid_topic_name(r)),
         correlation_data,
         user_properties,
-        content_type: p.content_type.clone().filter(|c| valid_string(c)),
+        content_type: cloudevents::content_type(&message.headers, p.content_type.as_deref())
+            .map(|c| c.into_owned())
+            .filter(|c| valid_string(c)),
         ..Default::default()
     };
     (properties, skipped)
