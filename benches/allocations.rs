@@ -352,6 +352,7 @@ fn baker(
         version_routing: HashMap::new(),
         zones: Default::default(),
         shadows: HashMap::new(),
+        traces: None,
         allowed_brokers: Vec::new(),
         interest,
     };

@@ -20,3 +20,4 @@ pub mod schemas;
 pub mod shutdown;
 pub mod sidecar;
 pub mod status;
+pub mod traces;

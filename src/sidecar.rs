@@ -28,6 +28,7 @@ use crate::router::undelivered::UndeliveredReporter;
 use crate::router::zones::ZoneRouting;
 use crate::router::{self, Journey, JourneyConfig, PolicyKind, RoutingTable, TableBuilder};
 use crate::shutdown::{self, Shutdown};
+use crate::traces::{TraceSettings, Traces};
 use baker_adapter_api::Backoff;
 
 /// Errors that stop the sidecar from starting.
@@ -52,6 +53,9 @@ pub enum SidecarError {
     /// The ingress adapter is not in this build.
     #[error("adapter {0:?} is not built into this baker-mq")]
     UnknownAdapter(String),
+    /// Traces cannot be exported.
+    #[error(transparent)]
+    Traces(#[from] crate::traces::TracesError),
 }
 
 /// What a running router exposes.
@@ -62,6 +66,8 @@ pub struct RouterParts {
     pub ingress: IngressState,
     /// The router's tasks.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Its traces, when on: to flush once the tasks ended.
+    pub traces: Option<Arc<Traces>>,
 }
 
 /// What a router needs to know.
@@ -84,6 +90,8 @@ pub struct RouterSpec {
     pub zones: ZoneRouting,
     /// Shadow rules by service.
     pub shadows: HashMap<String, ShadowRule>,
+    /// Where traces of routed messages go, if anywhere.
+    pub traces: Option<TraceSettings>,
     /// Brokers the router may connect to besides its own; empty: any.
     pub allowed_brokers: Vec<String>,
     /// The services the router follows.
@@ -115,15 +123,25 @@ pub fn start_router(
         &spec.broker,
         adapters.clone(),
     ));
-    let journey = Arc::new(
-        Journey::new(
-            table.clone(),
-            spec.journey,
-            undelivered.clone(),
-            Some(replies.clone()),
-        )
-        .with_interest(spec.interest.clone()),
-    );
+    let traces = match &spec.traces {
+        Some(settings) => {
+            let traces = Traces::start(settings, adapter.messaging_system())?;
+            tracing::info!(endpoint = %settings.endpoint, "exporting traces of routed messages");
+            Some(Arc::new(traces))
+        }
+        None => None,
+    };
+    let mut journey = Journey::new(
+        table.clone(),
+        spec.journey,
+        undelivered.clone(),
+        Some(replies.clone()),
+    )
+    .with_interest(spec.interest.clone());
+    if let Some(traces) = &traces {
+        journey = journey.with_traces(traces.clone());
+    }
+    let journey = Arc::new(journey);
     let ingress_state = IngressState::default();
     let mut tasks = vec![
         tokio::spawn(router::follow_catalog(
@@ -156,6 +174,7 @@ pub fn start_router(
         table,
         ingress: ingress_state,
         tasks,
+        traces,
     })
 }
 
@@ -317,6 +336,7 @@ pub async fn run(
         });
     }
 
+    let mut traces = None;
     let (table, ingress) = if settings.router {
         let instances: Vec<(&str, &str)> = (settings.registrations.iter())
             .map(|r| (r.record.service.as_str(), r.record.id.as_str()))
@@ -337,6 +357,7 @@ pub async fn run(
                 version_routing: settings.version_routing.clone(),
                 zones: settings.zones.clone(),
                 shadows: settings.shadows.clone(),
+                traces: settings.traces.clone(),
                 allowed_brokers: settings.allowed_brokers.clone(),
                 interest,
             },
@@ -345,6 +366,7 @@ pub async fn run(
             shutdown.clone(),
         )?;
         tasks.extend(parts.tasks);
+        traces = parts.traces;
         (Some(parts.table), parts.ingress)
     } else {
         (None, IngressState::default())
@@ -399,6 +421,10 @@ pub async fn run(
     shutdown.trigger();
     for task in tasks {
         let _ = task.await;
+    }
+    if let Some(traces) = traces {
+        // The last spans, then the exporter's thread.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
     adapters.flush(Duration::from_secs(5)).await;
     Ok(())

@@ -15,6 +15,7 @@ mod registration;
 mod secret;
 mod security;
 mod shadow;
+mod traces;
 mod zones;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ use crate::router::outlier::OutlierConfig;
 use crate::router::shadow::ShadowRule;
 use crate::router::zones::ZoneRouting;
 use crate::router::{JourneyConfig, PolicyKind};
+use crate::traces::TraceSettings;
 
 /// The variable that may hold the admin API's token itself.
 pub const ADMIN_TOKEN_VARIABLE: &str = "BAKER_ADMIN_TOKEN";
@@ -82,6 +84,8 @@ pub struct Settings {
     pub zones: ZoneRouting,
     /// Shadow rules by service.
     pub shadows: HashMap<String, ShadowRule>,
+    /// Where traces of routed messages go, if anywhere.
+    pub traces: Option<TraceSettings>,
     /// Whether to route.
     pub router: bool,
     /// Whether registered instances are shown in their broker's discovery.
@@ -336,6 +340,7 @@ impl Config {
             version_routing: self.version_routing()?,
             zones,
             shadows: self.shadows()?,
+            traces: self.traces()?,
             router: !(self.cli.no_router || self.file.no_router),
             announce: !(self.cli.no_announce || self.file.no_announce),
             journey: JourneyConfig {

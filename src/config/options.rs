@@ -239,6 +239,19 @@ pub struct Options {
     #[arg(long, env = "BAKER_QUEUE_GROUP", value_name = "NAME")]
     pub queue_group: Option<String>,
 
+    /// OpenTelemetry collector to export traces of routed messages to, over
+    /// OTLP/HTTP (protobuf): its base URL, `http://HOST:4318`, to whose
+    /// `/v1/traces` spans are posted. One span per routed message, a child
+    /// of the publisher's `traceparent` [default: none, no traces]
+    #[arg(long, env = "BAKER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Percent of the messages that arrive without a sampled parent span
+    /// that are traced; those whose publisher's span was sampled always are
+    /// [default: 100]
+    #[arg(long, env = "BAKER_TRACE_SAMPLE_PERCENT", value_name = "PERCENT")]
+    pub trace_sample_percent: Option<f64>,
+
     /// Log filter, e.g. `debug` or `baker_mq=debug` [default: Baker at info, libraries at warn]
     #[arg(long, env = "BAKER_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,

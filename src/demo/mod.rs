@@ -188,6 +188,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
             version_routing: HashMap::new(),
             zones: Default::default(),
             shadows: HashMap::new(),
+            traces: None,
             allowed_brokers: Vec::new(),
             interest,
         },

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use baker_adapter_api::{header, Delivery, Destination, Message, Settlement, Settling};
+use futures::future::Either;
+use opentelemetry::context::FutureExt as _;
 
 use super::attempts::{admitted_from, attempt_text, FailedAttempts};
 use super::outlier::OutlierConfig;
@@ -19,6 +21,7 @@ use super::shadow::ShadowCopy;
 use super::table::{RoutingTable, ServiceRoute};
 use super::undelivered::{Cause, UndeliveredReporter};
 use crate::directory::Interest;
+use crate::traces::Traces;
 
 /// Tunables of the journey.
 #[derive(Debug, Clone)]
@@ -84,6 +87,8 @@ pub struct Journey {
     /// The services the router follows: a message for another one waits for
     /// its first view. None: the table holds every service.
     interest: Option<Arc<Interest>>,
+    /// Where spans of routed messages go, when traces are on.
+    pub(super) traces: Option<Arc<Traces>>,
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -110,7 +115,14 @@ impl Journey {
             undelivered,
             replies,
             interest: None,
+            traces: None,
         }
+    }
+
+    /// Gives each routed message a span in `traces`.
+    pub fn with_traces(mut self, traces: Arc<Traces>) -> Self {
+        self.traces = Some(traces);
+        self
     }
 
     /// Learns the services messages name into `interest`: a message for a
@@ -149,6 +161,10 @@ impl Journey {
     /// that cannot complete at once): the caller carries it with
     /// [`Journey::carry_picked`].
     pub fn try_carry(&self, mut delivery: Delivery) -> Quick {
+        if self.traces.is_some() {
+            // Its span lives through the journey.
+            return Quick::Wait(delivery, None);
+        }
         let started = Instant::now();
         let message = &mut delivery.message;
         if message.payload.len() > self.config.max_payload
@@ -208,8 +224,14 @@ impl Journey {
         // wait for a new service, retries, broadcast copies) is boxed where
         // it happens, so that the common journey stays small.
         let mut copy = None;
+        let traced = (self.traces.as_ref()).map(|t| t.begin(&mut message, &destination));
         let (mut outcome, ack) = {
             let route = self.route(&mut message, &destination, hops, started, picked, &mut copy);
+            // Boxed where traced: the span's context around every poll.
+            let route = match &traced {
+                Some(context) => Either::Left(Box::pin(route.with_context(context.clone()))),
+                None => Either::Right(route),
+            };
             tokio::pin!(route);
             match ack.progress_interval() {
                 None => (route.await, ack),
@@ -238,7 +260,10 @@ impl Journey {
                 None,
                 &mut copy,
             );
-            outcome = Box::pin(again).await;
+            outcome = match &traced {
+                Some(context) => Box::pin(again.with_context(context.clone())).await,
+                None => Box::pin(again).await,
+            };
         }
         // Settling is part of the journey: what it has left to do (a dead
         // letter to publish, a pause before a hand-back) holds the message's
@@ -259,6 +284,13 @@ impl Journey {
             }
         };
         settling.await;
+        if let Some(context) = &traced {
+            let failure = match &outcome {
+                Outcome::Delivered => None,
+                Outcome::Undeliverable(failure) => Some(failure.reason.as_str()),
+            };
+            crate::traces::settled(context, failure);
+        }
         // The original is settled: its shadow copy, if any, cannot touch it.
         if let Some(copy) = copy {
             Box::pin(self.send_shadow(copy)).await;

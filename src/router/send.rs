@@ -20,6 +20,9 @@ impl Journey {
         message: &Message,
     ) -> Result<(), SendError> {
         let stats = &instance.stats;
+        if self.traces.is_some() {
+            crate::traces::sending(&instance.record.id);
+        }
         stats.outstanding.fetch_add(1, Ordering::Relaxed);
         let result = match self.proxy_for(instance, message) {
             Some(proxy) => Box::pin(send_proxied(proxy, instance, destination, message)).await,

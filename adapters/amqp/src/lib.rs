@@ -165,6 +165,11 @@ impl Adapter for AmqpAdapter {
         NAME
     }
 
+    /// OpenTelemetry's well-known value for RabbitMQ.
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     fn default_broker(&self) -> &'static str {
         DEFAULT_BROKER
     }

@@ -234,6 +234,13 @@ pub trait Adapter: Send + Sync + 'static {
         self.roles().provisioning
     }
 
+    /// Its protocol's name in OpenTelemetry's `messaging.system` attribute
+    /// (the conventions' well-known value where there is one); the adapter's
+    /// name by default.
+    fn messaging_system(&self) -> &'static str {
+        self.name()
+    }
+
     /// Its application client, if it has one: for the demo and tools.
     fn app_client(&self) -> Option<&dyn AppClient> {
         self.roles().app_client
