@@ -42,7 +42,12 @@ pub struct Agent {
     drain_timeout: Duration,
     /// The ingress its instances are announced under, if they are.
     announce: Option<IngressOptions>,
+    /// The ingress prefix of this sidecar: where its instances' rejects go.
+    prefix: String,
 }
+
+/// The ingress prefix an agent assumes unless told.
+const DEFAULT_PREFIX: &str = "baker";
 
 /// How long deregistration may take at shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -143,7 +148,15 @@ impl Agent {
             drains,
             drain_timeout,
             announce: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
         }
+    }
+
+    /// Sends what its instances' consumers reject to the dead letters of the
+    /// routers under ingress `prefix` (default `baker`).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
     }
 
     /// Shows each instance in its broker's own service discovery (where its
@@ -190,13 +203,14 @@ impl Agent {
                 checks.clone(),
             ));
         }
+        let following = tokio::spawn(follow_inbox(self.adapters.clone(), record.clone()));
         let announcing = self.announce.as_ref().map(|ingress| {
             let announced = self.announced(&record, ingress, statuses.clone());
             tokio::spawn(announce(self.adapters.clone(), announced))
         });
         let registered = &self.registered[index];
         let serving = async {
-            prepare_inbox(&self.adapters, &record).await;
+            prepare_inbox(&self.adapters, &record, &self.prefix).await;
             keep_registered(&self.client, &mut record, registered, statuses).await
         };
         tokio::select! {
@@ -214,6 +228,7 @@ impl Agent {
         if let Some(task) = announcing {
             task.abort();
         }
+        following.abort();
         self.drains.set(index, Lifecycle::Drained);
         // Drained on purpose: no longer a reason for the process not to be
         // ready.
@@ -325,7 +340,7 @@ impl Agent {
 /// Creates what the instance's inbox needs on its broker (an AMQP queue, for
 /// instance), retrying until it succeeds: registering an instance whose inbox
 /// does not exist would send its messages nowhere.
-async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord) {
+async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord, prefix: &str) {
     // Config validation refuses unknown adapters; an adapter without
     // provisioning needs nothing.
     let Some(adapter) = adapters
@@ -341,7 +356,10 @@ async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord) {
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut reported = false;
-    while let Err(error) = adapter.prepare_inbox(&endpoint, &record.metadata).await {
+    while let Err(error) = adapter
+        .prepare_inbox(&endpoint, &record.metadata, prefix)
+        .await
+    {
         if !reported {
             tracing::warn!(service = %record.service, id = %record.id, %error,
                 "cannot prepare the instance's inbox; retrying before registering");
@@ -377,6 +395,34 @@ async fn announce(adapters: AdapterRegistry, announced: Announced) {
                 if !reported {
                     tracing::warn!(service = %announced.service, id = %announced.id, %error,
                         "cannot show the instance in its broker's service discovery; retrying");
+                    reported = true;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Keeps what `record`'s inbox needs while it is registered (see
+/// `Provisioning::follow_inbox`), retrying with backoff until the broker
+/// takes it, then holds it until aborted.
+async fn follow_inbox(adapters: AdapterRegistry, record: InstanceRecord) {
+    let Some(provisioning) =
+        (adapters.get(&record.endpoint.adapter)).and_then(|a| a.provisioning())
+    else {
+        return;
+    };
+    let endpoint = endpoint_of(&record);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut reported = false;
+    loop {
+        match provisioning.follow_inbox(&endpoint, &record.service).await {
+            Ok(None) => return,
+            Ok(Some(_following)) => return std::future::pending().await,
+            Err(error) => {
+                if !reported {
+                    tracing::warn!(service = %record.service, id = %record.id, %error,
+                        "cannot follow the instance's inbox for what its consumer refuses; retrying");
                     reported = true;
                 }
                 tokio::time::sleep(backoff.next_delay()).await;

@@ -380,6 +380,7 @@ pub async fn run(
         settings.registrations.clone(),
         settings.drain_timeout,
     );
+    agent = agent.with_prefix(&settings.ingress.prefix);
     if settings.announce {
         agent = agent.with_announcing(settings.ingress.clone());
     }

@@ -47,6 +47,8 @@ pub(super) struct Fleet {
     adapter: Arc<dyn Adapter>,
     broker_url: String,
     service: String,
+    /// The routers' ingress prefix: where the instances' rejects go.
+    prefix: String,
     /// Distinct sequence numbers received by any instance.
     seen: Arc<Mutex<HashSet<u64>>>,
     health_url: String,
@@ -60,7 +62,7 @@ impl Fleet {
         client: DirectoryClient,
         adapter: Arc<dyn Adapter>,
         broker_url: String,
-        service: String,
+        (service, prefix): (String, String),
         shutdown: Shutdown,
     ) -> Result<Self, DemoError> {
         let health = HealthFlags::default();
@@ -70,6 +72,7 @@ impl Fleet {
             adapter,
             broker_url,
             service,
+            prefix,
             seen: Arc::default(),
             health_url,
             health,
@@ -157,7 +160,8 @@ impl Fleet {
             AdapterRegistry::builtin(),
             vec![Registered { record, check }],
             Duration::from_secs(10),
-        );
+        )
+        .with_prefix(&self.prefix);
         let agent_stop = Shutdown::new();
         let agent = tokio::spawn(agent.run(agent_stop.clone()));
         self.instances.push(Instance {

@@ -202,7 +202,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         client.clone(),
         adapter.clone(),
         broker_url.clone(),
-        service.clone(),
+        (service.clone(), prefix.clone()),
         shutdown.clone(),
     )
     .await?;

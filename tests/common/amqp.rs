@@ -114,6 +114,15 @@ impl Vhost {
         vhost
     }
 
+    /// Sets policy `name` on the vhost (`rabbitmqctl set_policy -p VHOST
+    /// NAME PATTERN DEFINITION --apply-to queues`).
+    #[allow(dead_code)]
+    pub fn set_policy(&self, name: &str, pattern: &str, definition: Value) {
+        let body = json!({"pattern": pattern, "definition": definition, "apply-to": "queues"});
+        let path = format!("policies/{}/{name}", segment(&self.name));
+        management(Method::PUT, &path, Some(body));
+    }
+
     /// Gives guest every permission on the vhost (`rabbitmqctl
     /// set_permissions -p VHOST guest '.*' '.*' '.*'`).
     pub fn grant_guest(&self) {

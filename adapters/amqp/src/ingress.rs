@@ -109,6 +109,22 @@ async fn open_consumer(
 }
 
 async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
+    declare_pair(channel, &names.exchange, &names.queue).await?;
+    declare_dead_letters(channel, names).await
+}
+
+/// Declares the dead-letter exchange and queue of `names` (the routers'
+/// own, where instances' queues dead-letter what their consumers refuse).
+pub(crate) async fn declare_dead_letters(channel: &Channel, names: &Names) -> lapin::Result<()> {
+    declare_pair(channel, &names.dlx, &names.dead_letters).await
+}
+
+/// A durable topic exchange and a durable queue bound to all of it.
+async fn declare_pair(
+    channel: &Channel,
+    exchange: &ShortString,
+    queue: &ShortString,
+) -> lapin::Result<()> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -118,31 +134,26 @@ async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
         ..Default::default()
     };
     let none = FieldTable::default;
-    for (exchange, queue) in [
-        (&names.exchange, &names.queue),
-        (&names.dlx, &names.dead_letters),
-    ] {
-        channel
-            .exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                none(),
-            )
-            .await?;
-        channel
-            .queue_declare(queue.clone(), durable_queue, none())
-            .await?;
-        channel
-            .queue_bind(
-                queue.clone(),
-                exchange.clone(),
-                "#".into(),
-                QueueBindOptions::default(),
-                none(),
-            )
-            .await?;
-    }
+    channel
+        .exchange_declare(
+            exchange.clone(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            none(),
+        )
+        .await?;
+    channel
+        .queue_declare(queue.clone(), durable_queue, none())
+        .await?;
+    channel
+        .queue_bind(
+            queue.clone(),
+            exchange.clone(),
+            "#".into(),
+            QueueBindOptions::default(),
+            none(),
+        )
+        .await?;
     Ok(())
 }
 

@@ -45,6 +45,9 @@ use egress::AmqpTarget;
 pub use error::AmqpError;
 use ingress::{AmqpIngress, Names};
 use link::{redact, Link};
+
+/// The queue argument naming where a queue dead-letters.
+const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
 use publisher::{Publish, Publisher};
 
 /// Default broker URL.
@@ -354,6 +357,7 @@ impl Provisioning for AmqpAdapter {
         &self,
         endpoint: &Endpoint,
         options: &BTreeMap<String, String>,
+        prefix: &str,
     ) -> Result<(), AdapterError> {
         check_url(&endpoint.broker)?;
         self.validate_inbox(&endpoint.inbox)?;
@@ -377,9 +381,38 @@ impl Provisioning for AmqpAdapter {
             durable: true,
             ..Default::default()
         };
-        self.declare_inbox(endpoint, durable, arguments, "declaring")
+        // What the instance rejects (basic.reject or basic.nack without
+        // requeue) goes to the routers' dead letters, with RabbitMQ's
+        // `x-death` saying why and from where.
+        let names = Names::new(prefix, "");
+        let channel = self.own_channel(&endpoint.broker).await?;
+        let declared = ingress::declare_dead_letters(&channel, &names).await;
+        let _ = channel.close(200, "dead letters declared".into()).await;
+        declared
+            .map_err(|e| broker_error(&endpoint.broker, format!("declaring {}: {e}", names.dlx)))?;
+        let mut with_dead_letters = arguments.clone();
+        with_dead_letters.insert(
+            DEAD_LETTER_EXCHANGE.into(),
+            AMQPValue::LongString(names.dlx.as_str().into()),
+        );
+        match self
+            .declare_inbox(endpoint, durable, with_dead_letters, "declaring")
             .await
-            .map(drop)
+        {
+            Ok(_) => Ok(()),
+            // A queue declared before Baker set a dead-letter exchange on
+            // inboxes cannot take one by a new declaration: it keeps what it
+            // has, and a policy gives it one (docs/protocols.md).
+            Err(error) if error.to_string().contains(DEAD_LETTER_EXCHANGE) => {
+                tracing::warn!(inbox = %endpoint.inbox, dlx = %names.dlx,
+                    "this inbox queue was declared without a dead-letter exchange argument, and a queue's arguments cannot change: \
+                     what its consumer rejects goes where a RabbitMQ policy says, else nowhere (docs/protocols.md)");
+                self.declare_inbox(endpoint, durable, arguments, "declaring")
+                    .await
+                    .map(drop)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The inbox queue's ready messages (a passive declare). Messages the

@@ -309,13 +309,30 @@ pub trait Replies: Send + Sync {
 pub trait Provisioning: Send + Sync {
     /// Creates what an instance's inbox needs on its broker before the
     /// instance is registered. `options` are the instance's metadata;
-    /// adapters document the keys they read. The default needs nothing.
+    /// adapters document the keys they read. `prefix` is the ingress prefix
+    /// of the sidecar registering it: what the instance refuses goes to the
+    /// dead letters of that prefix's routers, where the protocol lets a
+    /// consumer refuse. The default needs nothing.
     async fn prepare_inbox(
         &self,
         _endpoint: &Endpoint,
         _options: &BTreeMap<String, String>,
+        _prefix: &str,
     ) -> Result<(), AdapterError> {
         Ok(())
+    }
+
+    /// Keeps what the inbox at `endpoint` of an instance of `service` needs
+    /// while the instance is registered, until the returned value is
+    /// dropped: forwarding what its consumer refuses to the dead letters,
+    /// where the broker only tells of it. `None` when there is nothing to
+    /// keep (the default).
+    async fn follow_inbox(
+        &self,
+        _endpoint: &Endpoint,
+        _service: &str,
+    ) -> Result<Option<crate::Announcement>, AdapterError> {
+        Ok(None)
     }
 
     /// How many messages wait in the inbox at `endpoint`, not yet taken by

@@ -36,7 +36,8 @@ pub struct Announced {
     pub status: Arc<dyn Fn() -> &'static str + Send + Sync>,
 }
 
-/// Answers for an announced instance until dropped.
+/// A task kept for an instance while it is registered (answering for it,
+/// following its inbox): it ends when this is dropped.
 pub struct Announcement(tokio::task::JoinHandle<()>);
 
 impl Announcement {

@@ -11,6 +11,8 @@
 //! - `egress`: publishing to an instance's inbox
 //! - `inbox`: an instance's inbox subscription and a router's reply inbox
 //! - `services`: the NATS Services API for the instances an agent registers
+//! - `terminated`: what consumers of durable inboxes terminate, to the dead
+//!   letters
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ mod link;
 mod overlap;
 mod services;
 mod settings;
+mod terminated;
 mod url;
 
 pub use async_nats;
@@ -262,6 +265,7 @@ impl Provisioning for NatsAdapter {
         &self,
         endpoint: &Endpoint,
         _options: &BTreeMap<String, String>,
+        _prefix: &str,
     ) -> Result<(), AdapterError> {
         if !settings::durable_inbox(&endpoint.broker) {
             return Ok(());
@@ -269,6 +273,22 @@ impl Provisioning for NatsAdapter {
         self.validate_inbox(&endpoint.inbox)?;
         let client = self.client(&endpoint.broker).await?;
         durable::create_inbox_stream(client, &endpoint.broker, &endpoint.inbox).await
+    }
+
+    /// For a durable inbox: forwards what its consumers terminate to the
+    /// dead letters (see `terminated`).
+    async fn follow_inbox(
+        &self,
+        endpoint: &Endpoint,
+        service: &str,
+    ) -> Result<Option<Announcement>, AdapterError> {
+        if !settings::durable_inbox(&endpoint.broker) {
+            return Ok(None);
+        }
+        let client = self.client(&endpoint.broker).await?;
+        terminated::follow(client, &endpoint.broker, &endpoint.inbox, service)
+            .await
+            .map(Some)
     }
 }
 
