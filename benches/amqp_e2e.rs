@@ -62,7 +62,7 @@ use common::baker::{start_directory, start_sidecar, Sidecar};
 use common::measure::Path;
 use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, stop_child, Created};
-use common::report::{self, Report};
+use common::report::Report;
 use common::rounds::{self, Sizes};
 use common::{env_or, run_id};
 
@@ -262,11 +262,7 @@ async fn bench() -> bool {
         ],
         target: None,
     };
-    let passed = report::print(&plan, &report, &results);
-    if let Some(overload) = &overload {
-        overload::print(overload, &memory);
-    }
-    passed
+    overload::print_report(&plan, &report, &results, overload.as_ref(), &memory)
 }
 
 fn main() {

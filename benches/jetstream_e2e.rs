@@ -71,10 +71,10 @@ use baker_adapter_nats::stream_name;
 use common::baker::{start_directory, start_sidecar, Sidecar};
 use common::confirms::{Confirm, Confirms};
 use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
-use common::nats::{connect, nats_server_pid, nats_url, relay_env, relay_runtime};
+use common::nats::{connect, nats_server_pid, nats_url, relay_env, relay_runtime, RELAY_RATIOS};
 use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, kill_children, spawn_self, stop_child, Created};
-use common::report::{self, Report};
+use common::report::Report;
 use common::rounds::{self, Load, Plan, Sizes};
 use common::stamp::now_ns;
 use common::{env_or, run_id};
@@ -513,19 +513,10 @@ async fn bench() -> bool {
             relay_runtime()
         ),
         notes: vec!["CPU hop is the relay's or baker-mq's process; CPU broker is nats-server's; confirmed = acked by the stream".to_owned()],
-        ratios: vec![
-            ("baker-mq", "relay"),
-            ("baker-mq", "direct"),
-            ("relay", "direct"),
-            ("baker-mq", "relay+hdr"),
-        ],
+        ratios: RELAY_RATIOS.to_vec(),
         target: Some(("baker-mq", "relay", 0.9)),
     };
-    let passed = report::print(&plan, &report, &results);
-    if let Some(overload) = &overload {
-        overload::print(overload, &memory);
-    }
-    passed
+    overload::print_report(&plan, &report, &results, overload.as_ref(), &memory)
 }
 
 fn main() {

@@ -63,7 +63,7 @@ use common::baker::{free_addr, start_directory, start_sidecar};
 use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
 use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, run_relay, spawn_child, spawn_self};
-use common::report::{self, Report};
+use common::report::Report;
 use common::rounds::{self, Load, Plan, Sizes};
 use common::stamp::now_ns;
 use common::{run_id, READY_TIMEOUT, RUN_DEADLINE};
@@ -480,11 +480,7 @@ async fn bench() -> bool {
         ],
         target: Some(("baker-mq B→A", "bridge B→A", 1.0)),
     };
-    let passed = report::print(&plan, &report, &results);
-    if let Some(overload) = &overload {
-        overload::print(overload, &memory);
-    }
-    passed
+    overload::print_report(&plan, &report, &results, overload.as_ref(), &memory)
 }
 
 fn main() {

@@ -51,10 +51,11 @@ use common::baker::{start_directory, start_sidecar, Sidecar};
 use common::measure::{Closed, Consumer, Mode, Next, Path, Published, Publisher, Route, Timing};
 use common::nats::{
     connect, inbox_subject, nats_server_pid, nats_url, relay_env, relay_runtime, run_relay,
+    RELAY_RATIOS,
 };
 use common::overload::{self, rss_kib, Overload};
 use common::procs::{bench_main, spawn_self};
-use common::report::{self, Report};
+use common::report::Report;
 use common::rounds::{self, Load, Plan, Sizes};
 use common::stamp::now_ns;
 use common::{env_or, run_id};
@@ -360,19 +361,10 @@ async fn bench() -> bool {
         notes: vec![
             "CPU hop is the relay's or baker-mq's process; CPU broker is nats-server's".to_owned(),
         ],
-        ratios: vec![
-            ("baker-mq", "relay"),
-            ("baker-mq", "direct"),
-            ("relay", "direct"),
-            ("baker-mq", "relay+hdr"),
-        ],
+        ratios: RELAY_RATIOS.to_vec(),
         target: Some(("baker-mq", "relay", 0.8)),
     };
-    let passed = report::print(&plan, &report, &results);
-    if let Some(overload) = &overload {
-        overload::print(overload, &memory);
-    }
-    passed
+    overload::print_report(&plan, &report, &results, overload.as_ref(), &memory)
 }
 
 fn main() {

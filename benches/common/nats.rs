@@ -11,6 +11,15 @@ use async_nats::{Client, ConnectOptions};
 use super::cpu::{cmdline, pids_named};
 pub use super::procs::{relay_runtime, run_relay, RELAY_RUNTIME_ENV};
 
+/// The ratios both NATS benches report: baker-mq against the relay (the
+/// target) and the direct path, and the relay's own cost.
+pub const RELAY_RATIOS: [(&str, &str); 4] = [
+    ("baker-mq", "relay"),
+    ("baker-mq", "direct"),
+    ("relay", "direct"),
+    ("baker-mq", "relay+hdr"),
+];
+
 pub const NATS_URL_ENV: &str = "BAKER_BENCH_NATS_URL";
 
 pub fn nats_url() -> String {

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use super::env_or;
 use super::measure::{next_tag, publish, Consumer, Mode, Next, Path, Route};
+use super::report::{self, Report};
+use super::rounds::{Plan, Results};
 use super::stamp::{publish_on_own_thread, read_tag};
 use super::RUN_DEADLINE;
 
@@ -248,4 +250,20 @@ pub fn print(overload: &Overload, runs: &[Memory]) -> bool {
         ok &= met;
     }
     ok
+}
+
+/// Prints the bench's report, then the overload table when it ran; whether
+/// the bench passed (the overload table informs, it does not fail a bench).
+pub fn print_report(
+    plan: &Plan,
+    report: &Report,
+    results: &Results,
+    overload: Option<&Overload>,
+    memory: &[Memory],
+) -> bool {
+    let passed = report::print(plan, report, results);
+    if let Some(overload) = overload {
+        print(overload, memory);
+    }
+    passed
 }

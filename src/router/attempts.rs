@@ -3,10 +3,8 @@
 
 use baker_adapter_api::{HeaderText, SendError};
 
-use super::journey::Failure;
-use super::policy::PolicyKind;
-use super::table::{InstanceRoute, ServiceRoute};
-use super::undelivered::Cause;
+use super::table::InstanceRoute;
+use super::undelivered::{Cause, Failure};
 
 /// What the failed attempts of one delivery said.
 pub(super) struct FailedAttempts {
@@ -66,25 +64,6 @@ impl FailedAttempts {
             attempts,
         )
     }
-}
-
-/// The first instance from `from` on (in ring order) that may take the
-/// message: not ejected, and under the weighted policy not of weight 0 (a
-/// retry must not reach an instance its policy never picks). If none may,
-/// `from` itself: an ejected instance is still a better chance than none.
-pub(super) fn admitted_from(service: &ServiceRoute, from: usize) -> usize {
-    let n = service.instances.len();
-    (0..n)
-        .map(|k| (from + k) % n)
-        .find(|&i| admits(service, &service.instances[i]))
-        .unwrap_or(from % n)
-}
-
-/// Whether `instance` of `service` may take a message: not ejected, and
-/// under the weighted policy not of weight 0.
-pub(super) fn admits(service: &ServiceRoute, instance: &InstanceRoute) -> bool {
-    let never_picked = service.kind == PolicyKind::Weighted && instance.record.weight == 0;
-    !instance.stats.outlier.is_ejected() && !never_picked
 }
 
 /// The `baker-attempt` value; small numbers are constants, so the first

@@ -13,12 +13,13 @@ use baker_adapter_api::{header, Delivery, Destination, Message, Settlement, Sett
 use futures::future::Either;
 use opentelemetry::context::FutureExt as _;
 
-use super::attempts::{admitted_from, attempt_text, FailedAttempts};
+use super::attempts::{attempt_text, FailedAttempts};
 use super::outlier::OutlierConfig;
 use super::policy::Pick;
 use super::reply::ReplyProxy;
 use super::shadow::ShadowCopy;
 use super::table::{RoutingTable, ServiceRoute};
+pub use super::undelivered::Failure;
 use super::undelivered::{Cause, UndeliveredReporter};
 use crate::directory::Interest;
 use crate::traces::Traces;
@@ -32,27 +33,6 @@ pub struct JourneyConfig {
     pub max_payload: usize,
     /// When failing instances are ejected.
     pub outlier: OutlierConfig,
-}
-
-/// Why a delivery failed for good.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// The kind of failure.
-    pub cause: Cause,
-    /// The reason given to the ingress (the `baker-error` header).
-    pub reason: String,
-    /// Send attempts made.
-    pub attempts: u32,
-}
-
-impl Failure {
-    pub(super) fn new(cause: Cause, reason: String, attempts: u32) -> Self {
-        Self {
-            cause,
-            reason,
-            attempts,
-        }
-    }
 }
 
 /// What [`Journey::try_carry`] did with a delivery.
@@ -192,7 +172,7 @@ impl Journey {
         let Pick::One(first) = service.policy.pick(&service.instances, message) else {
             return Quick::Wait(delivery, None);
         };
-        let instance = &service.instances[admitted_from(service, first)];
+        let instance = &service.instances[service.admitted_from(first)];
         if self.proxy_for(instance, message).is_some() {
             return Quick::Wait(delivery, Some(first));
         }
@@ -407,7 +387,7 @@ impl Journey {
         let mut failed = FailedAttempts::default();
         let mut cursor = first;
         for attempt in 1..=self.config.max_attempts {
-            let index = admitted_from(service, cursor);
+            let index = service.admitted_from(cursor);
             cursor = index + 1;
             let instance = &service.instances[index];
             if attempt > 1 {

@@ -1,6 +1,7 @@
 //! One send of a journey to one instance: through the reply proxy where a
 //! request needs it, then counted, with the instance ejected after failures
-//! in a row and readmitted after its ejection.
+//! in a row and readmitted after its ejection; and the send of a shadow
+//! copy once its original is settled.
 
 use std::sync::atomic::Ordering;
 
@@ -9,6 +10,7 @@ use baker_adapter_api::{Destination, Message, SendError};
 use super::journey::Journey;
 use super::outlier::Transition;
 use super::reply::ReplyProxy;
+use super::shadow::ShadowCopy;
 use super::table::InstanceRoute;
 
 impl Journey {
@@ -31,6 +33,16 @@ impl Journey {
         stats.outstanding.fetch_sub(1, Ordering::Relaxed);
         self.sent(instance, &result);
         result
+    }
+
+    /// Sends `copy` to one of its shadow instances, once; counts what
+    /// became of it.
+    pub(super) async fn send_shadow(&self, copy: Box<ShadowCopy>) {
+        let (Some(route), Some(instance)) = (copy.route(), copy.instance()) else {
+            return;
+        };
+        let sent = self.send(instance, &copy.destination, &copy.message).await;
+        route.count(sent.is_ok());
     }
 
     /// Counts a send's result for `instance` and ejects or readmits it.

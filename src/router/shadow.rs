@@ -17,111 +17,33 @@
 //! instances run the version is the directory's, so copies start as soon as
 //! an instance of it registers and stop when the last one leaves.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use baker_adapter_api::{header, Destination, Message};
 
-use super::journey::Journey;
 use super::policy::Pick;
-use super::table::{RoutingTable, ServiceRoute};
-
-/// Default of [`ShadowRule::max_in_flight`].
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 100;
-
-/// Which messages of a service are copied, and where to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShadowRule {
-    /// The version whose instances get the copies (and nothing else).
-    pub version: String,
-    /// Share of the messages copied, in thousandths (1 to 1000).
-    pub per_mille: u64,
-    /// Most copies in flight at once; more are dropped.
-    pub max_in_flight: usize,
-}
-
-/// A rule's counters, kept across routing tables: the copies in flight and
-/// the messages seen (for the share).
-#[derive(Debug, Default)]
-pub struct ShadowState {
-    in_flight: AtomicUsize,
-    seen: AtomicU64,
-}
-
-/// A service's shadow routing in one table.
-pub struct ShadowRoute {
-    /// The rule.
-    pub rule: ShadowRule,
-    /// Its instances of the rule's version, if any is routable.
-    pub group: Option<Box<ServiceRoute>>,
-    state: Arc<ShadowState>,
-    copies: ShadowCounters,
-}
-
-/// `baker_shadow_copies_total{service,outcome}`, per outcome.
-struct ShadowCounters {
-    sent: metrics::Counter,
-    failed: metrics::Counter,
-    dropped: metrics::Counter,
-}
-
-impl ShadowRoute {
-    /// The shadow routing of `service` under `rule`, with `state` carried
-    /// over from the table before, over `group` (its instances of the
-    /// rule's version, if any).
-    pub fn new(
-        service: &str,
-        rule: ShadowRule,
-        state: Arc<ShadowState>,
-        group: Option<ServiceRoute>,
-    ) -> Self {
-        let counter = |outcome: &'static str| {
-            let service = service.to_owned();
-            metrics::counter!("baker_shadow_copies_total", "service" => service, "outcome" => outcome)
-        };
-        Self {
-            rule,
-            group: group.map(Box::new),
-            state,
-            copies: ShadowCounters {
-                sent: counter("sent"),
-                failed: counter("failed"),
-                dropped: counter("dropped"),
-            },
-        }
-    }
-
-    /// Whether the next message is one of the share copied: the rule's
-    /// share of every run of 1,000 messages, spread evenly.
-    fn due(&self) -> bool {
-        let n = self.state.seen.fetch_add(1, Ordering::Relaxed);
-        let per_mille = self.rule.per_mille;
-        (n + 1) * per_mille / 1000 > n * per_mille / 1000
-    }
-}
-
-/// The states of the rules, by service, kept by the table builder.
-pub type ShadowStates = HashMap<String, Arc<ShadowState>>;
+pub use super::table::shadow::{
+    ShadowRoute, ShadowRule, ShadowState, ShadowStates, DEFAULT_MAX_IN_FLIGHT,
+};
+use super::table::{InstanceRoute, RoutingTable};
 
 /// A copy to send once its original is settled; holds its place in the
 /// rule's budget until dropped.
 pub struct ShadowCopy {
     state: Arc<ShadowState>,
     table: Arc<RoutingTable>,
-    service: String,
-    destination: Destination,
-    message: Message,
+    pub(super) destination: Destination,
+    pub(super) message: Message,
 }
 
 impl Drop for ShadowCopy {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.release();
     }
 }
 
 impl ShadowCopy {
-    /// A copy of `message` (delivered to `destination`) when `service`'s
+    /// A copy of `message` (delivered to `destination`) when its service's
     /// rule says this one is copied and its budget has room; the budget's
     /// overflow is counted.
     pub fn of(
@@ -130,60 +52,43 @@ impl ShadowCopy {
         message: &Message,
     ) -> Option<Box<ShadowCopy>> {
         let shadow = table.service(&destination.service)?.shadow.as_ref()?;
-        shadow.group.as_ref()?;
-        if !shadow.due() {
-            return None;
-        }
-        let in_flight = shadow.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        if in_flight >= shadow.rule.max_in_flight {
-            shadow.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            shadow.copies.dropped.increment(1);
-            return None;
-        }
+        let state = shadow.admit_copy()?;
         let mut copy = message.clone();
         copy.reply_to = None;
         copy.headers.remove(header::ATTEMPT);
         copy.headers.insert(header::SHADOW, "true");
         // Boxed: a journey keeps room for one, and most have none.
         Some(Box::new(ShadowCopy {
-            state: shadow.state.clone(),
+            state,
             table: table.clone(),
-            service: destination.service.clone(),
             destination: destination.clone(),
             message: copy,
         }))
     }
 
-    fn shadow(&self) -> Option<&ShadowRoute> {
-        self.table.service(&self.service)?.shadow.as_ref()
+    /// The service's shadow routing in the table the copy was taken from.
+    pub(super) fn route(&self) -> Option<&ShadowRoute> {
+        self.table
+            .service(&self.destination.service)?
+            .shadow
+            .as_ref()
     }
-}
 
-impl Journey {
-    /// Sends `copy` to one of its shadow instances (by the service's policy
-    /// among them), once; counts what became of it.
-    pub(super) async fn send_shadow(&self, copy: Box<ShadowCopy>) {
-        let Some(shadow) = copy.shadow() else {
-            return;
-        };
-        let Some(group) = shadow.group.as_deref() else {
-            return;
-        };
-        let index = match group.policy.pick(&group.instances, &copy.message) {
+    /// The shadow instance the copy goes to: one of the version's, by the
+    /// service's policy among them.
+    pub(super) fn instance(&self) -> Option<&InstanceRoute> {
+        let group = self.route()?.group.as_deref()?;
+        let index = match group.policy.pick(&group.instances, &self.message) {
             Pick::One(index) => index,
             Pick::All | Pick::Nobody => 0,
         };
-        let instance = &group.instances[super::attempts::admitted_from(group, index)];
-        let counter = match self.send(instance, &copy.destination, &copy.message).await {
-            Ok(()) => &shadow.copies.sent,
-            Err(_) => &shadow.copies.failed,
-        };
-        counter.increment(1);
+        Some(&group.instances[group.admitted_from(index)])
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -198,6 +103,7 @@ mod tests {
     use crate::router::journey::tests::Recorder;
     use crate::router::journey::Outcome;
     use crate::router::outlier::OutlierConfig;
+    use crate::router::Journey;
     use crate::router::{JourneyConfig, TableBuilder};
 
     /// A journey over `s`: `a` at version 1, `shadow` at version 2, on the
@@ -306,33 +212,11 @@ mod tests {
             .unwrap()
             .iter()
             .all(|s| *s == Settlement::Delivered));
-        assert_eq!(
-            state.in_flight.load(Ordering::Relaxed),
-            2,
-            "the budget, no more"
-        );
+        assert_eq!(state.in_flight(), 2, "the budget, no more");
         let waiting = journeys.iter().filter(|j| !j.is_finished()).count();
         assert_eq!(waiting, 2, "only the journeys whose copy waits");
         for journey in journeys {
             journey.abort();
-        }
-    }
-
-    #[test]
-    fn the_share_copied_is_exact_over_every_thousand_messages() {
-        for per_mille in [1, 100, 333, 500, 1000] {
-            let route = ShadowRoute::new(
-                "s",
-                ShadowRule {
-                    version: "2".into(),
-                    per_mille,
-                    max_in_flight: 1,
-                },
-                Arc::default(),
-                None,
-            );
-            let due = (0..3000).filter(|_| route.due()).count() as u64;
-            assert_eq!(due, 3 * per_mille, "{per_mille}‰");
         }
     }
 }

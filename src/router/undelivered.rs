@@ -29,6 +29,27 @@ pub enum Cause {
     Loop,
 }
 
+/// Why a delivery failed for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The kind of failure.
+    pub cause: Cause,
+    /// The reason given to the ingress (the `baker-error` header).
+    pub reason: String,
+    /// Send attempts made.
+    pub attempts: u32,
+}
+
+impl Failure {
+    pub(super) fn new(cause: Cause, reason: String, attempts: u32) -> Self {
+        Self {
+            cause,
+            reason,
+            attempts,
+        }
+    }
+}
+
 /// How many [`Cause`]s there are.
 const CAUSES: usize = 6;
 const _: () = assert!(

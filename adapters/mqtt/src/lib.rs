@@ -29,8 +29,6 @@ mod inbox;
 mod ingress;
 mod link;
 mod reply;
-mod session;
-mod settle;
 mod url;
 
 use std::collections::HashMap;
@@ -45,7 +43,7 @@ use baker_adapter_api::{
 };
 
 pub use error::{MqttError, UrlError};
-pub use settle::DEAD_LETTER_PREFIX;
+pub use ingress::DEAD_LETTER_PREFIX;
 pub use url::BrokerUrl;
 
 use connect::Brokers;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use baker_adapter_api::{Every, SendError, Settle, Settlement, Settling};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
+use super::Shared;
 use crate::acks::Acks;
 use crate::convert;
-use crate::ingress::Shared;
 use crate::link::Accepted;
 
 /// Prefix of the dead-letter topics: `_baker-dlq/<original topic>`.

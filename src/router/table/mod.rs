@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use baker_adapter_api::{Message, Target};
 
-use super::attempts::admits;
 use super::policy::{Candidate, Policy, PolicyKind};
-use super::shadow::ShadowRoute;
 use super::stats::label_value;
 pub use super::stats::InstanceStats;
 use crate::directory::interest::Use;
 use crate::directory::{Catalog, InstanceRecord};
+use shadow::ShadowRoute;
+
+pub mod shadow;
 
 /// How long a departed instance's counters stay in `/metrics`, so that the
 /// scrapes after it left still see its last increments.
@@ -144,16 +145,35 @@ impl ServiceRoute {
             return false;
         };
         match &self.local {
-            Some(local) => !local.instances.iter().any(|i| admits(local, i)),
+            Some(local) => !local.instances.iter().any(|i| local.admits(i)),
             None => !(self.instances.iter()).any(|i| i.record.zone.as_ref() == Some(zone)),
         }
+    }
+
+    /// Whether `instance` of the service may take a message: not ejected,
+    /// and under the weighted policy not of weight 0.
+    pub(super) fn admits(&self, instance: &InstanceRoute) -> bool {
+        let never_picked = self.kind == PolicyKind::Weighted && instance.record.weight == 0;
+        !instance.stats.outlier.is_ejected() && !never_picked
+    }
+
+    /// The first instance from `from` on (in ring order) that may take the
+    /// message ([`Self::admits`]: a retry must not reach an instance its
+    /// policy never picks). If none may, `from` itself: an ejected instance
+    /// is still a better chance than none.
+    pub(super) fn admitted_from(&self, from: usize) -> usize {
+        let n = self.instances.len();
+        (0..n)
+            .map(|k| (from + k) % n)
+            .find(|&i| self.admits(&self.instances[i]))
+            .unwrap_or(from % n)
     }
 
     /// The instances in the router's zone while one of them is admitted,
     /// else all of them (see [`super::zones`]).
     fn in_zone(&self) -> &ServiceRoute {
         match &self.local {
-            Some(local) if local.instances.iter().any(|i| admits(local, i)) => local,
+            Some(local) if local.instances.iter().any(|i| local.admits(i)) => local,
             _ => self,
         }
     }

@@ -36,9 +36,13 @@ use crate::acks::Acks;
 use crate::connect::Broker;
 use crate::convert;
 use crate::link::Link;
-use crate::session::{adopt, Takeovers};
-use crate::settle::Settler;
 use crate::MqttError;
+use session::{adopt, Takeovers};
+use settle::Settler;
+pub use settle::DEAD_LETTER_PREFIX;
+
+mod session;
+mod settle;
 
 /// How long closing waits for the broker to confirm the unsubscribe.
 const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);

@@ -19,8 +19,8 @@ use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, StateError};
 use rumqttc::Outgoing;
 
+use super::{IngressSpec, Shared};
 use crate::acks::Acks;
-use crate::ingress::{IngressSpec, Shared};
 
 /// How long a taken-over session stays a fault in `/readyz` after the last
 /// takeover.
