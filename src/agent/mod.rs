@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baker_adapter_api::{Announced, Endpoint, IngressOptions};
+use baker_adapter_api::{Announced, IngressOptions};
 use tokio::sync::watch;
 
 use crate::adapters::AdapterRegistry;
@@ -31,6 +31,9 @@ use crate::config::Registered;
 use crate::directory::{ClientError, DirectoryClient, InstanceRecord, Status};
 use crate::shutdown::Shutdown;
 use baker_adapter_api::Backoff;
+use broker::{announce, endpoint_of, follow_inbox, prepare_inbox};
+
+mod broker;
 
 /// Keeps a set of instances registered.
 pub struct Agent {
@@ -333,100 +336,6 @@ impl Agent {
             }
             Err(_) => tracing::warn!(service = %record.service, id = %record.id,
                 "deregistration timed out; the lease will expire"),
-        }
-    }
-}
-
-/// Creates what the instance's inbox needs on its broker (an AMQP queue, for
-/// instance), retrying until it succeeds: registering an instance whose inbox
-/// does not exist would send its messages nowhere.
-async fn prepare_inbox(adapters: &AdapterRegistry, record: &InstanceRecord, prefix: &str) {
-    // Config validation refuses unknown adapters; an adapter without
-    // provisioning needs nothing.
-    let Some(adapter) = adapters
-        .get(&record.endpoint.adapter)
-        .and_then(|a| a.provisioning())
-    else {
-        return;
-    };
-    let endpoint = Endpoint {
-        adapter: record.endpoint.adapter.clone(),
-        broker: record.endpoint.broker.clone(),
-        inbox: record.endpoint.inbox.clone(),
-    };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut reported = false;
-    while let Err(error) = adapter
-        .prepare_inbox(&endpoint, &record.metadata, prefix)
-        .await
-    {
-        if !reported {
-            tracing::warn!(service = %record.service, id = %record.id, %error,
-                "cannot prepare the instance's inbox; retrying before registering");
-            reported = true;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// Where `record`'s inbox is.
-fn endpoint_of(record: &InstanceRecord) -> Endpoint {
-    Endpoint {
-        adapter: record.endpoint.adapter.clone(),
-        broker: record.endpoint.broker.clone(),
-        inbox: record.endpoint.inbox.clone(),
-    }
-}
-
-/// Shows `announced` in its broker's own service discovery, retrying with
-/// backoff until the broker takes it, then holds it until aborted. Nothing
-/// to do where the adapter has no such discovery.
-async fn announce(adapters: AdapterRegistry, announced: Announced) {
-    let Some(announcing) = (adapters.get(&announced.endpoint.adapter)).and_then(|a| a.announcing())
-    else {
-        return;
-    };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut reported = false;
-    loop {
-        match announcing.announce(announced.clone()).await {
-            Ok(_announcement) => return std::future::pending().await,
-            Err(error) => {
-                if !reported {
-                    tracing::warn!(service = %announced.service, id = %announced.id, %error,
-                        "cannot show the instance in its broker's service discovery; retrying");
-                    reported = true;
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
-}
-
-/// Keeps what `record`'s inbox needs while it is registered (see
-/// `Provisioning::follow_inbox`), retrying with backoff until the broker
-/// takes it, then holds it until aborted.
-async fn follow_inbox(adapters: AdapterRegistry, record: InstanceRecord) {
-    let Some(provisioning) =
-        (adapters.get(&record.endpoint.adapter)).and_then(|a| a.provisioning())
-    else {
-        return;
-    };
-    let endpoint = endpoint_of(&record);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut reported = false;
-    loop {
-        match provisioning.follow_inbox(&endpoint, &record.service).await {
-            Ok(None) => return,
-            Ok(Some(_following)) => return std::future::pending().await,
-            Err(error) => {
-                if !reported {
-                    tracing::warn!(service = %record.service, id = %record.id, %error,
-                        "cannot follow the instance's inbox for what its consumer refuses; retrying");
-                    reported = true;
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
         }
     }
 }
