@@ -29,15 +29,7 @@ impl InstanceApp {
         let (connection, channel) = vhost.channel().await;
         common::amqp::declare_queue(&channel, queue).await;
         channel.basic_qos(20, Default::default()).await.unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "app".into(),
-                Default::default(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = common::amqp::consumer(&channel, queue).await;
         let inbox = Inbox::default();
         let paused = Arc::new(AtomicBool::new(false));
         let (received, hold) = (inbox.received.clone(), paused.clone());

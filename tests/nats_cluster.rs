@@ -45,7 +45,7 @@ async fn publish_with_retries(js: jetstream::Context, subject: String, total: u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_loses_a_node_mid_stream_and_routing_and_the_directory_go_on() {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), async {
+    bounded(TEST_TIMEOUT, async {
         let mut cluster = NatsCluster::start().await;
         let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
         let node = |i: usize| urls[i].clone();
@@ -191,6 +191,5 @@ async fn a_three_node_cluster_loses_a_node_mid_stream_and_routing_and_the_direct
             agent.kill();
         }
     })
-    .await
-    .expect("test timed out");
+    .await;
 }

@@ -20,22 +20,14 @@ use async_nats::jetstream::AckKind;
 use common::amqp::{self, Vhost};
 use common::*;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicRejectOptions, QueueDeclareOptions};
+use lapin::options::{BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Rejects, without requeue, the next message on `queue`; its payload.
 async fn reject_next(channel: &lapin::Channel, queue: &str) -> Vec<u8> {
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            unique("rejecter-").into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = amqp::consumer(channel, queue).await;
     let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
         .await
         .expect("a message for the instance")

@@ -90,7 +90,7 @@ async fn a_shadow_version_gets_copies_of_its_share_and_the_originals_lose_nothin
 /// publisher set one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_marked_and_never_answered_and_an_original_is_not_marked() {
-    tokio::time::timeout(scaled(TEST_TIMEOUT), async {
+    bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let ingress = Ingress::new();
         let service = unique("mark");
@@ -137,6 +137,5 @@ async fn a_copy_is_marked_and_never_answered_and_an_original_is_not_marked() {
         assert_eq!(copy.reply, None);
         assert_eq!(&copy.payload[..], b"x");
     })
-    .await
-    .expect("test timed out");
+    .await;
 }

@@ -55,24 +55,12 @@ mod tests {
             &["--shadow", "billing=3:100:7"],
         )
         .unwrap();
-        let orders = &s.shadows["orders"];
-        assert_eq!(
-            (
-                orders.version.as_str(),
-                orders.per_mille,
-                orders.max_in_flight
-            ),
-            ("2.4.0", 125, 100)
-        );
-        let billing = &s.shadows["billing"];
-        assert_eq!(
-            (
-                billing.version.as_str(),
-                billing.per_mille,
-                billing.max_in_flight
-            ),
-            ("3", 1000, 7)
-        );
+        let rule = |service: &str| {
+            let rule = &s.shadows[service];
+            (rule.version.clone(), rule.per_mille, rule.max_in_flight)
+        };
+        assert_eq!(rule("orders"), ("2.4.0".to_owned(), 125, 100));
+        assert_eq!(rule("billing"), ("3".to_owned(), 1000, 7));
     }
 
     #[test]

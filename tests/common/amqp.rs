@@ -321,11 +321,9 @@ fn text(value: &AMQPValue) -> String {
     }
 }
 
-/// Consumes `queue` (acking each message) into an [`Inbox`] of sequence
-/// numbers, and keeps every message in full.
-pub async fn consume(channel: &Channel, queue: &str) -> (Inbox, Arc<Mutex<Vec<Received>>>) {
-    declare_queue(channel, queue).await;
-    let mut consumer = channel
+/// A consumer of `queue` with manual acks, under a tag of its own.
+pub async fn consumer(channel: &Channel, queue: &str) -> lapin::Consumer {
+    channel
         .basic_consume(
             queue.into(),
             unique("test-").into(),
@@ -333,7 +331,14 @@ pub async fn consume(channel: &Channel, queue: &str) -> (Inbox, Arc<Mutex<Vec<Re
             FieldTable::default(),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Consumes `queue` (acking each message) into an [`Inbox`] of sequence
+/// numbers, and keeps every message in full.
+pub async fn consume(channel: &Channel, queue: &str) -> (Inbox, Arc<Mutex<Vec<Received>>>) {
+    declare_queue(channel, queue).await;
+    let mut consumer = consumer(channel, queue).await;
     let inbox = Inbox::default();
     let all = Arc::new(Mutex::new(Vec::new()));
     let (seqs, full) = (inbox.received.clone(), all.clone());
@@ -414,15 +419,7 @@ pub async fn close_baker_connections(vhost: &Vhost, expected: usize) -> usize {
 /// the task is aborted.
 pub async fn respond(responder: lapin::Channel, queue: &str) -> tokio::task::JoinHandle<()> {
     use futures::StreamExt;
-    let mut requests = responder
-        .basic_consume(
-            queue.into(),
-            unique("responder-").into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let mut requests = consumer(&responder, queue).await;
     tokio::spawn(async move {
         while let Some(Ok(request)) = requests.next().await {
             let reply_to = request
