@@ -19,6 +19,8 @@ struct InstanceApp {
     _connection: lapin::Connection,
     channel: lapin::Channel,
     queue: String,
+    /// The consumer's tag, to cancel it.
+    tag: lapin::types::ShortString,
     paused: Arc<AtomicBool>,
     finished: tokio::task::JoinHandle<()>,
 }
@@ -30,6 +32,7 @@ impl InstanceApp {
         common::amqp::declare_queue(&channel, queue).await;
         channel.basic_qos(20, Default::default()).await.unwrap();
         let mut consumer = common::amqp::consumer(&channel, queue).await;
+        let tag = consumer.tag();
         let inbox = Inbox::default();
         let paused = Arc::new(AtomicBool::new(false));
         let (received, hold) = (inbox.received.clone(), paused.clone());
@@ -50,6 +53,7 @@ impl InstanceApp {
             _connection: connection,
             channel,
             queue: queue.to_owned(),
+            tag,
             paused,
             finished,
         };
@@ -69,7 +73,7 @@ impl InstanceApp {
     /// returns how many are left in the queue.
     async fn stop(&self) -> u32 {
         self.channel
-            .basic_cancel("app".into(), Default::default())
+            .basic_cancel(self.tag.clone(), Default::default())
             .await
             .unwrap();
         while !self.finished.is_finished() {
