@@ -8,7 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::protocols::{Amqp, JetStream, Mqtt, NatsCore, Pace, Protocol};
+use common::protocols::mosquitto::Mqtt;
+use common::protocols::nats::{JetStream, NatsCore};
+use common::protocols::rabbitmq::Amqp;
+use common::protocols::{Pace, Protocol};
 use common::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);

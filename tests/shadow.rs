@@ -7,7 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::protocols::{Amqp, JetStream, Mqtt, NatsCore, Pace, Protocol};
+use common::protocols::mosquitto::Mqtt;
+use common::protocols::nats::{JetStream, NatsCore};
+use common::protocols::rabbitmq::Amqp;
+use common::protocols::{Pace, Protocol};
 use common::*;
 use futures::StreamExt;
 
