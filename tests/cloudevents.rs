@@ -141,11 +141,7 @@ async fn amqp_and_mqtt_events_arrive_in_the_nats_binding_and_structured_ones_unt
         let nats = connect().await;
         let url = nats_url();
         let service = unique("ce2n");
-        let mut inbox = nats
-            .subscribe(format!("_baker.{service}.n.>"))
-            .await
-            .unwrap();
-        nats.flush().await.unwrap();
+        let mut inbox = subscribe_inbox(&nats, &service, "n").await;
         let _agent =
             agent_registering("nats", &url, &dir.url(), &format!("service={service},id=n"));
         let amqp_router = amqp::router(&dir.url(), &vhost, &[]).await;

@@ -64,9 +64,8 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
         let dir = Directory::start_with(free_port(), &["--config", config.to_str().unwrap()]).await;
 
         let nats = connect().await;
-        let mut real = nats.subscribe(format!("_baker.{service}.o1.>")).await.unwrap();
-        let mut rogue = nats.subscribe(format!("_baker.{service}.rogue.>")).await.unwrap();
-        nats.flush().await.unwrap();
+        let mut real = subscribe_inbox(&nats, &service, "o1").await;
+        let mut rogue = subscribe_inbox(&nats, &service, "rogue").await;
         let state = files.path().join("agent-state");
         let state = state.to_str().unwrap();
         let agent_args = ["--directory-token-file", &orders_file, "--state-dir", state, "--ttl", "60"];

@@ -295,11 +295,7 @@ async fn a_message_without_headers_is_routed_without_a_header_block() {
         let ingress = Ingress::new();
         let service = unique("plain");
         let client = connect().await;
-        let mut inbox = client
-            .subscribe(format!("_baker.{service}.a.>"))
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
+        let mut inbox = subscribe_inbox(&client, &service, "a").await;
         let _agent = agent(&dir.url(), &service, "a", &[]);
         let router = Router::start(&dir.url(), &ingress, &[]).await;
         router

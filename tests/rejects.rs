@@ -20,8 +20,7 @@ use async_nats::jetstream::AckKind;
 use common::amqp::{self, Vhost};
 use common::*;
 use futures::StreamExt;
-use lapin::options::{BasicRejectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicRejectOptions;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -65,17 +64,7 @@ async fn what_an_instance_rejects_lands_in_the_dead_letters_and_old_queues_get_t
         let service = unique("rej");
         // `old` predates dead-letter exchanges on inboxes: declared bare.
         let old_queue = format!("_baker.{service}.old");
-        channel
-            .queue_declare(
-                old_queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        amqp::declare_queue(&channel, &old_queue).await;
         let _new = amqp::agent(&dir.url(), &vhost, &service, "new");
         let _old = amqp::agent(&dir.url(), &vhost, &service, "old");
         let router = amqp::router(&dir.url(), &vhost, &[]).await;

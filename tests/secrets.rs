@@ -120,8 +120,7 @@ async fn a_nats_password_shows_nowhere() {
             .await
             .unwrap();
         let service = unique("secret");
-        let mut inbox = app.subscribe(format!("_baker.{service}.s1.>")).await.unwrap();
-        app.flush().await.unwrap();
+        let mut inbox = subscribe_inbox(&app, &service, "s1").await;
         let deliver = async {
             app.publish(format!("baker.{service}.x"), "m".into()).await.unwrap();
             tokio::time::timeout(Duration::from_secs(10), inbox.next()).await.expect("routed").unwrap();

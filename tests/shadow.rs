@@ -98,15 +98,8 @@ async fn a_copy_is_marked_and_never_answered_and_an_original_is_not_marked() {
         let ingress = Ingress::new();
         let service = unique("mark");
         let client = connect().await;
-        let mut original = client
-            .subscribe(format!("_baker.{service}.a.>"))
-            .await
-            .unwrap();
-        let mut copy = client
-            .subscribe(format!("_baker.{service}.next.>"))
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
+        let mut original = subscribe_inbox(&client, &service, "a").await;
+        let mut copy = subscribe_inbox(&client, &service, "next").await;
         let url = nats_url();
         let spec = |id: &str, v: &str| format!("service={service},id={id},version={v}");
         let _a = agent_registering("nats", &url, &dir.url(), &spec("a", "1"));

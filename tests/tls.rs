@@ -181,11 +181,7 @@ async fn nats_over_mutual_tls_routes_and_without_a_client_certificate_nothing_co
 
         let dir = Directory::start().await;
         let service = unique("tls");
-        let mut inbox = app
-            .subscribe(format!("_baker.{service}.i1.>"))
-            .await
-            .unwrap();
-        app.flush().await.unwrap();
+        let mut inbox = subscribe_inbox(&app, &service, "i1").await;
         let ingress = Ingress::new();
         let _routing = route_over_mutual_tls(&pki, "nats", &url, &dir, &service, &ingress).await;
         for seq in 0..100u64 {

@@ -72,11 +72,7 @@ async fn a_routed_message_is_a_span_between_the_publishers_and_the_consumers() {
         let ingress = Ingress::new();
         let service = unique("traced");
         let client = connect().await;
-        let mut inbox = client
-            .subscribe(format!("_baker.{service}.a.>"))
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
+        let mut inbox = subscribe_inbox(&client, &service, "a").await;
         let url = nats_url();
         let _agent =
             agent_registering("nats", &url, &dir.url(), &format!("service={service},id=a"));

@@ -44,13 +44,24 @@ impl Inbox {
     }
 }
 
-/// Consumes `_baker.<service>.<id>.>` on NATS, like an instance would.
-pub async fn consume_inbox(client: &async_nats::Client, service: &str, id: &str) -> Inbox {
-    let mut sub = client
+/// Subscribes to instance `id`'s inbox `_baker.<service>.<id>.>` on NATS,
+/// the subscription in place on the server when it returns.
+pub async fn subscribe_inbox(
+    client: &async_nats::Client,
+    service: &str,
+    id: &str,
+) -> async_nats::Subscriber {
+    let sub = client
         .subscribe(format!("_baker.{service}.{id}.>"))
         .await
         .unwrap();
     client.flush().await.unwrap();
+    sub
+}
+
+/// Consumes `_baker.<service>.<id>.>` on NATS, like an instance would.
+pub async fn consume_inbox(client: &async_nats::Client, service: &str, id: &str) -> Inbox {
+    let mut sub = subscribe_inbox(client, service, id).await;
     let inbox = Inbox::default();
     let received = inbox.received.clone();
     tokio::spawn(async move {
