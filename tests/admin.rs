@@ -46,8 +46,8 @@ async fn post(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
 async fn a_cross_site_drain_is_refused_and_the_sidecar_keeps_running() {
     bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
-        let admin = format!("127.0.0.1:{}", free_port());
-        let mut sidecar = sidecar(&dir.url(), &admin, &[]);
+        let mut sidecar = sidecar(&dir.url(), "127.0.0.1:0", &[]);
+        let admin = sidecar.admin_addr().await;
         let ready = format!("http://{admin}/readyz");
         wait_until("sidecar ready", Duration::from_secs(10), || http_ok(&ready)).await;
         let drain = format!("http://{admin}/v1/drain");
@@ -83,9 +83,8 @@ async fn a_cross_site_drain_is_refused_and_the_sidecar_keeps_running() {
 async fn off_loopback_the_admin_api_needs_a_token_and_a_drain_with_it_works() {
     bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
-        let port = free_port();
-        let open = format!("0.0.0.0:{port}");
-        let mut refused = sidecar(&dir.url(), &open, &[]);
+        let open = "0.0.0.0:0";
+        let mut refused = sidecar(&dir.url(), open, &[]);
         wait_until(
             "the sidecar refuses to start",
             Duration::from_secs(10),
@@ -107,7 +106,9 @@ async fn off_loopback_the_admin_api_needs_a_token_and_a_drain_with_it_works() {
         let token = unique("tok-");
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
         let token_file = token_file.to_str().unwrap();
-        let mut sidecar = sidecar(&dir.url(), &open, &["--admin-token-file", token_file]);
+        let mut sidecar = sidecar(&dir.url(), open, &["--admin-token-file", token_file]);
+        let listening = sidecar.admin_addr().await;
+        let port = listening.rsplit(':').next().unwrap();
         let ready = format!("http://127.0.0.1:{port}/readyz");
         wait_until("sidecar ready", Duration::from_secs(10), || http_ok(&ready)).await;
         let drain = format!("http://127.0.0.1:{port}/v1/drain");

@@ -223,7 +223,6 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
 
         // NATS → AMQP: a NATS router, an instance whose inbox is an AMQP queue.
         let (to_amqp, received) = amqp::consume(&channel, "_baker.x2a.a").await;
-        let admin = format!("127.0.0.1:{}", free_port());
         let spec = format!("service=x2a,id=a,adapter=amqp,broker={amqp_url}");
         let _agent_a = Proc::spawn(
             "agent-x2a",
@@ -232,7 +231,7 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
                 "--directory",
                 &dir.url(),
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
                 "--register",
                 &spec,
             ],
@@ -289,7 +288,6 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
 
         // AMQP → NATS: an AMQP router, an instance whose inbox is a NATS subject.
         let to_nats = consume_inbox(&nats, "a2n", "n").await;
-        let admin = format!("127.0.0.1:{}", free_port());
         let spec = format!("service=a2n,id=n,adapter=nats,broker={nats_url}");
         let _agent_n = Proc::spawn(
             "agent-a2n",
@@ -298,7 +296,7 @@ async fn nats_ingress_reaches_an_amqp_instance_and_amqp_ingress_a_nats_instance(
                 "--directory",
                 &dir.url(),
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
                 "--register",
                 &spec,
             ],

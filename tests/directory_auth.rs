@@ -27,11 +27,6 @@ fn token(dir: &std::path::Path, name: &str, services: &str, token: &str) -> (Str
 }
 
 /// A NATS agent registering `service`/`id` with its admin API at `admin`.
-fn nats_agent_at(directory: &str, service: &str, id: &str, admin: &str, extra: &[&str]) -> Proc {
-    let spec = format!("service={service},id={id}");
-    agent_at("nats", &nats_url(), directory, &spec, admin, extra)
-}
-
 async fn send(
     method: reqwest::Method,
     url: &str,
@@ -61,7 +56,7 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
         let (router_file, router_entry) = token(files.path(), "router", "", "tok-router");
         let config = files.path().join("directory.toml");
         std::fs::write(&config, format!("{orders_entry}{payments_entry}{router_entry}")).unwrap();
-        let dir = Directory::start_with(free_port(), &["--config", config.to_str().unwrap()]).await;
+        let dir = Directory::start_with(&["--config", config.to_str().unwrap()]).await;
 
         let nats = connect().await;
         let mut real = subscribe_inbox(&nats, &service, "o1").await;
@@ -111,8 +106,8 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
 
         // A second sidecar registering the same id (its own owner) is
         // refused, says why, and is not ready.
-        let twin_admin = format!("127.0.0.1:{}", free_port());
-        let twin = nats_agent_at(&dir.url(), &service, "o1", &twin_admin, &["--directory-token-file", &orders_file]);
+        let twin = agent(&dir.url(), &service, "o1", &["--directory-token-file", &orders_file]);
+        let twin_admin = twin.admin_addr().await;
         wait_until("the twin says another owner holds the instance", Duration::from_secs(15), || async {
             twin.log_text().contains("another owner")
         })
@@ -123,8 +118,8 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
         // The owner's own restart (same state directory) re-takes its
         // instance at once, well within the 60 s lease.
         owner.kill();
-        let restarted_admin = format!("127.0.0.1:{}", free_port());
-        let _restarted = nats_agent_at(&dir.url(), &service, "o1", &restarted_admin, &agent_args);
+        let restarted = agent(&dir.url(), &service, "o1", &agent_args);
+        let restarted_admin = restarted.admin_addr().await;
         let ready = format!("http://{restarted_admin}/readyz");
         wait_until("the restarted owner registers again", Duration::from_secs(15), || http_ok(&ready)).await;
     })
@@ -134,8 +129,7 @@ async fn a_rogue_registration_is_refused_every_way_and_the_owner_re_takes_its_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_the_directory_needs_tokens_unless_told_otherwise() {
     bounded(TEST_TIMEOUT, async {
-        let open = format!("0.0.0.0:{}", free_port());
-        let mut refused = Proc::spawn("directory", &["directory", "--listen", &open]);
+        let mut refused = Proc::spawn("directory", &["directory", "--listen", "0.0.0.0:0"]);
         wait_until(
             "the directory refuses to start",
             Duration::from_secs(10),
@@ -150,17 +144,17 @@ async fn off_loopback_the_directory_needs_tokens_unless_told_otherwise() {
             log.contains("key `listen`") && log.contains("needs tokens"),
             "{log}"
         );
-        let port = free_port();
-        let waived = format!("0.0.0.0:{port}");
-        let _open = Proc::spawn(
+        let open = Proc::spawn(
             "directory",
             &[
                 "directory",
                 "--listen",
-                &waived,
+                "0.0.0.0:0",
                 "--allow-unauthenticated-directory",
             ],
         );
+        let addr = open.logged_addr("serving the directory").await;
+        let port = addr.rsplit(':').next().unwrap();
         let health = format!("http://127.0.0.1:{port}/healthz");
         wait_until(
             "the waived directory serves",

@@ -156,15 +156,14 @@ async fn a_router_started_while_the_directory_is_down_routes_from_its_saved_view
 
         // Without a saved view, the same start waits for the directory.
         let empty = tempfile::tempdir().unwrap();
-        let admin = format!("127.0.0.1:{}", free_port());
         let url = dir.url();
-        let _third = Proc::spawn(
+        let third = Proc::spawn(
             "router-no-view",
             &[
                 "--directory",
                 &url,
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
                 "--ingress-prefix",
                 &ingress.prefix,
                 "--queue-group",
@@ -173,7 +172,17 @@ async fn a_router_started_while_the_directory_is_down_routes_from_its_saved_view
                 empty.path().to_str().unwrap(),
             ],
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let admin = third.admin_addr().await;
+        wait_until(
+            "the router waits for a view",
+            Duration::from_secs(10),
+            || async {
+                third
+                    .log_text()
+                    .contains("waiting for a first directory view")
+            },
+        )
+        .await;
         let ready = reqwest::get(format!("http://{admin}/readyz"))
             .await
             .unwrap();
@@ -187,7 +196,6 @@ async fn baker_mq_drain_drains_one_instance_then_the_whole_process() {
     bounded(TEST_TIMEOUT, async {
         let dir = Directory::start().await;
         let service = unique("drain");
-        let admin = format!("127.0.0.1:{}", free_port());
         let nats = nats_url();
         let spec_a = format!("service={service},id=a");
         let spec_b = format!("service={service},id=b");
@@ -201,13 +209,14 @@ async fn baker_mq_drain_drains_one_instance_then_the_whole_process() {
                 "--directory",
                 &url,
                 "--admin",
-                &admin,
+                "127.0.0.1:0",
                 "--register",
                 &spec_a,
                 "--register",
                 &spec_b,
             ],
         );
+        let admin = sidecar.admin_addr().await;
         wait_until("both registered", Duration::from_secs(15), || async {
             dir.instances(&service).await.len() == 2
         })

@@ -55,7 +55,6 @@ async fn password_shows_nowhere(
     service: &str,
 ) {
     let dir = Directory::start().await;
-    let agent_admin = format!("127.0.0.1:{}", free_port());
     let spec = format!("service={service},id=s1");
     let agent = Proc::spawn(
         &format!("agent-{adapter}"),
@@ -70,11 +69,12 @@ async fn password_shows_nowhere(
             "--directory",
             &dir.url(),
             "--admin",
-            &agent_admin,
+            "127.0.0.1:0",
             "--register",
             &spec,
         ],
     );
+    let agent_admin = agent.admin_addr().await;
     let router = Router::spawn(
         &dir.url(),
         &["--log", "debug", "--config", config.to_str().unwrap()],

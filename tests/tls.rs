@@ -253,17 +253,19 @@ async fn mqtt_over_mutual_tls_routes_and_without_a_client_certificate_nothing_co
     .await;
 }
 
-/// An HTTPS health endpoint on a free port, with `pki`'s server certificate.
+/// An HTTPS health endpoint on a port the system picks, with `pki`'s server
+/// certificate.
 async fn https_health(pki: &Pki) -> u16 {
     baker_adapter_api::tls::install_crypto_provider();
-    let port = free_port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
     let config =
         axum_server::tls_rustls::RustlsConfig::from_pem_file(&pki.server_cert, &pki.server_key)
             .await
             .unwrap();
     let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::spawn(axum_server::bind_rustls(addr, config).serve(app.into_make_service()));
+    tokio::spawn(axum_server::from_tcp_rustls(listener, config).serve(app.into_make_service()));
     port
 }
 
@@ -272,20 +274,19 @@ async fn an_https_directory_and_an_https_health_check_work_with_the_ca_and_not_w
     bounded(TEST_TIMEOUT, async {
         let pki = Pki::generate();
         let path = |p: &Path| p.to_str().unwrap().to_owned();
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let _directory = Proc::spawn(
+        let directory = Proc::spawn(
             "directory-https",
             &[
                 "directory",
                 "--listen",
-                &listen,
+                "127.0.0.1:0",
                 "--directory-tls-cert-file",
                 &path(&pki.server_cert),
                 "--directory-tls-key-file",
                 &path(&pki.server_key),
             ],
         );
+        let listen = directory.logged_addr("serving the directory").await;
         let directory = format!("https://{listen}");
         let health = https_health(&pki).await;
         let service = unique("https");
@@ -293,7 +294,6 @@ async fn an_https_directory_and_an_https_health_check_work_with_the_ca_and_not_w
             "service={service},id=h1,check=https://127.0.0.1:{health}/health,check_interval_ms=200"
         );
         let ca = path(&pki.ca);
-        let agent_admin = format!("127.0.0.1:{}", free_port());
         let url = nats_url();
         let _agent = Proc::spawn(
             "agent-https",
@@ -306,7 +306,7 @@ async fn an_https_directory_and_an_https_health_check_work_with_the_ca_and_not_w
                 "--http-ca-file",
                 &ca,
                 "--admin",
-                &agent_admin,
+                "127.0.0.1:0",
                 "--register",
                 &spec,
             ],
@@ -328,7 +328,7 @@ async fn an_https_directory_and_an_https_health_check_work_with_the_ca_and_not_w
                 "--directory",
                 &directory,
                 "--admin",
-                &format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0",
                 "--register",
                 &format!("service={service},id=h2"),
             ],

@@ -13,27 +13,30 @@ pub struct Directory {
 impl Directory {
     /// A directory on a port the system picks (and the directory logs).
     pub async fn start() -> Directory {
-        let proc = Proc::spawn("directory", &["directory", "--listen", "127.0.0.1:0"]);
-        let addr = proc.logged_addr("serving the directory").await;
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        let dir = Directory { port, proc };
-        let health = format!("{}/healthz", dir.url());
-        wait_until("directory up", Duration::from_secs(10), || http_ok(&health)).await;
-        dir
+        Self::start_with(&[]).await
     }
 
-    pub async fn start_on(port: u16) -> Directory {
-        Self::start_with(port, &[]).await
-    }
-
-    /// A directory on `port` with `extra` arguments (a config file with
-    /// tokens).
-    pub async fn start_with(port: u16, extra: &[&str]) -> Directory {
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["directory", "--listen", &listen];
+    /// A directory with `extra` arguments (a config file with tokens), on a
+    /// port the system picks: no other test can take it in between.
+    pub async fn start_with(extra: &[&str]) -> Directory {
+        let mut args = vec!["directory", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("directory", &args);
-        let dir = Directory { port, proc };
+        let addr = proc.logged_addr("serving the directory").await;
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        Self::up(Directory { port, proc }).await
+    }
+
+    /// A directory on `port`, for a test that restarts it there: a port
+    /// from [`free_port`], outside the range outgoing connections take theirs
+    /// from, so no other test's connection holds it in between.
+    pub async fn start_on(port: u16) -> Directory {
+        let listen = format!("127.0.0.1:{port}");
+        let proc = Proc::spawn("directory", &["directory", "--listen", &listen]);
+        Self::up(Directory { port, proc }).await
+    }
+
+    async fn up(dir: Directory) -> Directory {
         let health = format!("{}/healthz", dir.url());
         wait_until("directory up", Duration::from_secs(10), || http_ok(&health)).await;
         dir
@@ -117,7 +120,7 @@ impl Router {
         }
         all.extend_from_slice(args);
         let proc = Proc::spawn("router", &all);
-        let admin = proc.logged_addr("admin API listening").await;
+        let admin = proc.admin_addr().await;
         let router = Router { admin, proc };
         let ready = format!("http://{}/readyz", router.admin);
         wait_until("router ready", Duration::from_secs(20), || http_ok(&ready)).await;

@@ -26,12 +26,41 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:x}", fastrand::u64(..) & 0xffff_ffff)
 }
 
+/// A port for a process that must be told its port before it starts (a
+/// broker, a directory that restarts on it): free now, never handed out
+/// twice in one test binary, and outside the range the system takes ports
+/// from for outgoing connections. A port picked with `bind(0)` comes from that
+/// range, and an outgoing connection of any test could take it before the
+/// process bound it. Processes that can, take port 0 and log what they got
+/// ([`procs::Proc::logged_addr`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| {
+            let mut ends = range.split_whitespace().map(|end| end.parse::<u16>().ok());
+            Some((ends.next()??, ends.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let below = 10_000..low.max(10_000);
+    let above = high.saturating_add(1).max(10_000)..u16::MAX;
+    let range = if below.len() >= above.len() {
+        below
+    } else {
+        above
+    };
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..1_000 {
+        let port = fastrand::u16(range.clone());
+        let free = ["127.0.0.1", "0.0.0.0"]
+            .iter()
+            .all(|host| TcpListener::bind((*host, port)).is_ok());
+        if free && given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {range:?} after 1,000 tries");
 }
 
 pub fn log_dir() -> PathBuf {

@@ -87,6 +87,12 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The address of the admin API of a `baker-mq` started with `--admin`
+    /// on port 0, once it listens.
+    pub async fn admin_addr(&self) -> String {
+        self.logged_addr("admin API listening").await
+    }
+
     /// The address (`addr=HOST:PORT`) the process logged on its line saying
     /// `what`, once it has: a process given port 0 says which port it got,
     /// which no other process can take in between (as a port picked free
