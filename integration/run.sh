@@ -15,4 +15,6 @@ export BAKER_TEST_AMQP_MANAGEMENT_URL="${BAKER_TEST_AMQP_MANAGEMENT_URL:-http://
 # kubernetes-validate, as tools.sh installed it.
 export BAKER_TEST_KUBERNETES_VALIDATE="${BAKER_TEST_KUBERNETES_VALIDATE:-$(cat "${BAKER_BROKER_STATE:-/var/tmp/baker-brokers}/kubernetes-validate-bin")}"
 export BAKER_TEST_MQTT_URL="${BAKER_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
-cargo test --workspace --all-targets --locked "$@"
+# Every test binary runs even after one fails, so a red run names every
+# failure at once.
+cargo test --workspace --all-targets --locked --no-fail-fast "$@"
