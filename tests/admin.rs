@@ -107,8 +107,7 @@ async fn off_loopback_the_admin_api_needs_a_token_and_a_drain_with_it_works() {
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
         let token_file = token_file.to_str().unwrap();
         let mut sidecar = sidecar(&dir.url(), open, &["--admin-token-file", token_file]);
-        let listening = sidecar.admin_addr().await;
-        let port = listening.rsplit(':').next().unwrap();
+        let port = sidecar.logged_port("admin API listening").await;
         let ready = format!("http://127.0.0.1:{port}/readyz");
         wait_until("sidecar ready", Duration::from_secs(10), || http_ok(&ready)).await;
         let drain = format!("http://127.0.0.1:{port}/v1/drain");

@@ -153,8 +153,7 @@ async fn off_loopback_the_directory_needs_tokens_unless_told_otherwise() {
                 "--allow-unauthenticated-directory",
             ],
         );
-        let addr = open.logged_addr("serving the directory").await;
-        let port = addr.rsplit(':').next().unwrap();
+        let port = open.logged_port("serving the directory").await;
         let health = format!("http://127.0.0.1:{port}/healthz");
         wait_until(
             "the waived directory serves",

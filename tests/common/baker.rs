@@ -22,8 +22,7 @@ impl Directory {
         let mut args = vec!["directory", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("directory", &args);
-        let addr = proc.logged_addr("serving the directory").await;
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let port = proc.logged_port("serving the directory").await;
         Self::up(Directory { port, proc }).await
     }
 

@@ -93,6 +93,14 @@ impl Proc {
         self.logged_addr("admin API listening").await
     }
 
+    /// The port of the address the process logged on its line saying `what`
+    /// ([`Proc::logged_addr`]).
+    pub async fn logged_port(&self, what: &str) -> u16 {
+        let addr = self.logged_addr(what).await;
+        let port = addr.rsplit(':').next().and_then(|port| port.parse().ok());
+        port.unwrap_or_else(|| panic!("{} logged {addr:?}, not HOST:PORT", self.name))
+    }
+
     /// The address (`addr=HOST:PORT`) the process logged on its line saying
     /// `what`, once it has: a process given port 0 says which port it got,
     /// which no other process can take in between (as a port picked free
