@@ -64,7 +64,7 @@ async fn what_an_instance_rejects_lands_in_the_dead_letters_and_old_queues_get_t
         let service = unique("rej");
         // `old` predates dead-letter exchanges on inboxes: declared bare.
         let old_queue = format!("_baker.{service}.old");
-        amqp::declare_queue(&channel, &old_queue).await;
+        amqp::declare_bare_queue(&channel, &old_queue).await;
         let _new = amqp::agent(&dir.url(), &vhost, &service, "new");
         let _old = amqp::agent(&dir.url(), &vhost, &service, "old");
         let router = amqp::router(&dir.url(), &vhost, &[]).await;

@@ -222,18 +222,38 @@ impl Drop for User {
     }
 }
 
+/// Declares `queue`, durable. An instance's inbox (`_baker.…`) is declared
+/// as Baker's agents declare it, with the routers' dead-letter exchange, so
+/// the test and an agent may declare it in either order: RabbitMQ refuses a
+/// second declaration whose arguments differ.
 pub async fn declare_queue(channel: &Channel, queue: &str) {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let mut arguments = FieldTable::default();
+    if queue.starts_with("_baker.") {
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("baker.dlx".into()),
+        );
+    }
+    declare_with(channel, queue, arguments).await;
+}
+
+/// Declares `queue`, durable, with no arguments: an inbox as Baker declared
+/// them before inboxes had a dead-letter exchange.
+pub async fn declare_bare_queue(channel: &Channel, queue: &str) {
+    declare_with(channel, queue, FieldTable::default()).await;
+}
+
+async fn declare_with(channel: &Channel, queue: &str, arguments: FieldTable) {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    if let Err(error) = channel
+        .queue_declare(queue.into(), durable, arguments)
         .await
-        .unwrap();
+    {
+        panic!("declaring queue {queue}: {error}");
+    }
 }
 
 /// Publishes persistent messages `start..start+count` (payload = the
